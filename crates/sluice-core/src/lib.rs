@@ -1,0 +1,31 @@
+//! Domain types, client frames, backend traits and pure logic of Sluice.
+//!
+//! Everything above the backends depends on this crate only, never on a concrete backend:
+//! - [`model`]: messages, rooms, inbox rows, campaigns; [`ids`]: user/room id rules, direct
+//!   rooms, deterministic message ids and queue groups.
+//! - [`store`], [`queue`], [`hub`], [`events`]: one trait per port (message store, spike
+//!   queue, sessions/fan-out, analytics sink), each method documenting its contract.
+//! - [`frames`]: the WebSocket client contract v1 (JSON frames) and [`error::ErrorCode`].
+//! - [`fanout`]: what happens after a message or read commits (live pushes, analytics).
+//! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
+
+pub mod backoff;
+pub mod error;
+pub mod events;
+pub mod fanout;
+pub mod frames;
+pub mod hub;
+pub mod ids;
+pub mod metrics;
+pub mod model;
+pub mod queue;
+pub mod ratelimit;
+pub mod store;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp Sluice stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

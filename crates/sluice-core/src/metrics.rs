@@ -1,0 +1,76 @@
+//! Prometheus metrics, registered in one place.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric Sluice exports. One instance per process, shared by all roles.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub frames_in: IntCounterVec,
+    pub frames_out: IntCounter,
+    pub errors: IntCounterVec,
+    pub slow_consumers: IntCounter,
+    pub persist_seconds: Histogram,
+    pub persisted: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub queue_visible: IntGauge,
+    pub queue_in_flight: IntGauge,
+    pub queue_oldest_age_seconds: prometheus::Gauge,
+    pub dead_lettered: IntCounter,
+    pub dead_letter_depth: IntGauge,
+    pub enqueued: IntCounter,
+    pub drained: IntCounter,
+    pub conflicts: IntCounter,
+    pub retries: IntCounter,
+    pub fanout_failures: IntCounter,
+    pub events_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("sluice".into()), None).expect("valid prefix");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        Metrics {
+            connections: reg!(IntGauge::new("connections", "Open WebSocket connections")),
+            frames_in: reg!(IntCounterVec::new(Opts::new("frames_in_total", "Client frames received, by type"), &["type"])),
+            frames_out: reg!(IntCounter::new("frames_out_total", "Frames sent to clients")),
+            errors: reg!(IntCounterVec::new(Opts::new("errors_total", "Errors answered to clients, by code"), &["code"])),
+            slow_consumers: reg!(IntCounter::new("slow_consumer_closes_total", "Connections closed because their outbound buffer filled")),
+            persist_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("persist_seconds", "Store persist latency per call")
+                    .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            )),
+            persisted: reg!(IntCounterVec::new(Opts::new("persisted_total", "Messages persisted, by lane"), &["lane"])),
+            duplicates: reg!(IntCounter::new("duplicates_total", "Persists of an already persisted msg_id")),
+            queue_visible: reg!(IntGauge::new("queue_visible", "Spike queue: messages waiting")),
+            queue_in_flight: reg!(IntGauge::new("queue_in_flight", "Spike queue: messages being processed")),
+            queue_oldest_age_seconds: reg!(prometheus::Gauge::new("queue_oldest_age_seconds", "Spike queue: age of the oldest message")),
+            dead_lettered: reg!(IntCounter::new("dead_lettered_total", "Messages moved to the dead-letter queue")),
+            dead_letter_depth: reg!(IntGauge::new("dead_letter_depth", "Messages in the dead-letter queue")),
+            enqueued: reg!(IntCounter::new("enqueued_total", "Messages accepted into the spike queue")),
+            drained: reg!(IntCounter::new("drained_total", "Queue messages acked after commit (drain rate = rate of this)")),
+            conflicts: reg!(IntCounter::new("conflicts_total", "Optimistic-lock conflicts")),
+            retries: reg!(IntCounter::new("retries_total", "Retried store or queue calls")),
+            fanout_failures: reg!(IntCounter::new("fanout_failures_total", "Live pushes the hub failed to deliver")),
+            events_dropped: reg!(IntCounter::new("analytics_events_dropped_total", "Analytics events dropped because the sink buffer was full")),
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,99 @@
+//! The spike queue port: a durable FIFO queue with message groups (SQS FIFO semantics).
+
+use crate::error::QueueError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueue {
+    /// Messages with an id seen within the deduplication window are accepted and dropped.
+    pub dedup_id: String,
+    /// Messages of one group are delivered in order, one batch of the group at a time.
+    pub group: String,
+    pub body: Bytes,
+}
+
+/// Opaque handle of one delivery of a message; valid until acked, released or expired.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt(pub String);
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub receipt: Receipt,
+    pub dedup_id: String,
+    pub group: String,
+    pub body: Bytes,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+    pub enqueued_at_ms: i64,
+}
+
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub dedup_id: String,
+    pub group: String,
+    pub body: Bytes,
+    pub reason: String,
+    pub receive_count: u32,
+    pub dead_at_ms: i64,
+}
+
+/// Outcome of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendOutcome {
+    pub enqueued: usize,
+    /// Dropped as duplicates of a message sent within the deduplication window.
+    pub duplicates: usize,
+}
+
+/// Queue depth figures for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+    /// Age of the oldest message not yet acked, in ms (0 when empty).
+    pub oldest_age_ms: u64,
+}
+
+/// A durable FIFO queue with message groups.
+///
+/// Contract: a message sent is durable when `send` returns. A group with a message in flight
+/// is not handed out again until that message is acked, released or its visibility timeout
+/// expires, so one group is consumed by one consumer at a time, in order. A message that is
+/// not acked becomes visible again after its visibility timeout, with its receive count
+/// grown (at-least-once delivery: consumers must be idempotent).
+#[async_trait]
+pub trait SpikeQueue: Send + Sync + 'static {
+    /// Enqueues a batch durably, in order. Implementations split it as their backend needs.
+    async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError>;
+
+    /// Receives up to `max` messages, waiting up to `wait` for the first. Messages of one
+    /// group come in order. Each stays invisible to other consumers for `visibility`.
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Deletes delivered messages. Call only after their effect committed.
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError>;
+
+    /// Extends the visibility timeout of in-flight messages (heartbeat of a slow batch).
+    async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError>;
+
+    /// Makes in-flight messages visible again at once (a consumer giving work back).
+    async fn release(&self, receipts: &[Receipt]) -> Result<(), QueueError>;
+
+    /// Moves an in-flight message to the dead-letter queue, keeping `reason`.
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError>;
+
+    /// Depth figures.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Up to `limit` dead letters, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Moves up to `limit` dead letters back to the queue (receive count reset); returns how many.
+    async fn redrive(&self, limit: usize) -> Result<usize, QueueError>;
+}

@@ -1,0 +1,57 @@
+//! A token bucket for per-connection send rates.
+
+use std::time::Instant;
+
+/// Allows `rate` events per second on average with bursts of `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        TokenBucket { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    /// Takes a token if one is available at `now`.
+    pub fn try_take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes a token if one is available now.
+    pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_refill() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 3.0);
+        b.last = t0;
+        assert!(b.try_take_at(t0) && b.try_take_at(t0) && b.try_take_at(t0));
+        assert!(!b.try_take_at(t0), "burst used up");
+        assert!(b.try_take_at(t0 + Duration::from_millis(100)), "one token per 100 ms");
+        assert!(!b.try_take_at(t0 + Duration::from_millis(100)));
+        assert!(b.try_take_at(t0 + Duration::from_secs(60)));
+        assert!(b.try_take_at(t0 + Duration::from_secs(60)));
+        assert!(b.try_take_at(t0 + Duration::from_secs(60)));
+        assert!(!b.try_take_at(t0 + Duration::from_secs(60)), "refill capped at burst");
+    }
+}

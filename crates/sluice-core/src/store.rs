@@ -1,0 +1,74 @@
+//! The message store port: messages with per-room seq, rooms and members, inbox rows with
+//! unread counters, per-user totals and campaign progress.
+
+use crate::error::StoreError;
+use crate::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use async_trait::async_trait;
+
+/// Where a user stands in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Member,
+    NotMember,
+    UnknownRoom,
+}
+
+/// A durable, transactional message store.
+///
+/// Invariants every implementation keeps (DESIGN.md 1-3): per-room seq 1, 2, 3, ... gap-free
+/// and never reused; one message and one counter increment per `msg_id`, however often it is
+/// persisted; for each (user, room), unread = messages with seq > read_seq not sent by the
+/// user, and the user's total = the sum of their rooms' unread, at every committed state.
+///
+/// Cancellation: dropping a future never leaves a partial write; the call either committed
+/// or did not.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Creates a room with `members`. If it exists with the same members, returns it
+    /// (retries are safe); with other members, [`StoreError::RoomExists`].
+    async fn create_room(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError>;
+
+    /// Adds members (existing members are left alone). New members start with read_seq =
+    /// the room's last seq, so history before they joined is not unread.
+    async fn add_members(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError>;
+
+    /// The room with its members, if it exists.
+    async fn room(&self, room: &str) -> Result<Option<Room>, StoreError>;
+
+    /// Whether `user` may access `room`.
+    async fn membership(&self, room: &str, user: &str) -> Result<Membership, StoreError>;
+
+    /// Persists messages, each atomically with its counters: the message gets the room's
+    /// next seq, each member but the sender gets unread + 1 and total + 1, and a campaign
+    /// message counts as persisted for its campaign. Messages of one room commit in the order
+    /// given. Each message succeeds or fails on its own (unknown room, sender not a member);
+    /// a message whose `msg_id` is already persisted returns the original with
+    /// `duplicate = true`. The outer error means nothing in the batch committed.
+    async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError>;
+
+    /// Moves `user`'s read position in `room` up to `seq` (capped at the room's last seq;
+    /// never backwards) and recomputes unread and total under the same commit.
+    async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError>;
+
+    /// A page of a room's history, ascending by seq. Reads what committed before the call.
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The user's rooms with unread, read_seq and last_seq, and their total, from one
+    /// consistent snapshot.
+    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError>;
+
+    /// Records that these messages of a campaign are durably enqueued: `requested` grows by
+    /// `requested`, `enqueued` by the recipients not recorded before. Call after the enqueue
+    /// succeeded, so a crash in between only makes the producer retry.
+    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError>;
+
+    /// Records that a campaign message went to the dead-letter queue. Counted once per
+    /// `msg_id`, and not at all if the message was persisted after all.
+    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError>;
+
+    /// A campaign's progress.
+    async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

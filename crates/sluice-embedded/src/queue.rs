@@ -1,0 +1,585 @@
+//! The embedded spike queue: a durable FIFO queue with message groups, SQS FIFO semantics.
+//!
+//! Messages, their receive counts and the dead letters live in a redb file; which message is
+//! in flight until when lives in memory (after a crash every message is visible again, as an
+//! SQS visibility timeout would make it). Semantics:
+//! - a group with a message in flight is not handed out until that message is acked,
+//!   released, dead-lettered or its visibility timeout expires;
+//! - within a group, messages are delivered in the order they were sent;
+//! - every receive grows the message's receive count durably before the message is handed out
+//!   (so a message that crashes its consumer is seen to do so, even across restarts);
+//! - messages with a deduplication id seen in the last `dedup_window` are accepted and dropped
+//!   (after a restart the window covers the messages still queued).
+
+use crate::codec::{decode, encode, queue_err};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sluice_core::error::QueueError;
+use sluice_core::now_ms;
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, Receipt, QueueStats, SendOutcome, SpikeQueue};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+const Q_MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_messages");
+const Q_RECV: TableDefinition<u64, u32> = TableDefinition::new("queue_receive_counts");
+const Q_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_dead_letters");
+
+/// Largest number of messages written in one transaction by `send`.
+const SEND_CHUNK: usize = 20_000;
+
+/// Settings of the embedded queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    /// How long a deduplication id is remembered (SQS: 5 minutes).
+    pub dedup_window: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { dedup_window: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct QRec {
+    dedup_id: String,
+    group: String,
+    body: Vec<u8>,
+    enqueued_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadRec {
+    dedup_id: String,
+    group: String,
+    body: Vec<u8>,
+    reason: String,
+    receive_count: u32,
+    enqueued_at_ms: i64,
+    dead_at_ms: i64,
+}
+
+struct Entry {
+    group: Arc<str>,
+    receive_count: u32,
+    enqueued_at_ms: i64,
+    /// Visibility deadline while in flight.
+    in_flight: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Group {
+    pending: BTreeSet<u64>,
+    in_flight: u32,
+    in_ready: bool,
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<u64, Entry>,
+    groups: HashMap<Arc<str>, Group>,
+    ready: VecDeque<Arc<str>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    dedup: HashMap<Arc<str>, i64>,
+    dedup_order: VecDeque<(i64, Arc<str>)>,
+    next_seq: u64,
+    in_flight: u64,
+    dead: u64,
+}
+
+impl State {
+    fn mark_ready(&mut self, group: &Arc<str>, front: bool) {
+        let g = self.groups.get_mut(group).expect("group exists");
+        if g.in_flight == 0 && !g.pending.is_empty() && !g.in_ready {
+            g.in_ready = true;
+            if front {
+                self.ready.push_front(group.clone());
+            } else {
+                self.ready.push_back(group.clone());
+            }
+        }
+    }
+
+    fn push(&mut self, seq: u64, group: &str, receive_count: u32, enqueued_at_ms: i64) {
+        let group: Arc<str> = match self.groups.get_key_value(group) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(group);
+                self.groups.insert(k.clone(), Group::default());
+                k
+            }
+        };
+        self.groups.get_mut(&group).expect("just inserted").pending.insert(seq);
+        self.entries.insert(seq, Entry { group: group.clone(), receive_count, enqueued_at_ms, in_flight: None });
+        self.mark_ready(&group, false);
+    }
+
+    /// Makes an in-flight message visible again.
+    fn unflight(&mut self, seq: u64) {
+        let Some(e) = self.entries.get_mut(&seq) else { return };
+        let Some(deadline) = e.in_flight.take() else { return };
+        self.deadlines.remove(&(deadline, seq));
+        self.in_flight -= 1;
+        let group = e.group.clone();
+        let g = self.groups.get_mut(&group).expect("group of an entry exists");
+        g.in_flight -= 1;
+        g.pending.insert(seq);
+        self.mark_ready(&group, true);
+    }
+
+    /// Removes a message (acked or dead-lettered).
+    fn remove(&mut self, seq: u64) -> bool {
+        let Some(e) = self.entries.remove(&seq) else { return false };
+        let g = self.groups.get_mut(&e.group).expect("group of an entry exists");
+        if let Some(deadline) = e.in_flight {
+            self.deadlines.remove(&(deadline, seq));
+            self.in_flight -= 1;
+            g.in_flight -= 1;
+        } else {
+            g.pending.remove(&seq);
+        }
+        if g.pending.is_empty() && g.in_flight == 0 && !g.in_ready {
+            self.groups.remove(&e.group);
+        } else {
+            self.mark_ready(&e.group, false);
+        }
+        true
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.unflight(seq);
+        }
+    }
+
+    fn prune_dedup(&mut self, now_ms: i64) {
+        while let Some((expires, _)) = self.dedup_order.front() {
+            if *expires > now_ms {
+                break;
+            }
+            let (expires, id) = self.dedup_order.pop_front().expect("front exists");
+            if self.dedup.get(&id) == Some(&expires) {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    /// Takes up to `max` visible messages, whole groups in order, and marks them in flight.
+    fn pick(&mut self, max: usize, deadline: Instant) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(group) = self.ready.pop_front() else { break };
+            let Some(g) = self.groups.get_mut(&group) else { continue };
+            g.in_ready = false;
+            if g.in_flight > 0 {
+                continue;
+            }
+            if g.pending.is_empty() {
+                self.groups.remove(&group);
+                continue;
+            }
+            while out.len() < max {
+                let Some(seq) = g.pending.pop_first() else { break };
+                g.in_flight += 1;
+                let e = self.entries.get_mut(&seq).expect("pending entry exists");
+                e.receive_count += 1;
+                e.in_flight = Some(deadline);
+                self.deadlines.insert((deadline, seq));
+                out.push((seq, e.receive_count));
+            }
+            self.in_flight += g.in_flight as u64;
+        }
+        out
+    }
+}
+
+fn receipt(seq: u64, count: u32) -> Receipt {
+    Receipt(format!("{seq}.{count}"))
+}
+
+fn parse_receipt(r: &Receipt) -> Result<(u64, u32), QueueError> {
+    let bad = || QueueError::Invalid(format!("malformed receipt {:?}", r.0));
+    let (s, c) = r.0.split_once('.').ok_or_else(bad)?;
+    Ok((s.parse().map_err(|_| bad())?, c.parse().map_err(|_| bad())?))
+}
+
+/// The embedded spike queue. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedQueue {
+    inner: Arc<QInner>,
+}
+
+struct QInner {
+    db: Arc<Database>,
+    state: Mutex<State>,
+    notify: Notify,
+    /// Serializes sends and redrives so that seq order is commit order.
+    send_lock: tokio::sync::Mutex<()>,
+    config: QueueConfig,
+}
+
+impl EmbeddedQueue {
+    /// Opens (or creates) the queue file at `path`; every message found is visible.
+    pub fn open(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
+        let db = Database::create(path).map_err(queue_err)?;
+        let txn = db.begin_write().map_err(queue_err)?;
+        let mut state = State::default();
+        {
+            let msgs = txn.open_table(Q_MSGS).map_err(queue_err)?;
+            let recv = txn.open_table(Q_RECV).map_err(queue_err)?;
+            let dead = txn.open_table(Q_DEAD).map_err(queue_err)?;
+            let now = now_ms();
+            let window = config.dedup_window.as_millis() as i64;
+            for entry in msgs.iter().map_err(queue_err)? {
+                let (k, v) = entry.map_err(queue_err)?;
+                let seq = k.value();
+                let rec: QRec = decode(v.value()).map_err(queue_err)?;
+                let count = recv.get(seq).map_err(queue_err)?.map(|c| c.value()).unwrap_or(0);
+                state.push(seq, &rec.group, count, rec.enqueued_at_ms);
+                if rec.enqueued_at_ms + window > now {
+                    let id: Arc<str> = Arc::from(rec.dedup_id.as_str());
+                    state.dedup.insert(id.clone(), rec.enqueued_at_ms + window);
+                    state.dedup_order.push_back((rec.enqueued_at_ms + window, id));
+                }
+            }
+            state.dedup_order.make_contiguous().sort();
+            let last_msg = msgs.last().map_err(queue_err)?.map(|(k, _)| k.value()).unwrap_or(0);
+            let last_dead = dead.last().map_err(queue_err)?.map(|(k, _)| k.value()).unwrap_or(0);
+            state.next_seq = last_msg.max(last_dead) + 1;
+            state.dead = dead.len().map_err(queue_err)?;
+        }
+        txn.commit().map_err(queue_err)?;
+        Ok(EmbeddedQueue {
+            inner: Arc::new(QInner {
+                db: Arc::new(db),
+                state: Mutex::new(state),
+                notify: Notify::new(),
+                send_lock: tokio::sync::Mutex::new(()),
+                config,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(queue_err)?;
+            let out = f(&txn).map_err(queue_err)?;
+            txn.commit().map_err(queue_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| QueueError::Internal(e.to_string()))?
+    }
+
+    /// Writes receive counts and reads bodies for messages just picked.
+    async fn deliver(&self, picked: Vec<(u64, u32)>) -> Result<Vec<Delivery>, QueueError> {
+        let p = picked.clone();
+        let recs = self
+            .write(move |txn| {
+                let msgs = txn.open_table(Q_MSGS)?;
+                let mut recv = txn.open_table(Q_RECV)?;
+                let mut out = Vec::with_capacity(p.len());
+                for (seq, count) in p {
+                    recv.insert(seq, count)?;
+                    let v = msgs.get(seq)?.ok_or_else(|| redb::Error::Corrupted(format!("queued message {seq} missing")))?;
+                    out.push(decode::<QRec>(v.value())?);
+                }
+                Ok(out)
+            })
+            .await;
+        match recs {
+            Ok(recs) => Ok(picked
+                .into_iter()
+                .zip(recs)
+                .map(|((seq, count), rec)| Delivery {
+                    receipt: receipt(seq, count),
+                    dedup_id: rec.dedup_id,
+                    group: rec.group,
+                    body: Bytes::from(rec.body),
+                    receive_count: count,
+                    enqueued_at_ms: rec.enqueued_at_ms,
+                })
+                .collect()),
+            Err(e) => {
+                let mut st = self.state();
+                for (seq, _) in picked {
+                    st.unflight(seq);
+                    if let Some(e) = st.entries.get_mut(&seq) {
+                        e.receive_count -= 1;
+                    }
+                }
+                drop(st);
+                self.inner.notify.notify_waiters();
+                Err(e)
+            }
+        }
+    }
+
+    /// Receipts that still match the current delivery of their message.
+    fn current(&self, st: &State, receipts: &[Receipt]) -> Result<Vec<u64>, QueueError> {
+        let mut out = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            let (seq, count) = parse_receipt(r)?;
+            if st.entries.get(&seq).is_some_and(|e| e.in_flight.is_some() && e.receive_count == count) {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SpikeQueue for EmbeddedQueue {
+    async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let now = now_ms();
+        let window = self.inner.config.dedup_window.as_millis() as i64;
+        let mut outcome = SendOutcome::default();
+        let mut fresh = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.state();
+            st.prune_dedup(now);
+            let mut seen = HashSet::new();
+            for m in batch {
+                if m.group.is_empty() || m.dedup_id.is_empty() {
+                    return Err(QueueError::Invalid("group and dedup_id are required".into()));
+                }
+                if st.dedup.contains_key(m.dedup_id.as_str()) || !seen.insert(m.dedup_id.clone()) {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                fresh.push(m);
+            }
+        }
+        for chunk in fresh.chunks(SEND_CHUNK) {
+            let first_seq = self.state().next_seq;
+            let recs: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let rec = QRec { dedup_id: m.dedup_id.clone(), group: m.group.clone(), body: m.body.to_vec(), enqueued_at_ms: now };
+                    (first_seq + i as u64, encode(&rec))
+                })
+                .collect();
+            self.write(move |txn| {
+                let mut t = txn.open_table(Q_MSGS)?;
+                for (seq, rec) in &recs {
+                    t.insert(*seq, rec.as_slice())?;
+                }
+                Ok(())
+            })
+            .await?;
+            let mut st = self.state();
+            for (i, m) in chunk.iter().enumerate() {
+                st.push(first_seq + i as u64, &m.group, 0, now);
+                let id: Arc<str> = Arc::from(m.dedup_id.as_str());
+                st.dedup.insert(id.clone(), now + window);
+                st.dedup_order.push_back((now + window, id));
+            }
+            st.next_seq = first_seq + chunk.len() as u64;
+            outcome.enqueued += chunk.len();
+            drop(st);
+            self.inner.notify.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let give_up = Instant::now() + wait;
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (picked, next_expiry) = {
+                let mut st = self.state();
+                let now = Instant::now();
+                st.expire(now);
+                let picked = st.pick(max.max(1), now + visibility);
+                (picked, st.deadlines.first().map(|(t, _)| *t))
+            };
+            if !picked.is_empty() {
+                return self.deliver(picked).await;
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(Vec::new());
+            }
+            let wake = next_expiry.map_or(give_up, |t| t.min(give_up));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        let mut seqs = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            seqs.push(parse_receipt(r)?.0);
+        }
+        let s = seqs.clone();
+        self.write(move |txn| {
+            let mut msgs = txn.open_table(Q_MSGS)?;
+            let mut recv = txn.open_table(Q_RECV)?;
+            for seq in s {
+                msgs.remove(seq)?;
+                recv.remove(seq)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut st = self.state();
+        for seq in seqs {
+            st.remove(seq);
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError> {
+        let mut st = self.state();
+        let deadline = Instant::now() + visibility;
+        for seq in self.current(&st, receipts)? {
+            let e = st.entries.get_mut(&seq).expect("current entry exists");
+            let old = e.in_flight.replace(deadline).expect("current entry is in flight");
+            st.deadlines.remove(&(old, seq));
+            st.deadlines.insert((deadline, seq));
+        }
+        Ok(())
+    }
+
+    async fn release(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        {
+            let mut st = self.state();
+            for seq in self.current(&st, receipts)? {
+                st.unflight(seq);
+            }
+        }
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
+        let seq = {
+            let st = self.state();
+            *self
+                .current(&st, std::slice::from_ref(r))?
+                .first()
+                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
+        };
+        let count = parse_receipt(r)?.1;
+        let reason = reason.to_string();
+        self.write(move |txn| {
+            let mut msgs = txn.open_table(Q_MSGS)?;
+            let mut recv = txn.open_table(Q_RECV)?;
+            let mut dead = txn.open_table(Q_DEAD)?;
+            let rec: QRec = match msgs.remove(seq)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(()),
+            };
+            recv.remove(seq)?;
+            let d = DeadRec {
+                dedup_id: rec.dedup_id,
+                group: rec.group,
+                body: rec.body,
+                reason,
+                receive_count: count,
+                enqueued_at_ms: rec.enqueued_at_ms,
+                dead_at_ms: now_ms(),
+            };
+            dead.insert(seq, encode(&d).as_slice())?;
+            Ok(())
+        })
+        .await?;
+        let mut st = self.state();
+        if st.remove(seq) {
+            st.dead += 1;
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut st = self.state();
+        st.expire(Instant::now());
+        let total = st.entries.len() as u64;
+        let oldest = st.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
+        Ok(QueueStats { visible: total - st.in_flight, in_flight: st.in_flight, dead: st.dead, oldest_age_ms: oldest })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(queue_err)?;
+            let t = txn.open_table(Q_DEAD).map_err(queue_err)?;
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(queue_err)?.take(limit) {
+                let (_, v) = entry.map_err(queue_err)?;
+                let d: DeadRec = decode(v.value()).map_err(queue_err)?;
+                out.push(DeadLetter {
+                    dedup_id: d.dedup_id,
+                    group: d.group,
+                    body: Bytes::from(d.body),
+                    reason: d.reason,
+                    receive_count: d.receive_count,
+                    dead_at_ms: d.dead_at_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| QueueError::Internal(e.to_string()))?
+    }
+
+    async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let first_seq = self.state().next_seq;
+        let moved = self
+            .write(move |txn| {
+                let mut dead = txn.open_table(Q_DEAD)?;
+                let mut msgs = txn.open_table(Q_MSGS)?;
+                let keys: Vec<u64> = dead.iter()?.take(limit).map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+                let mut moved = Vec::with_capacity(keys.len());
+                for (i, k) in keys.into_iter().enumerate() {
+                    let d: DeadRec = match dead.remove(k)? {
+                        Some(v) => decode(v.value())?,
+                        None => continue,
+                    };
+                    let seq = first_seq + i as u64;
+                    let rec = QRec { dedup_id: d.dedup_id, group: d.group.clone(), body: d.body, enqueued_at_ms: d.enqueued_at_ms };
+                    msgs.insert(seq, encode(&rec).as_slice())?;
+                    moved.push((seq, d.group, d.enqueued_at_ms));
+                }
+                Ok(moved)
+            })
+            .await?;
+        let mut st = self.state();
+        for (seq, group, at) in &moved {
+            st.push(*seq, group, 0, *at);
+            st.next_seq = st.next_seq.max(seq + 1);
+        }
+        st.dead -= moved.len() as u64;
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(moved.len())
+    }
+}

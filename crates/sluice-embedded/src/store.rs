@@ -1,0 +1,665 @@
+//! The embedded message store: one redb file, the logical model of DESIGN.md.
+//!
+//! All writes go through one writer thread. It takes every operation waiting in its channel
+//! (up to [`MAX_GROUP`] messages' worth), applies them in arrival order inside one write
+//! transaction and commits once with fsync: concurrent senders share the cost of one
+//! durable commit (group commit). Reads run on redb's MVCC snapshots and never wait for
+//! the writer.
+//!
+//! Tables (keys → postcard records):
+//! - `rooms`: room → last_seq, version, created_at
+//! - `members`: (room, user) → joined_at
+//! - `messages`: (room, seq) → msg_id, sender, body, kind, campaign, sent_at
+//! - `msg_ids`: msg_id → (room, seq), the idempotency index
+//! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
+//! - `totals`: user → total unread
+//! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress
+
+use crate::codec::{decode, encode, store_err};
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sluice_core::error::StoreError;
+use sluice_core::model::{
+    Campaign, HistoryQuery, Inbox, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage,
+    UnreadUpdate,
+};
+use sluice_core::store::{Membership, MessageStore};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most messages (or other operations) committed in one write transaction.
+pub const MAX_GROUP: usize = 4096;
+/// Characters of a message body kept in the inbox row as its preview.
+const PREVIEW_CHARS: usize = 100;
+
+const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+const MEMBERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("members");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const MSG_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_ids");
+const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
+const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
+
+#[derive(Serialize, Deserialize, Default)]
+struct RoomRec {
+    last_seq: u64,
+    version: u64,
+    created_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MsgRec {
+    msg_id: String,
+    sender: String,
+    body: String,
+    kind: MessageKind,
+    campaign_id: Option<String>,
+    sent_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MsgIdRec {
+    room: String,
+    seq: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct InboxRec {
+    unread: u64,
+    read_seq: u64,
+    version: u64,
+    preview: String,
+    updated_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct CampaignRec {
+    requested: u64,
+    enqueued: u64,
+    persisted: u64,
+    dead_lettered: u64,
+}
+
+impl CampaignRec {
+    fn to_campaign(&self, id: &str) -> Campaign {
+        Campaign {
+            campaign_id: id.to_string(),
+            requested: self.requested,
+            enqueued: self.enqueued,
+            persisted: self.persisted,
+            dead_lettered: self.dead_lettered,
+        }
+    }
+}
+
+fn stored(room: &str, seq: u64, r: MsgRec) -> StoredMessage {
+    StoredMessage {
+        room: room.to_string(),
+        seq,
+        msg_id: r.msg_id,
+        sender: r.sender,
+        body: r.body,
+        kind: r.kind,
+        campaign_id: r.campaign_id,
+        sent_at_ms: r.sent_at_ms,
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Persist(Vec<NewMessage>, Reply<Vec<Result<Persisted, StoreError>>>),
+    CreateRoom { room: String, members: Vec<String>, now_ms: i64, reply: Reply<Room> },
+    AddMembers { room: String, members: Vec<String>, now_ms: i64, reply: Reply<Room> },
+    MarkRead { user: String, room: String, seq: u64, now_ms: i64, reply: Reply<ReadOutcome> },
+    RecordEnqueued { campaign_id: String, requested: u64, recipients: Vec<String>, reply: Reply<Campaign> },
+    RecordDeadLetter { campaign_id: String, msg_id: String, reply: Reply<()> },
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Persist(batch, _) => batch.len().max(1),
+            Op::RecordEnqueued { recipients, .. } => recipients.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A result computed inside the transaction, sent once the commit is known.
+trait Finish: Send {
+    fn finish(self: Box<Self>, commit_error: Option<StoreError>);
+}
+
+struct Done<T>(Reply<T>, Result<T, StoreError>);
+
+impl<T: Send> Finish for Done<T> {
+    fn finish(self: Box<Self>, commit_error: Option<StoreError>) {
+        let _ = self.0.send(match commit_error {
+            Some(e) => Err(e),
+            None => self.1,
+        });
+    }
+}
+
+fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T, StoreError>) -> Box<dyn Finish> {
+    Box::new(Done(reply, r))
+}
+
+/// The embedded message store. Cheap to clone; the file closes when the last clone drops.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    writer: Option<mpsc::UnboundedSender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path` and creates its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Arc::new(Database::create(path).map_err(store_err)?);
+        let txn = db.begin_write().map_err(store_err)?;
+        {
+            let w = Writer::open(&txn).map_err(store_err)?;
+            drop(w);
+        }
+        txn.commit().map_err(store_err)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let db2 = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-store-writer".into())
+            .spawn(move || writer_loop(&db2, rx))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(EmbeddedStore { inner: Arc::new(Inner { db, writer: Some(tx), thread: Some(thread) }) })
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+        writer.send(make(tx)).map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(store_err)?;
+            f(&txn).map_err(store_err)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut weight = first.weight();
+        let mut ops = vec![first];
+        while weight < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => {
+                    weight += op.weight();
+                    ops.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
+        let mut pending = ops.into_iter();
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut w = Writer::open(&txn)?;
+                for op in pending.by_ref() {
+                    finished.push(w.apply(op)?);
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        let err = result.err().map(|e| StoreError::Unavailable(format!("commit failed: {e}")));
+        if let Some(e) = &err {
+            tracing::error!(error = %e, "store commit failed");
+            // Operations not reached before the failure never ran; tell their callers too.
+            for op in pending {
+                fail(op, e.clone());
+            }
+        }
+        for f in finished {
+            f.finish(err.clone());
+        }
+    }
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Persist(_, r) => drop(r.send(Err(e))),
+        Op::CreateRoom { reply, .. } | Op::AddMembers { reply, .. } => drop(reply.send(Err(e))),
+        Op::MarkRead { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordDeadLetter { reply, .. } => drop(reply.send(Err(e))),
+    }
+}
+
+/// The tables of one write transaction and the logic of each write.
+struct Writer<'t> {
+    rooms: Table<'t, &'static str, &'static [u8]>,
+    members: Table<'t, (&'static str, &'static str), i64>,
+    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    msg_ids: Table<'t, &'static str, &'static [u8]>,
+    inbox: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    totals: Table<'t, &'static str, u64>,
+    campaigns: Table<'t, &'static str, &'static [u8]>,
+    campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
+    campaign_dead: Table<'t, (&'static str, &'static str), ()>,
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Writer {
+            rooms: txn.open_table(ROOMS)?,
+            members: txn.open_table(MEMBERS)?,
+            messages: txn.open_table(MESSAGES)?,
+            msg_ids: txn.open_table(MSG_IDS)?,
+            inbox: txn.open_table(INBOX)?,
+            totals: txn.open_table(TOTALS)?,
+            campaigns: txn.open_table(CAMPAIGNS)?,
+            campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
+            campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
+        })
+    }
+
+    fn apply(&mut self, op: Op) -> Result<Box<dyn Finish>, redb::Error> {
+        Ok(match op {
+            Op::Persist(batch, reply) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    out.push(self.persist_one(m)?);
+                }
+                done(reply, Ok(out))
+            }
+            Op::CreateRoom { room, members, now_ms, reply } => {
+                let r = self.create_room(&room, &members, now_ms)?;
+                done(reply, r)
+            }
+            Op::AddMembers { room, members, now_ms, reply } => {
+                let r = self.add_members(&room, &members, now_ms)?;
+                done(reply, r)
+            }
+            Op::MarkRead { user, room, seq, now_ms, reply } => {
+                let r = self.mark_read(&user, &room, seq, now_ms)?;
+                done(reply, r)
+            }
+            Op::RecordEnqueued { campaign_id, requested, recipients, reply } => {
+                let mut c = self.campaign_rec(&campaign_id)?;
+                c.requested += requested;
+                for r in &recipients {
+                    if self.campaign_recipients.insert((campaign_id.as_str(), r.as_str()), ())?.is_none() {
+                        c.enqueued += 1;
+                    }
+                }
+                self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
+                done(reply, Ok(c.to_campaign(&campaign_id)))
+            }
+            Op::RecordDeadLetter { campaign_id, msg_id, reply } => {
+                let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
+                if !persisted && self.campaign_dead.insert((campaign_id.as_str(), msg_id.as_str()), ())?.is_none() {
+                    let mut c = self.campaign_rec(&campaign_id)?;
+                    c.dead_lettered += 1;
+                    self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
+                }
+                done(reply, Ok(()))
+            }
+        })
+    }
+
+    fn campaign_rec(&self, id: &str) -> Result<CampaignRec, redb::Error> {
+        match self.campaigns.get(id)? {
+            Some(v) => decode(v.value()),
+            None => Ok(CampaignRec::default()),
+        }
+    }
+
+    fn room_rec(&self, room: &str) -> Result<Option<RoomRec>, redb::Error> {
+        match self.rooms.get(room)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
+        let mut out = Vec::new();
+        for entry in self.members.range((room, "")..)? {
+            let (k, _) = entry?;
+            let (r, u) = k.value();
+            if r != room {
+                break;
+            }
+            out.push(u.to_string());
+        }
+        Ok(out)
+    }
+
+    fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
+        Ok(Room { room: room.to_string(), members: self.member_list(room)?, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms })
+    }
+
+    fn join(&mut self, room: &str, user: &str, last_seq: u64, now_ms: i64) -> Result<bool, redb::Error> {
+        if self.members.get((room, user))?.is_some() {
+            return Ok(false);
+        }
+        self.members.insert((room, user), now_ms)?;
+        let row = InboxRec { read_seq: last_seq, updated_at_ms: now_ms, ..InboxRec::default() };
+        self.inbox.insert((user, room), encode(&row).as_slice())?;
+        Ok(true)
+    }
+
+    fn create_room(&mut self, room: &str, members: &[String], now_ms: i64) -> Result<Result<Room, StoreError>, redb::Error> {
+        if let Some(rec) = self.room_rec(room)? {
+            let existing = self.member_list(room)?;
+            let mut wanted: Vec<String> = members.to_vec();
+            wanted.sort();
+            wanted.dedup();
+            return Ok(if existing == wanted { Ok(self.room_view(room, &rec)?) } else { Err(StoreError::RoomExists(room.to_string())) });
+        }
+        let rec = RoomRec { last_seq: 0, version: 1, created_at_ms: now_ms };
+        self.rooms.insert(room, encode(&rec).as_slice())?;
+        for m in members {
+            self.join(room, m, 0, now_ms)?;
+        }
+        Ok(Ok(self.room_view(room, &rec)?))
+    }
+
+    fn add_members(&mut self, room: &str, members: &[String], now_ms: i64) -> Result<Result<Room, StoreError>, redb::Error> {
+        let Some(mut rec) = self.room_rec(room)? else {
+            return Ok(Err(StoreError::UnknownRoom(room.to_string())));
+        };
+        let mut changed = false;
+        for m in members {
+            changed |= self.join(room, m, rec.last_seq, now_ms)?;
+        }
+        if changed {
+            rec.version += 1;
+            self.rooms.insert(room, encode(&rec).as_slice())?;
+        }
+        Ok(Ok(self.room_view(room, &rec)?))
+    }
+
+    fn persist_one(&mut self, m: &NewMessage) -> Result<Result<Persisted, StoreError>, redb::Error> {
+        let existing = match self.msg_ids.get(m.msg_id.as_str())? {
+            Some(v) => Some(decode::<MsgIdRec>(v.value())?),
+            None => None,
+        };
+        if let Some(id) = existing {
+            let rec = self.messages.get((id.room.as_str(), id.seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
+            let rec = rec.ok_or_else(|| redb::Error::Corrupted(format!("msg_id {} points at a missing message", m.msg_id)))?;
+            return Ok(Ok(Persisted {
+                message: Arc::new(stored(&id.room, id.seq, rec)),
+                duplicate: true,
+                members: Arc::new(Vec::new()),
+                unread: Vec::new(),
+            }));
+        }
+        let room = m.room.as_str();
+        let mut rec = match self.room_rec(room)? {
+            Some(rec) => rec,
+            None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
+            None => {
+                if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
+                    return Ok(Err(e));
+                }
+                RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }
+            }
+        };
+        if self.members.get((room, m.sender.as_str()))?.is_none() {
+            return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
+        }
+        rec.last_seq += 1;
+        rec.version += 1;
+        let seq = rec.last_seq;
+        self.rooms.insert(room, encode(&rec).as_slice())?;
+        let msg = MsgRec {
+            msg_id: m.msg_id.clone(),
+            sender: m.sender.clone(),
+            body: m.body.clone(),
+            kind: m.kind,
+            campaign_id: m.campaign_id.clone(),
+            sent_at_ms: m.sent_at_ms,
+        };
+        self.messages.insert((room, seq), encode(&msg).as_slice())?;
+        self.msg_ids.insert(m.msg_id.as_str(), encode(&MsgIdRec { room: m.room.clone(), seq }).as_slice())?;
+
+        let members = self.member_list(room)?;
+        let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
+        let mut unread = Vec::with_capacity(members.len().saturating_sub(1));
+        for user in members.iter().filter(|u| **u != m.sender) {
+            let mut row = match self.inbox.get((user.as_str(), room))? {
+                Some(v) => decode::<InboxRec>(v.value())?,
+                None => InboxRec::default(),
+            };
+            row.unread += 1;
+            row.version += 1;
+            row.preview.clone_from(&preview);
+            row.updated_at_ms = m.sent_at_ms;
+            self.inbox.insert((user.as_str(), room), encode(&row).as_slice())?;
+            let total = self.totals.get(user.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
+            self.totals.insert(user.as_str(), total)?;
+            unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total });
+        }
+        if let Some(cid) = &m.campaign_id {
+            let mut c = self.campaign_rec(cid)?;
+            c.persisted += 1;
+            // A message dead-lettered earlier and persisted after a redrive counts once.
+            if self.campaign_dead.remove((cid.as_str(), m.msg_id.as_str()))?.is_some() {
+                c.dead_lettered = c.dead_lettered.saturating_sub(1);
+            }
+            self.campaigns.insert(cid.as_str(), encode(&c).as_slice())?;
+        }
+        Ok(Ok(Persisted { message: Arc::new(stored(room, seq, msg)), duplicate: false, members: Arc::new(members), unread }))
+    }
+
+    /// Counts messages of `room` with seq in `range` not sent by `user`.
+    fn count_not_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<u64, redb::Error> {
+        let mut n = 0;
+        if from > to {
+            return Ok(0);
+        }
+        for entry in self.messages.range((room, from)..=(room, to))? {
+            let (_, v) = entry?;
+            if decode::<MsgRec>(v.value())?.sender != user {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn mark_read(&mut self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<Result<ReadOutcome, StoreError>, redb::Error> {
+        let Some(rec) = self.room_rec(room)? else {
+            return Ok(Err(StoreError::UnknownRoom(room.to_string())));
+        };
+        let row = self.inbox.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()?;
+        let Some(mut row) = row else {
+            return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
+        };
+        let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
+        let target = seq.min(rec.last_seq);
+        if target <= row.read_seq {
+            return Ok(Ok(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false }));
+        }
+        // Scan whichever range is shorter: what became read, or what stays unread.
+        let new_unread = if target - row.read_seq <= rec.last_seq - target {
+            row.unread.saturating_sub(self.count_not_by(room, user, row.read_seq + 1, target)?)
+        } else {
+            self.count_not_by(room, user, target + 1, rec.last_seq)?
+        };
+        let total = total - (row.unread - new_unread).min(total);
+        row.unread = new_unread;
+        row.read_seq = target;
+        row.version += 1;
+        row.updated_at_ms = now_ms;
+        self.inbox.insert((user, room), encode(&row).as_slice())?;
+        self.totals.insert(user, total)?;
+        Ok(Ok(ReadOutcome { read_seq: target, unread: new_unread, total_unread: total, changed: true }))
+    }
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn create_room(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        let (room, members) = (room.to_string(), members.to_vec());
+        self.submit(|reply| Op::CreateRoom { room, members, now_ms, reply }).await
+    }
+
+    async fn add_members(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        let (room, members) = (room.to_string(), members.to_vec());
+        self.submit(|reply| Op::AddMembers { room, members, now_ms, reply }).await
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<Room>, StoreError> {
+        let room = room.to_string();
+        self.read(move |txn| {
+            let rooms = txn.open_table(ROOMS)?;
+            let Some(v) = rooms.get(room.as_str())? else { return Ok(None) };
+            let rec: RoomRec = decode(v.value())?;
+            let members_t = txn.open_table(MEMBERS)?;
+            let mut members = Vec::new();
+            for entry in members_t.range((room.as_str(), "")..)? {
+                let (k, _) = entry?;
+                let (r, u) = k.value();
+                if r != room {
+                    break;
+                }
+                members.push(u.to_string());
+            }
+            Ok(Some(Room { room: room.clone(), members, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms }))
+        })
+        .await
+    }
+
+    async fn membership(&self, room: &str, user: &str) -> Result<Membership, StoreError> {
+        let (room, user) = (room.to_string(), user.to_string());
+        self.read(move |txn| {
+            if txn.open_table(MEMBERS)?.get((room.as_str(), user.as_str()))?.is_some() {
+                return Ok(Membership::Member);
+            }
+            Ok(if txn.open_table(ROOMS)?.get(room.as_str())?.is_some() { Membership::NotMember } else { Membership::UnknownRoom })
+        })
+        .await
+    }
+
+    async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Op::Persist(batch, reply)).await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
+        let (user, room) = (user.to_string(), room.to_string());
+        self.submit(|reply| Op::MarkRead { user, room, seq, now_ms, reply }).await
+    }
+
+    async fn history(&self, room: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let room = room.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(MESSAGES)?;
+            let lo = q.after.map_or(1, |a| a.saturating_add(1));
+            let hi = q.before.map_or(u64::MAX, |b| b.saturating_sub(1));
+            let mut out = Vec::new();
+            if lo > hi || q.limit == 0 {
+                return Ok(out);
+            }
+            let range = t.range((room.as_str(), lo)..=(room.as_str(), hi))?;
+            let mut push = |entry: Result<(redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, &[u8]>), redb::StorageError>| -> Result<(), redb::Error> {
+                let (k, v) = entry?;
+                out.push(stored(&room, k.value().1, decode(v.value())?));
+                Ok(())
+            };
+            if q.after.is_some() {
+                for e in range.take(q.limit) {
+                    push(e)?;
+                }
+            } else {
+                for e in range.rev().take(q.limit) {
+                    push(e)?;
+                }
+                out.reverse();
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+        let user = user.to_string();
+        self.read(move |txn| {
+            let inbox = txn.open_table(INBOX)?;
+            let rooms = txn.open_table(ROOMS)?;
+            let mut out = Inbox::default();
+            for entry in inbox.range((user.as_str(), "")..)? {
+                let (k, v) = entry?;
+                let (u, room) = k.value();
+                if u != user {
+                    break;
+                }
+                let row: InboxRec = decode(v.value())?;
+                let last_seq = match rooms.get(room)? {
+                    Some(r) => decode::<RoomRec>(r.value())?.last_seq,
+                    None => 0,
+                };
+                out.rooms.push(InboxRoom { room: room.to_string(), unread: row.unread, read_seq: row.read_seq, last_seq });
+            }
+            out.total_unread = txn.open_table(TOTALS)?.get(user.as_str())?.map(|v| v.value()).unwrap_or(0);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+        let (campaign_id, recipients) = (campaign_id.to_string(), recipients.to_vec());
+        self.submit(|reply| Op::RecordEnqueued { campaign_id, requested, recipients, reply }).await
+    }
+
+    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+        let (campaign_id, msg_id) = (campaign_id.to_string(), msg_id.to_string());
+        self.submit(|reply| Op::RecordDeadLetter { campaign_id, msg_id, reply }).await
+    }
+
+    async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+        let id = campaign_id.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(CAMPAIGNS)?;
+            let Some(v) = t.get(id.as_str())? else { return Ok(None) };
+            Ok(Some(decode::<CampaignRec>(v.value())?.to_campaign(&id)))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|txn| {
+            txn.open_table(ROOMS)?;
+            Ok(())
+        })
+        .await
+    }
+}

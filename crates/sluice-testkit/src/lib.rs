@@ -1,0 +1,26 @@
+//! Conformance suites that every backend implementation runs, and test helpers.
+//!
+//! Each suite is a set of `pub async fn` test bodies plus a macro that turns them into
+//! `#[tokio::test]`s for one implementation, so the embedded backends and the AWS/Redis ones
+//! are held to exactly the same behaviour:
+//!
+//! ```ignore
+//! sluice_testkit::store_conformance!(|| async { my_fresh_store().await });
+//! ```
+//!
+//! The factory returns the backend and a guard (temporary directory, emulator handle, ...)
+//! that must outlive the test.
+
+pub mod hub;
+pub mod queue;
+pub mod store;
+
+use std::any::Any;
+
+/// Keeps a test's resources alive (temporary directories, emulator handles).
+pub type Guard = Box<dyn Any + Send>;
+
+/// A message body for tests.
+pub fn body(n: usize) -> String {
+    format!("message {n}")
+}

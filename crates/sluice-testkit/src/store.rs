@@ -1,0 +1,296 @@
+//! The message store conformance suite (DESIGN.md invariants 1-3 and the data model).
+
+use sluice_core::error::StoreError;
+use sluice_core::ids;
+use sluice_core::model::{HistoryQuery, MessageKind, NewMessage};
+use sluice_core::store::{Membership, MessageStore};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Generates one `#[tokio::test]` per store conformance test for the store made by `$make`,
+/// an async closure returning `(Arc<dyn MessageStore>, Guard)`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::__store_tests!($make;
+            room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
+            unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
+            history_pages, campaign_progress, new_members_start_read);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = ($make)().await;
+                $crate::store::$name(store).await;
+            }
+        )*
+    };
+}
+
+fn users(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A chat message from `sender` in `room` with a deterministic id.
+pub fn chat(room: &str, sender: &str, client_id: &str) -> NewMessage {
+    NewMessage {
+        msg_id: ids::chat_msg_id(sender, room, client_id),
+        room: room.to_string(),
+        sender: sender.to_string(),
+        body: format!("{sender} says {client_id}"),
+        kind: MessageKind::Chat,
+        campaign_id: None,
+        sent_at_ms: 1_700_000_000_000,
+        create_members: Vec::new(),
+    }
+}
+
+fn unique_room(prefix: &str) -> String {
+    format!("{prefix}-{}", ids::random_id())
+}
+
+async fn persist_ok(store: &dyn MessageStore, m: NewMessage) -> sluice_core::model::Persisted {
+    let mut out = store.persist(vec![m]).await.expect("persist call");
+    out.pop().expect("one result").expect("message persists")
+}
+
+async fn unread_of(store: &dyn MessageStore, user: &str, room: &str) -> (u64, u64) {
+    let inbox = store.inbox(user).await.expect("inbox");
+    let row = inbox.rooms.iter().find(|r| r.room == room).map_or(0, |r| r.unread);
+    (row, inbox.total_unread)
+}
+
+pub async fn room_lifecycle(store: Arc<dyn MessageStore>) {
+    let room = unique_room("lifecycle");
+    let r = store.create_room(&room, &users(&["bob", "alice"]), 1).await.unwrap();
+    assert_eq!(r.members, users(&["alice", "bob"]));
+    assert_eq!(r.last_seq, 0);
+    let again = store.create_room(&room, &users(&["alice", "bob"]), 2).await.unwrap();
+    assert_eq!(again.members, r.members, "creating the same room again is a safe retry");
+    assert_eq!(store.create_room(&room, &users(&["alice"]), 3).await.unwrap_err(), StoreError::RoomExists(room.clone()));
+    let r = store.add_members(&room, &users(&["carol", "alice"]), 4).await.unwrap();
+    assert_eq!(r.members, users(&["alice", "bob", "carol"]));
+    assert_eq!(store.membership(&room, "carol").await.unwrap(), Membership::Member);
+    assert_eq!(store.membership(&room, "mallory").await.unwrap(), Membership::NotMember);
+    assert_eq!(store.membership("no-such-room-x", "alice").await.unwrap(), Membership::UnknownRoom);
+    assert!(store.room("no-such-room-x").await.unwrap().is_none());
+    assert!(matches!(store.add_members("no-such-room-x", &users(&["a"]), 5).await, Err(StoreError::UnknownRoom(_))));
+    assert_eq!(store.room(&room).await.unwrap().unwrap().members.len(), 3);
+}
+
+/// Invariant 1: per-room seq is 1, 2, 3, ... gap-free under concurrent senders, and each
+/// sender's messages keep their order.
+pub async fn gap_free_seq_under_concurrent_senders(store: Arc<dyn MessageStore>) {
+    let room = unique_room("order");
+    let senders = users(&["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
+    store.create_room(&room, &senders, 1).await.unwrap();
+    const PER_SENDER: usize = 40;
+    let mut tasks = Vec::new();
+    for s in senders.clone() {
+        let (store, room) = (store.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..PER_SENDER {
+                seqs.push(persist_ok(store.as_ref(), chat(&room, &s, &i.to_string())).await.message.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a sender's messages keep their order: {seqs:?}");
+        all.extend(seqs);
+    }
+    all.sort();
+    let want: Vec<u64> = (1..=(senders.len() * PER_SENDER) as u64).collect();
+    assert_eq!(all, want, "every seq used exactly once, no gaps");
+    let mut read = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.history(&room, HistoryQuery { before: None, after: Some(after), limit: 100 }).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().seq;
+        read.extend(page.into_iter().map(|m| m.seq));
+    }
+    assert_eq!(read, want, "paging with after=N misses nothing");
+    assert_eq!(store.room(&room).await.unwrap().unwrap().last_seq, want.len() as u64);
+}
+
+/// Invariant 2: one message, one seq, one increment per msg_id.
+pub async fn exactly_once_per_msg_id(store: Arc<dyn MessageStore>) {
+    let room = unique_room("once");
+    store.create_room(&room, &users(&["alice", "bob"]), 1).await.unwrap();
+    let m = chat(&room, "alice", "c1");
+    let first = persist_ok(store.as_ref(), m.clone()).await;
+    assert!(!first.duplicate);
+    assert_eq!(first.unread.len(), 1);
+    let again = persist_ok(store.as_ref(), m.clone()).await;
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, first.message.seq);
+    assert_eq!(again.message.msg_id, first.message.msg_id);
+    assert!(again.unread.is_empty());
+    // The same id twice inside one batch, next to a new message.
+    let m2 = chat(&room, "alice", "c2");
+    let out = store.persist(vec![m2.clone(), m2.clone(), m.clone()]).await.unwrap();
+    let out: Vec<_> = out.into_iter().map(|r| r.unwrap()).collect();
+    assert!(!out[0].duplicate && out[1].duplicate && out[2].duplicate);
+    assert_eq!(out[0].message.seq, 2);
+    assert_eq!(out[1].message.seq, 2);
+    assert_eq!(store.room(&room).await.unwrap().unwrap().last_seq, 2);
+    assert_eq!(unread_of(store.as_ref(), "bob", &room).await.0, 2);
+    let hist = store.history(&room, HistoryQuery { before: None, after: None, limit: 50 }).await.unwrap();
+    assert_eq!(hist.len(), 2);
+}
+
+/// Invariant 3: unread = messages after read_seq not sent by the user; total = sum.
+pub async fn unread_counters_are_exact(store: Arc<dyn MessageStore>) {
+    let a = format!("ua-{}", ids::random_id());
+    let b = format!("ub-{}", ids::random_id());
+    let r1 = unique_room("unread1");
+    let r2 = unique_room("unread2");
+    store.create_room(&r1, &[a.clone(), b.clone()], 1).await.unwrap();
+    store.create_room(&r2, &[a.clone(), b.clone()], 1).await.unwrap();
+    for i in 0..5 {
+        persist_ok(store.as_ref(), chat(&r1, &a, &format!("a{i}"))).await;
+    }
+    for i in 0..3 {
+        persist_ok(store.as_ref(), chat(&r1, &b, &format!("b{i}"))).await;
+        persist_ok(store.as_ref(), chat(&r2, &a, &format!("x{i}"))).await;
+    }
+    assert_eq!(unread_of(store.as_ref(), &b, &r1).await, (5, 8));
+    assert_eq!(unread_of(store.as_ref(), &a, &r1).await, (3, 3), "own messages never count");
+    // r1: seq 1-5 by a, 6-8 by b. b reads to 3: unread = 2 (seq 4, 5).
+    let r = store.mark_read(&b, &r1, 3, 10).await.unwrap();
+    assert_eq!((r.read_seq, r.unread, r.total_unread, r.changed), (3, 2, 5, true));
+    let back = store.mark_read(&b, &r1, 1, 11).await.unwrap();
+    assert_eq!((back.read_seq, back.unread, back.changed), (3, 2, false), "read position never moves back");
+    let capped = store.mark_read(&b, &r1, 1_000, 12).await.unwrap();
+    assert_eq!((capped.read_seq, capped.unread, capped.total_unread), (8, 0, 3));
+    let ra = store.mark_read(&a, &r1, 7, 13).await.unwrap();
+    assert_eq!((ra.unread, ra.total_unread), (1, 1));
+    let inbox = store.inbox(&b).await.unwrap();
+    let row = inbox.rooms.iter().find(|r| r.room == r1).unwrap();
+    assert_eq!((row.read_seq, row.last_seq, row.unread), (8, 8, 0));
+    assert_eq!(inbox.total_unread, inbox.rooms.iter().map(|r| r.unread).sum::<u64>());
+    assert!(matches!(store.mark_read("stranger", &r1, 1, 14).await, Err(StoreError::NotMember { .. })));
+    assert!(matches!(store.mark_read(&a, "no-such-room-y", 1, 14).await, Err(StoreError::UnknownRoom(_))));
+}
+
+/// Invariant 7: a bad message in a batch fails alone; the others commit.
+pub async fn permanent_errors_are_per_message(store: Arc<dyn MessageStore>) {
+    let room = unique_room("errors");
+    store.create_room(&room, &users(&["alice", "bob"]), 1).await.unwrap();
+    let out = store
+        .persist(vec![
+            chat(&room, "alice", "1"),
+            chat("no-such-room-z", "alice", "2"),
+            chat(&room, "mallory", "3"),
+            chat(&room, "bob", "4"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap().message.seq, 1);
+    let e1 = out[1].as_ref().unwrap_err();
+    assert!(matches!(e1, StoreError::UnknownRoom(_)) && !e1.is_retryable());
+    let e2 = out[2].as_ref().unwrap_err();
+    assert!(matches!(e2, StoreError::NotMember { .. }) && !e2.is_retryable());
+    assert_eq!(out[3].as_ref().unwrap().message.seq, 2, "no seq is burnt by a failed message");
+    assert!(store.room("no-such-room-z").await.unwrap().is_none());
+}
+
+pub async fn direct_rooms_are_created_on_first_use(store: Arc<dyn MessageStore>) {
+    let shop = format!("shop-{}", ids::random_id());
+    let room = ids::dm_room(&shop, "alice");
+    let mut m = chat(&room, &shop, "promo");
+    m.kind = MessageKind::OneOff;
+    m.create_members = vec![shop.clone(), "alice".to_string()];
+    let p = persist_ok(store.as_ref(), m.clone()).await;
+    assert_eq!(p.message.seq, 1);
+    assert_eq!(p.message.kind, MessageKind::OneOff);
+    let r = store.room(&room).await.unwrap().unwrap();
+    let mut want = vec![shop.clone(), "alice".to_string()];
+    want.sort();
+    assert_eq!(r.members, want);
+    assert_eq!(p.unread.len(), 1);
+    assert_eq!(p.unread[0].user, "alice");
+    let mut m2 = chat(&room, &shop, "promo2");
+    m2.create_members = m.create_members.clone();
+    assert_eq!(persist_ok(store.as_ref(), m2).await.message.seq, 2, "an existing room is reused");
+}
+
+pub async fn history_pages(store: Arc<dyn MessageStore>) {
+    let room = unique_room("history");
+    store.create_room(&room, &users(&["alice", "bob"]), 1).await.unwrap();
+    let batch: Vec<NewMessage> = (0..20).map(|i| chat(&room, "alice", &i.to_string())).collect();
+    assert!(store.persist(batch).await.unwrap().iter().all(|r| r.is_ok()));
+    let seqs = |v: Vec<sluice_core::model::StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    let q = |before, after, limit| HistoryQuery { before, after, limit };
+    assert_eq!(seqs(store.history(&room, q(None, None, 3)).await.unwrap()), vec![18, 19, 20], "newest page");
+    assert_eq!(seqs(store.history(&room, q(Some(5), None, 10)).await.unwrap()), vec![1, 2, 3, 4]);
+    assert_eq!(seqs(store.history(&room, q(None, Some(17), 10)).await.unwrap()), vec![18, 19, 20]);
+    assert_eq!(seqs(store.history(&room, q(Some(10), Some(5), 2)).await.unwrap()), vec![6, 7]);
+    assert_eq!(seqs(store.history(&room, q(Some(1), None, 10)).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(seqs(store.history(&room, q(None, Some(20), 10)).await.unwrap()), Vec::<u64>::new());
+    let m = &store.history(&room, q(None, Some(0), 1)).await.unwrap()[0];
+    assert_eq!((m.sender.as_str(), m.body.as_str(), m.kind), ("alice", "alice says 0", MessageKind::Chat));
+}
+
+pub async fn campaign_progress(store: Arc<dyn MessageStore>) {
+    let cid = format!("camp-{}", ids::random_id());
+    let shop = format!("shop-{}", ids::random_id());
+    let rcpts = users(&["r1", "r2", "r3"]);
+    let c = store.record_enqueued(&cid, 4, &rcpts).await.unwrap();
+    assert_eq!((c.requested, c.enqueued, c.persisted), (4, 3, 0));
+    let c = store.record_enqueued(&cid, 2, &users(&["r3", "r4"])).await.unwrap();
+    assert_eq!((c.requested, c.enqueued), (6, 4), "a recipient repeated across calls counts once");
+    let one_off = |r: &str| {
+        let room = ids::dm_room(&shop, r);
+        NewMessage {
+            msg_id: ids::bulk_msg_id(&cid, r),
+            room,
+            sender: shop.clone(),
+            body: "sale".into(),
+            kind: MessageKind::OneOff,
+            campaign_id: Some(cid.clone()),
+            sent_at_ms: 5,
+            create_members: vec![shop.clone(), r.to_string()],
+        }
+    };
+    let out = store.persist(vec![one_off("r1"), one_off("r2"), one_off("r1")]).await.unwrap();
+    assert!(out.iter().all(|r| r.is_ok()));
+    // r2 persisted, then "dead-lettered" (a worker crashed after commit): not counted.
+    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r2")).await.unwrap();
+    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r3")).await.unwrap();
+    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r3")).await.unwrap();
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.dead_lettered, c.done()), (2, 1, false));
+    // r3 redriven and persisted after all: moves from dead-lettered to persisted.
+    store.persist(vec![one_off("r3"), one_off("r4")]).await.unwrap();
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered, c.done()), (4, 4, 0, true));
+    assert!(store.campaign("no-such-campaign").await.unwrap().is_none());
+}
+
+pub async fn new_members_start_read(store: Arc<dyn MessageStore>) {
+    let room = unique_room("join");
+    store.create_room(&room, &users(&["alice", "bob"]), 1).await.unwrap();
+    for i in 0..3 {
+        persist_ok(store.as_ref(), chat(&room, "alice", &i.to_string())).await;
+    }
+    let carol = format!("carol-{}", ids::random_id());
+    store.add_members(&room, std::slice::from_ref(&carol), 2).await.unwrap();
+    assert_eq!(unread_of(store.as_ref(), &carol, &room).await, (0, 0));
+    persist_ok(store.as_ref(), chat(&room, "alice", "after")).await;
+    let inbox = store.inbox(&carol).await.unwrap();
+    let rows: BTreeMap<_, _> = inbox.rooms.iter().map(|r| (r.room.clone(), (r.unread, r.read_seq, r.last_seq))).collect();
+    assert_eq!(rows[&room], (1, 3, 4));
+}
