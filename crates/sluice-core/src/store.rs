@@ -43,7 +43,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// message counts as persisted for its campaign. Messages of one room commit in the order
     /// given. Each message succeeds or fails on its own (unknown room, sender not a member);
     /// a message whose `msg_id` is already persisted returns the original with
-    /// `duplicate = true`. The outer error means nothing in the batch committed.
+    /// `duplicate = true`. After a retryable failure of one message, later messages of the
+    /// same room in the batch are not attempted (they fail retryable too), so a room's order
+    /// survives a retry. The outer error means nothing in the batch committed.
     async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError>;
 
     /// Moves `user`'s read position in `room` up to `seq` (capped at the room's last seq;

@@ -1,1 +1,99 @@
-//! placeholder
+//! The Sluice gateway: the WebSocket/HTTP server (axum) and the gRPC `ChatService` (tonic).
+//!
+//! - [`chat`]: the operations both transports share (validation, limits, persist, fan-out).
+//! - [`ws`]: the WebSocket contract v1, one session per socket.
+//! - [`grpc`]: `sluice.v1.ChatService` for internal services and the bulk scheduler.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` and a small browser demo at `/`.
+//! - [`auth`]: user JWTs and the service token; [`error`]: one error type for both transports.
+//!
+//! The gateway is stateless: sessions live in the hub, data in the store and queue, so any
+//! number of gateways can run and clients reconnect to any of them.
+
+pub mod auth;
+pub mod chat;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod ws;
+
+use sluice_core::events::EventSink;
+use sluice_core::hub::Hub;
+use sluice_core::metrics::Metrics;
+use sluice_core::queue::SpikeQueue;
+use sluice_core::store::MessageStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::Auth;
+
+/// Limits that protect the service from clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket text frame answered with `too_large` (socket stays open).
+    pub max_frame_bytes: usize,
+    /// Largest frame read at all; beyond it the socket closes with 1009.
+    pub hard_frame_bytes: usize,
+    /// Sends per second per connection (sustained) and the burst allowed.
+    pub send_rate: f64,
+    pub send_burst: f64,
+    /// Frames buffered for a slow WebSocket consumer before it is disconnected.
+    pub outbound_buffer: usize,
+    /// Recipients in one EnqueueBulk call.
+    pub max_bulk_recipients: usize,
+    /// Members in one CreateRoom/AddMembers call.
+    pub max_room_members: usize,
+    /// Rooms in one `resume` frame.
+    pub max_resume_rooms: usize,
+    /// A connection with no frame (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Interval of server pings.
+    pub ping_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_frame_bytes: 128 * 1024,
+            hard_frame_bytes: 1024 * 1024,
+            send_rate: 50.0,
+            send_burst: 100.0,
+            outbound_buffer: 1024,
+            max_bulk_recipients: 100_000,
+            max_room_members: 10_000,
+            max_resume_rooms: 1_000,
+            idle_timeout: Duration::from_secs(90),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a gateway serves from: backends, credentials, limits, metrics.
+pub struct App {
+    pub store: Arc<dyn MessageStore>,
+    pub queue: Arc<dyn SpikeQueue>,
+    pub hub: Arc<dyn Hub>,
+    pub events: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub limits: Limits,
+    /// Cancelled on shutdown: sessions close with 1001, streams end.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves HTTP/WebSocket on `http` and gRPC on `grpc` until `app.shutdown` is cancelled.
+pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::io::Result<()> {
+    let shutdown = app.shutdown.clone();
+    let http_server = axum::serve(http, http::router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(grpc::service(app.clone()))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
+    let (h, g) = tokio::join!(http_server, grpc_server);
+    h?;
+    g.map_err(std::io::Error::other)
+}

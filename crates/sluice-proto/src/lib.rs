@@ -1,10 +1,12 @@
-//! Generated protobuf and gRPC code for `proto/sluice/v1`: the `ChatService` contract,
-//! the spike-queue message body (`QueuedMessage`) and the analytics events.
-//! Generated code lives in `OUT_DIR`; nothing here is written by hand.
+//! Protobuf and gRPC code for `proto/sluice/v1`: the `ChatService` contract, the
+//! spike-queue message body (`QueuedMessage`) and the analytics events. The generated code
+//! lives in `OUT_DIR` ([`v1`]); [`convert`] maps it to and from the domain types of
+//! `sluice-core`, so gateway and worker agree on one encoding.
 
-#![allow(unreachable_pub, clippy::all)]
+pub mod convert;
 
-/// Package `sluice.v1`.
+/// Package `sluice.v1` (generated).
+#[allow(unreachable_pub, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }

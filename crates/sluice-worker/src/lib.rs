@@ -1,1 +1,257 @@
-//! placeholder
+//! The queue consumer: drains the spike queue into the message store.
+//!
+//! Each of `concurrency` pollers loops: receive a batch (many groups, each group's messages
+//! in order), decode, persist the whole batch in one store call, ack what committed, then fan
+//! out and emit analytics. Because a group with a message in flight is never handed to a
+//! second poller or worker, a room is processed by one consumer at a time, in order
+//! (invariant 5), while different rooms go in parallel.
+//!
+//! Failures: an undecodable or invalid message, or one the store refuses for good (unknown
+//! room, sender not a member), goes to the dead-letter queue with its reason, and the rest of
+//! its batch goes on (invariant 7). A retryable failure releases the message for redelivery;
+//! after `max_receives` deliveries it is dead-lettered with the last reason. A message is
+//! acked only after its commit, so a crash between commit and ack means a redelivery, which
+//! the store recognises by msg_id (invariant 2).
+//!
+//! Shutdown: on cancellation the pollers stop receiving, finish the batch in hand (persist,
+//! ack) and return; nothing unpersisted is acked.
+
+use futures::future::join_all;
+use sluice_core::backoff::Backoff;
+use sluice_core::events::EventSink;
+use sluice_core::fanout;
+use sluice_core::hub::Hub;
+use sluice_core::metrics::Metrics;
+use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
+use sluice_core::store::MessageStore;
+use sluice_proto::convert::decode_queued;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Concurrent pollers: the worker's concurrency budget for the bulk lane.
+    pub concurrency: usize,
+    /// Most messages per receive (SQS allows 10; the embedded queue any number).
+    pub batch_size: usize,
+    /// Long-poll wait of one receive.
+    pub wait: Duration,
+    /// Visibility timeout of received messages; extended while a batch is slow.
+    pub visibility: Duration,
+    /// Deliveries after which a failing message is dead-lettered.
+    pub max_receives: u32,
+    /// Largest message body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 4,
+            batch_size: 256,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+            max_receives: 5,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The backends a worker uses.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn MessageStore>,
+    pub queue: Arc<dyn SpikeQueue>,
+    pub hub: Arc<dyn Hub>,
+    pub events: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A queue consumer. Any number may run against one queue, in one process or many.
+pub struct Worker {
+    b: Backends,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(b: Backends, config: WorkerConfig) -> Self {
+        Worker { b, config }
+    }
+
+    /// Runs the pollers until `shutdown` is cancelled and their batches are finished.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let pollers = (0..self.config.concurrency.max(1)).map(|_| {
+            let (w, s) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move { w.poll(s).await })
+        });
+        for r in join_all(pollers).await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "worker poller panicked");
+            }
+        }
+    }
+
+    async fn poll(&self, shutdown: CancellationToken) {
+        let backoff = Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(5), max_attempts: u32::MAX };
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.b.queue.receive(self.config.batch_size, self.config.wait, self.config.visibility) => r,
+            };
+            let ok = match received {
+                Ok(batch) if batch.is_empty() => true,
+                Ok(batch) => self.process(batch).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue receive failed");
+                    false
+                }
+            };
+            if ok {
+                failures = 0;
+            } else {
+                self.b.metrics.retries.inc();
+                let delay = backoff.delay(failures).unwrap_or(backoff.cap);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    /// Processes one received batch; false when something failed in a retryable way.
+    pub async fn process(&self, batch: Vec<Delivery>) -> bool {
+        let m = &self.b.metrics;
+        let mut work = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for d in batch {
+            match decode_queued(&d.body, self.config.max_body_bytes) {
+                Ok(msg) if d.receive_count > self.config.max_receives => {
+                    let reason = format!("received {} times without completing", d.receive_count);
+                    self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                }
+                Ok(msg) => {
+                    work.push(d);
+                    messages.push(msg);
+                }
+                Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
+            }
+        }
+        if messages.is_empty() {
+            return true;
+        }
+        let timer = m.persist_seconds.start_timer();
+        let receipts: Vec<Receipt> = work.iter().map(|d| d.receipt.clone()).collect();
+        let outcome = self.with_heartbeat(&receipts, self.b.store.persist(messages.clone())).await;
+        timer.observe_duration();
+        let results = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, n = work.len(), "persist failed; releasing the batch");
+                self.retry_later(&work, &messages, &e.to_string()).await;
+                return false;
+            }
+        };
+        let mut acks = Vec::with_capacity(work.len());
+        let mut done = Vec::with_capacity(work.len());
+        let mut all_ok = true;
+        for ((d, msg), r) in work.iter().zip(&messages).zip(results) {
+            match r {
+                Ok(p) => {
+                    acks.push(d.receipt.clone());
+                    done.push(p);
+                }
+                Err(e) if e.is_retryable() => {
+                    all_ok = false;
+                    self.retry_later(std::slice::from_ref(d), std::slice::from_ref(msg), &e.to_string()).await;
+                }
+                Err(e) => self.dead_letter(&d.receipt, &e.to_string(), msg.campaign_id.as_deref(), &msg.msg_id).await,
+            }
+        }
+        if let Err(e) = self.b.queue.ack(&acks).await {
+            // Committed but not acked: redelivery persists nothing new (same msg_id).
+            tracing::warn!(error = %e, n = acks.len(), "ack failed; messages will be redelivered");
+            all_ok = false;
+        } else {
+            m.drained.inc_by(acks.len() as u64);
+        }
+        for p in &done {
+            if p.duplicate {
+                m.duplicates.inc();
+            } else {
+                m.persisted.with_label_values(&["queue"]).inc();
+            }
+            if !fanout::after_persist(self.b.hub.as_ref(), self.b.events.as_ref(), p, None).await {
+                m.fanout_failures.inc();
+            }
+        }
+        all_ok
+    }
+
+    /// Runs `fut` while extending the visibility of `receipts` every third of the timeout.
+    async fn with_heartbeat<T>(&self, receipts: &[Receipt], fut: impl std::future::Future<Output = T>) -> T {
+        let every = self.config.visibility / 3;
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = self.b.queue.extend(receipts, self.config.visibility).await {
+                        tracing::warn!(error = %e, "visibility heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn retry_later(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
+        let mut release = Vec::new();
+        for (d, msg) in work.iter().zip(messages) {
+            if d.receive_count >= self.config.max_receives {
+                let reason = format!("gave up after {} deliveries: {reason}", d.receive_count);
+                self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+            } else {
+                release.push(d.receipt.clone());
+            }
+        }
+        if let Err(e) = self.b.queue.release(&release).await {
+            tracing::warn!(error = %e, "release failed; messages return after their visibility timeout");
+        }
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str, campaign_id: Option<&str>, msg_id: &str) {
+        tracing::warn!(reason, msg_id, "dead-lettering a queued message");
+        if let Err(e) = self.b.queue.dead_letter(receipt, reason).await {
+            tracing::warn!(error = %e, "dead-letter failed; the message will be redelivered");
+            return;
+        }
+        self.b.metrics.dead_lettered.inc();
+        if let Some(cid) = campaign_id {
+            if let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await {
+                tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign");
+            }
+        }
+    }
+}
+
+/// Publishes the queue's depth, in-flight count, age of the oldest message and dead-letter
+/// depth to metrics every `every`, until cancelled.
+pub async fn watch_queue(queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(s) = queue.stats().await {
+            metrics.queue_visible.set(s.visible as i64);
+            metrics.queue_in_flight.set(s.in_flight as i64);
+            metrics.queue_oldest_age_seconds.set(s.oldest_age_ms as f64 / 1000.0);
+            metrics.dead_letter_depth.set(s.dead as i64);
+        }
+    }
+}

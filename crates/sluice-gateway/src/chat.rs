@@ -1,0 +1,222 @@
+//! The chat operations behind both transports (WebSocket and gRPC): validation, limits,
+//! persistence, fan-out. Authentication happens before; authorization (membership) here
+//! or, for sends, inside the store's transaction.
+
+use crate::error::AppError;
+use sluice_core::fanout;
+use sluice_core::hub::{ConnId, LiveEvent};
+use sluice_core::ids;
+use sluice_core::model::{
+    Campaign, DEFAULT_HISTORY_LIMIT, HistoryQuery, Inbox, MAX_HISTORY_LIMIT, MessageKind, NewMessage, Persisted, ReadOutcome,
+    Room, StoredMessage,
+};
+use sluice_core::now_ms;
+use sluice_core::queue::Enqueue;
+use sluice_core::store::Membership;
+use sluice_proto::convert::encode_queued;
+use std::collections::HashSet;
+
+use crate::App;
+
+/// Most messages handed to the queue in one `send` call by EnqueueBulk.
+const ENQUEUE_CHUNK: usize = 10_000;
+
+impl App {
+    /// Persists an interactive message directly (no queue) and fans it out. Retrying with
+    /// the same `client_msg_id` returns the original message.
+    pub async fn send(&self, sender: &str, room: &str, client_msg_id: &str, body: &str, origin: Option<ConnId>) -> Result<Persisted, AppError> {
+        ids::validate_room(room).map_err(AppError::bad)?;
+        self.check_body(body)?;
+        let create_members = match ids::dm_members(room) {
+            Some(m) if m.iter().any(|u| u == sender) => m.to_vec(),
+            _ => Vec::new(),
+        };
+        let msg = NewMessage {
+            msg_id: ids::chat_msg_id(sender, room, client_msg_id),
+            room: room.to_string(),
+            sender: sender.to_string(),
+            body: body.to_string(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms: now_ms(),
+            create_members,
+        };
+        let timer = self.metrics.persist_seconds.start_timer();
+        let result = self.store.persist(vec![msg]).await;
+        timer.observe_duration();
+        let p = result?.pop().ok_or_else(|| AppError::new(sluice_core::error::ErrorCode::Internal, "store returned nothing"))??;
+        if p.duplicate {
+            self.metrics.duplicates.inc();
+        } else {
+            self.metrics.persisted.with_label_values(&["interactive"]).inc();
+        }
+        if !fanout::after_persist(self.hub.as_ref(), self.events.as_ref(), &p, origin).await {
+            self.metrics.fanout_failures.inc();
+        }
+        Ok(p)
+    }
+
+    /// Moves `user`'s read position and tells their connections the new counters.
+    pub async fn read(&self, user: &str, room: &str, seq: u64) -> Result<ReadOutcome, AppError> {
+        ids::validate_room(room).map_err(AppError::bad)?;
+        let r = self.store.mark_read(user, room, seq, now_ms()).await?;
+        let members = if r.changed { self.store.room(room).await?.map(|r| r.members).unwrap_or_default() } else { Vec::new() };
+        fanout::after_read(self.hub.as_ref(), self.events.as_ref(), user, room, &r, &members).await;
+        Ok(r)
+    }
+
+    /// Checks that `user` may access `room`.
+    pub async fn authorize(&self, user: &str, room: &str) -> Result<(), AppError> {
+        ids::validate_room(room).map_err(AppError::bad)?;
+        match self.store.membership(room, user).await? {
+            Membership::Member => Ok(()),
+            Membership::NotMember => Err(AppError::new(sluice_core::error::ErrorCode::NotMember, format!("not a member of {room}"))),
+            Membership::UnknownRoom => Err(AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}"))),
+        }
+    }
+
+    /// A page of history; `user` (when given) must be a member.
+    pub async fn history(&self, user: Option<&str>, room: &str, before: Option<u64>, after: Option<u64>, limit: Option<u64>) -> Result<Vec<StoredMessage>, AppError> {
+        match user {
+            Some(u) => self.authorize(u, room).await?,
+            None => {
+                ids::validate_room(room).map_err(AppError::bad)?;
+                if self.store.room(room).await?.is_none() {
+                    return Err(AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}")));
+                }
+            }
+        }
+        let limit = match limit {
+            None | Some(0) => DEFAULT_HISTORY_LIMIT,
+            Some(n) => (n as usize).min(MAX_HISTORY_LIMIT),
+        };
+        Ok(self.store.history(room, HistoryQuery { before, after, limit }).await?)
+    }
+
+    pub async fn inbox(&self, user: &str) -> Result<Inbox, AppError> {
+        ids::validate_user(user).map_err(AppError::bad)?;
+        Ok(self.store.inbox(user).await?)
+    }
+
+    /// Tells the other online members of `room` that `user` is typing.
+    pub async fn typing(&self, user: &str, room: &str) -> Result<(), AppError> {
+        ids::validate_room(room).map_err(AppError::bad)?;
+        let r = self.store.room(room).await?.ok_or_else(|| AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}")))?;
+        if !r.members.iter().any(|m| m == user) {
+            return Err(AppError::new(sluice_core::error::ErrorCode::NotMember, format!("not a member of {room}")));
+        }
+        let others: Vec<String> = r.members.into_iter().filter(|m| m != user).collect();
+        self.hub.publish(&others, LiveEvent::Typing { room: room.to_string(), user: user.to_string() }).await?;
+        Ok(())
+    }
+
+    pub async fn create_room(&self, room: &str, members: &[String]) -> Result<Room, AppError> {
+        let room = if room.is_empty() { format!("r-{}", ids::random_id()) } else { room.to_string() };
+        ids::validate_room(&room).map_err(AppError::bad)?;
+        let members = self.check_members(members)?;
+        if let Some(dm) = ids::dm_members(&room) {
+            if members != dm {
+                return Err(AppError::bad("a dm: room's members are the two users its id names"));
+            }
+        }
+        Ok(self.store.create_room(&room, &members, now_ms()).await?)
+    }
+
+    pub async fn add_members(&self, room: &str, members: &[String]) -> Result<Room, AppError> {
+        ids::validate_room(room).map_err(AppError::bad)?;
+        if ids::dm_members(room).is_some() {
+            return Err(AppError::bad("the members of a dm: room are fixed"));
+        }
+        let members = self.check_members(members)?;
+        Ok(self.store.add_members(room, &members, now_ms()).await?)
+    }
+
+    /// Enqueues one one-off message from `sender` to each recipient's direct room and
+    /// returns once all are durably enqueued. Returns the campaign id and how many messages
+    /// this call accepted (recipients repeated in the call, and the sender, are skipped).
+    pub async fn enqueue_bulk(&self, campaign_id: &str, sender: &str, recipients: &[String], body: &str) -> Result<(String, u64), AppError> {
+        let campaign_id = if campaign_id.is_empty() { format!("c-{}", ids::random_id()) } else { campaign_id.to_string() };
+        ids::validate_user(&campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
+        ids::validate_user(sender).map_err(|e| AppError::bad(format!("sender: {e}")))?;
+        self.check_body(body)?;
+        if recipients.len() > self.limits.max_bulk_recipients {
+            return Err(AppError::too_large(format!(
+                "{} recipients in one call; at most {} (split the campaign over several calls with the same campaign_id)",
+                recipients.len(),
+                self.limits.max_bulk_recipients
+            )));
+        }
+        let mut seen = HashSet::with_capacity(recipients.len());
+        let mut unique = Vec::with_capacity(recipients.len());
+        for (i, r) in recipients.iter().enumerate() {
+            ids::validate_user(r).map_err(|e| AppError::bad(format!("recipients[{i}]: {e}")))?;
+            if r != sender && seen.insert(r.as_str()) {
+                unique.push(r.clone());
+            }
+        }
+        let now = now_ms();
+        let batch: Vec<Enqueue> = unique
+            .iter()
+            .map(|r| {
+                let room = ids::dm_room(sender, r);
+                let msg = NewMessage {
+                    msg_id: ids::bulk_msg_id(&campaign_id, r),
+                    room: room.clone(),
+                    sender: sender.to_string(),
+                    body: body.to_string(),
+                    kind: MessageKind::OneOff,
+                    campaign_id: Some(campaign_id.clone()),
+                    sent_at_ms: now,
+                    create_members: vec![sender.to_string(), r.clone()],
+                };
+                Enqueue { dedup_id: msg.msg_id.clone(), group: ids::queue_group(&room), body: encode_queued(&msg) }
+            })
+            .collect();
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(ENQUEUE_CHUNK));
+            let out = self.queue.send(batch).await?;
+            self.metrics.enqueued.inc_by(out.enqueued as u64);
+            batch = rest;
+        }
+        // Counted only after the enqueue is durable: a crash before this line makes the
+        // producer retry, and the retry's messages deduplicate by msg_id.
+        self.store.record_enqueued(&campaign_id, recipients.len() as u64, &unique).await?;
+        Ok((campaign_id, unique.len() as u64))
+    }
+
+    pub async fn campaign(&self, campaign_id: &str) -> Result<Campaign, AppError> {
+        ids::validate_user(campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
+        self.store
+            .campaign(campaign_id)
+            .await?
+            .ok_or_else(|| AppError { grpc: tonic::Code::NotFound, ..AppError::bad(format!("unknown campaign {campaign_id}")) })
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), AppError> {
+        if body.is_empty() {
+            return Err(AppError::bad("body must not be empty"));
+        }
+        if body.len() > self.limits.max_body_bytes {
+            return Err(AppError::too_large(format!("body of {} bytes; at most {}", body.len(), self.limits.max_body_bytes)));
+        }
+        Ok(())
+    }
+
+    fn check_members(&self, members: &[String]) -> Result<Vec<String>, AppError> {
+        if members.is_empty() {
+            return Err(AppError::bad("a room needs at least one member"));
+        }
+        if members.len() > self.limits.max_room_members {
+            return Err(AppError::too_large(format!("at most {} members per call", self.limits.max_room_members)));
+        }
+        let mut out = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            ids::validate_user(m).map_err(|e| AppError::bad(format!("members[{i}]: {e}")))?;
+            out.push(m.clone());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}

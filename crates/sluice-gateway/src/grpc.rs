@@ -1,0 +1,195 @@
+//! `sluice.v1.ChatService` over gRPC: every call needs the service token in
+//! `authorization: Bearer <token>` metadata.
+
+use crate::App;
+use crate::auth::bearer;
+use futures::Stream;
+use sluice_core::hub::{Hub, LiveEvent};
+use sluice_proto::convert;
+use sluice_proto::v1::chat_service_server::{ChatService, ChatServiceServer};
+use sluice_proto::v1::{self, event::Event as Ev};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+/// Largest gRPC request accepted (an EnqueueBulk of 100,000 recipients is about 2 MB).
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Events buffered for one Subscribe stream before it is cut off.
+const SUBSCRIBE_BUFFER: usize = 4096;
+
+/// Checks the service token on every call.
+#[derive(Clone)]
+pub struct ServiceAuth(crate::Auth);
+
+impl tonic::service::Interceptor for ServiceAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let token = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer);
+        match token {
+            Some(t) if self.0.is_service(t) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("unauthorized: invalid service token")),
+            None => Err(Status::unauthenticated("unauthorized: missing authorization: Bearer <service token>")),
+        }
+    }
+}
+
+/// The service with its authentication interceptor.
+pub fn service(app: Arc<App>) -> InterceptedService<ChatServiceServer<Grpc>, ServiceAuth> {
+    let auth = ServiceAuth(app.auth.clone());
+    let server = ChatServiceServer::new(Grpc { app }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    InterceptedService::new(server, auth)
+}
+
+/// The gRPC handler.
+pub struct Grpc {
+    app: Arc<App>,
+}
+
+fn opt(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for Grpc {
+    async fn create_room(&self, req: Request<v1::CreateRoomRequest>) -> Result<Response<v1::RoomResponse>, Status> {
+        let r = req.into_inner();
+        let room = self.app.create_room(&r.room, &r.members).await?;
+        Ok(Response::new(v1::RoomResponse { room: room.room, members: room.members }))
+    }
+
+    async fn add_members(&self, req: Request<v1::AddMembersRequest>) -> Result<Response<v1::RoomResponse>, Status> {
+        let r = req.into_inner();
+        let room = self.app.add_members(&r.room, &r.members).await?;
+        Ok(Response::new(v1::RoomResponse { room: room.room, members: room.members }))
+    }
+
+    async fn send_message(&self, req: Request<v1::SendMessageRequest>) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let r = req.into_inner();
+        sluice_core::ids::validate_user(&r.sender).map_err(|e| Status::invalid_argument(format!("bad_frame: sender: {e}")))?;
+        if r.client_msg_id.len() > sluice_core::frames::MAX_CLIENT_MSG_ID_LEN {
+            return Err(Status::invalid_argument("bad_frame: client_msg_id too long"));
+        }
+        let client_msg_id = if r.client_msg_id.is_empty() { sluice_core::ids::random_id() } else { r.client_msg_id };
+        let p = self.app.send(&r.sender, &r.room, &client_msg_id, &r.body, None).await?;
+        Ok(Response::new(v1::SendMessageResponse { room: p.message.room.clone(), seq: p.message.seq, msg_id: p.message.msg_id.clone() }))
+    }
+
+    async fn enqueue_bulk(&self, req: Request<v1::EnqueueBulkRequest>) -> Result<Response<v1::EnqueueBulkResponse>, Status> {
+        let r = req.into_inner();
+        let (campaign_id, accepted) = self.app.enqueue_bulk(&r.campaign_id, &r.sender, &r.recipients, &r.body).await?;
+        Ok(Response::new(v1::EnqueueBulkResponse { campaign_id, accepted }))
+    }
+
+    async fn get_campaign(&self, req: Request<v1::GetCampaignRequest>) -> Result<Response<v1::GetCampaignResponse>, Status> {
+        let c = self.app.campaign(&req.into_inner().campaign_id).await?;
+        Ok(Response::new(v1::GetCampaignResponse {
+            done: c.done(),
+            campaign_id: c.campaign_id,
+            requested: c.requested,
+            enqueued: c.enqueued,
+            persisted: c.persisted,
+            dead_lettered: c.dead_lettered,
+        }))
+    }
+
+    async fn get_history(&self, req: Request<v1::GetHistoryRequest>) -> Result<Response<v1::GetHistoryResponse>, Status> {
+        let r = req.into_inner();
+        let msgs = self.app.history(None, &r.room, opt(r.before), opt(r.after), Some(r.limit as u64)).await?;
+        Ok(Response::new(v1::GetHistoryResponse { messages: msgs.iter().map(convert::message).collect() }))
+    }
+
+    async fn get_inbox(&self, req: Request<v1::GetInboxRequest>) -> Result<Response<v1::GetInboxResponse>, Status> {
+        let inbox = self.app.inbox(&req.into_inner().user).await?;
+        Ok(Response::new(v1::GetInboxResponse {
+            rooms: inbox
+                .rooms
+                .into_iter()
+                .map(|r| v1::InboxRoom { room: r.room, unread: r.unread, read_seq: r.read_seq, last_seq: r.last_seq })
+                .collect(),
+            total_unread: inbox.total_unread,
+        }))
+    }
+
+    async fn mark_read(&self, req: Request<v1::MarkReadRequest>) -> Result<Response<v1::MarkReadResponse>, Status> {
+        let r = req.into_inner();
+        sluice_core::ids::validate_user(&r.user).map_err(|e| Status::invalid_argument(format!("bad_frame: user: {e}")))?;
+        let out = self.app.read(&r.user, &r.room, r.seq).await?;
+        Ok(Response::new(v1::MarkReadResponse { unread: out.unread, total_unread: out.total_unread }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let user = req.into_inner().user;
+        let (tx, rx) = mpsc::channel::<Result<v1::Event, Status>>(64);
+        let app = self.app.clone();
+        if user.is_empty() {
+            let mut fire = app.hub.firehose();
+            tokio::spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        _ = app.shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        ev = fire.recv() => ev,
+                    };
+                    let item = match ev {
+                        Ok(ev) => match event(&ev) {
+                            Some(e) => Ok(e),
+                            None => continue,
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            Err(Status::resource_exhausted(format!("subscriber fell {n} events behind; resubscribe and read history")))
+                        }
+                        Err(_) => return,
+                    };
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        return;
+                    }
+                }
+            });
+        } else {
+            sluice_core::ids::validate_user(&user).map_err(|e| Status::invalid_argument(format!("bad_frame: user: {e}")))?;
+            let mut conn = app.hub.connect(&user, SUBSCRIBE_BUFFER).await.map_err(crate::error::AppError::from)?;
+            tokio::spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        _ = app.shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        ev = conn.events.recv() => ev,
+                    };
+                    match ev {
+                        Some(ev) => {
+                            if let Some(e) = event(&ev) {
+                                if tx.send(Ok(e)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        None => {
+                            if conn.overflowed.load(std::sync::atomic::Ordering::Acquire) {
+                                let _ = tx.send(Err(Status::resource_exhausted("subscriber too slow; resubscribe and read history"))).await;
+                            }
+                            break;
+                        }
+                    }
+                }
+                Hub::disconnect(app.hub.as_ref(), &user, conn.id).await;
+            });
+        }
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn event(ev: &LiveEvent) -> Option<v1::Event> {
+    let e = match ev {
+        LiveEvent::Message { message, .. } => Ev::Message(convert::message(message)),
+        LiveEvent::Unread(u) => Ev::Unread(v1::UnreadEvent { user: u.user.clone(), room: u.room.clone(), unread: u.unread, total_unread: u.total_unread }),
+        LiveEvent::Read { user, room, seq } => Ev::Read(v1::ReadEvent { user: user.clone(), room: room.clone(), seq: *seq }),
+        LiveEvent::Typing { .. } => return None,
+    };
+    Some(v1::Event { event: Some(e) })
+}

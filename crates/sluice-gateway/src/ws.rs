@@ -1,0 +1,353 @@
+//! The WebSocket contract v1: `GET /v1/ws`, one session per socket.
+//!
+//! A session is two tasks. The reader parses client frames and handles them in order
+//! (sends are acked once durable); the writer owns the socket's sink and merges the reader's
+//! replies with live events from the hub. Both the hub buffer and the reply channel are
+//! bounded: a client that does not read is disconnected with close code 4008
+//! (`slow_consumer`) and recovers by `resume`, instead of growing server memory.
+//!
+//! During a `resume`, live messages of the resumed rooms are held back until the replay of
+//! history has been written, then sent in seq order without the ones the replay covered.
+
+use crate::App;
+use crate::auth::bearer;
+use crate::error::AppError;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use sluice_core::error::ErrorCode;
+use sluice_core::frames::{ClientFrame, MessageOut, ServerFrame, parse_client_frame};
+use sluice_core::hub::{ConnId, Connection, LiveEvent};
+use sluice_core::model::{MAX_HISTORY_LIMIT, StoredMessage};
+use sluice_core::ratelimit::TokenBucket;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// Close code for a client that does not read fast enough.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the server shuts down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// How long one write to the socket may take before the client is considered gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies the reader may queue ahead of the writer.
+const REPLY_BUFFER: usize = 64;
+
+#[derive(serde::Deserialize)]
+pub struct WsParams {
+    token: Option<String>,
+}
+
+/// Authenticates, then upgrades. A missing or bad token is refused with HTTP 401 before
+/// any WebSocket is opened.
+pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(params): Query<WsParams>, ws: WebSocketUpgrade) -> Response {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).map(str::to_string).or(params.token);
+    let user = match token.as_deref().map(|t| app.auth.verify_user(t)) {
+        Some(Ok(user)) => user,
+        Some(Err(e)) => return unauthorized(&app, &e.0),
+        None => return unauthorized(&app, "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>"),
+    };
+    ws.max_message_size(app.limits.hard_frame_bytes)
+        .max_frame_size(app.limits.hard_frame_bytes)
+        .on_upgrade(move |socket| session(app, user, socket))
+}
+
+fn unauthorized(app: &App, message: &str) -> Response {
+    app.metrics.errors.with_label_values(&["unauthorized"]).inc();
+    let body = ServerFrame::error(ErrorCode::Unauthorized, message, None).to_json();
+    (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// What the reader hands the writer, in order.
+enum Out {
+    Frame(ServerFrame),
+    /// Hold live messages of this room until `ResumeDone`; the replay starts after `after`.
+    ResumeStart { room: String, after: u64 },
+    Replay(StoredMessage),
+    ResumeDone { room: String },
+}
+
+async fn session(app: Arc<App>, user: String, socket: WebSocket) {
+    let conn = match app.hub.connect(&user, app.limits.outbound_buffer).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "hub refused a connection");
+            return;
+        }
+    };
+    let conn_id = conn.id;
+    let span = tracing::info_span!("ws", conn_id, user = %user);
+    tracing::debug!(parent: &span, "connected");
+    app.metrics.connections.inc();
+    let (sink, stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel(REPLY_BUFFER);
+    let writer = tokio::spawn(write_loop(app.clone(), conn, sink, out_rx).instrument(span.clone()));
+    read_loop(&app, &user, conn_id, stream, out_tx).instrument(span.clone()).await;
+    let _ = writer.await;
+    app.hub.disconnect(&user, conn_id).await;
+    app.metrics.connections.dec();
+    tracing::debug!(parent: &span, "disconnected");
+}
+
+async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::stream::SplitStream<WebSocket>, out: mpsc::Sender<Out>) {
+    let mut sends = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
+    let mut typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
+    loop {
+        let next = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = out.closed() => return,
+            n = tokio::time::timeout(app.limits.idle_timeout, stream.next()) => n,
+        };
+        let msg = match next {
+            Err(_) => {
+                tracing::debug!("idle timeout");
+                return;
+            }
+            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                reply_err(app, &out, AppError::bad("binary frames are not supported; send JSON text frames"), None).await;
+                continue;
+            }
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if text.len() > app.limits.max_frame_bytes {
+            let e = AppError::too_large(format!("frame of {} bytes; at most {}", text.len(), app.limits.max_frame_bytes));
+            reply_err(app, &out, e, None).await;
+            continue;
+        }
+        let frame = match parse_client_frame(text.as_str()) {
+            Ok(f) => f,
+            Err(e) => {
+                reply_err(app, &out, AppError::new(e.code, e.message), e.reference).await;
+                continue;
+            }
+        };
+        app.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
+        if handle(app, user, conn_id, frame, &out, &mut sends, &mut typing).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct WriterGone;
+
+async fn reply(out: &mpsc::Sender<Out>, frame: ServerFrame) -> Result<(), WriterGone> {
+    out.send(Out::Frame(frame)).await.map_err(|_| WriterGone)
+}
+
+async fn reply_err(app: &App, out: &mpsc::Sender<Out>, e: AppError, reference: Option<String>) {
+    app.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
+    let _ = reply(out, e.frame(reference)).await;
+}
+
+async fn handle(
+    app: &App,
+    user: &str,
+    conn_id: ConnId,
+    frame: ClientFrame,
+    out: &mpsc::Sender<Out>,
+    sends: &mut TokenBucket,
+    typing: &mut TokenBucket,
+) -> Result<(), WriterGone> {
+    match frame {
+        ClientFrame::Send { room, client_msg_id, body } => {
+            if !sends.try_take() {
+                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second", app.limits.send_rate));
+                reply_err(app, out, e, Some(client_msg_id)).await;
+                return Ok(());
+            }
+            match app.send(user, &room, &client_msg_id, &body, Some(conn_id)).await {
+                Ok(p) => {
+                    let m = &p.message;
+                    reply(out, ServerFrame::Ack { client_msg_id, room: m.room.clone(), seq: m.seq, msg_id: m.msg_id.clone() }).await?;
+                }
+                Err(e) => reply_err(app, out, e, Some(client_msg_id)).await,
+            }
+        }
+        ClientFrame::Read { room, seq } => {
+            // The new counters reach every socket of the user (this one included) through the hub.
+            if let Err(e) = app.read(user, &room, seq).await {
+                reply_err(app, out, e, Some(room)).await;
+            }
+        }
+        ClientFrame::History { room, before, after, limit } => match app.history(Some(user), &room, before, after, limit).await {
+            Ok(msgs) => reply(out, ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
+            Err(e) => reply_err(app, out, e, Some(room)).await,
+        },
+        ClientFrame::Inbox => match app.inbox(user).await {
+            Ok(inbox) => reply(out, ServerFrame::inbox(&inbox)).await?,
+            Err(e) => reply_err(app, out, e, None).await,
+        },
+        ClientFrame::Resume { rooms } => {
+            if rooms.len() > app.limits.max_resume_rooms {
+                let e = AppError::too_large(format!("at most {} rooms per resume", app.limits.max_resume_rooms));
+                reply_err(app, out, e, None).await;
+                return Ok(());
+            }
+            let mut done = BTreeMap::new();
+            for (room, after) in rooms {
+                if let Err(e) = app.authorize(user, &room).await {
+                    reply_err(app, out, e, Some(room)).await;
+                    continue;
+                }
+                let last = replay(app, user, &room, after, out).await?;
+                done.insert(room, last);
+            }
+            reply(out, ServerFrame::Resumed { rooms: done }).await?;
+        }
+        ClientFrame::Typing { room } => {
+            if !typing.try_take() {
+                return Ok(());
+            }
+            if let Err(e) = app.typing(user, &room).await {
+                reply_err(app, out, e, Some(room)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends every message of `room` after `after`, page by page; returns the last seq sent.
+async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sender<Out>) -> Result<u64, WriterGone> {
+    out.send(Out::ResumeStart { room: room.to_string(), after }).await.map_err(|_| WriterGone)?;
+    let mut last = after;
+    loop {
+        match app.history(Some(user), room, None, Some(last), Some(MAX_HISTORY_LIMIT as u64)).await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => {
+                last = page.last().map_or(last, |m| m.seq);
+                for m in page {
+                    out.send(Out::Replay(m)).await.map_err(|_| WriterGone)?;
+                }
+            }
+            Err(e) => {
+                reply_err(app, out, e, Some(room.to_string())).await;
+                break;
+            }
+        }
+    }
+    out.send(Out::ResumeDone { room: room.to_string() }).await.map_err(|_| WriterGone)?;
+    Ok(last)
+}
+
+/// Per-room state of a resume, kept by the writer.
+struct Resuming {
+    active: bool,
+    last: u64,
+    held: Vec<Arc<StoredMessage>>,
+}
+
+async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stream::SplitSink<WebSocket, Message>, mut replies: mpsc::Receiver<Out>) {
+    let mut resuming: HashMap<String, Resuming> = HashMap::new();
+    let mut ping = tokio::time::interval(app.limits.ping_interval);
+    ping.tick().await;
+    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    loop {
+        let mut batch: Vec<ServerFrame> = Vec::new();
+        tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
+                break;
+            }
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+                    break;
+                }
+                continue;
+            }
+            r = replies.recv() => match r {
+                None => break,
+                Some(Out::Frame(f)) => batch.push(f),
+                Some(Out::ResumeStart { room, after }) => {
+                    resuming.insert(room, Resuming { active: true, last: after, held: Vec::new() });
+                }
+                Some(Out::Replay(m)) => {
+                    if let Some(r) = resuming.get_mut(&m.room) {
+                        r.last = r.last.max(m.seq);
+                    }
+                    batch.push(ServerFrame::Message(MessageOut::from(&m)));
+                }
+                Some(Out::ResumeDone { room }) => {
+                    if let Some(r) = resuming.get_mut(&room) {
+                        r.active = false;
+                        let mut held = std::mem::take(&mut r.held);
+                        held.sort_by_key(|m| m.seq);
+                        for m in held {
+                            if m.seq > r.last {
+                                r.last = m.seq;
+                                batch.push(ServerFrame::Message(MessageOut::from(&*m)));
+                            }
+                        }
+                    }
+                }
+            },
+            ev = conn.events.recv() => match ev {
+                None => {
+                    if conn.overflowed.load(Ordering::Acquire) {
+                        app.metrics.slow_consumers.inc();
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
+                    }
+                    break;
+                }
+                Some(ev) => {
+                    if let Some(f) = live_frame(&ev, &conn, &mut resuming) {
+                        batch.push(f);
+                    } else if resuming.values().any(|r| r.held.len() > app.limits.outbound_buffer) {
+                        app.metrics.slow_consumers.inc();
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
+                        break;
+                    }
+                }
+            },
+        }
+        let n = batch.len();
+        let mut ok = true;
+        for f in batch {
+            ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.feed(Message::Text(f.to_json().into()))).await, Ok(Ok(())));
+            if !ok {
+                break;
+            }
+        }
+        if !ok || !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
+            break;
+        }
+        app.metrics.frames_out.inc_by(n as u64);
+    }
+    // Closing the reply channel stops the reader.
+    replies.close();
+}
+
+/// The frame a live event becomes on this connection, if any.
+fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, Resuming>) -> Option<ServerFrame> {
+    match ev {
+        LiveEvent::Message { message, origin } => {
+            if *origin == Some(conn.id) {
+                return None;
+            }
+            if let Some(r) = resuming.get_mut(&message.room) {
+                if r.active {
+                    r.held.push(message.clone());
+                    return None;
+                }
+                if message.seq <= r.last {
+                    return None;
+                }
+                r.last = message.seq;
+            }
+            Some(ServerFrame::Message(MessageOut::from(&**message)))
+        }
+        LiveEvent::Unread(u) => Some(ServerFrame::Unread { room: u.room.clone(), unread: u.unread, total_unread: u.total_unread }),
+        LiveEvent::Typing { room, user } => (user != &conn.user).then(|| ServerFrame::Typing { room: room.clone(), user: user.clone() }),
+        LiveEvent::Read { .. } => None,
+    }
+}

@@ -1,0 +1,96 @@
+//! Conversions between wire messages and domain types.
+
+use crate::v1;
+use bytes::Bytes;
+use prost::Message as _;
+use sluice_core::ids;
+use sluice_core::model::{MessageKind, NewMessage, StoredMessage};
+
+/// Encodes a message for the spike queue.
+pub fn encode_queued(m: &NewMessage) -> Bytes {
+    let q = v1::QueuedMessage {
+        msg_id: m.msg_id.clone(),
+        room: m.room.clone(),
+        sender: m.sender.clone(),
+        body: m.body.clone(),
+        kind: m.kind.as_str().to_string(),
+        campaign_id: m.campaign_id.clone().unwrap_or_default(),
+        sent_at_ms: m.sent_at_ms,
+        create_members: m.create_members.clone(),
+    };
+    Bytes::from(q.encode_to_vec())
+}
+
+/// Decodes and validates a spike-queue body. An error is permanent: the body will never
+/// become valid, so the message belongs in the dead-letter queue with this reason.
+pub fn decode_queued(body: &[u8], max_body_bytes: usize) -> Result<NewMessage, String> {
+    let q = v1::QueuedMessage::decode(body).map_err(|e| format!("undecodable queued message: {e}"))?;
+    if q.msg_id.is_empty() {
+        return Err("queued message without msg_id".into());
+    }
+    ids::validate_room(&q.room).map_err(|e| format!("bad room: {e}"))?;
+    ids::validate_user(&q.sender).map_err(|e| format!("bad sender: {e}"))?;
+    for m in &q.create_members {
+        ids::validate_user(m).map_err(|e| format!("bad member: {e}"))?;
+    }
+    if q.body.len() > max_body_bytes {
+        return Err(format!("body of {} bytes exceeds the limit of {max_body_bytes}", q.body.len()));
+    }
+    let kind = MessageKind::parse(&q.kind).ok_or_else(|| format!("unknown message kind {:?}", q.kind))?;
+    Ok(NewMessage {
+        msg_id: q.msg_id,
+        room: q.room,
+        sender: q.sender,
+        body: q.body,
+        kind,
+        campaign_id: (!q.campaign_id.is_empty()).then_some(q.campaign_id),
+        sent_at_ms: q.sent_at_ms,
+        create_members: q.create_members,
+    })
+}
+
+/// A stored message on the wire.
+pub fn message(m: &StoredMessage) -> v1::Message {
+    v1::Message {
+        room: m.room.clone(),
+        seq: m.seq,
+        msg_id: m.msg_id.clone(),
+        sender: m.sender.clone(),
+        body: m.body.clone(),
+        kind: m.kind.as_str().to_string(),
+        sent_at_ms: m.sent_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NewMessage {
+        NewMessage {
+            msg_id: "m1".into(),
+            room: "dm:alice:shop".into(),
+            sender: "shop".into(),
+            body: "sale".into(),
+            kind: MessageKind::OneOff,
+            campaign_id: Some("c1".into()),
+            sent_at_ms: 42,
+            create_members: vec!["shop".into(), "alice".into()],
+        }
+    }
+
+    #[test]
+    fn queued_messages_round_trip() {
+        let m = sample();
+        assert_eq!(decode_queued(&encode_queued(&m), 100).unwrap(), m);
+    }
+
+    #[test]
+    fn invalid_bodies_are_refused_with_a_reason() {
+        assert!(decode_queued(b"\xff\xff\xff", 100).unwrap_err().contains("undecodable"));
+        assert!(decode_queued(&encode_queued(&sample()), 2).unwrap_err().contains("exceeds"));
+        let mut bad = sample();
+        bad.room = "no spaces".into();
+        assert!(decode_queued(&encode_queued(&bad), 100).unwrap_err().contains("bad room"));
+    }
+}

@@ -1,0 +1,132 @@
+//! Command-line and environment configuration. Every option has an `SLUICE_*` variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+
+/// Sluice: a chat message backend that absorbs traffic spikes.
+///
+/// With no configuration, `sluice serve` runs every role in one process on embedded
+/// backends, with its data in ./sluice-data.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every role (gateway + worker) in one process.
+    Serve(ServeArgs),
+    /// Run only the gateway role (WebSocket/HTTP + gRPC). Needs shared (distributed) backends.
+    Gateway(ServeArgs),
+    /// Run only the worker role (drains the spike queue). Needs shared (distributed) backends.
+    Worker(ServeArgs),
+    /// Create the store and queue (tables, files) if missing; safe to run again.
+    Migrate(CommonArgs),
+    /// Print a token: a user JWT (--user) or the service token for gRPC (--service).
+    Token(TokenArgs),
+    /// Inspect or redrive the dead-letter queue (embedded: while the server is stopped).
+    Dlq(DlqArgs),
+}
+
+/// Options every command shares: where the data and secrets are.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Directory of the embedded store, queue and generated secrets.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Secret that signs user JWTs (HS256). Default: generated into the data dir on first use.
+    #[arg(long, env = "SLUICE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token internal gRPC callers present. Default: generated into the data dir on first use.
+    #[arg(long, env = "SLUICE_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// WebSocket/HTTP listen address.
+    #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// gRPC listen address.
+    #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
+    pub grpc_addr: SocketAddr,
+    /// Append analytics events (JSON lines) to this file. Default: analytics off.
+    #[arg(long, env = "SLUICE_EVENTS_FILE")]
+    pub events_file: Option<PathBuf>,
+    /// Largest message body in bytes.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
+    pub max_body_bytes: u64,
+    /// Largest WebSocket frame in bytes; larger frames get `too_large`.
+    #[arg(long, env = "SLUICE_MAX_FRAME_BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(256..=4 * 1024 * 1024))]
+    pub max_frame_bytes: u64,
+    /// Sends per second allowed per WebSocket connection (burst: twice as many).
+    #[arg(long, env = "SLUICE_SEND_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_rate: u32,
+    /// Frames buffered for a slow WebSocket client before it is disconnected (close 4008).
+    #[arg(long, env = "SLUICE_OUTBOUND_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_buffer: u32,
+    /// Recipients accepted in one EnqueueBulk call.
+    #[arg(long, env = "SLUICE_MAX_BULK_RECIPIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]
+    pub max_bulk_recipients: u32,
+    /// Concurrent queue pollers of the worker role (the bulk lane's concurrency budget).
+    #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: u32,
+    /// Messages per queue receive.
+    #[arg(long, env = "SLUICE_WORKER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub worker_batch: u32,
+    /// Visibility timeout of received queue messages, in seconds.
+    #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    pub visibility_timeout_secs: u64,
+    /// Deliveries of a failing queue message before it goes to the dead-letter queue.
+    #[arg(long, env = "SLUICE_MAX_RECEIVES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_receives: u32,
+    /// Seconds to wait for in-flight work on shutdown.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print a JWT for this user.
+    #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+    pub user: Option<String>,
+    /// Print the service token (gRPC).
+    #[arg(long)]
+    pub service: bool,
+    /// Lifetime of a user token, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters with their reasons, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move dead letters back to the queue.
+    Redrive {
+        #[arg(long, default_value_t = 1_000_000)]
+        limit: usize,
+    },
+}
