@@ -1,0 +1,116 @@
+//! Fault-injecting wrappers around any backend, for failure tests.
+
+use async_trait::async_trait;
+use sluice_core::error::{QueueError, StoreError};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
+use sluice_core::store::{Membership, MessageStore};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+fn take(counter: &AtomicU32) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+/// A queue whose next `fail_acks` acks fail after doing nothing, as if the consumer died
+/// between its commit and its ack.
+pub struct FaultyQueue {
+    pub inner: Arc<dyn SpikeQueue>,
+    pub fail_acks: AtomicU32,
+}
+
+impl FaultyQueue {
+    pub fn new(inner: Arc<dyn SpikeQueue>) -> Self {
+        FaultyQueue { inner, fail_acks: AtomicU32::new(0) }
+    }
+}
+
+#[async_trait]
+impl SpikeQueue for FaultyQueue {
+    async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
+        self.inner.send(batch).await
+    }
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        self.inner.receive(max, wait, visibility).await
+    }
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        if take(&self.fail_acks) {
+            return Err(QueueError::Unavailable("injected ack failure".into()));
+        }
+        self.inner.ack(receipts).await
+    }
+    async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError> {
+        self.inner.extend(receipts, visibility).await
+    }
+    async fn release(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        self.inner.release(receipts).await
+    }
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
+        self.inner.dead_letter(receipt, reason).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
+        self.inner.redrive(limit).await
+    }
+}
+
+/// A store whose next `fail_persists` persist calls fail as unavailable without writing.
+pub struct FaultyStore {
+    pub inner: Arc<dyn MessageStore>,
+    pub fail_persists: AtomicU32,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn MessageStore>) -> Self {
+        FaultyStore { inner, fail_persists: AtomicU32::new(0) }
+    }
+}
+
+#[async_trait]
+impl MessageStore for FaultyStore {
+    async fn create_room(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        self.inner.create_room(room, members, now_ms).await
+    }
+    async fn add_members(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        self.inner.add_members(room, members, now_ms).await
+    }
+    async fn room(&self, room: &str) -> Result<Option<Room>, StoreError> {
+        self.inner.room(room).await
+    }
+    async fn membership(&self, room: &str, user: &str) -> Result<Membership, StoreError> {
+        self.inner.membership(room, user).await
+    }
+    async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        if take(&self.fail_persists) {
+            return Err(StoreError::Unavailable("injected persist failure".into()));
+        }
+        self.inner.persist(batch).await
+    }
+    async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
+        self.inner.mark_read(user, room, seq, now_ms).await
+    }
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.history(room, query).await
+    }
+    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+        self.inner.inbox(user).await
+    }
+    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+        self.inner.record_enqueued(campaign_id, requested, recipients).await
+    }
+    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+        self.inner.record_dead_letter(campaign_id, msg_id).await
+    }
+    async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+        self.inner.campaign(campaign_id).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}

@@ -1,0 +1,238 @@
+//! The worker against the embedded backends: poison messages, crashes between commit and
+//! ack, retryable store failures, ordering under many workers, graceful shutdown.
+
+use bytes::Bytes;
+use sluice_core::events::NoEvents;
+use sluice_core::ids;
+use sluice_core::metrics::Metrics;
+use sluice_core::model::{HistoryQuery, MessageKind, NewMessage};
+use sluice_core::queue::{Enqueue, SpikeQueue};
+use sluice_core::store::MessageStore;
+use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
+use sluice_proto::convert::encode_queued;
+use sluice_testkit::faults::{FaultyQueue, FaultyStore};
+use sluice_worker::{Backends, Worker, WorkerConfig};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn MessageStore>,
+    queue: Arc<dyn SpikeQueue>,
+    metrics: Arc<Metrics>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+    let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
+    Env { _dir: dir, store, queue, metrics: Arc::new(Metrics::new()) }
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig { wait: Duration::from_millis(100), visibility: Duration::from_millis(500), max_receives: 3, ..WorkerConfig::default() }
+}
+
+fn worker(store: Arc<dyn MessageStore>, queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, config: WorkerConfig) -> Arc<Worker> {
+    Arc::new(Worker::new(Backends { store, queue, hub: Arc::new(LocalHub::new()), events: Arc::new(NoEvents), metrics }, config))
+}
+
+fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
+    NewMessage {
+        msg_id: ids::bulk_msg_id(campaign, recipient),
+        room: ids::dm_room(sender, recipient),
+        sender: sender.into(),
+        body: body.into(),
+        kind: MessageKind::OneOff,
+        campaign_id: Some(campaign.into()),
+        sent_at_ms: 1,
+        create_members: vec![sender.into(), recipient.into()],
+    }
+}
+
+fn enqueue(m: &NewMessage) -> Enqueue {
+    Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(m) }
+}
+
+/// Runs `w` until the queue is empty (visible and in flight), then stops it.
+async fn drain(w: Arc<Worker>, queue: &Arc<dyn SpikeQueue>) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(w.run(stop.clone()));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let s = queue.stats().await.unwrap();
+            if s.visible + s.in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("queue drains");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+async fn unread(store: &Arc<dyn MessageStore>, user: &str, room: &str) -> u64 {
+    store.inbox(user).await.unwrap().rooms.iter().find(|r| r.room == room).map_or(0, |r| r.unread)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_queue_and_the_rest_persists() {
+    let e = env();
+    e.store.create_room("club", &["alice".into(), "bob".into()], 1).await.unwrap();
+    let good: Vec<NewMessage> = (0..5).map(|i| one_off("c1", "shop", &format!("u{i}"), "hello")).collect();
+    let mut batch: Vec<Enqueue> = good.iter().map(enqueue).collect();
+    batch.insert(2, Enqueue { dedup_id: "garbage".into(), group: "g".into(), body: Bytes::from_static(b"\xff\x01not protobuf") });
+    let mut stranger = one_off("c1", "mallory", "x", "spam");
+    stranger.room = "club".into();
+    stranger.create_members.clear();
+    stranger.msg_id = "stranger".into();
+    batch.insert(4, enqueue(&stranger));
+    let mut nowhere = one_off("c1", "shop", "y", "lost");
+    nowhere.room = "no-such-room".into();
+    nowhere.create_members.clear();
+    nowhere.msg_id = "nowhere".into();
+    batch.push(enqueue(&nowhere));
+    e.queue.send(batch).await.unwrap();
+    e.store.record_enqueued("c1", 7, &["u0", "u1", "u2", "u3", "u4", "x", "y"].map(String::from)).await.unwrap();
+
+    let w = worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), config());
+    drain(w, &e.queue).await;
+
+    for i in 0..5 {
+        let u = format!("u{i}");
+        assert_eq!(unread(&e.store, &u, &ids::dm_room("shop", &u)).await, 1, "{u} got the good message");
+    }
+    let dead = e.queue.dead_letters(10).await.unwrap();
+    let mut reasons: Vec<(String, String)> = dead.iter().map(|d| (d.dedup_id.clone(), d.reason.clone())).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].0 == "garbage" && reasons[0].1.contains("undecodable"));
+    assert!(reasons[1].0 == "nowhere" && reasons[1].1.contains("unknown room"));
+    assert!(reasons[2].0 == "stranger" && reasons[2].1.contains("not a member"));
+    assert!(e.store.history("club", HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap().is_empty());
+    let c = e.store.campaign("c1").await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.dead_lettered, c.done()), (5, 2, true));
+    assert_eq!(e.metrics.dead_lettered.get(), 3);
+}
+
+/// Invariant 2: a worker that dies after its commit and before its ack causes a redelivery
+/// that persists nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_ack_persists_once() {
+    let e = env();
+    let faulty = Arc::new(FaultyQueue::new(e.queue.clone()));
+    faulty.fail_acks.store(1, Ordering::SeqCst);
+    let msgs: Vec<NewMessage> = (0..20).map(|i| one_off("c2", "shop", &format!("u{i}"), "once")).collect();
+    faulty.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    let queue: Arc<dyn SpikeQueue> = faulty.clone();
+    let w = worker(e.store.clone(), queue.clone(), e.metrics.clone(), config());
+    drain(w, &queue).await;
+    assert_eq!(faulty.fail_acks.load(Ordering::SeqCst), 0, "the injected failure happened");
+    assert!(e.metrics.duplicates.get() > 0, "the redelivered batch was recognised as duplicates");
+    for i in 0..20 {
+        let u = format!("u{i}");
+        let room = ids::dm_room("shop", &u);
+        assert_eq!(unread(&e.store, &u, &room).await, 1);
+        let hist = e.store.history(&room, HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap();
+        assert_eq!(hist.len(), 1, "one message, one seq");
+    }
+    assert_eq!(e.store.campaign("c2").await.unwrap().map(|c| c.persisted), Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_store_failures_are_retried_then_dead_lettered() {
+    let e = env();
+    let faulty = Arc::new(FaultyStore::new(e.store.clone()));
+    faulty.fail_persists.store(2, Ordering::SeqCst);
+    let msgs: Vec<NewMessage> = (0..10).map(|i| one_off("c3", "shop", &format!("u{i}"), "retry")).collect();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    let store: Arc<dyn MessageStore> = faulty.clone();
+    drain(worker(store.clone(), e.queue.clone(), e.metrics.clone(), config()), &e.queue).await;
+    for i in 0..10 {
+        let u = format!("u{i}");
+        assert_eq!(unread(&e.store, &u, &ids::dm_room("shop", &u)).await, 1, "nothing lost after transient failures");
+    }
+    assert!(e.queue.dead_letters(10).await.unwrap().is_empty());
+
+    // A store that never recovers: after max_receives deliveries, the dead-letter queue.
+    faulty.fail_persists.store(u32::MAX, Ordering::SeqCst);
+    let m = one_off("c3", "shop", "late", "never");
+    e.queue.send(vec![enqueue(&m)]).await.unwrap();
+    drain(worker(store, e.queue.clone(), e.metrics.clone(), config()), &e.queue).await;
+    let dead = e.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("gave up after 3 deliveries"), "{}", dead[0].reason);
+    let c = e.store.campaign("c3").await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.dead_lettered), (10, 1));
+}
+
+/// Invariant 5: any number of workers keep each room's order and its seq gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workers_keep_every_room_in_order() {
+    let e = env();
+    const ROOMS: usize = 30;
+    const PER_ROOM: usize = 20;
+    let mut batch = Vec::new();
+    for i in 0..PER_ROOM {
+        for r in 0..ROOMS {
+            let mut m = one_off(&format!("k{i}"), "shop", &format!("u{r}"), &format!("{i}"));
+            m.campaign_id = None;
+            batch.push(enqueue(&m));
+        }
+    }
+    e.queue.send(batch).await.unwrap();
+    let stop = CancellationToken::new();
+    let cfg = WorkerConfig { batch_size: 7, concurrency: 2, ..config() };
+    let tasks: Vec<_> = (0..4).map(|_| tokio::spawn(worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg.clone()).run(stop.clone()))).collect();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while e.queue.stats().await.unwrap().visible + e.queue.stats().await.unwrap().in_flight > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for r in 0..ROOMS {
+        let room = ids::dm_room("shop", &format!("u{r}"));
+        let hist = e.store.history(&room, HistoryQuery { before: None, after: Some(0), limit: 100 }).await.unwrap();
+        let bodies: Vec<String> = hist.iter().map(|m| m.body.clone()).collect();
+        let want: Vec<String> = (0..PER_ROOM).map(|i| i.to_string()).collect();
+        assert_eq!(bodies, want, "room {room} in enqueue order");
+        assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=PER_ROOM as u64).collect::<Vec<_>>());
+    }
+}
+
+/// Shutdown never acks what was not persisted: every message that left the queue is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_acks_only_what_committed() {
+    let e = env();
+    const N: usize = 3000;
+    let msgs: Vec<NewMessage> = (0..N).map(|i| one_off("c5", "shop", &format!("u{i}"), "bye")).collect();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    let stop = CancellationToken::new();
+    let cfg = WorkerConfig { batch_size: 50, ..config() };
+    let task = tokio::spawn(worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg).run(stop.clone()));
+    while e.metrics.drained.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let s = e.queue.stats().await.unwrap();
+    let left = (s.visible + s.in_flight) as usize;
+    let mut persisted = 0;
+    for m in &msgs {
+        if !e.store.history(&m.room, HistoryQuery { before: None, after: None, limit: 1 }).await.unwrap().is_empty() {
+            persisted += 1;
+        }
+    }
+    assert!(left > 0, "shutdown came mid-drain");
+    assert!(persisted >= N - left, "acked {} but persisted only {persisted}", N - left);
+    assert_eq!(e.metrics.drained.get() as usize, N - left, "what left the queue is what the worker acked");
+}
