@@ -3,6 +3,7 @@
 //! or, for sends, inside the store's transaction.
 
 use crate::error::AppError;
+use sluice_core::error::ErrorCode;
 use sluice_core::fanout;
 use sluice_core::hub::{ConnId, LiveEvent};
 use sluice_core::ids;
@@ -29,7 +30,8 @@ impl App {
         self.check_body(body)?;
         let create_members = match ids::dm_members(room) {
             Some(m) if m.iter().any(|u| u == sender) => m.to_vec(),
-            _ => Vec::new(),
+            Some(_) => return Err(not_member(room)),
+            None => Vec::new(),
         };
         let msg = NewMessage {
             msg_id: ids::chat_msg_id(sender, room, client_msg_id),
@@ -44,7 +46,7 @@ impl App {
         let timer = self.metrics.persist_seconds.start_timer();
         let result = self.store.persist(vec![msg]).await;
         timer.observe_duration();
-        let p = result?.pop().ok_or_else(|| AppError::new(sluice_core::error::ErrorCode::Internal, "store returned nothing"))??;
+        let p = result?.pop().ok_or_else(|| AppError::new(ErrorCode::Internal, "store returned nothing"))??;
         if p.duplicate {
             self.metrics.duplicates.inc();
         } else {
@@ -59,6 +61,9 @@ impl App {
     /// Moves `user`'s read position and tells their connections the new counters.
     pub async fn read(&self, user: &str, room: &str, seq: u64) -> Result<ReadOutcome, AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
+        if ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user)) {
+            return Err(not_member(room));
+        }
         let r = self.store.mark_read(user, room, seq, now_ms()).await?;
         let members = if r.changed { self.store.room(room).await?.map(|r| r.members).unwrap_or_default() } else { Vec::new() };
         fanout::after_read(self.hub.as_ref(), self.events.as_ref(), user, room, &r, &members).await;
@@ -66,12 +71,17 @@ impl App {
     }
 
     /// Checks that `user` may access `room`.
+    /// A direct room's members are the two users its id names, so anyone else is refused
+    /// as a non-member whether or not the room exists yet (no probing who talks to whom).
     pub async fn authorize(&self, user: &str, room: &str) -> Result<(), AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
+        if ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user)) {
+            return Err(not_member(room));
+        }
         match self.store.membership(room, user).await? {
             Membership::Member => Ok(()),
-            Membership::NotMember => Err(AppError::new(sluice_core::error::ErrorCode::NotMember, format!("not a member of {room}"))),
-            Membership::UnknownRoom => Err(AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}"))),
+            Membership::NotMember => Err(not_member(room)),
+            Membership::UnknownRoom => Err(unknown_room(room)),
         }
     }
 
@@ -82,7 +92,7 @@ impl App {
             None => {
                 ids::validate_room(room).map_err(AppError::bad)?;
                 if self.store.room(room).await?.is_none() {
-                    return Err(AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}")));
+                    return Err(unknown_room(room));
                 }
             }
         }
@@ -100,11 +110,8 @@ impl App {
 
     /// Tells the other online members of `room` that `user` is typing.
     pub async fn typing(&self, user: &str, room: &str) -> Result<(), AppError> {
-        ids::validate_room(room).map_err(AppError::bad)?;
-        let r = self.store.room(room).await?.ok_or_else(|| AppError::new(sluice_core::error::ErrorCode::UnknownRoom, format!("unknown room {room}")))?;
-        if !r.members.iter().any(|m| m == user) {
-            return Err(AppError::new(sluice_core::error::ErrorCode::NotMember, format!("not a member of {room}")));
-        }
+        self.authorize(user, room).await?;
+        let r = self.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
         let others: Vec<String> = r.members.into_iter().filter(|m| m != user).collect();
         self.hub.publish(&others, LiveEvent::Typing { room: room.to_string(), user: user.to_string() }).await?;
         Ok(())
@@ -219,4 +226,12 @@ impl App {
         out.dedup();
         Ok(out)
     }
+}
+
+fn not_member(room: &str) -> AppError {
+    AppError::new(ErrorCode::NotMember, format!("not a member of {room}"))
+}
+
+fn unknown_room(room: &str) -> AppError {
+    AppError::new(ErrorCode::UnknownRoom, format!("unknown room {room}"))
 }

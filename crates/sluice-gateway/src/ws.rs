@@ -22,7 +22,7 @@ use sluice_core::frames::{ClientFrame, MessageOut, ServerFrame, parse_client_fra
 use sluice_core::hub::{ConnId, Connection, LiveEvent};
 use sluice_core::model::{MAX_HISTORY_LIMIT, StoredMessage};
 use sluice_core::ratelimit::TokenBucket;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -194,14 +194,21 @@ async fn handle(
                 reply_err(app, out, e, None).await;
                 return Ok(());
             }
+            // Hold live messages of every room in the frame from now on, so none slips out
+            // between the replays of two rooms.
+            for (room, after) in &rooms {
+                out.send(Out::ResumeStart { room: room.clone(), after: *after }).await.map_err(|_| WriterGone)?;
+            }
             let mut done = BTreeMap::new();
             for (room, after) in rooms {
-                if let Err(e) = app.authorize(user, &room).await {
-                    reply_err(app, out, e, Some(room)).await;
-                    continue;
+                match app.authorize(user, &room).await {
+                    Ok(()) => {
+                        let last = replay(app, user, &room, after, out).await?;
+                        done.insert(room.clone(), last);
+                    }
+                    Err(e) => reply_err(app, out, e, Some(room.clone())).await,
                 }
-                let last = replay(app, user, &room, after, out).await?;
-                done.insert(room, last);
+                out.send(Out::ResumeDone { room }).await.map_err(|_| WriterGone)?;
             }
             reply(out, ServerFrame::Resumed { rooms: done }).await?;
         }
@@ -219,7 +226,6 @@ async fn handle(
 
 /// Sends every message of `room` after `after`, page by page; returns the last seq sent.
 async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sender<Out>) -> Result<u64, WriterGone> {
-    out.send(Out::ResumeStart { room: room.to_string(), after }).await.map_err(|_| WriterGone)?;
     let mut last = after;
     loop {
         match app.history(Some(user), room, None, Some(last), Some(MAX_HISTORY_LIMIT as u64)).await {
@@ -236,7 +242,6 @@ async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sende
             }
         }
     }
-    out.send(Out::ResumeDone { room: room.to_string() }).await.map_err(|_| WriterGone)?;
     Ok(last)
 }
 
@@ -247,8 +252,34 @@ struct Resuming {
     held: Vec<Arc<StoredMessage>>,
 }
 
+/// Seqs recently written per room, so a replay never repeats a message already sent live.
+#[derive(Default)]
+struct Sent(HashMap<String, VecDeque<u64>>);
+
+impl Sent {
+    /// How many seqs are remembered per room.
+    const KEEP: usize = 256;
+
+    /// Records `seq` as sent; false if it was sent already.
+    fn first_time(&mut self, room: &str, seq: u64) -> bool {
+        let seqs = match self.0.get_mut(room) {
+            Some(s) => s,
+            None => self.0.entry(room.to_string()).or_default(),
+        };
+        if seqs.contains(&seq) {
+            return false;
+        }
+        if seqs.len() == Self::KEEP {
+            seqs.pop_front();
+        }
+        seqs.push_back(seq);
+        true
+    }
+}
+
 async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stream::SplitSink<WebSocket, Message>, mut replies: mpsc::Receiver<Out>) {
     let mut resuming: HashMap<String, Resuming> = HashMap::new();
+    let mut sent = Sent::default();
     let mut ping = tokio::time::interval(app.limits.ping_interval);
     ping.tick().await;
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
@@ -275,7 +306,9 @@ async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stre
                     if let Some(r) = resuming.get_mut(&m.room) {
                         r.last = r.last.max(m.seq);
                     }
-                    batch.push(ServerFrame::Message(MessageOut::from(&m)));
+                    if sent.first_time(&m.room, m.seq) {
+                        batch.push(ServerFrame::Message(MessageOut::from(&m)));
+                    }
                 }
                 Some(Out::ResumeDone { room }) => {
                     if let Some(r) = resuming.get_mut(&room) {
@@ -285,7 +318,9 @@ async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stre
                         for m in held {
                             if m.seq > r.last {
                                 r.last = m.seq;
-                                batch.push(ServerFrame::Message(MessageOut::from(&*m)));
+                                if sent.first_time(&m.room, m.seq) {
+                                    batch.push(ServerFrame::Message(MessageOut::from(&*m)));
+                                }
                             }
                         }
                     }
@@ -300,7 +335,7 @@ async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stre
                     break;
                 }
                 Some(ev) => {
-                    if let Some(f) = live_frame(&ev, &conn, &mut resuming) {
+                    if let Some(f) = live_frame(&ev, &conn, &mut resuming, &mut sent) {
                         batch.push(f);
                     } else if resuming.values().any(|r| r.held.len() > app.limits.outbound_buffer) {
                         app.metrics.slow_consumers.inc();
@@ -328,7 +363,7 @@ async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stre
 }
 
 /// The frame a live event becomes on this connection, if any.
-fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, Resuming>) -> Option<ServerFrame> {
+fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, Resuming>, sent: &mut Sent) -> Option<ServerFrame> {
     match ev {
         LiveEvent::Message { message, origin } => {
             if *origin == Some(conn.id) {
@@ -344,7 +379,7 @@ fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, 
                 }
                 r.last = message.seq;
             }
-            Some(ServerFrame::Message(MessageOut::from(&**message)))
+            sent.first_time(&message.room, message.seq).then(|| ServerFrame::Message(MessageOut::from(&**message)))
         }
         LiveEvent::Unread(u) => Some(ServerFrame::Unread { room: u.room.clone(), unread: u.unread, total_unread: u.total_unread }),
         LiveEvent::Typing { room, user } => (user != &conn.user).then(|| ServerFrame::Typing { room: room.clone(), user: user.clone() }),

@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Seconds to wait for in-flight work on shutdown.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Shut down gracefully after this many seconds (test and benchmark runs). Default: never.
+    #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS")]
+    pub max_runtime_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

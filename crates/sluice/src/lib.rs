@@ -152,6 +152,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr).await.with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    if let Some(secs) = args.max_runtime_secs {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tracing::info!(secs, "maximum runtime reached");
+            token.cancel();
+        });
+    }
 
     let store: Arc<dyn sluice_core::store::MessageStore> = Arc::new(store);
     let queue: Arc<dyn SpikeQueue> = Arc::new(queue);

@@ -1,0 +1,195 @@
+//! Test support: the real `sluice` binary on free loopback ports, and real WebSocket and
+//! gRPC clients.
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sluice_proto::v1::chat_service_client::ChatServiceClient;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+/// A test server never outlives this, whatever happens to the test.
+const MAX_RUNTIME_SECS: &str = "600";
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running `sluice serve` process.
+pub struct Server {
+    child: tokio::process::Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `sluice serve` on `data_dir` with ports chosen by the OS.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let log = data_dir.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--max-runtime-secs", MAX_RUNTIME_SECS])
+            .args(extra)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sluice serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = match line {
+            Ok(Ok(Some(l))) => l,
+            other => panic!("sluice serve did not start ({other:?}); its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+        };
+        let addr = |key: &str| -> SocketAddr {
+            let v = line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {line:?}"));
+            v.parse().unwrap()
+        };
+        Server { http: addr("http="), grpc: addr("grpc="), data_dir: data_dir.to_path_buf(), log, child }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exits after SIGTERM").unwrap();
+        assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        cli(&["token", "--data-dir", self.data_dir.to_str().unwrap(), "--user", user])
+    }
+
+    pub fn service_token(&self) -> String {
+        cli(&["token", "--data-dir", self.data_dir.to_str().unwrap(), "--service"])
+    }
+
+    pub async fn ws(&self, user: &str) -> Ws {
+        Ws::connect(&format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await
+    }
+
+    pub async fn grpc(&self) -> Grpc {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
+        let token: MetadataValue<Ascii> = format!("Bearer {}", self.service_token()).parse().unwrap();
+        ChatServiceClient::with_interceptor(channel, Bearer(Some(token))).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = http_get(self.http, "/metrics").await.1;
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+}
+
+/// Runs the CLI and returns its trimmed stdout.
+pub fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(out.status.success(), "sluice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A plain HTTP/1.1 GET over a raw socket; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf[9..12].parse().unwrap();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Adds the service token to every gRPC call (or nothing, to test refusals).
+#[derive(Clone)]
+pub struct Bearer(pub Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Grpc = ChatServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A WebSocket client speaking the v1 JSON frames.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Ws { stream }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.stream.send(m).await.unwrap();
+    }
+
+    /// The next JSON frame (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(RECV_TIMEOUT, self.stream.next()).await.expect("a frame in time").expect("open").unwrap();
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of type `t`, skipping others.
+    pub async fn recv_type(&mut self, t: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == t {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a message and waits for its ack (or error).
+    pub async fn say(&mut self, room: &str, id: &str, body: &str) -> Value {
+        self.send(json!({"type": "send", "room": room, "client_msg_id": id, "body": body})).await;
+        loop {
+            let v = self.recv().await;
+            if (v["type"] == "ack" || v["type"] == "error") && v.get("client_msg_id").or(v.get("ref")) == Some(&json!(id)) {
+                return v;
+            }
+        }
+    }
+
+    /// Whether any frame arrives within `d` (for "nothing was sent" checks).
+    pub async fn quiet_for(&mut self, d: Duration) -> Option<Value> {
+        match tokio::time::timeout(d, self.stream.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
+            _ => None,
+        }
+    }
+}
