@@ -18,7 +18,13 @@ pub enum AnalyticsEvent {
         persisted_at_ms: i64,
         recipients: u32,
     },
-    RoomRead { user: String, room: String, seq: u64, unread: u64, read_at_ms: i64 },
+    RoomRead {
+        user: String,
+        room: String,
+        seq: u64,
+        unread: u64,
+        read_at_ms: i64,
+    },
 }
 
 /// Where analytics events go. `emit` never blocks persistence: implementations buffer

@@ -14,10 +14,7 @@ pub async fn after_persist(hub: &dyn Hub, events: &dyn EventSink, p: &Persisted,
     if p.duplicate {
         return true;
     }
-    let mut ok = hub
-        .publish(&p.members, LiveEvent::Message { message: p.message.clone(), origin })
-        .await
-        .is_ok();
+    let mut ok = hub.publish(&p.members, LiveEvent::Message { message: p.message.clone(), origin }).await.is_ok();
     for u in &p.unread {
         ok &= hub.publish(std::slice::from_ref(&u.user), LiveEvent::Unread(u.clone())).await.is_ok();
     }
@@ -38,25 +35,11 @@ pub async fn after_persist(hub: &dyn Hub, events: &dyn EventSink, p: &Persisted,
 
 /// Tells the user's connections their new counters after a read, and the room that the user
 /// read up to `read_seq`; emits `room_read`.
-pub async fn after_read(
-    hub: &dyn Hub,
-    events: &dyn EventSink,
-    user: &str,
-    room: &str,
-    r: &ReadOutcome,
-    members: &[String],
-) {
-    let update = UnreadUpdate {
-        user: user.to_string(),
-        room: room.to_string(),
-        unread: r.unread,
-        total_unread: r.total_unread,
-    };
+pub async fn after_read(hub: &dyn Hub, events: &dyn EventSink, user: &str, room: &str, r: &ReadOutcome, members: &[String]) {
+    let update = UnreadUpdate { user: user.to_string(), room: room.to_string(), unread: r.unread, total_unread: r.total_unread };
     let _ = hub.publish(&[user.to_string()], LiveEvent::Unread(update)).await;
     if r.changed {
-        let _ = hub
-            .publish(members, LiveEvent::Read { user: user.to_string(), room: room.to_string(), seq: r.read_seq })
-            .await;
+        let _ = hub.publish(members, LiveEvent::Read { user: user.to_string(), room: room.to_string(), seq: r.read_seq }).await;
         events.emit(vec![AnalyticsEvent::RoomRead {
             user: user.to_string(),
             room: room.to_string(),

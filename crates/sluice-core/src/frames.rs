@@ -48,14 +48,14 @@ pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     match serde_json::from_str::<ClientFrame>(text) {
         Ok(frame) => {
-            if let ClientFrame::Send { client_msg_id, .. } = &frame {
-                if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_LEN {
-                    return Err(FrameError {
-                        code: ErrorCode::BadFrame,
-                        message: format!("client_msg_id must be 1-{MAX_CLIENT_MSG_ID_LEN} characters"),
-                        reference: None,
-                    });
-                }
+            if let ClientFrame::Send { client_msg_id, .. } = &frame
+                && (client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_LEN)
+            {
+                return Err(FrameError {
+                    code: ErrorCode::BadFrame,
+                    message: format!("client_msg_id must be 1-{MAX_CLIENT_MSG_ID_LEN} characters"),
+                    reference: None,
+                });
             }
             Ok(frame)
         }
@@ -107,14 +107,34 @@ pub struct InboxRoomOut {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Ack { client_msg_id: String, room: String, seq: u64, msg_id: String },
+    Ack {
+        client_msg_id: String,
+        room: String,
+        seq: u64,
+        msg_id: String,
+    },
     Message(MessageOut),
-    Unread { room: String, unread: u64, total_unread: u64 },
-    History { room: String, messages: Vec<MessageOut> },
-    Inbox { rooms: Vec<InboxRoomOut>, total_unread: u64 },
-    Typing { room: String, user: String },
+    Unread {
+        room: String,
+        unread: u64,
+        total_unread: u64,
+    },
+    History {
+        room: String,
+        messages: Vec<MessageOut>,
+    },
+    Inbox {
+        rooms: Vec<InboxRoomOut>,
+        total_unread: u64,
+    },
+    Typing {
+        room: String,
+        user: String,
+    },
     /// Ends the replay of a `resume`: the last seq sent per room; live messages follow.
-    Resumed { rooms: BTreeMap<String, u64> },
+    Resumed {
+        rooms: BTreeMap<String, u64>,
+    },
     Error {
         code: ErrorCode,
         message: String,

@@ -18,9 +18,7 @@ fn id_char(c: char) -> bool {
 /// room ids can be split back into their two users.
 pub fn validate_user(user: &str) -> Result<(), String> {
     if user.is_empty() || user.len() > MAX_USER_ID_LEN || !user.chars().all(id_char) {
-        return Err(format!(
-            "user id must be 1-{MAX_USER_ID_LEN} characters of A-Z a-z 0-9 - _ . @ +"
-        ));
+        return Err(format!("user id must be 1-{MAX_USER_ID_LEN} characters of A-Z a-z 0-9 - _ . @ +"));
     }
     Ok(())
 }
@@ -28,13 +26,8 @@ pub fn validate_user(user: &str) -> Result<(), String> {
 /// Checks a room id: 1 to 132 characters of `A-Z a-z 0-9 - _ . @ + :`. Ids starting with
 /// `dm:` must be well-formed direct rooms (see [`dm_members`]).
 pub fn validate_room(room: &str) -> Result<(), String> {
-    if room.is_empty()
-        || room.len() > MAX_ROOM_ID_LEN
-        || !room.chars().all(|c| id_char(c) || c == ':')
-    {
-        return Err(format!(
-            "room id must be 1-{MAX_ROOM_ID_LEN} characters of A-Z a-z 0-9 - _ . @ + :"
-        ));
+    if room.is_empty() || room.len() > MAX_ROOM_ID_LEN || !room.chars().all(|c| id_char(c) || c == ':') {
+        return Err(format!("room id must be 1-{MAX_ROOM_ID_LEN} characters of A-Z a-z 0-9 - _ . @ + :"));
     }
     if room.starts_with(DM_PREFIX) && dm_members(room).is_none() {
         return Err("a dm: room id must be dm:<user>:<user> with the two users sorted".into());
@@ -84,11 +77,7 @@ pub fn random_id() -> String {
 /// which is what keeps a room's messages in order under any number of workers. SQS limits a
 /// group id to 128 characters, so long room ids are hashed.
 pub fn queue_group(room: &str) -> String {
-    if room.len() <= 128 {
-        room.to_string()
-    } else {
-        format!("h:{}", Uuid::new_v5(&NS_CHAT, room.as_bytes()).simple())
-    }
+    if room.len() <= 128 { room.to_string() } else { format!("h:{}", Uuid::new_v5(&NS_CHAT, room.as_bytes()).simple()) }
 }
 
 #[cfg(test)]

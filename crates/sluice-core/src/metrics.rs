@@ -58,7 +58,10 @@ impl Metrics {
             conflicts: reg!(IntCounter::new("conflicts_total", "Optimistic-lock conflicts")),
             retries: reg!(IntCounter::new("retries_total", "Retried store or queue calls")),
             fanout_failures: reg!(IntCounter::new("fanout_failures_total", "Live pushes the hub failed to deliver")),
-            events_dropped: reg!(IntCounter::new("analytics_events_dropped_total", "Analytics events dropped because the sink buffer was full")),
+            events_dropped: reg!(IntCounter::new(
+                "analytics_events_dropped_total",
+                "Analytics events dropped because the sink buffer was full"
+            )),
             registry,
         }
     }

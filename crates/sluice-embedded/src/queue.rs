@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
-use sluice_core::queue::{DeadLetter, Delivery, Enqueue, Receipt, QueueStats, SendOutcome, SpikeQueue};
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -21,8 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::StoreError;
 use sluice_core::model::{
-    Campaign, HistoryQuery, Inbox, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage,
-    UnreadUpdate,
+    Campaign, HistoryQuery, Inbox, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
 };
 use sluice_core::store::{Membership, MessageStore};
 use std::path::Path;

@@ -8,8 +8,8 @@ use sluice_core::fanout;
 use sluice_core::hub::{ConnId, LiveEvent};
 use sluice_core::ids;
 use sluice_core::model::{
-    Campaign, DEFAULT_HISTORY_LIMIT, HistoryQuery, Inbox, MAX_HISTORY_LIMIT, MessageKind, NewMessage, Persisted, ReadOutcome,
-    Room, StoredMessage,
+    Campaign, DEFAULT_HISTORY_LIMIT, HistoryQuery, Inbox, MAX_HISTORY_LIMIT, MessageKind, NewMessage, Persisted, ReadOutcome, Room,
+    StoredMessage,
 };
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
@@ -25,7 +25,14 @@ const ENQUEUE_CHUNK: usize = 10_000;
 impl App {
     /// Persists an interactive message directly (no queue) and fans it out. Retrying with
     /// the same `client_msg_id` returns the original message.
-    pub async fn send(&self, sender: &str, room: &str, client_msg_id: &str, body: &str, origin: Option<ConnId>) -> Result<Persisted, AppError> {
+    pub async fn send(
+        &self,
+        sender: &str,
+        room: &str,
+        client_msg_id: &str,
+        body: &str,
+        origin: Option<ConnId>,
+    ) -> Result<Persisted, AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
         self.check_body(body)?;
         let create_members = match ids::dm_members(room) {
@@ -86,7 +93,14 @@ impl App {
     }
 
     /// A page of history; `user` (when given) must be a member.
-    pub async fn history(&self, user: Option<&str>, room: &str, before: Option<u64>, after: Option<u64>, limit: Option<u64>) -> Result<Vec<StoredMessage>, AppError> {
+    pub async fn history(
+        &self,
+        user: Option<&str>,
+        room: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<Vec<StoredMessage>, AppError> {
         match user {
             Some(u) => self.authorize(u, room).await?,
             None => {
@@ -121,10 +135,10 @@ impl App {
         let room = if room.is_empty() { format!("r-{}", ids::random_id()) } else { room.to_string() };
         ids::validate_room(&room).map_err(AppError::bad)?;
         let members = self.check_members(members)?;
-        if let Some(dm) = ids::dm_members(&room) {
-            if members != dm {
-                return Err(AppError::bad("a dm: room's members are the two users its id names"));
-            }
+        if let Some(dm) = ids::dm_members(&room)
+            && members != dm
+        {
+            return Err(AppError::bad("a dm: room's members are the two users its id names"));
         }
         Ok(self.store.create_room(&room, &members, now_ms()).await?)
     }
@@ -141,7 +155,13 @@ impl App {
     /// Enqueues one one-off message from `sender` to each recipient's direct room and
     /// returns once all are durably enqueued. Returns the campaign id and how many messages
     /// this call accepted (recipients repeated in the call, and the sender, are skipped).
-    pub async fn enqueue_bulk(&self, campaign_id: &str, sender: &str, recipients: &[String], body: &str) -> Result<(String, u64), AppError> {
+    pub async fn enqueue_bulk(
+        &self,
+        campaign_id: &str,
+        sender: &str,
+        recipients: &[String],
+        body: &str,
+    ) -> Result<(String, u64), AppError> {
         let campaign_id = if campaign_id.is_empty() { format!("c-{}", ids::random_id()) } else { campaign_id.to_string() };
         ids::validate_user(&campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
         ids::validate_user(sender).map_err(|e| AppError::bad(format!("sender: {e}")))?;

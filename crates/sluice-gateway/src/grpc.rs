@@ -163,10 +163,10 @@ impl ChatService for Grpc {
                     };
                     match ev {
                         Some(ev) => {
-                            if let Some(e) = event(&ev) {
-                                if tx.send(Ok(e)).await.is_err() {
-                                    break;
-                                }
+                            if let Some(e) = event(&ev)
+                                && tx.send(Ok(e)).await.is_err()
+                            {
+                                break;
                             }
                         }
                         None => {
@@ -187,7 +187,9 @@ impl ChatService for Grpc {
 fn event(ev: &LiveEvent) -> Option<v1::Event> {
     let e = match ev {
         LiveEvent::Message { message, .. } => Ev::Message(convert::message(message)),
-        LiveEvent::Unread(u) => Ev::Unread(v1::UnreadEvent { user: u.user.clone(), room: u.room.clone(), unread: u.unread, total_unread: u.total_unread }),
+        LiveEvent::Unread(u) => {
+            Ev::Unread(v1::UnreadEvent { user: u.user.clone(), room: u.room.clone(), unread: u.unread, total_unread: u.total_unread })
+        }
         LiveEvent::Read { user, room, seq } => Ev::Read(v1::ReadEvent { user: user.clone(), room: room.clone(), seq: *seq }),
         LiveEvent::Typing { .. } => return None,
     };

@@ -67,9 +67,14 @@ fn unauthorized(app: &App, message: &str) -> Response {
 enum Out {
     Frame(ServerFrame),
     /// Hold live messages of this room until `ResumeDone`; the replay starts after `after`.
-    ResumeStart { room: String, after: u64 },
+    ResumeStart {
+        room: String,
+        after: u64,
+    },
     Replay(StoredMessage),
-    ResumeDone { room: String },
+    ResumeDone {
+        room: String,
+    },
 }
 
 async fn session(app: Arc<App>, user: String, socket: WebSocket) {
@@ -277,7 +282,12 @@ impl Sent {
     }
 }
 
-async fn write_loop(app: Arc<App>, mut conn: Connection, mut sink: futures::stream::SplitSink<WebSocket, Message>, mut replies: mpsc::Receiver<Out>) {
+async fn write_loop(
+    app: Arc<App>,
+    mut conn: Connection,
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut replies: mpsc::Receiver<Out>,
+) {
     let mut resuming: HashMap<String, Resuming> = HashMap::new();
     let mut sent = Sent::default();
     let mut ping = tokio::time::interval(app.limits.ping_interval);

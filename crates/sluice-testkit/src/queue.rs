@@ -82,8 +82,8 @@ pub async fn release_and_extend(q: Arc<dyn SpikeQueue>) {
     let d = q.receive(2, WAIT, Duration::from_millis(400)).await.unwrap();
     assert_eq!(d.len(), 2);
     let (m1, n1) = if d[0].dedup_id == "m1" { (&d[0], &d[1]) } else { (&d[1], &d[0]) };
-    q.release(&[m1.receipt.clone()]).await.unwrap();
-    q.extend(&[n1.receipt.clone()], LONG).await.unwrap();
+    q.release(std::slice::from_ref(&m1.receipt)).await.unwrap();
+    q.extend(std::slice::from_ref(&n1.receipt), LONG).await.unwrap();
     let back = q.receive(10, WAIT, LONG).await.unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!((back[0].dedup_id.as_str(), back[0].receive_count), ("m1", 2));

@@ -230,10 +230,10 @@ impl Worker {
             return;
         }
         self.b.metrics.dead_lettered.inc();
-        if let Some(cid) = campaign_id {
-            if let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await {
-                tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign");
-            }
+        if let Some(cid) = campaign_id
+            && let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await
+        {
+            tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign");
         }
     }
 }

@@ -94,7 +94,13 @@ fn open(dir: &Path) -> Backend {
     let store: Arc<dyn MessageStore> = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
     let queue: Arc<dyn SpikeQueue> = Arc::new(EmbeddedQueue::open(&dir.join("queue.redb"), QueueConfig::default()).unwrap());
     let worker = Worker::new(
-        Backends { store: store.clone(), queue: queue.clone(), hub: Arc::new(LocalHub::new()), events: Arc::new(NoEvents), metrics: Arc::new(Metrics::new()) },
+        Backends {
+            store: store.clone(),
+            queue: queue.clone(),
+            hub: Arc::new(LocalHub::new()),
+            events: Arc::new(NoEvents),
+            metrics: Arc::new(Metrics::new()),
+        },
         WorkerConfig::default(),
     );
     Backend { store, queue, worker }

@@ -187,7 +187,8 @@ async fn many_workers_keep_every_room_in_order() {
     e.queue.send(batch).await.unwrap();
     let stop = CancellationToken::new();
     let cfg = WorkerConfig { batch_size: 7, concurrency: 2, ..config() };
-    let tasks: Vec<_> = (0..4).map(|_| tokio::spawn(worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg.clone()).run(stop.clone()))).collect();
+    let tasks: Vec<_> =
+        (0..4).map(|_| tokio::spawn(worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg.clone()).run(stop.clone()))).collect();
     tokio::time::timeout(Duration::from_secs(60), async {
         while e.queue.stats().await.unwrap().visible + e.queue.stats().await.unwrap().in_flight > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;

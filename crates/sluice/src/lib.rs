@@ -28,7 +28,8 @@ pub fn init_tracing() {
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
@@ -148,8 +149,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => Arc::new(NoEvents),
     };
-    let http = tokio::net::TcpListener::bind(args.http_addr).await.with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
-    let grpc = tokio::net::TcpListener::bind(args.grpc_addr).await.with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
+    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     if let Some(secs) = args.max_runtime_secs {

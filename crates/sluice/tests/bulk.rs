@@ -45,7 +45,12 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     let recipients: Vec<String> = (0..N).map(|i| format!("user{i:05}")).collect();
     let started = Instant::now();
     let r = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "spring-sale".into(), sender: "shop-42".into(), recipients: recipients.clone(), body: "20% off today".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: "spring-sale".into(),
+            sender: "shop-42".into(),
+            recipients: recipients.clone(),
+            body: "20% off today".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -53,7 +58,10 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     assert_eq!((r.campaign_id.as_str(), r.accepted), ("spring-sale", N as u64));
     let c = wait_done(&mut g, "spring-sale", Duration::from_secs(300)).await;
     let drained_in = started.elapsed();
-    eprintln!("FIGURE 10k campaign: enqueue {enqueued_in:?}, enqueue+drain {drained_in:?} ({:.0} msg/s)", N as f64 / drained_in.as_secs_f64());
+    eprintln!(
+        "FIGURE 10k campaign: enqueue {enqueued_in:?}, enqueue+drain {drained_in:?} ({:.0} msg/s)",
+        N as f64 / drained_in.as_secs_f64()
+    );
     assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered), (N as u64, N as u64, N as u64, 0));
     check_recipients(&g, "shop-42", &recipients, 1).await;
     let shop = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into() }).await.unwrap().into_inner();
@@ -61,7 +69,12 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
 
     // The scheduler retries the whole call: nothing is sent twice.
     let again = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "spring-sale".into(), sender: "shop-42".into(), recipients: recipients[..100].to_vec(), body: "20% off today".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: "spring-sale".into(),
+            sender: "shop-42".into(),
+            recipients: recipients[..100].to_vec(),
+            body: "20% off today".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -70,7 +83,11 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     let c = wait_done(&mut g, "spring-sale", Duration::from_secs(60)).await;
     assert_eq!((c.requested, c.enqueued, c.persisted), (N as u64 + 100, N as u64, N as u64));
     check_recipients(&g, "shop-42", &recipients[..100], 1).await;
-    let h = g.get_history(v1::GetHistoryRequest { room: "dm:shop-42:user00000".into(), before: 0, after: 0, limit: 0 }).await.unwrap().into_inner();
+    let h = g
+        .get_history(v1::GetHistoryRequest { room: "dm:shop-42:user00000".into(), before: 0, after: 0, limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(h.messages.len(), 1);
     assert_eq!((h.messages[0].kind.as_str(), h.messages[0].body.as_str()), ("one_off", "20% off today"));
 }
@@ -82,7 +99,9 @@ async fn a_bulk_burst_does_not_hold_up_interactive_sends() {
     let s = Server::start(&dir.path().join("data"), &["--worker-concurrency", "1", "--worker-batch", "1"]).await;
     let mut g = s.grpc().await;
     let recipients: Vec<String> = (0..3000).map(|i| format!("u{i}")).collect();
-    g.enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "burst".into(), sender: "shop".into(), recipients, body: "flash".into() }).await.unwrap();
+    g.enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "burst".into(), sender: "shop".into(), recipients, body: "flash".into() })
+        .await
+        .unwrap();
     let mut alice = s.ws("alice").await;
     let mut bob = s.ws("bob").await;
     for i in 0..5 {

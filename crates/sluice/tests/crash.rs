@@ -29,7 +29,12 @@ async fn sigkill_during_a_bulk_drain_loses_nothing() {
     const N: usize = 5_000;
     let recipients: Vec<String> = (0..N).map(|i| format!("r{i}")).collect();
     let r = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "flash".into(), sender: "brand".into(), recipients: recipients.clone(), body: "now or never".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: "flash".into(),
+            sender: "brand".into(),
+            recipients: recipients.clone(),
+            body: "now or never".into(),
+        })
         .await
         .unwrap()
         .into_inner();

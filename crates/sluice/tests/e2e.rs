@@ -39,7 +39,10 @@ async fn two_users_chat_and_strangers_are_refused() {
     assert_eq!((ack["type"].as_str(), ack["room"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some("general"), Some(1)));
     let msg_id = ack["msg_id"].as_str().unwrap().to_string();
     let m = bob.recv_type("message").await;
-    assert_eq!((m["seq"].as_u64(), m["sender"].as_str(), m["body"].as_str(), m["kind"].as_str()), (Some(1), Some("alice"), Some("hello bob"), Some("chat")));
+    assert_eq!(
+        (m["seq"].as_u64(), m["sender"].as_str(), m["body"].as_str(), m["kind"].as_str()),
+        (Some(1), Some("alice"), Some("hello bob"), Some("chat"))
+    );
     assert_eq!(m["msg_id"], json!(msg_id));
     assert!(m["sent_at"].as_i64().unwrap() > 0);
     let u = bob.recv_type("unread").await;
@@ -93,7 +96,12 @@ async fn two_users_chat_and_strangers_are_refused() {
     let hist = g.get_history(v1::GetHistoryRequest { room: "general".into(), before: 0, after: 0, limit: 0 }).await.unwrap().into_inner();
     assert_eq!(hist.messages.iter().map(|m| (m.seq, m.sender.as_str())).collect::<Vec<_>>(), vec![(1, "alice"), (2, "bob")]);
     let sent = g
-        .send_message(v1::SendMessageRequest { room: "general".into(), sender: "bob".into(), body: "from a service".into(), client_msg_id: "svc-1".into() })
+        .send_message(v1::SendMessageRequest {
+            room: "general".into(),
+            sender: "bob".into(),
+            body: "from a service".into(),
+            client_msg_id: "svc-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -183,8 +191,12 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
     assert!(tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token=forged", s.http)).await.is_err());
     let other_dir = tempfile::tempdir().unwrap();
     let foreign = common::cli(&["token", "--data-dir", other_dir.path().to_str().unwrap(), "--user", "alice"]);
-    assert!(tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={foreign}", s.http)).await.is_err(), "a token signed by another secret");
-    let mut header_req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/v1/ws", s.http)).unwrap();
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={foreign}", s.http)).await.is_err(),
+        "a token signed by another secret"
+    );
+    let mut header_req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/v1/ws", s.http)).unwrap();
     header_req.headers_mut().insert("authorization", format!("Bearer {}", s.token("bob")).parse().unwrap());
     assert!(tokio_tungstenite::connect_async(header_req).await.is_ok(), "Authorization header works too");
 
@@ -195,12 +207,33 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
     }
     let mut g = s.grpc().await;
-    let e = g.send_message(v1::SendMessageRequest { room: "bad room".into(), sender: "alice".into(), body: "b".into(), client_msg_id: "1".into() }).await.unwrap_err();
+    let e = g
+        .send_message(v1::SendMessageRequest {
+            room: "bad room".into(),
+            sender: "alice".into(),
+            body: "b".into(),
+            client_msg_id: "1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let e = g.send_message(v1::SendMessageRequest { room: "general".into(), sender: "carol".into(), body: "b".into(), client_msg_id: "1".into() }).await.unwrap_err();
+    let e = g
+        .send_message(v1::SendMessageRequest {
+            room: "general".into(),
+            sender: "carol".into(),
+            body: "b".into(),
+            client_msg_id: "1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "oops".into(), sender: "shop".into(), recipients: vec!["ok".into(), "not ok".into()], body: "b".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: "oops".into(),
+            sender: "shop".into(),
+            recipients: vec!["ok".into(), "not ok".into()],
+            body: "b".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -234,9 +267,14 @@ async fn rate_limits_and_slow_consumers() {
     let mut g = s.grpc().await;
     let body = "z".repeat(60 * 1024);
     for i in 0..600 {
-        g.send_message(v1::SendMessageRequest { room: "general".into(), sender: "alice".into(), body: body.clone(), client_msg_id: format!("f{i}") })
-            .await
-            .unwrap();
+        g.send_message(v1::SendMessageRequest {
+            room: "general".into(),
+            sender: "alice".into(),
+            body: body.clone(),
+            client_msg_id: format!("f{i}"),
+        })
+        .await
+        .unwrap();
     }
     let mut close = None;
     while close.is_none() {
@@ -277,5 +315,8 @@ async fn health_metrics_and_clean_shutdown() {
     }
     s.stop().await;
     let close = tokio::time::timeout(common::RECV_TIMEOUT, futures::StreamExt::next(&mut alice.stream)).await.unwrap();
-    assert!(matches!(&close, Some(Ok(Message::Close(Some(c)))) if u16::from(c.code) == 1001), "sessions close with 1001 on shutdown: {close:?}");
+    assert!(
+        matches!(&close, Some(Ok(Message::Close(Some(c)))) if u16::from(c.code) == 1001),
+        "sessions close with 1001 on shutdown: {close:?}"
+    );
 }

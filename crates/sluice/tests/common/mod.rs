@@ -35,7 +35,8 @@ pub struct Server {
 impl Server {
     /// Starts `sluice serve` on `data_dir` with ports chosen by the OS.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let log = data_dir.with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = data_dir
+            .with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
         let mut child = tokio::process::Command::new(BIN)
             .arg("serve")
             .arg("--data-dir")
