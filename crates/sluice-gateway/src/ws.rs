@@ -295,16 +295,13 @@ async fn write_loop(
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     loop {
         let mut batch: Vec<ServerFrame> = Vec::new();
+        // Replies first: a resume's ResumeStart must be seen before live events that arrive
+        // after it, so they are held back instead of overtaking the replay.
         tokio::select! {
+            biased;
             _ = app.shutdown.cancelled() => {
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
                 break;
-            }
-            _ = ping.tick() => {
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
-                    break;
-                }
-                continue;
             }
             r = replies.recv() => match r {
                 None => break,
@@ -354,6 +351,12 @@ async fn write_loop(
                     }
                 }
             },
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+                    break;
+                }
+                continue;
+            }
         }
         let n = batch.len();
         let mut ok = true;

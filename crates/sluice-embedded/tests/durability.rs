@@ -1,0 +1,65 @@
+//! What the embedded backends keep across a restart (a process that dies and starts again).
+
+use bytes::Bytes;
+use sluice_core::events::{AnalyticsEvent, EventSink};
+use sluice_core::queue::{Enqueue, SpikeQueue};
+use sluice_embedded::{EmbeddedQueue, FileEvents, QueueConfig};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn msg(group: &str, id: &str) -> Enqueue {
+    Enqueue { dedup_id: id.into(), group: group.into(), body: Bytes::from(id.to_string()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_survives_a_restart_with_receive_counts_dead_letters_and_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.redb");
+    {
+        let q = EmbeddedQueue::open(&path, QueueConfig::default()).unwrap();
+        q.send(vec![msg("g", "a"), msg("g", "b"), msg("h", "poison"), msg("k", "done")]).await.unwrap();
+        let got = q.receive(10, LONG, LONG).await.unwrap();
+        assert_eq!(got.len(), 4);
+        let poison = got.iter().find(|d| d.dedup_id == "poison").unwrap();
+        q.dead_letter(&poison.receipt, "bad body").await.unwrap();
+        let done = got.iter().find(|d| d.dedup_id == "done").unwrap();
+        q.ack(std::slice::from_ref(&done.receipt)).await.unwrap();
+        // "a" and "b" stay in flight: the process dies before acking them.
+    }
+    let q = EmbeddedQueue::open(&path, QueueConfig::default()).unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight, stats.dead), (2, 0, 1), "in-flight messages are visible again");
+    let again = q.receive(10, LONG, LONG).await.unwrap();
+    let seen: Vec<(&str, u32)> = again.iter().map(|d| (d.dedup_id.as_str(), d.receive_count)).collect();
+    assert_eq!(seen, vec![("a", 2), ("b", 2)], "same order, receive counts kept");
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!((dead[0].dedup_id.as_str(), dead[0].reason.as_str()), ("poison", "bad body"));
+    let out = q.send(vec![msg("g", "a"), msg("g", "c")]).await.unwrap();
+    assert_eq!((out.enqueued, out.duplicates), (1, 1), "dedup ids of queued messages are remembered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_events_are_appended_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let sink = FileEvents::open(&path, Box::new(|_| panic!("nothing should be dropped"))).unwrap();
+    sink.emit(vec![AnalyticsEvent::RoomRead { user: "u".into(), room: "r".into(), seq: 3, unread: 0, read_at_ms: 7 }]);
+    sink.emit(vec![AnalyticsEvent::MessagePersisted {
+        room: "r".into(),
+        seq: 4,
+        msg_id: "m".into(),
+        sender: "s".into(),
+        kind: "chat".into(),
+        campaign_id: None,
+        sent_at_ms: 1,
+        persisted_at_ms: 2,
+        recipients: 1,
+    }]);
+    sink.flush().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["type"].as_str(), lines[0]["seq"].as_u64()), (Some("room_read"), Some(3)));
+    assert_eq!((lines[1]["type"].as_str(), lines[1]["msg_id"].as_str()), (Some("message_persisted"), Some("m")));
+}
