@@ -108,6 +108,20 @@ fn stored(room: &str, seq: u64, r: MsgRec) -> StoredMessage {
     }
 }
 
+/// The members of `room`, sorted (one range scan of the members table).
+fn members_of(table: &impl ReadableTable<(&'static str, &'static str), i64>, room: &str) -> Result<Vec<String>, redb::Error> {
+    let mut out = Vec::new();
+    for entry in table.range((room, "")..)? {
+        let (k, _) = entry?;
+        let (r, u) = k.value();
+        if r != room {
+            break;
+        }
+        out.push(u.to_string());
+    }
+    Ok(out)
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
@@ -347,16 +361,7 @@ impl<'t> Writer<'t> {
     }
 
     fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
-        let mut out = Vec::new();
-        for entry in self.members.range((room, "")..)? {
-            let (k, _) = entry?;
-            let (r, u) = k.value();
-            if r != room {
-                break;
-            }
-            out.push(u.to_string());
-        }
-        Ok(out)
+        members_of(&self.members, room)
     }
 
     fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
@@ -540,16 +545,7 @@ impl MessageStore for EmbeddedStore {
             let rooms = txn.open_table(ROOMS)?;
             let Some(v) = rooms.get(room.as_str())? else { return Ok(None) };
             let rec: RoomRec = decode(v.value())?;
-            let members_t = txn.open_table(MEMBERS)?;
-            let mut members = Vec::new();
-            for entry in members_t.range((room.as_str(), "")..)? {
-                let (k, _) = entry?;
-                let (r, u) = k.value();
-                if r != room {
-                    break;
-                }
-                members.push(u.to_string());
-            }
+            let members = members_of(&txn.open_table(MEMBERS)?, &room)?;
             Ok(Some(Room { room: room.clone(), members, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms }))
         })
         .await

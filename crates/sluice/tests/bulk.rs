@@ -3,38 +3,9 @@
 
 mod common;
 
-use common::{Grpc, Server};
-use futures::future::join_all;
+use common::{Server, check_recipients, wait_done};
 use sluice_proto::v1;
 use std::time::{Duration, Instant};
-
-pub async fn wait_done(g: &mut Grpc, campaign: &str, limit: Duration) -> v1::GetCampaignResponse {
-    let deadline = Instant::now() + limit;
-    loop {
-        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into() }).await.unwrap().into_inner();
-        if c.done {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "campaign not done in {limit:?}: {c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every recipient's inbox: exactly the direct room with `sender`, at `unread`, its last seq 1.
-pub async fn check_recipients(g: &Grpc, sender: &str, recipients: &[String], unread: u64) {
-    for chunk in recipients.chunks(200) {
-        let calls = chunk.iter().map(|r| {
-            let mut g = g.clone();
-            let r = r.clone();
-            async move { (r.clone(), g.get_inbox(v1::GetInboxRequest { user: r }).await.unwrap().into_inner()) }
-        });
-        for (r, inbox) in join_all(calls).await {
-            let room = sluice_core::ids::dm_room(sender, &r);
-            let row = inbox.rooms.iter().find(|x| x.room == room).unwrap_or_else(|| panic!("{r} has no room {room}: {inbox:?}"));
-            assert_eq!((row.unread, row.last_seq, inbox.total_unread), (unread, 1, unread), "{r}");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {

@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{Grpc, Server};
-use futures::future::join_all;
+use common::{Grpc, Server, check_recipients, wait_done};
 use serde_json::json;
 use sluice_proto::v1;
 use std::time::{Duration, Instant};
@@ -54,27 +53,9 @@ async fn sigkill_during_a_bulk_drain_loses_nothing() {
 
     let s = Server::start(&data, &[]).await;
     let mut g = s.grpc().await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let done = loop {
-        let c = campaign(&mut g, "flash").await;
-        if c.done {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "drain did not finish after restart: {c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = wait_done(&mut g, "flash", Duration::from_secs(300)).await;
     assert_eq!((done.enqueued, done.persisted, done.dead_lettered), (N as u64, N as u64, 0));
-    for chunk in recipients.chunks(250) {
-        let calls = chunk.iter().map(|r| {
-            let mut g = g.clone();
-            let r = r.clone();
-            async move { (r.clone(), g.get_inbox(v1::GetInboxRequest { user: r }).await.unwrap().into_inner()) }
-        });
-        for (r, inbox) in join_all(calls).await {
-            assert_eq!(inbox.rooms.len(), 1, "{r}");
-            assert_eq!((inbox.rooms[0].unread, inbox.rooms[0].last_seq, inbox.total_unread), (1, 1, 1), "{r}: exactly one message");
-        }
-    }
+    check_recipients(&g, "brand", &recipients, 1).await;
     let ops = g.get_history(v1::GetHistoryRequest { room: "ops".into(), before: 0, after: 0, limit: 0 }).await.unwrap().into_inner();
     assert_eq!(ops.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "acked interactive messages survive");
     let mut bob = s.ws("bob").await;

@@ -3,13 +3,15 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use sluice_proto::v1;
 use sluice_proto::v1::chat_service_client::ChatServiceClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,6 +193,39 @@ impl Ws {
         match tokio::time::timeout(d, self.stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
             _ => None,
+        }
+    }
+}
+
+/// Polls GetCampaign until `done`, failing after `limit`.
+pub async fn wait_done(g: &mut Grpc, campaign: &str, limit: Duration) -> v1::GetCampaignResponse {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into() }).await.unwrap().into_inner();
+        if c.done {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "campaign not done in {limit:?}: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every recipient's inbox: exactly the direct room with `sender`, at `unread`, its last seq 1.
+pub async fn check_recipients(g: &Grpc, sender: &str, recipients: &[String], unread: u64) {
+    for chunk in recipients.chunks(200) {
+        let calls = chunk.iter().map(|r| {
+            let mut g = g.clone();
+            let r = r.clone();
+            async move { (r.clone(), g.get_inbox(v1::GetInboxRequest { user: r }).await.unwrap().into_inner()) }
+        });
+        for (r, inbox) in join_all(calls).await {
+            let room = sluice_core::ids::dm_room(sender, &r);
+            let row = inbox.rooms.iter().find(|x| x.room == room).unwrap_or_else(|| panic!("{r} has no room {room}: {inbox:?}"));
+            assert_eq!(
+                (inbox.rooms.len(), row.unread, row.last_seq, inbox.total_unread),
+                (1, unread, 1, unread),
+                "{r}: exactly one message"
+            );
         }
     }
 }
