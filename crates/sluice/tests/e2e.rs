@@ -255,7 +255,7 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_slow_consumers() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8"]).await;
+    let s = Server::start(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8", "--max-bulk-recipients", "10"]).await;
     create_room(&s, "general", &["alice", "bob"]).await;
     let mut alice = s.ws("alice").await;
     let mut codes = Vec::new();
@@ -266,9 +266,16 @@ async fn rate_limits_and_slow_consumers() {
     assert_eq!(&codes[..2], &["ack:", "ack:"], "the burst is allowed");
     assert!(codes.contains(&"error:rate_limited".to_string()), "{codes:?}");
 
+    let mut g = s.grpc().await;
+    let recipients: Vec<String> = (0..11).map(|i| format!("u{i}")).collect();
+    let e = g
+        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "big".into(), sender: "shop".into(), recipients, body: "b".into() })
+        .await
+        .unwrap_err();
+    assert!(e.code() == tonic::Code::InvalidArgument && e.message().starts_with("too_large"), "{e:?}");
+
     // bob never reads; a service floods the room until bob's buffers fill.
     let mut bob = s.ws("bob").await;
-    let mut g = s.grpc().await;
     let body = "z".repeat(60 * 1024);
     for i in 0..600 {
         g.send_message(v1::SendMessageRequest {
@@ -334,4 +341,42 @@ async fn health_metrics_events_and_clean_shutdown() {
         (Some("message_persisted"), Some("dm:alice:bob"), Some(1))
     );
     assert!(e.get("body").is_none(), "analytics events carry no message bodies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_a_users_events_and_the_firehose() {
+    use v1::event::Event as Ev;
+    let (_dir, s) = start().await;
+    create_room(&s, "general", &["alice", "bob"]).await;
+    let mut g = s.grpc().await;
+    let mut bob = g.subscribe(v1::SubscribeRequest { user: "bob".into() }).await.unwrap().into_inner();
+    let mut all = g.subscribe(v1::SubscribeRequest { user: String::new() }).await.unwrap().into_inner();
+    g.send_message(v1::SendMessageRequest {
+        room: "general".into(),
+        sender: "alice".into(),
+        body: "hello".into(),
+        client_msg_id: "s1".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(next(&mut bob).await, Ev::Message(m) if m.seq == 1 && m.sender == "alice" && m.body == "hello"));
+    assert!(matches!(next(&mut bob).await, Ev::Unread(u) if u.user == "bob" && u.unread == 1 && u.total_unread == 1));
+    g.mark_read(v1::MarkReadRequest { user: "bob".into(), room: "general".into(), seq: 1 }).await.unwrap();
+    assert!(matches!(next(&mut bob).await, Ev::Unread(u) if u.unread == 0 && u.total_unread == 0));
+    assert!(matches!(next(&mut bob).await, Ev::Read(r) if r.user == "bob" && r.room == "general" && r.seq == 1));
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        kinds.push(match next(&mut all).await {
+            Ev::Message(_) => "message",
+            Ev::Unread(_) => "unread",
+            Ev::Read(_) => "read",
+        });
+    }
+    assert_eq!(kinds, vec!["message", "unread", "unread", "read"], "the firehose sees every event");
+    let e = g.subscribe(v1::SubscribeRequest { user: "not valid".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+async fn next(stream: &mut tonic::Streaming<v1::Event>) -> v1::event::Event {
+    tokio::time::timeout(common::RECV_TIMEOUT, stream.message()).await.expect("an event in time").unwrap().unwrap().event.unwrap()
 }
