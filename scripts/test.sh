@@ -9,11 +9,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-echo "==> cargo build (the binary the end-to-end tests start)" >&2
+echo "==> cargo build (every target, so compile errors show before any test runs)" >&2
 cargo build --locked --workspace --all-targets
 
 echo "==> tests" >&2
 cargo nextest run --locked --workspace --no-fail-fast "$@"
-
-echo "==> doc tests" >&2
-cargo test --locked --workspace --doc
