@@ -65,7 +65,7 @@ pub struct StoredMessage {
 }
 
 /// A new unread count for one user and room, with the user's new total.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadUpdate {
     pub user: String,
     pub room: String,

@@ -88,8 +88,7 @@ pub struct App {
 /// Serves HTTP/WebSocket on `http` and gRPC on `grpc` until `app.shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::io::Result<()> {
     let shutdown = app.shutdown.clone();
-    let http_server = axum::serve(http, http::router(app.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http_server = axum::serve(http, http::router(app.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(app.clone()))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());

@@ -14,6 +14,7 @@
 pub mod faults;
 pub mod hub;
 pub mod queue;
+pub mod services;
 pub mod store;
 
 use std::any::Any;

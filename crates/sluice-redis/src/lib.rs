@@ -1,0 +1,299 @@
+//! Redis backends: the session registry, presence and cross-gateway fan-out that let any
+//! number of gateways serve one user base.
+//!
+//! [`RedisHub`] keeps this process's connections locally ([`LocalConnections`]) and tells
+//! Redis which users are connected on which node:
+//! - registry: one sorted set per user, `<prefix>:sess:<user>`, members = node ids, scores =
+//!   when the registration expires (ms). Every node refreshes its users every
+//!   `ttl / 3`; a node that dies drops out after `ttl` without anyone cleaning up.
+//! - fan-out: `publish` delivers to local connections directly, looks up the other targets'
+//!   nodes in one pipeline and sends each node one `PUBLISH <prefix>:node:<node>` with the
+//!   users it should deliver to. Every event also goes to `<prefix>:firehose` for service
+//!   subscribers.
+//! - failure: commands go through a reconnecting [`ConnectionManager`]; the subscriber
+//!   reconnects with backoff, resubscribes and re-registers every local user, so live
+//!   delivery resumes after a Redis restart. Events published while Redis was away are not
+//!   replayed: clients recover them by seq (`resume`).
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sluice_core::error::HubError;
+use sluice_core::hub::{ConnId, Connection, Hub, LiveEvent, LocalConnections};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::task::AbortOnDropHandle;
+
+/// Capacity of the local firehose channel of service subscribers.
+const FIREHOSE_CAPACITY: usize = 16_384;
+
+/// Settings of a Redis hub.
+#[derive(Debug, Clone)]
+pub struct RedisHubConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel (`SLUICE_RESOURCE_PREFIX`).
+    pub prefix: String,
+    /// How long a registration lives without a refresh.
+    pub session_ttl: Duration,
+    /// Timeout of one Redis command.
+    pub command_timeout: Duration,
+}
+
+impl RedisHubConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisHubConfig {
+            url: url.into(),
+            prefix: "sluice".into(),
+            session_ttl: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One message on a node channel: deliver `event` to these users' local connections.
+#[derive(Deserialize)]
+struct Envelope {
+    users: Vec<String>,
+    event: LiveEvent,
+}
+
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    users: &'a [String],
+    event: &'a LiveEvent,
+}
+
+struct Inner {
+    node: String,
+    config: RedisHubConfig,
+    conn: ConnectionManager,
+    local: LocalConnections,
+    firehose: broadcast::Sender<Arc<LiveEvent>>,
+}
+
+/// Sessions and fan-out across gateways through Redis.
+pub struct RedisHub {
+    inner: Arc<Inner>,
+    _tasks: Vec<AbortOnDropHandle<()>>,
+}
+
+fn unavailable(e: redis::RedisError) -> HubError {
+    HubError::Unavailable(e.to_string())
+}
+
+impl RedisHub {
+    /// Connects to Redis (fails fast when it cannot be reached) and starts the subscriber and
+    /// the registry heartbeat.
+    pub async fn connect(config: RedisHubConfig) -> Result<Self, HubError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let cm_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(cm_config).await.map_err(unavailable)?;
+        let node = format!("{:016x}", rand_node());
+        let inner =
+            Arc::new(Inner { node, config, conn, local: LocalConnections::new(), firehose: broadcast::channel(FIREHOSE_CAPACITY).0 });
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), client, Some(ready_tx))));
+        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(inner.clone())));
+        // Publishing before our subscription is live would lose events addressed to us.
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        Ok(RedisHub { inner, _tasks: vec![subscriber, heartbeat] })
+    }
+
+    /// This process's node id in the registry.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+}
+
+fn rand_node() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Inner {
+    fn sess_key(&self, user: &str) -> String {
+        format!("{}:sess:{}", self.config.prefix, user)
+    }
+
+    fn node_channel(&self, node: &str) -> String {
+        format!("{}:node:{}", self.config.prefix, node)
+    }
+
+    fn firehose_channel(&self) -> String {
+        format!("{}:firehose", self.config.prefix)
+    }
+
+    /// Registers (or refreshes) `users` as connected on this node.
+    async fn register(&self, users: &[String]) -> Result<(), HubError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.config.session_ttl;
+        let expires = sluice_core::now_ms() + ttl.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        for u in users {
+            let key = self.sess_key(u);
+            pipe.zadd(&key, &self.node, expires).ignore();
+            pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn unregister(&self, user: &str) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM").arg(self.sess_key(user)).arg(&self.node).query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    /// The live nodes of each user, in one round trip.
+    async fn nodes_of(&self, users: &[String]) -> Result<Vec<Vec<String>>, HubError> {
+        let now = sluice_core::now_ms();
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("ZRANGEBYSCORE").arg(self.sess_key(u)).arg(now).arg("+inf");
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(unavailable)
+    }
+
+    /// Delivers an envelope that arrived on this node's channel, or a firehose event.
+    fn on_message(&self, channel: &str, payload: &[u8]) {
+        if channel == self.firehose_channel() {
+            match serde_json::from_slice::<LiveEvent>(payload) {
+                Ok(e) => drop(self.firehose.send(Arc::new(e))),
+                Err(e) => tracing::warn!(error = %e, "undecodable firehose event"),
+            }
+            return;
+        }
+        match serde_json::from_slice::<Envelope>(payload) {
+            Ok(env) => {
+                let event = Arc::new(env.event);
+                self.local.deliver(&env.users, &event);
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable fan-out envelope"),
+        }
+    }
+}
+
+/// Subscribes to this node's channel and the firehose; on any failure reconnects with
+/// backoff, resubscribes and re-registers the local users (a restarted Redis forgot them).
+async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
+    let backoff = sluice_core::backoff::Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(2), max_attempts: u32::MAX };
+    let mut attempt = 0u32;
+    loop {
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(inner.node_channel(&inner.node)).await?;
+            pubsub.subscribe(inner.firehose_channel()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(inner.config.command_timeout * 2, session).await {
+            Ok(Ok(mut pubsub)) => {
+                if attempt > 0 {
+                    tracing::info!("redis subscription restored");
+                }
+                attempt = 0;
+                // The command connection may still be reconnecting after a Redis restart:
+                // retry briefly rather than leave users unroutable until the next heartbeat.
+                for retry in 0..20 {
+                    match inner.register(&inner.local.users()).await {
+                        Ok(()) => break,
+                        Err(e) if retry == 19 => tracing::warn!(error = %e, "re-registering sessions failed; the heartbeat will retry"),
+                        Err(_) => tokio::time::sleep(backoff.ceiling(retry).min(Duration::from_millis(500))).await,
+                    }
+                }
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                tracing::warn!("redis subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "redis subscribe failed"),
+            Err(_) => tracing::warn!("redis subscribe timed out"),
+        }
+        let delay = backoff.delay(attempt).unwrap_or(backoff.cap).max(Duration::from_millis(20));
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Refreshes the registrations of every local user every third of the session TTL.
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.session_ttl / 3);
+    loop {
+        tick.tick().await;
+        if let Err(e) = inner.register(&inner.local.users()).await {
+            tracing::warn!(error = %e, "session heartbeat failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Hub for RedisHub {
+    async fn connect(&self, user: &str, capacity: usize) -> Result<Connection, HubError> {
+        let c = self.inner.local.connect(user, capacity);
+        if let Err(e) = self.inner.register(std::slice::from_ref(&c.user)).await {
+            self.inner.local.disconnect(user, c.id);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    async fn disconnect(&self, user: &str, id: ConnId) {
+        if self.inner.local.disconnect(user, id)
+            && let Err(e) = self.inner.unregister(user).await
+        {
+            tracing::debug!(error = %e, "unregister failed; the registration expires by itself");
+        }
+    }
+
+    async fn publish(&self, targets: &[String], event: LiveEvent) -> Result<(), HubError> {
+        let inner = &self.inner;
+        let event = Arc::new(event);
+        inner.local.deliver(targets, &event);
+        // Other devices of the same users may be on other gateways: look all targets up.
+        let mut pipe = redis::pipe();
+        if !targets.is_empty() {
+            let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+            for (user, nodes) in targets.iter().zip(inner.nodes_of(targets).await?) {
+                for node in nodes.into_iter().filter(|n| *n != inner.node) {
+                    by_node.entry(node).or_default().push(user.clone());
+                }
+            }
+            for (node, users) in by_node {
+                let env = serde_json::to_vec(&EnvelopeRef { users: &users, event: &event }).expect("events serialize");
+                pipe.publish(inner.node_channel(&node), env).ignore();
+            }
+        }
+        pipe.publish(inner.firehose_channel(), serde_json::to_vec(&*event).expect("events serialize")).ignore();
+        let mut conn = inner.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.inner.firehose.subscribe()
+    }
+
+    async fn online(&self, users: &[String]) -> Result<Vec<bool>, HubError> {
+        Ok(self.inner.nodes_of(users).await?.into_iter().map(|n| !n.is_empty()).collect())
+    }
+
+    async fn ping(&self) -> Result<(), HubError> {
+        let mut conn = self.inner.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(unavailable)
+    }
+}

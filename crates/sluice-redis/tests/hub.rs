@@ -1,0 +1,95 @@
+//! The Redis hub against a real redis-server: the shared hub conformance suite, fan-out
+//! between two gateways, and live delivery resuming after a Redis restart.
+
+use sluice_core::hub::{Hub, LiveEvent};
+use sluice_redis::{RedisHub, RedisHubConfig};
+use sluice_testkit::Guard;
+use sluice_testkit::services::RedisServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn hub_on(server: &RedisServer, prefix: &str) -> RedisHub {
+    let mut config = RedisHubConfig::new(server.url());
+    config.prefix = prefix.into();
+    RedisHub::connect(config).await.expect("redis hub connects")
+}
+
+async fn hub() -> (Arc<dyn Hub>, Guard) {
+    let server = RedisServer::start();
+    let hub = hub_on(&server, "t").await;
+    (Arc::new(hub), Box::new(server))
+}
+
+mod hub_suite {
+    sluice_testkit::hub_conformance!(super::hub);
+}
+
+fn typing(room: &str) -> LiveEvent {
+    LiveEvent::Typing { room: room.into(), user: "x".into() }
+}
+
+async fn recv(c: &mut sluice_core::hub::Connection) -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(5), c.events.recv()).await.ok().flatten()?.as_ref() {
+        LiveEvent::Typing { room, .. } => Some(room.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_gateway_a_receives_what_gateway_b_publishes() {
+    let server = RedisServer::start();
+    let a = hub_on(&server, "x").await;
+    let b = hub_on(&server, "x").await;
+    assert_ne!(a.node(), b.node());
+    let mut alice_on_a = a.connect("alice", 16).await.unwrap();
+    let mut alice_on_b = b.connect("alice", 16).await.unwrap();
+    let mut bob_on_b = b.connect("bob", 16).await.unwrap();
+    let mut fire_a = a.firehose();
+    assert_eq!(b.online(&["alice".into(), "carol".into()]).await.unwrap(), vec![true, false]);
+
+    b.publish(&["alice".into()], typing("from-b")).await.unwrap();
+    assert_eq!(recv(&mut alice_on_a).await.as_deref(), Some("from-b"), "across gateways");
+    assert_eq!(recv(&mut alice_on_b).await.as_deref(), Some("from-b"), "and locally, once");
+    a.publish(&["bob".into(), "alice".into()], typing("from-a")).await.unwrap();
+    assert_eq!(recv(&mut bob_on_b).await.as_deref(), Some("from-a"));
+    assert_eq!(recv(&mut alice_on_a).await.as_deref(), Some("from-a"));
+    assert_eq!(recv(&mut alice_on_b).await.as_deref(), Some("from-a"));
+    for want in ["from-b", "from-a"] {
+        let e = tokio::time::timeout(Duration::from_secs(5), fire_a.recv()).await.unwrap().unwrap();
+        assert!(matches!(&*e, LiveEvent::Typing { room, .. } if room == want), "the firehose sees both gateways' events");
+    }
+    assert!(alice_on_a.events.try_recv().is_err(), "no duplicates");
+
+    b.disconnect("alice", alice_on_b.id).await;
+    assert_eq!(a.online(&["alice".into()]).await.unwrap(), vec![true], "alice is still on gateway a");
+    a.disconnect("alice", alice_on_a.id).await;
+    assert_eq!(b.online(&["alice".into()]).await.unwrap(), vec![false]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_delivery_resumes_after_a_redis_restart() {
+    let mut server = RedisServer::start();
+    let a = hub_on(&server, "r").await;
+    let b = hub_on(&server, "r").await;
+    let mut bob = a.connect("bob", 64).await.unwrap();
+    b.publish(&["bob".into()], typing("before")).await.unwrap();
+    assert_eq!(recv(&mut bob).await.as_deref(), Some("before"));
+
+    server.restart();
+    // The restarted Redis knows no sessions; gateway a re-registers bob when its subscriber
+    // reconnects, and gateway b's commands reconnect on their own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let delivered = loop {
+        n += 1;
+        let room = format!("after-{n}");
+        if b.publish(&["bob".into()], typing(&room)).await.is_ok()
+            && let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), bob.events.recv()).await
+        {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "live delivery did not resume after the restart");
+    };
+    assert!(matches!(&*delivered, LiveEvent::Typing { room, .. } if room.starts_with("after-")));
+    assert_eq!(b.online(&["bob".into()]).await.unwrap(), vec![true]);
+}
