@@ -35,11 +35,10 @@ impl App {
     ) -> Result<Persisted, AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
         self.check_body(body)?;
-        let create_members = match ids::dm_members(room) {
-            Some(m) if m.iter().any(|u| u == sender) => m.to_vec(),
-            Some(_) => return Err(not_member(room)),
-            None => Vec::new(),
-        };
+        if dm_outsider(sender, room) {
+            return Err(not_member(room));
+        }
+        let create_members = ids::dm_members(room).map(|m| m.to_vec()).unwrap_or_default();
         let msg = NewMessage {
             msg_id: ids::chat_msg_id(sender, room, client_msg_id),
             room: room.to_string(),
@@ -68,7 +67,7 @@ impl App {
     /// Moves `user`'s read position and tells their connections the new counters.
     pub async fn read(&self, user: &str, room: &str, seq: u64) -> Result<ReadOutcome, AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
-        if ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user)) {
+        if dm_outsider(user, room) {
             return Err(not_member(room));
         }
         let r = self.store.mark_read(user, room, seq, now_ms()).await?;
@@ -82,7 +81,7 @@ impl App {
     /// as a non-member whether or not the room exists yet (no probing who talks to whom).
     pub async fn authorize(&self, user: &str, room: &str) -> Result<(), AppError> {
         ids::validate_room(room).map_err(AppError::bad)?;
-        if ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user)) {
+        if dm_outsider(user, room) {
             return Err(not_member(room));
         }
         match self.store.membership(room, user).await? {
@@ -254,4 +253,9 @@ fn not_member(room: &str) -> AppError {
 
 fn unknown_room(room: &str) -> AppError {
     AppError::new(ErrorCode::UnknownRoom, format!("unknown room {room}"))
+}
+
+/// Whether `room` is a direct room that `user` is not one of the two parties of.
+fn dm_outsider(user: &str, room: &str) -> bool {
+    ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user))
 }
