@@ -56,10 +56,10 @@ fn enqueue(m: &NewMessage) -> Enqueue {
     Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(m) }
 }
 
-/// Runs `w` until the queue is empty (visible and in flight), then stops it.
-async fn drain(w: Arc<Worker>, queue: &Arc<dyn SpikeQueue>) {
+/// Runs `workers` until the queue is empty (visible and in flight), then stops them.
+async fn drain(workers: Vec<Arc<Worker>>, queue: &Arc<dyn SpikeQueue>) {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(w.run(stop.clone()));
+    let tasks: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run(stop.clone()))).collect();
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let s = queue.stats().await.unwrap();
@@ -72,7 +72,9 @@ async fn drain(w: Arc<Worker>, queue: &Arc<dyn SpikeQueue>) {
     .await
     .expect("queue drains");
     stop.cancel();
-    task.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 async fn unread(store: &Arc<dyn MessageStore>, user: &str, room: &str) -> u64 {
@@ -100,7 +102,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_rest_persists() {
     e.store.record_enqueued("c1", 7, &["u0", "u1", "u2", "u3", "u4", "x", "y"].map(String::from)).await.unwrap();
 
     let w = worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), config());
-    drain(w, &e.queue).await;
+    drain(vec![w], &e.queue).await;
 
     for i in 0..5 {
         let u = format!("u{i}");
@@ -130,7 +132,7 @@ async fn crash_between_commit_and_ack_persists_once() {
     faulty.send(msgs.iter().map(enqueue).collect()).await.unwrap();
     let queue: Arc<dyn SpikeQueue> = faulty.clone();
     let w = worker(e.store.clone(), queue.clone(), e.metrics.clone(), config());
-    drain(w, &queue).await;
+    drain(vec![w], &queue).await;
     assert_eq!(faulty.fail_acks.load(Ordering::SeqCst), 0, "the injected failure happened");
     assert!(e.metrics.duplicates.get() > 0, "the redelivered batch was recognised as duplicates");
     for i in 0..20 {
@@ -151,7 +153,7 @@ async fn retryable_store_failures_are_retried_then_dead_lettered() {
     let msgs: Vec<NewMessage> = (0..10).map(|i| one_off("c3", "shop", &format!("u{i}"), "retry")).collect();
     e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
     let store: Arc<dyn MessageStore> = faulty.clone();
-    drain(worker(store.clone(), e.queue.clone(), e.metrics.clone(), config()), &e.queue).await;
+    drain(vec![worker(store.clone(), e.queue.clone(), e.metrics.clone(), config())], &e.queue).await;
     for i in 0..10 {
         let u = format!("u{i}");
         assert_eq!(unread(&e.store, &u, &ids::dm_room("shop", &u)).await, 1, "nothing lost after transient failures");
@@ -162,7 +164,7 @@ async fn retryable_store_failures_are_retried_then_dead_lettered() {
     faulty.fail_persists.store(u32::MAX, Ordering::SeqCst);
     let m = one_off("c3", "shop", "late", "never");
     e.queue.send(vec![enqueue(&m)]).await.unwrap();
-    drain(worker(store, e.queue.clone(), e.metrics.clone(), config()), &e.queue).await;
+    drain(vec![worker(store, e.queue.clone(), e.metrics.clone(), config())], &e.queue).await;
     let dead = e.queue.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("gave up after 3 deliveries"), "{}", dead[0].reason);
@@ -185,21 +187,9 @@ async fn many_workers_keep_every_room_in_order() {
         }
     }
     e.queue.send(batch).await.unwrap();
-    let stop = CancellationToken::new();
     let cfg = WorkerConfig { batch_size: 7, concurrency: 2, ..config() };
-    let tasks: Vec<_> =
-        (0..4).map(|_| tokio::spawn(worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg.clone()).run(stop.clone()))).collect();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while e.queue.stats().await.unwrap().visible + e.queue.stats().await.unwrap().in_flight > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let workers = (0..4).map(|_| worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), cfg.clone())).collect();
+    drain(workers, &e.queue).await;
     for r in 0..ROOMS {
         let room = ids::dm_room("shop", &format!("u{r}"));
         let hist = e.store.history(&room, HistoryQuery { before: None, after: Some(0), limit: 100 }).await.unwrap();
