@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, conformance, property, end-to-end and crash tests.
 # Installs what it needs when missing (scripts/install-test-deps.sh: cargo-nextest,
-# redis-server); tests start their own servers on free loopback ports and stop them.
+# redis-server, DynamoDB Local, moto server, boto3), starts DynamoDB Local and moto server on
+# free loopback ports for the run and stops them after (scripts/with-test-services.sh); tests
+# that need Redis start their own redis-server.
 # Usage: scripts/test.sh [nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +14,4 @@ echo "==> cargo build (every target, so compile errors show before any test runs
 cargo build --locked --workspace --all-targets
 
 echo "==> tests" >&2
-cargo nextest run --locked --workspace --no-fail-fast "$@"
+scripts/with-test-services.sh cargo nextest run --locked --workspace --no-fail-fast "$@"

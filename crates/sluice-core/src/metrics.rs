@@ -24,6 +24,14 @@ pub struct Metrics {
     pub retries: IntCounter,
     pub fanout_failures: IntCounter,
     pub events_dropped: IntCounter,
+    /// AWS API calls, by service and operation (the request count behind the bill).
+    pub aws_requests: IntCounterVec,
+    /// DynamoDB capacity units consumed (from ConsumedCapacity), by kind (read, write).
+    pub dynamodb_capacity: prometheus::CounterVec,
+    /// AWS calls answered with throttling or a transaction conflict, by service and reason.
+    pub aws_retryable: IntCounterVec,
+    /// Analytics records written to the event stream.
+    pub events_written: IntCounter,
 }
 
 impl Metrics {
@@ -62,6 +70,16 @@ impl Metrics {
                 "analytics_events_dropped_total",
                 "Analytics events dropped because the sink buffer was full"
             )),
+            aws_requests: reg!(IntCounterVec::new(Opts::new("aws_requests_total", "AWS API calls, by service and operation"), &["service", "op"])),
+            dynamodb_capacity: reg!(prometheus::CounterVec::new(
+                Opts::new("dynamodb_capacity_units_total", "DynamoDB capacity units consumed, by kind (read, write)"),
+                &["kind"]
+            )),
+            aws_retryable: reg!(IntCounterVec::new(
+                Opts::new("aws_retryable_errors_total", "AWS calls answered with throttling or a transaction conflict"),
+                &["service", "reason"]
+            )),
+            events_written: reg!(IntCounter::new("analytics_events_written_total", "Analytics events written to the sink")),
             registry,
         }
     }

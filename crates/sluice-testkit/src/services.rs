@@ -83,3 +83,33 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+const AWS_HINT: &str = "run the tests through scripts/test.sh, or wrap the command in scripts/with-test-services.sh \
+    (it starts DynamoDB Local and moto server; scripts/install-test-deps.sh installs them)";
+
+fn service_url(var: &str, what: &str) -> String {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("{var} is not set, so there is no {what} to test against: {AWS_HINT}"),
+    }
+}
+
+/// The endpoint of the DynamoDB Local started for this test run.
+pub fn dynamodb_url() -> String {
+    service_url("SLUICE_TEST_DYNAMODB_URL", "DynamoDB Local")
+}
+
+/// The endpoint of the moto server (SQS, Kinesis) started for this test run.
+pub fn moto_url() -> String {
+    service_url("SLUICE_TEST_MOTO_URL", "moto server")
+}
+
+/// A Python interpreter with boto3, for checks made with a tool that is not ours.
+pub fn python_with_boto3() -> String {
+    service_url("SLUICE_TEST_PYTHON", "Python with boto3")
+}
+
+/// A resource prefix no other test uses, so tests can share one emulator.
+pub fn unique_prefix(what: &str) -> String {
+    format!("t{}-{what}", &sluice_core::ids::random_id()[..12])
+}

@@ -1,0 +1,157 @@
+//! Campaign progress: enqueued recipients recorded on their msg_id markers, counters spread
+//! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
+
+use super::DynamoStore;
+use super::call::{Capacity, TxFailure, account, store_error};
+use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, campaign_shard, get_s, get_u64, key, n, s, update};
+use super::persist::now_ms;
+use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use futures::StreamExt;
+use sluice_core::error::StoreError;
+use sluice_core::ids;
+use sluice_core::model::Campaign;
+use std::collections::BTreeSet;
+
+/// Recipients recorded per transaction (plus one shard update).
+const CHUNK: usize = 99;
+/// Chunks recorded at once.
+const CONCURRENCY: usize = 8;
+const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
+
+pub(crate) async fn record_enqueued(store: &DynamoStore, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+    let out = store
+        .client
+        .update_item()
+        .table_name(&store.t.campaigns)
+        .set_key(Some(key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))])))
+        .update_expression("ADD #requested :r")
+        .expression_attribute_names("#requested", "requested")
+        .expression_attribute_values(":r", n(requested))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .map_err(|e| store_error("UpdateItem", e))?;
+    account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
+    let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
+        .map(|(i, chunk)| record_chunk(store, campaign_id, i, chunk))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), _>>()?;
+    campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
+}
+
+/// Marks each recipient's message as enqueued (once ever) and counts the new ones, in one
+/// transaction; recipients recorded before are dropped from the chunk and it is tried again.
+async fn record_chunk(store: &DynamoStore, campaign_id: &str, index: usize, mut chunk: Vec<String>) -> Result<(), StoreError> {
+    let shard = format!("p{:02}", index as u32 % CAMPAIGN_SHARDS);
+    let expires = now_ms() / 1000 + MARKER_TTL_SECS;
+    let mut attempt = 0;
+    while !chunk.is_empty() {
+        let mut items: Vec<_> = chunk
+            .iter()
+            .map(|r| {
+                update(
+                    &store.t.msgids,
+                    key(&[("msg_id", s(ids::bulk_msg_id(campaign_id, r)))]),
+                    "SET #enq = :one, #campaign_id = :c, #expires_at = if_not_exists(#expires_at, :exp)",
+                    Some("attribute_not_exists(#enq)"),
+                    vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(expires))],
+                )
+            })
+            .collect();
+        items.push(update(
+            &store.t.campaigns,
+            key(&[("campaign_id", s(campaign_id)), ("part", s(&shard))]),
+            "ADD #enqueued :k",
+            None,
+            vec![(":k", n(chunk.len()))],
+        ));
+        match store.transact(items, None).await {
+            Ok(()) => return Ok(()),
+            Err(TxFailure::Cancelled(reasons)) => {
+                let before = chunk.len();
+                let mut i = 0;
+                chunk.retain(|_| {
+                    i += 1;
+                    reasons.get(i - 1).is_none_or(|r| r != "ConditionalCheckFailed")
+                });
+                if chunk.len() == before {
+                    store.pause(attempt, &format!("recording enqueued recipients: {reasons:?}")).await?;
+                    attempt += 1;
+                }
+            }
+            Err(TxFailure::Retryable(why)) => {
+                store.pause(attempt, &why).await?;
+                attempt += 1;
+            }
+            Err(e) => return Err(super::rooms::tx_error(e)),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        let items = vec![
+            update(
+                &store.t.msgids,
+                key(&[("msg_id", s(msg_id))]),
+                "SET #dead = :one, #campaign_id = :c, #expires_at = if_not_exists(#expires_at, :exp)",
+                Some("attribute_not_exists(#seq) AND attribute_not_exists(#dead)"),
+                vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(now_ms() / 1000 + MARKER_TTL_SECS))],
+            ),
+            update(
+                &store.t.campaigns,
+                key(&[("campaign_id", s(campaign_id)), ("part", s(campaign_shard(msg_id)))]),
+                "ADD #dead_lettered :one",
+                None,
+                vec![(":one", n(1))],
+            ),
+        ];
+        match store.transact(items, None).await {
+            Ok(()) => return Ok(()),
+            // Persisted after all, or counted already: nothing to count.
+            Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => return Ok(()),
+            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
+            Err(TxFailure::Retryable(_)) => {}
+            Err(e) => return Err(super::rooms::tx_error(e)),
+        }
+        store.pause(attempt, "recording a dead letter").await?;
+        attempt += 1;
+    }
+}
+
+pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+    let out = store
+        .client
+        .query()
+        .table_name(&store.t.campaigns)
+        .key_condition_expression("#c = :c")
+        .expression_attribute_names("#c", "campaign_id")
+        .expression_attribute_values(":c", s(campaign_id))
+        .consistent_read(true)
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .map_err(|e| store_error("Query", e))?;
+    account(&store.metrics, "Query", Capacity::Read, out.consumed_capacity());
+    let items = out.items.unwrap_or_default();
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut c = Campaign { campaign_id: campaign_id.to_string(), ..Campaign::default() };
+    for item in &items {
+        if get_s(item, "part") == Some(CAMPAIGN_META) {
+            c.requested = get_u64(item, "requested");
+        } else {
+            c.enqueued += get_u64(item, "enqueued");
+            c.persisted += get_u64(item, "persisted");
+            c.dead_lettered += get_u64(item, "dead_lettered");
+        }
+    }
+    Ok(Some(c))
+}

@@ -1,0 +1,286 @@
+//! The message store on DynamoDB.
+//!
+//! Every message commits in one TransactWriteItems: the message item with the room's next
+//! seq, the room item (seq and version, under an optimistic lock), the msg_id marker (the
+//! idempotency condition), each recipient's inbox row and total, and the campaign shard.
+//! The ClientRequestToken is derived from the msg_id, so a replay within 10 minutes is
+//! answered by DynamoDB itself; after that the marker's condition fails and the original is
+//! returned. Cancellations are read reason by reason: a moved room version is re-read at once,
+//! TransactionConflict and throttling back off with full jitter, a failed marker condition
+//! means the message is already persisted.
+//!
+//! Large rooms. One transaction holds 100 items and a message to a room of m members writes
+//! 2m + 2 of them, so counters are kept per recipient only while a room has at most
+//! [`SMALL_ROOM_MAX_MEMBERS`] members. A room that grows past that is converted, in one
+//! transaction, to computed unread: each member's row keeps read_seq and `own_after` (their
+//! own messages after read_seq), and unread = room last_seq - read_seq - own_after. A message
+//! to a large room writes 4 items whatever its size; the user's total row names their large
+//! rooms, and totals add the computed unread of those rooms to the stored sum of the small
+//! ones. Both ways every committed state satisfies invariant 3. Large rooms send no live
+//! `unread` pushes (clients count the `message` frames; the inbox is exact).
+//!
+//! Layout of the items: [`items`]. The table definitions: `migrations/dynamodb/`.
+
+mod call;
+mod campaigns;
+mod items;
+mod persist;
+mod reads;
+mod rooms;
+
+use crate::Names;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity, TransactWriteItem};
+use call::{Capacity, TxFailure, account, classify_tx, store_error};
+use items::{Item, RoomMeta, key, s};
+use sluice_core::backoff::Backoff;
+use sluice_core::error::StoreError;
+use sluice_core::metrics::Metrics;
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::store::{Membership, MessageStore};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Rooms up to this many members keep an unread counter per recipient; larger rooms compute
+/// unread from read positions (see the module docs).
+pub const SMALL_ROOM_MAX_MEMBERS: usize = 40;
+
+/// Rooms persisted at once by one `persist` call (messages of one room go in order).
+const PERSIST_CONCURRENCY: usize = 32;
+
+/// The table names, from the resource prefix.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub messages: String,
+    pub rooms: String,
+    pub inbox: String,
+    pub msgids: String,
+    pub campaigns: String,
+}
+
+impl Tables {
+    pub fn new(names: &Names) -> Self {
+        Tables {
+            messages: names.table("messages"),
+            rooms: names.table("rooms"),
+            inbox: names.table("inbox"),
+            msgids: names.table("msgids"),
+            campaigns: names.table("campaigns"),
+        }
+    }
+}
+
+/// The DynamoDB message store.
+pub struct DynamoStore {
+    client: Client,
+    t: Tables,
+    /// Namespaces ClientRequestTokens, so two installations in one account never share one.
+    token_ns: uuid::Uuid,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    /// Members of large rooms by room, with the members_version they were read at.
+    members_cache: Mutex<HashMap<String, (u64, Arc<Vec<String>>)>>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, names: &Names, metrics: Arc<Metrics>) -> Self {
+        DynamoStore {
+            client,
+            t: Tables::new(names),
+            token_ns: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("sluice-dynamodb:{}", names.prefix).as_bytes()),
+            metrics,
+            backoff: Backoff { base: std::time::Duration::from_millis(10), cap: std::time::Duration::from_secs(1), max_attempts: 10 },
+            members_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store on the client built from the standard AWS configuration chain.
+    pub fn from_conf(conf: &aws_config::SdkConfig, names: &Names, metrics: Arc<Metrics>) -> Self {
+        Self::new(Client::new(conf), names, metrics)
+    }
+
+    /// The table names in use.
+    pub fn tables(&self) -> &Tables {
+        &self.t
+    }
+
+    /// Sets the retry schedule for conflicts and throttling.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sleeps before retry `attempt`, or gives up with a retryable conflict error.
+    async fn pause(&self, attempt: u32, why: &str) -> Result<(), StoreError> {
+        self.metrics.retries.inc();
+        match self.backoff.delay(attempt) {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            None => Err(StoreError::Conflict(format!("gave up after {attempt} attempts: {why}"))),
+        }
+    }
+
+    async fn get(&self, table: &str, k: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(k))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error("GetItem", e))?;
+        account(&self.metrics, "GetItem", Capacity::Read, out.consumed_capacity());
+        Ok(out.item)
+    }
+
+    async fn room_meta(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
+        Ok(self.get(&self.t.rooms, key(&[("room", s(room))])).await?.map(|i| RoomMeta::from_item(&i)))
+    }
+
+    async fn row(&self, user: &str, room: &str) -> Result<Option<Item>, StoreError> {
+        self.get(&self.t.inbox, key(&[("user", s(user)), ("room", s(room))])).await
+    }
+
+    /// Strongly consistent BatchGetItem of any number of keys of one table (unprocessed keys
+    /// are retried with backoff).
+    async fn batch_get(&self, table: &str, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = chunk.to_vec();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, ka)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .map_err(|e| store_error("BatchGetItem", e))?;
+                account(&self.metrics, "BatchGetItem", Capacity::Read, out.consumed_capacity());
+                if let Some(mut r) = out.responses {
+                    found.extend(r.remove(table).unwrap_or_default());
+                }
+                if let Some(mut u) = out.unprocessed_keys {
+                    pending = u.remove(table).map(|k| k.keys).unwrap_or_default();
+                }
+                if !pending.is_empty() {
+                    self.pause(attempt, "unprocessed BatchGetItem keys").await?;
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One TransactWriteItems call, counted in the metrics.
+    async fn transact(&self, items: Vec<TransactWriteItem>, token: Option<String>) -> Result<(), TxFailure> {
+        let out = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .set_client_request_token(token)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                account(&self.metrics, "TransactWriteItems", Capacity::Write, out.consumed_capacity());
+                Ok(())
+            }
+            Err(e) => {
+                // A cancelled transaction consumes no write capacity, but it is a request.
+                account(&self.metrics, "TransactWriteItems", Capacity::Write, []);
+                let f = classify_tx(e);
+                match &f {
+                    TxFailure::Cancelled(reasons) => {
+                        for r in reasons.iter().filter(|r| call::reason_is_retryable(r)) {
+                            self.metrics.aws_retryable.with_label_values(&["dynamodb", r]).inc();
+                        }
+                    }
+                    TxFailure::Retryable(why) => {
+                        self.metrics.aws_retryable.with_label_values(&["dynamodb", "throttled_or_unavailable"]).inc();
+                        tracing::debug!(%why, "retryable TransactWriteItems failure");
+                    }
+                    _ => {}
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Reads a persisted message by key.
+    async fn message_at(&self, room: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+        let item = self.get(&self.t.messages, key(&[("room", s(room)), ("seq", items::n(seq))])).await?;
+        Ok(item.map(|i| reads::decode_message(&i)))
+    }
+}
+
+fn av_list(v: &[String]) -> AttributeValue {
+    items::ss(v.iter().cloned())
+}
+
+#[async_trait]
+impl MessageStore for DynamoStore {
+    async fn create_room(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        rooms::create_room(self, room, members, now_ms).await
+    }
+
+    async fn add_members(&self, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+        rooms::add_members(self, room, members, now_ms).await
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<Room>, StoreError> {
+        let Some(meta) = self.room_meta(room).await? else { return Ok(None) };
+        let members = self.members_of(room, &meta).await?;
+        Ok(Some(Room { room: room.to_string(), members: members.to_vec(), last_seq: meta.last_seq, created_at_ms: meta.created_at_ms }))
+    }
+
+    async fn membership(&self, room: &str, user: &str) -> Result<Membership, StoreError> {
+        let Some(meta) = self.room_meta(room).await? else { return Ok(Membership::UnknownRoom) };
+        let member = if meta.large { self.row(user, room).await?.is_some() } else { meta.members.binary_search(&user.to_string()).is_ok() };
+        Ok(if member { Membership::Member } else { Membership::NotMember })
+    }
+
+    async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        Ok(persist::persist_batch(self, batch).await)
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
+        reads::mark_read(self, user, room, seq, now_ms).await
+    }
+
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        reads::history(self, room, query).await
+    }
+
+    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+        reads::inbox(self, user).await
+    }
+
+    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+        campaigns::record_enqueued(self, campaign_id, requested, recipients).await
+    }
+
+    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+        campaigns::record_dead_letter(self, campaign_id, msg_id).await
+    }
+
+    async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+        campaigns::campaign(self, campaign_id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.get(&self.t.rooms, key(&[("room", s("#ping"))])).await.map(|_| ())
+    }
+}

@@ -1,0 +1,275 @@
+//! Reads and mark-read: history by Query, the inbox and totals, and the read position
+//! moved under an optimistic lock on the inbox row.
+
+use super::DynamoStore;
+use super::call::{Capacity, TxFailure, account, store_error};
+use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_i64, get_s, get_ss, get_u64, key, n, s, update};
+use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use sluice_core::error::StoreError;
+use sluice_core::model::{HistoryQuery, Inbox, InboxRoom, MessageKind, ReadOutcome, StoredMessage};
+use std::collections::HashMap;
+
+pub(crate) fn decode_message(item: &Item) -> StoredMessage {
+    StoredMessage {
+        room: get_s(item, "room").unwrap_or_default().to_string(),
+        seq: get_u64(item, "seq"),
+        msg_id: get_s(item, "msg_id").unwrap_or_default().to_string(),
+        sender: get_s(item, "sender").unwrap_or_default().to_string(),
+        body: get_s(item, "body").unwrap_or_default().to_string(),
+        kind: get_s(item, "kind").and_then(MessageKind::parse).unwrap_or(MessageKind::Chat),
+        campaign_id: get_s(item, "campaign_id").map(str::to_string),
+        sent_at_ms: get_i64(item, "sent_at"),
+    }
+}
+
+/// Messages of `room` with lo <= seq <= hi, strongly consistent, in `forward` order, at most
+/// `limit`, with only the attributes in `projection` when given.
+async fn query_messages(
+    store: &DynamoStore,
+    room: &str,
+    lo: u64,
+    hi: u64,
+    forward: bool,
+    limit: Option<usize>,
+    projection: Option<&str>,
+) -> Result<Vec<Item>, StoreError> {
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let want = limit.map(|l| (l - out.len()).min(1000) as i32);
+        let page = store
+            .client
+            .query()
+            .table_name(&store.t.messages)
+            .key_condition_expression("#room = :r AND #seq BETWEEN :lo AND :hi")
+            .expression_attribute_names("#room", "room")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_values(":r", s(room))
+            .expression_attribute_values(":lo", n(lo))
+            .expression_attribute_values(":hi", n(hi))
+            .scan_index_forward(forward)
+            .consistent_read(true)
+            .set_limit(want)
+            .set_projection_expression(projection.map(str::to_string))
+            .set_exclusive_start_key(start)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error("Query", e))?;
+        account(&store.metrics, "Query", Capacity::Read, page.consumed_capacity());
+        out.extend(page.items.unwrap_or_default());
+        start = page.last_evaluated_key;
+        if start.is_none() || limit.is_some_and(|l| out.len() >= l) {
+            return Ok(out);
+        }
+    }
+}
+
+pub(crate) async fn history(store: &DynamoStore, room: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+    let lo = q.after.map_or(1, |a| a.saturating_add(1));
+    let hi = q.before.map_or(i64::MAX as u64, |b| b.saturating_sub(1)).min(i64::MAX as u64);
+    if lo > hi || q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    // With `after`, the oldest matches; otherwise the newest, read backwards.
+    let forward = q.after.is_some();
+    let mut items = query_messages(store, room, lo, hi, forward, Some(q.limit), None).await?;
+    if !forward {
+        items.reverse();
+    }
+    Ok(items.iter().map(decode_message).collect())
+}
+
+/// How many messages of `room` with lo <= seq <= hi were sent by `user` (`own`) or by others.
+async fn count_in(store: &DynamoStore, room: &str, lo: u64, hi: u64, user: &str, own: bool) -> Result<u64, StoreError> {
+    if lo > hi {
+        return Ok(0);
+    }
+    let items = query_messages(store, room, lo, hi, true, None, Some("sender")).await?;
+    Ok(items.iter().filter(|i| (get_s(i, "sender") == Some(user)) == own).count() as u64)
+}
+
+/// Unread of the large rooms `rooms` for `user`: their rows and room items, read now.
+async fn large_unread(store: &DynamoStore, user: &str, rooms: &[String]) -> Result<HashMap<String, u64>, StoreError> {
+    if rooms.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = store.batch_get(&store.t.inbox, rooms.iter().map(|r| key(&[("user", s(user)), ("room", s(r))])).collect()).await?;
+    let metas = room_metas(store, rooms).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|item| {
+            let room = get_s(item, "room")?;
+            let meta = metas.get(room)?;
+            Some((room.to_string(), Row::from_item(item).computed_unread(meta.last_seq)))
+        })
+        .collect())
+}
+
+async fn room_metas(store: &DynamoStore, rooms: &[String]) -> Result<HashMap<String, RoomMeta>, StoreError> {
+    let items = store.batch_get(&store.t.rooms, rooms.iter().map(|r| key(&[("room", s(r))])).collect()).await?;
+    Ok(items.iter().filter_map(|i| Some((get_s(i, "room")?.to_string(), RoomMeta::from_item(i)))).collect())
+}
+
+/// A user's total: the stored sum over small rooms plus the computed unread of large ones.
+async fn total_from(store: &DynamoStore, user: &str, total_row: Option<&Item>) -> Result<u64, StoreError> {
+    let Some(row) = total_row else { return Ok(0) };
+    let large = large_unread(store, user, &get_ss(row, "large_rooms")).await?;
+    Ok(get_u64(row, "total_unread") + large.values().sum::<u64>())
+}
+
+pub(crate) async fn total_of(store: &DynamoStore, user: &str) -> Result<u64, StoreError> {
+    let row = store.row(user, TOTAL_SK).await?;
+    total_from(store, user, row.as_ref()).await
+}
+
+/// The unread of `room` and the total of each of `users` (members of the small room
+/// `room`), read in one BatchGetItem where no large rooms are involved.
+pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) -> Result<HashMap<String, (u64, u64)>, StoreError> {
+    let keys = users.iter().flat_map(|u| [key(&[("user", s(u)), ("room", s(room))]), key(&[("user", s(u)), ("room", s(TOTAL_SK))])]).collect();
+    let items = store.batch_get(&store.t.inbox, keys).await?;
+    let mut unread = HashMap::new();
+    let mut totals = HashMap::new();
+    for item in &items {
+        let Some(user) = get_s(item, "user") else { continue };
+        if get_s(item, "room") == Some(TOTAL_SK) {
+            totals.insert(user.to_string(), item);
+        } else {
+            unread.insert(user.to_string(), get_u64(item, "unread"));
+        }
+    }
+    let mut out = HashMap::with_capacity(users.len());
+    for u in users {
+        let total = total_from(store, u, totals.get(u).copied()).await?;
+        out.insert(u.clone(), (unread.get(u).copied().unwrap_or(0), total));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn inbox(store: &DynamoStore, user: &str) -> Result<Inbox, StoreError> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = store
+            .client
+            .query()
+            .table_name(&store.t.inbox)
+            .key_condition_expression("#user = :u")
+            .expression_attribute_names("#user", "user")
+            .expression_attribute_values(":u", s(user))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error("Query", e))?;
+        account(&store.metrics, "Query", Capacity::Read, page.consumed_capacity());
+        items.extend(page.items.unwrap_or_default());
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            break;
+        }
+    }
+    let mut total = 0;
+    let mut rooms = Vec::with_capacity(items.len());
+    let mut large = Vec::new();
+    for item in &items {
+        let room = get_s(item, "room").unwrap_or_default();
+        if room == TOTAL_SK {
+            total = get_u64(item, "total_unread");
+            continue;
+        }
+        let row = Row::from_item(item);
+        if row.large {
+            large.push((room.to_string(), row));
+        } else {
+            rooms.push(InboxRoom { room: room.to_string(), unread: row.unread, read_seq: row.read_seq, last_seq: row.last_seq });
+        }
+    }
+    let metas = room_metas(store, &large.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>()).await?;
+    for (room, row) in large {
+        // Rows of a large room whose creation never finished have no room item: skip them.
+        let Some(meta) = metas.get(&room) else { continue };
+        let unread = row.computed_unread(meta.last_seq);
+        total += unread;
+        rooms.push(InboxRoom { room, unread, read_seq: row.read_seq, last_seq: meta.last_seq });
+    }
+    rooms.sort_by(|a, b| a.room.cmp(&b.room));
+    Ok(Inbox { rooms, total_unread: total })
+}
+
+pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
+    let mut attempt = 0;
+    loop {
+        // The row first, then the room: a message committed in between either bumps the
+        // row's version (and the write below is refused) or is the user's own.
+        let Some(row_item) = store.row(user, room).await? else {
+            return Err(match store.room_meta(room).await? {
+                Some(_) => StoreError::NotMember { user: user.to_string(), room: room.to_string() },
+                None => StoreError::UnknownRoom(room.to_string()),
+            });
+        };
+        let row = Row::from_item(&row_item);
+        let meta = store.room_meta(room).await?.ok_or_else(|| StoreError::UnknownRoom(room.to_string()))?;
+        let last = meta.last_seq;
+        let target = seq.min(last);
+        if target <= row.read_seq {
+            let unread = if row.large { row.computed_unread(last) } else { row.unread };
+            return Ok(ReadOutcome { read_seq: row.read_seq, unread, total_unread: total_of(store, user).await?, changed: false });
+        }
+        let row_key = key(&[("user", s(user)), ("room", s(room))]);
+        let (items, unread) = if row.large {
+            let own_after = if target == last { 0 } else { count_in(store, room, target + 1, last, user, true).await? };
+            let item = update(
+                &store.t.inbox,
+                row_key,
+                "SET #read_seq = :t, #own_after = :o, #updated_at = :now, #version = #version + :one",
+                Some("#version = :v"),
+                vec![(":t", n(target)), (":o", n(own_after)), (":now", n(now_ms)), (":one", n(1)), (":v", n(row.version))],
+            );
+            (vec![item], Row { read_seq: target, own_after, ..row.clone() }.computed_unread(last))
+        } else {
+            // Count whichever range is shorter: what is read now, or what stays unread.
+            let unread = if target == last {
+                0
+            } else if target - row.read_seq <= last - target {
+                row.unread.saturating_sub(count_in(store, room, row.read_seq + 1, target, user, false).await?)
+            } else {
+                count_in(store, room, target + 1, last, user, false).await?
+            };
+            let mut items = vec![update(
+                &store.t.inbox,
+                row_key,
+                "SET #read_seq = :t, #unread = :u, #updated_at = :now, #version = #version + :one",
+                Some("#version = :v AND attribute_not_exists(#member_of)"),
+                vec![(":t", n(target)), (":u", n(unread)), (":now", n(now_ms)), (":one", n(1)), (":v", n(row.version))],
+            )];
+            let delta = unread as i64 - row.unread as i64;
+            if delta != 0 {
+                items.push(update(
+                    &store.t.inbox,
+                    key(&[("user", s(user)), ("room", s(TOTAL_SK))]),
+                    "ADD #total_unread :d, #version :one",
+                    None,
+                    vec![(":d", n(delta)), (":one", n(1))],
+                ));
+            }
+            (items, unread)
+        };
+        match store.transact(items, None).await {
+            Ok(()) => {
+                return Ok(ReadOutcome { read_seq: target, unread, total_unread: total_of(store, user).await?, changed: true });
+            }
+            Err(TxFailure::Cancelled(reasons)) if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) => {
+                store.metrics.conflicts.inc();
+                store.pause(attempt, "inbox row changed during mark-read").await?;
+                attempt += 1;
+            }
+            Err(TxFailure::Retryable(why)) => {
+                store.pause(attempt, &why).await?;
+                attempt += 1;
+            }
+            Err(e) => return Err(super::rooms::tx_error(e)),
+        }
+    }
+}

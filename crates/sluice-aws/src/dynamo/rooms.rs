@@ -1,0 +1,297 @@
+//! Rooms and members: creation, additions, the switch of a growing room to computed unread,
+//! and the member list of large rooms (from the sparse `by-room` index, cached per
+//! members_version).
+
+use super::call::{Capacity, TxFailure, account, store_error};
+use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_s, key, n, put, s, ss, update};
+use super::{DynamoStore, SMALL_ROOM_MAX_MEMBERS, av_list};
+use aws_sdk_dynamodb::types::{ReturnConsumedCapacity, TransactWriteItem};
+use sluice_core::error::StoreError;
+use sluice_core::model::Room;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The `by-room` index of the inbox table (rows of large rooms only).
+pub(crate) const BY_ROOM_INDEX: &str = "by-room";
+
+fn sorted(members: &[String]) -> Vec<String> {
+    members.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// An inbox row for a member who joins a room whose last seq is `last_seq`.
+fn new_row(user: &str, room: &str, last_seq: u64, large: bool, now_ms: i64) -> Item {
+    let mut item = key(&[("user", s(user)), ("room", s(room))]);
+    item.insert("read_seq".into(), n(last_seq));
+    item.insert("last_seq".into(), n(last_seq));
+    item.insert("version".into(), n(0));
+    item.insert("updated_at".into(), n(now_ms));
+    if large {
+        item.insert("own_after".into(), n(0));
+        item.insert("member_of".into(), s(room));
+    } else {
+        item.insert("unread".into(), n(0));
+    }
+    item
+}
+
+/// Adds `room` to the `large_rooms` set of `user`'s total row.
+fn mark_large(store: &DynamoStore, user: &str, room: &str) -> TransactWriteItem {
+    update(
+        &store.t.inbox,
+        key(&[("user", s(user)), ("room", s(TOTAL_SK))]),
+        "ADD #large_rooms :r, #version :one",
+        None,
+        vec![(":r", ss([room.to_string()])), (":one", n(1))],
+    )
+}
+
+pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+    let members = sorted(members);
+    if members.is_empty() {
+        return Err(StoreError::Invalid("a room needs at least one member".into()));
+    }
+    loop {
+        if let Some(meta) = store.room_meta(room).await? {
+            let existing = store.members_of(room, &meta).await?;
+            return if *existing == members {
+                Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms })
+            } else {
+                Err(StoreError::RoomExists(room.to_string()))
+            };
+        }
+        let mut meta = key(&[("room", s(room))]);
+        meta.insert("last_seq".into(), n(0));
+        meta.insert("version".into(), n(0));
+        meta.insert("members_version".into(), n(0));
+        meta.insert("created_at".into(), n(now_ms));
+        if members.len() <= SMALL_ROOM_MAX_MEMBERS {
+            // Meta and rows in one transaction: the room appears whole or not at all.
+            meta.insert("members".into(), av_list(&members));
+            let mut items = vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))];
+            items.extend(members.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, false, now_ms), None)));
+            match store.transact(items, None).await {
+                Ok(()) => return Ok(Room { room: room.to_string(), members, last_seq: 0, created_at_ms: now_ms }),
+                // Created meanwhile by someone else: compare on the next turn.
+                Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => continue,
+                Err(e) => return Err(tx_error(e)),
+            }
+        }
+        // A large room: rows first, the meta item last, so the room exists only once every
+        // member can use it (rows without a room are ignored by every read).
+        for chunk in members.chunks(49) {
+            let mut items: Vec<_> = chunk.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, true, now_ms), None)).collect();
+            items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
+            transact_retrying(store, items).await?;
+        }
+        meta.insert("large".into(), aws_sdk_dynamodb::types::AttributeValue::Bool(true));
+        match store.transact(vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))], None).await {
+            Ok(()) => return Ok(Room { room: room.to_string(), members, last_seq: 0, created_at_ms: now_ms }),
+            Err(TxFailure::Cancelled(_)) => continue,
+            Err(e) => return Err(tx_error(e)),
+        }
+    }
+}
+
+pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[String], now_ms: i64) -> Result<Room, StoreError> {
+    let wanted = sorted(members);
+    let mut attempt = 0;
+    loop {
+        let meta = store.room_meta(room).await?.ok_or_else(|| StoreError::UnknownRoom(room.to_string()))?;
+        let existing = store.members_of(room, &meta).await?;
+        let new: Vec<String> = wanted.iter().filter(|u| existing.binary_search(u).is_err()).cloned().collect();
+        if new.is_empty() {
+            return Ok(Room { room: room.to_string(), members: existing.to_vec(), last_seq: meta.last_seq, created_at_ms: meta.created_at_ms });
+        }
+        let result = if meta.large {
+            add_to_large(store, room, &meta, &new, now_ms).await
+        } else if existing.len() + new.len() <= SMALL_ROOM_MAX_MEMBERS {
+            let mut items = vec![update(
+                &store.t.rooms,
+                key(&[("room", s(room))]),
+                "ADD #members :new SET #version = #version + :one, #members_version = #members_version + :one",
+                Some("#version = :v"),
+                vec![(":new", av_list(&new)), (":one", n(1)), (":v", n(meta.version))],
+            )];
+            items.extend(new.iter().map(|u| put(&store.t.inbox, new_row(u, room, meta.last_seq, false, now_ms), None)));
+            store.transact(items, None).await
+        } else {
+            match convert_to_large(store, room, &meta, &existing).await {
+                Ok(()) => continue,
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(()) => {
+                let meta = store.room_meta(room).await?.ok_or_else(|| StoreError::UnknownRoom(room.to_string()))?;
+                let members = store.members_of(room, &meta).await?.to_vec();
+                return Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms });
+            }
+            Err(TxFailure::Cancelled(reasons)) if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) => {
+                store.metrics.conflicts.inc();
+                store.pause(attempt, "room changed while adding members").await?;
+                attempt += 1;
+            }
+            Err(TxFailure::Retryable(why)) => {
+                store.pause(attempt, &why).await?;
+                attempt += 1;
+            }
+            Err(e) => return Err(tx_error(e)),
+        }
+    }
+}
+
+/// Adds rows to a large room, then bumps members_version so member caches refresh.
+async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[String], now_ms: i64) -> Result<(), TxFailure> {
+    for chunk in new.chunks(49) {
+        let mut chunk = chunk.to_vec();
+        let mut attempt = 0;
+        while !chunk.is_empty() {
+            // The member list came from an eventually consistent index: never reset the row
+            // of someone who joined a moment ago.
+            let mut items: Vec<_> = chunk
+                .iter()
+                .map(|u| put(&store.t.inbox, new_row(u, room, meta.last_seq, true, now_ms), Some("attribute_not_exists(#room)")))
+                .collect();
+            items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
+            match store.transact(items, None).await {
+                Ok(()) => break,
+                Err(TxFailure::Cancelled(reasons)) => {
+                    let before = chunk.len();
+                    let mut i = 0;
+                    chunk.retain(|_| {
+                        i += 1;
+                        reasons.get(i - 1).is_none_or(|r| r != "ConditionalCheckFailed")
+                    });
+                    if chunk.len() == before {
+                        store.pause(attempt, "adding members").await.map_err(TxFailure::Fatal)?;
+                        attempt += 1;
+                    }
+                }
+                Err(TxFailure::Retryable(why)) => {
+                    store.pause(attempt, &why).await.map_err(TxFailure::Fatal)?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // read_seq = the last seq seen above; a message committed since then counts as unread for
+    // the new member, which is what a member who joined before it would see.
+    let bump = update(
+        &store.t.rooms,
+        key(&[("room", s(room))]),
+        "SET #members_version = #members_version + :one",
+        Some("attribute_exists(#room)"),
+        vec![(":one", n(1))],
+    );
+    store.transact(vec![bump], None).await
+}
+
+/// Switches a small room to computed unread in one transaction: the room item, every
+/// member's row (own_after from its counters) and total (its stored unread taken out, the
+/// room named as large). Every item is conditioned on the version read, so a message or a
+/// mark-read in between cancels it and the caller starts over.
+async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, members: &[String]) -> Result<(), TxFailure> {
+    let keys = members.iter().map(|u| key(&[("user", s(u)), ("room", s(room))])).collect();
+    let rows = store.batch_get(&store.t.inbox, keys).await.map_err(TxFailure::Fatal)?;
+    if rows.len() != members.len() {
+        return Err(TxFailure::Fatal(StoreError::Internal(format!("room {room}: {} member rows for {} members", rows.len(), members.len()))));
+    }
+    let mut items = vec![update(
+        &store.t.rooms,
+        key(&[("room", s(room))]),
+        "SET #large = :t, #version = #version + :one, #members_version = #members_version + :one REMOVE #members",
+        Some("#version = :v"),
+        vec![(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true)), (":one", n(1)), (":v", n(meta.version))],
+    )];
+    for item in &rows {
+        let user = get_s(item, "user").unwrap_or_default().to_string();
+        let row = Row::from_item(item);
+        // Every message after read_seq is unread unless it is the user's own.
+        let own_after = meta.last_seq.saturating_sub(row.read_seq).saturating_sub(row.unread);
+        items.push(update(
+            &store.t.inbox,
+            key(&[("user", s(&user)), ("room", s(room))]),
+            "SET #own_after = :own, #member_of = :room, #version = #version + :one REMOVE #unread",
+            Some("#version = :v"),
+            vec![(":own", n(own_after)), (":room", s(room)), (":one", n(1)), (":v", n(row.version))],
+        ));
+        items.push(update(
+            &store.t.inbox,
+            key(&[("user", s(&user)), ("room", s(TOTAL_SK))]),
+            "ADD #total_unread :minus, #large_rooms :r, #version :one",
+            None,
+            vec![(":minus", n(-(row.unread as i64))), (":r", ss([room.to_string()])), (":one", n(1))],
+        ));
+    }
+    store.transact(items, None).await
+}
+
+/// A transaction of idempotent writes, retried on throttling and conflicts.
+async fn transact_retrying(store: &DynamoStore, items: Vec<TransactWriteItem>) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        match store.transact(items.clone(), None).await {
+            Ok(()) => return Ok(()),
+            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
+            Err(TxFailure::Retryable(_)) => {}
+            Err(e) => return Err(tx_error(e)),
+        }
+        store.pause(attempt, "writing member rows").await?;
+        attempt += 1;
+    }
+}
+
+pub(crate) fn tx_error(f: TxFailure) -> StoreError {
+    match f {
+        TxFailure::Fatal(e) => e,
+        TxFailure::Retryable(why) => StoreError::Unavailable(why),
+        TxFailure::Cancelled(r) => StoreError::Conflict(format!("transaction cancelled: {r:?}")),
+        TxFailure::IdempotentMismatch => StoreError::Internal("unexpected IdempotentParameterMismatch".into()),
+    }
+}
+
+impl DynamoStore {
+    /// The sorted members of a room: inline for small rooms; for large rooms from the
+    /// `by-room` index, cached until members_version changes. The index is eventually
+    /// consistent, so a member added a moment ago may miss a live push (never a message:
+    /// history and unread do not depend on this list).
+    pub(crate) async fn members_of(&self, room: &str, meta: &RoomMeta) -> Result<Arc<Vec<String>>, StoreError> {
+        if !meta.large {
+            return Ok(Arc::new(meta.members.clone()));
+        }
+        if let Some((v, m)) = self.members_cache.lock().expect("cache lock").get(room)
+            && *v == meta.members_version
+        {
+            return Ok(m.clone());
+        }
+        let mut members = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.t.inbox)
+                .index_name(BY_ROOM_INDEX)
+                .key_condition_expression("#member_of = :r")
+                .expression_attribute_names("#member_of", "member_of")
+                .expression_attribute_values(":r", s(room))
+                .set_exclusive_start_key(start)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| store_error("Query", e))?;
+            account(&self.metrics, "Query", Capacity::Read, out.consumed_capacity());
+            members.extend(out.items().iter().filter_map(|i| get_s(i, "user").map(str::to_string)));
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        members.sort();
+        members.dedup();
+        let members = Arc::new(members);
+        self.members_cache.lock().expect("cache lock").insert(room.to_string(), (meta.members_version, members.clone()));
+        Ok(members)
+    }
+}

