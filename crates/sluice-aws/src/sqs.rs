@@ -1,2 +1,529 @@
-//! placeholder
-pub struct SqsQueue;
+//! The spike queue on SQS FIFO.
+//!
+//! - send: SendMessageBatch (10 entries, at most 256 KiB), MessageGroupId from the room,
+//!   MessageDeduplicationId = msg_id; entries that fail are retried alone with backoff.
+//!   Messages are spread over parallel lanes by group, each lane sending in order, so a
+//!   group's order survives the parallelism.
+//! - receive: long poll (up to 10, up to 20 s) with a ReceiveRequestAttemptId, so a retried
+//!   receive returns the same messages instead of hiding them for a visibility timeout.
+//! - ack: DeleteMessageBatch; extend and release: ChangeMessageVisibilityBatch.
+//! - dead letters: the worker's verdicts are sent to the dead-letter queue with the reason as
+//!   a message attribute, then deleted here; messages SQS moves on its own (the redrive
+//!   policy's maxReceiveCount) arrive without one. `redrive` sends them back with a fresh
+//!   deduplication id (the original may still be inside the 5-minute window).
+//!
+//! Bodies are the protobuf `sluice.v1.QueuedMessage`, base64 encoded (SQS bodies are text).
+//! SQS does not say which sends it dropped as duplicates, so `SendOutcome::duplicates` counts
+//! only repeats inside one `send` call (which are not sent at all), and it has no age of the oldest message (that is CloudWatch's
+//! ApproximateAgeOfOldestMessage), so `QueueStats::oldest_age_ms` is 0.
+
+use crate::Names;
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use aws_smithy_types::base64;
+use bytes::Bytes;
+use futures::StreamExt;
+use sluice_core::backoff::Backoff;
+use sluice_core::error::QueueError;
+use sluice_core::metrics::Metrics;
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Entries per SQS batch call.
+const BATCH: usize = 10;
+/// Payload of one SendMessageBatch (the classic SQS limit, which moto also enforces).
+const BATCH_BYTES: usize = 256 * 1024;
+/// Batches sent at once by one `send`.
+const LANES: usize = 16;
+/// Longest long poll SQS allows.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+/// Attribute carrying the original deduplication id (the msg_id) through dead-lettering and
+/// redrive, and the dead-letter reason.
+const ATTR_DEDUP: &str = "sluice_dedup_id";
+const ATTR_REASON: &str = "sluice_reason";
+const ATTR_RECEIVES: &str = "sluice_receive_count";
+/// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
+const IN_FLIGHT_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
+/// What this process received and has not settled yet: needed to dead-letter by receipt.
+struct InFlight {
+    message_id: String,
+    group: String,
+    dedup_id: String,
+    body_b64: String,
+    receive_count: u32,
+    received: Instant,
+}
+
+/// The SQS FIFO spike queue.
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+    dlq_url: String,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    client_side_wait: bool,
+}
+
+fn queue_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(op: &str, err: SdkError<E, R>) -> QueueError {
+    let text = format!("SQS {op}: {}", aws_smithy_types::error::display::DisplayErrorContext(&err));
+    match &err {
+        SdkError::ServiceError(e) => match e.err().code() {
+            Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => {
+                QueueError::Internal(format!("{text} (create it with `sluice migrate --backend aws --with-queues`)"))
+            }
+            Some("InvalidParameterValue" | "InvalidMessageContents" | "MissingParameter") => QueueError::Invalid(text),
+            _ => QueueError::Unavailable(text),
+        },
+        _ => QueueError::Unavailable(text),
+    }
+}
+
+impl SqsQueue {
+    /// Looks up the queue and dead-letter queue URLs by name.
+    pub async fn connect(client: Client, names: &Names, metrics: Arc<Metrics>) -> Result<Self, QueueError> {
+        let url_of = |name: String| {
+            let client = client.clone();
+            async move {
+                let out = client.get_queue_url().queue_name(&name).send().await.map_err(|e| queue_error("GetQueueUrl", e))?;
+                out.queue_url.ok_or_else(|| QueueError::Internal(format!("no URL for queue {name}")))
+            }
+        };
+        let url = url_of(names.queue()).await?;
+        let dlq_url = url_of(names.dead_letter_queue()).await?;
+        Ok(SqsQueue { client, url, dlq_url, metrics, backoff: Backoff::default(), in_flight: Mutex::new(HashMap::new()), client_side_wait: false })
+    }
+
+    /// Waits for messages with repeated short polls instead of SQS long polling. Only for
+    /// emulators: moto 5.2.5 checks FIFO group blocking once at the start of a long poll, so
+    /// a long poll can hand out a message of a group that went in flight while it waited.
+    /// Real SQS should long-poll (fewer, cheaper empty receives).
+    pub fn with_client_side_wait(mut self, on: bool) -> Self {
+        self.client_side_wait = on;
+        self
+    }
+
+    /// The queue URL in use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn count(&self, op: &str) {
+        self.metrics.aws_requests.with_label_values(&["sqs", op]).inc();
+    }
+
+    async fn pause(&self, attempt: u32, why: &str) -> Result<(), QueueError> {
+        self.metrics.retries.inc();
+        match self.backoff.delay(attempt) {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            None => Err(QueueError::Unavailable(format!("gave up after {attempt} attempts: {why}"))),
+        }
+    }
+
+    /// Sends one lane's entries in order, in batches, retrying failed entries.
+    async fn send_lane(&self, url: &str, entries: Vec<SendMessageBatchRequestEntry>) -> Result<(), QueueError> {
+        let mut rest = entries.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut bytes = 0;
+            while let Some(e) = rest.peek() {
+                let size = e.message_body().len() + 200;
+                if batch.len() == BATCH || (!batch.is_empty() && bytes + size > BATCH_BYTES) {
+                    break;
+                }
+                bytes += size;
+                batch.push(rest.next().expect("peeked"));
+            }
+            self.send_batch(url, batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&self, url: &str, mut batch: Vec<SendMessageBatchRequestEntry>) -> Result<(), QueueError> {
+        let mut attempt = 0;
+        loop {
+            self.count("SendMessageBatch");
+            let out = match self.client.send_message_batch().queue_url(url).set_entries(Some(batch.clone())).send().await {
+                Ok(out) => out,
+                Err(e) => match queue_error("SendMessageBatch", e) {
+                    e @ QueueError::Unavailable(_) => {
+                        self.pause(attempt, &e.to_string()).await?;
+                        attempt += 1;
+                        continue;
+                    }
+                    e => return Err(e),
+                },
+            };
+            if out.failed.is_empty() {
+                return Ok(());
+            }
+            if let Some(f) = out.failed.iter().find(|f| f.sender_fault) {
+                return Err(QueueError::Invalid(format!("SQS refused a message: {} {}", f.code, f.message.as_deref().unwrap_or(""))));
+            }
+            // Only the failed entries go again; within a group they keep their order.
+            let failed: Vec<&str> = out.failed.iter().map(|f| f.id.as_str()).collect();
+            batch.retain(|e| failed.contains(&e.id()));
+            self.pause(attempt, &format!("{} entries failed", failed.len())).await?;
+            attempt += 1;
+        }
+    }
+
+    fn entry(i: usize, group: &str, dedup_id: &str, body_b64: String, original_dedup: &str) -> SendMessageBatchRequestEntry {
+        SendMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .message_group_id(group)
+            .message_deduplication_id(dedup_id)
+            .message_body(body_b64)
+            .message_attributes(ATTR_DEDUP, string_attr(original_dedup))
+            .build()
+            .expect("entry has id and body")
+    }
+
+    #[allow(deprecated)] // AttributeNames is deprecated, but older emulators know only it
+    async fn receive_from(&self, url: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Message>, QueueError> {
+        let attempt_id = sluice_core::ids::random_id();
+        let mut attempt = 0;
+        loop {
+            self.count("ReceiveMessage");
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(max.clamp(1, BATCH) as i32)
+                .wait_time_seconds(wait.min(MAX_WAIT).as_secs_f64().ceil() as i32)
+                .visibility_timeout(visibility.as_secs().max(1) as i32)
+                .receive_request_attempt_id(&attempt_id)
+                .attribute_names(QueueAttributeName::All)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await;
+            match out {
+                Ok(out) => return Ok(out.messages.unwrap_or_default()),
+                Err(e) => match queue_error("ReceiveMessage", e) {
+                    // The same attempt id again: SQS hands back what the lost answer held.
+                    e @ QueueError::Unavailable(_) => {
+                        self.pause(attempt, &e.to_string()).await?;
+                        attempt += 1;
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// ChangeMessageVisibilityBatch / DeleteMessageBatch over any number of receipts.
+    /// Returns how many receipts SQS refused as no longer valid.
+    async fn settle(&self, url: &str, receipts: &[String], visibility: Option<Duration>) -> Result<usize, QueueError> {
+        let mut refused = 0;
+        for chunk in receipts.chunks(BATCH) {
+            let mut attempt = 0;
+            let mut pending: Vec<(usize, &String)> = chunk.iter().enumerate().collect();
+            while !pending.is_empty() {
+                let failed: Vec<(String, bool, String)> = match visibility {
+                    None => {
+                        self.count("DeleteMessageBatch");
+                        let entries = pending
+                            .iter()
+                            .map(|(i, r)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("entry"))
+                            .collect();
+                        let out = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
+                        match out {
+                            Ok(o) => o.failed.into_iter().map(|f| (f.id, f.sender_fault, f.code)).collect(),
+                            Err(e) => vec![(String::new(), false, queue_error("DeleteMessageBatch", e).to_string())],
+                        }
+                    }
+                    Some(v) => {
+                        self.count("ChangeMessageVisibilityBatch");
+                        let entries = pending
+                            .iter()
+                            .map(|(i, r)| {
+                                ChangeMessageVisibilityBatchRequestEntry::builder()
+                                    .id(i.to_string())
+                                    .receipt_handle(*r)
+                                    .visibility_timeout(v.as_secs() as i32)
+                                    .build()
+                                    .expect("entry")
+                            })
+                            .collect();
+                        let out = self.client.change_message_visibility_batch().queue_url(url).set_entries(Some(entries)).send().await;
+                        match out {
+                            Ok(o) => o.failed.into_iter().map(|f| (f.id, f.sender_fault, f.code)).collect(),
+                            Err(e) => vec![(String::new(), false, queue_error("ChangeMessageVisibilityBatch", e).to_string())],
+                        }
+                    }
+                };
+                if failed.is_empty() {
+                    break;
+                }
+                // A receipt SQS no longer knows (the message came back to another consumer
+                // or is gone) cannot be settled by anyone: leave it.
+                let whole_call = failed.iter().any(|(id, _, _)| id.is_empty());
+                let retry: Vec<String> = failed.iter().filter(|(_, sender, _)| !sender).map(|(id, _, _)| id.clone()).collect();
+                for (_, _, code) in failed.iter().filter(|(_, sender, _)| *sender) {
+                    tracing::debug!(%code, "SQS refused to settle a receipt");
+                    refused += 1;
+                }
+                if !whole_call {
+                    pending.retain(|(i, _)| retry.contains(&i.to_string()));
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                self.pause(attempt, &format!("settling receipts: {failed:?}")).await?;
+                attempt += 1;
+            }
+        }
+        Ok(refused)
+    }
+
+    /// The receipts still current in this process. A receipt is stale once its message was
+    /// received again; settling it would act on the newer delivery (moto, unlike SQS, even
+    /// accepts old receipt handles), so stale ones are left out.
+    fn current(&self, receipts: &[Receipt]) -> Vec<String> {
+        let map = self.in_flight.lock().expect("in-flight lock");
+        receipts.iter().filter(|r| map.contains_key(&r.0)).map(|r| r.0.clone()).collect()
+    }
+
+    fn forget(&self, receipts: &[Receipt]) {
+        let mut map = self.in_flight.lock().expect("in-flight lock");
+        for r in receipts {
+            map.remove(&r.0);
+        }
+    }
+
+    async fn attribute_counts(&self, url: &str) -> Result<(u64, u64), QueueError> {
+        self.count("GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| queue_error("GetQueueAttributes", e))?;
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((get(QueueAttributeName::ApproximateNumberOfMessages), get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)))
+    }
+
+    /// Receives up to `limit` dead letters, calling `each` on them; they stay invisible for
+    /// `hold` unless `each` settles them.
+    async fn dlq_messages(&self, limit: usize, hold: Duration) -> Result<Vec<Message>, QueueError> {
+        let mut out: Vec<Message> = Vec::new();
+        while out.len() < limit {
+            let got = self.receive_from(&self.dlq_url, limit - out.len(), Duration::ZERO, hold).await?;
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+}
+
+fn string_attr(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("attribute")
+}
+
+fn system_attr<'a>(m: &'a Message, name: MessageSystemAttributeName) -> Option<&'a str> {
+    m.attributes.as_ref().and_then(|a| a.get(&name)).map(String::as_str)
+}
+
+fn user_attr<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.message_attributes.as_ref().and_then(|a| a.get(name)).and_then(|v| v.string_value())
+}
+
+fn dedup_of(m: &Message) -> String {
+    user_attr(m, ATTR_DEDUP).or_else(|| system_attr(m, MessageSystemAttributeName::MessageDeduplicationId)).unwrap_or_default().to_string()
+}
+
+fn decode_body(m: &Message) -> Bytes {
+    Bytes::from(base64::decode(m.body().unwrap_or_default()).unwrap_or_else(|_| m.body().unwrap_or_default().as_bytes().to_vec()))
+}
+
+#[async_trait]
+impl SpikeQueue for SqsQueue {
+    async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
+        let total = batch.len();
+        let mut seen = std::collections::HashSet::with_capacity(total);
+        let batch: Vec<Enqueue> = batch.into_iter().filter(|e| seen.insert(e.dedup_id.clone())).collect();
+        let sent = batch.len();
+        // One batch keeps the order across groups too; larger sends keep it within groups.
+        let lanes_used = if sent <= BATCH { 1 } else { LANES };
+        let mut lanes: Vec<Vec<SendMessageBatchRequestEntry>> = (0..lanes_used).map(|_| Vec::new()).collect();
+        for (i, e) in batch.into_iter().enumerate() {
+            let lane = e.group.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % lanes_used;
+            lanes[lane].push(Self::entry(i % 1000, &e.group, &e.dedup_id, base64::encode(&e.body), &e.dedup_id));
+        }
+        let url = self.url.clone();
+        let results: Vec<Result<(), QueueError>> =
+            futures::stream::iter(lanes.into_iter().filter(|l| !l.is_empty())).map(|l| self.send_lane(&url, l)).buffer_unordered(LANES).collect().await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        Ok(SendOutcome { enqueued: sent, duplicates: total - sent })
+    }
+
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let messages = if self.client_side_wait {
+            let give_up = Instant::now() + wait;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let got = self.receive_from(&self.url, max, Duration::ZERO, visibility).await?;
+                if !got.is_empty() || Instant::now() >= give_up {
+                    break got;
+                }
+                tokio::time::sleep(pause.min(give_up.saturating_duration_since(Instant::now()))).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        } else {
+            self.receive_from(&self.url, max, wait, visibility).await?
+        };
+        let mut map = self.in_flight.lock().expect("in-flight lock");
+        // A message received again makes its earlier receipts stale.
+        let again: Vec<&str> = messages.iter().filter_map(|m| m.message_id()).collect();
+        map.retain(|_, f| f.received.elapsed() < IN_FLIGHT_MAX_AGE && !again.contains(&f.message_id.as_str()));
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                let receipt = m.receipt_handle()?.to_string();
+                let group = system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
+                let receive_count = system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
+                let enqueued_at_ms = system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let dedup_id = dedup_of(m);
+                map.insert(
+                    receipt.clone(),
+                    InFlight {
+                        message_id: m.message_id().unwrap_or_default().to_string(),
+                        group: group.clone(),
+                        dedup_id: dedup_id.clone(),
+                        body_b64: m.body().unwrap_or_default().to_string(),
+                        receive_count,
+                        received: Instant::now(),
+                    },
+                );
+                Some(Delivery { receipt: Receipt(receipt), dedup_id, group, body: decode_body(m), receive_count, enqueued_at_ms })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        let handles = self.current(receipts);
+        self.settle(&self.url, &handles, None).await?;
+        self.forget(receipts);
+        Ok(())
+    }
+
+    async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError> {
+        let handles = self.current(receipts);
+        self.settle(&self.url, &handles, Some(visibility)).await.map(|_| ())
+    }
+
+    async fn release(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        let handles = self.current(receipts);
+        self.settle(&self.url, &handles, Some(Duration::ZERO)).await?;
+        self.forget(receipts);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
+        let f = {
+            let map = self.in_flight.lock().expect("in-flight lock");
+            let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
+            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count)
+        };
+        let (group, dedup_id, body, receive_count) = f;
+        // Hold the message while it moves, which also proves the receipt is still current.
+        if self.settle(&self.url, std::slice::from_ref(&receipt.0), Some(Duration::from_secs(60))).await? > 0 {
+            self.forget(std::slice::from_ref(receipt));
+            return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
+        }
+        // One dead-letter id per delivery: a retry of this call is deduplicated, a later
+        // dead-lettering of the same message (after a redrive) is not.
+        let dl_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, receipt.0.as_bytes()).simple().to_string();
+        let mut attempt = 0;
+        loop {
+            self.count("SendMessage");
+            let sent = self
+                .client
+                .send_message()
+                .queue_url(&self.dlq_url)
+                .message_group_id(&group)
+                .message_deduplication_id(&dl_id)
+                .message_body(&body)
+                .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
+                .message_attributes(ATTR_REASON, string_attr(reason))
+                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => break,
+                Err(e) => match queue_error("SendMessage", e) {
+                    e @ QueueError::Unavailable(_) => {
+                        self.pause(attempt, &e.to_string()).await?;
+                        attempt += 1;
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
+        self.ack(std::slice::from_ref(receipt)).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let (visible, in_flight) = self.attribute_counts(&self.url).await?;
+        let (dead, dead_in_flight) = self.attribute_counts(&self.dlq_url).await?;
+        Ok(QueueStats { visible, in_flight, dead: dead + dead_in_flight, oldest_age_ms: 0 })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        // Peeking at a FIFO queue means receiving: hold the messages briefly, then make them
+        // visible again at once.
+        let messages = self.dlq_messages(limit, Duration::from_secs(30)).await?;
+        let handles: Vec<String> = messages.iter().filter_map(|m| m.receipt_handle().map(str::to_string)).collect();
+        self.settle(&self.dlq_url, &handles, Some(Duration::ZERO)).await?;
+        Ok(messages
+            .iter()
+            .map(|m| DeadLetter {
+                dedup_id: dedup_of(m),
+                group: system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string(),
+                body: decode_body(m),
+                reason: user_attr(m, ATTR_REASON).unwrap_or("moved by the queue's redrive policy (maxReceiveCount exceeded)").to_string(),
+                receive_count: user_attr(m, ATTR_RECEIVES)
+                    .or_else(|| system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                dead_at_ms: system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
+        let messages = self.dlq_messages(limit, Duration::from_secs(60)).await?;
+        let mut moved = 0;
+        for m in &messages {
+            let group = system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
+            let dedup = dedup_of(m);
+            // A fresh deduplication id: the original may still be inside the window.
+            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, m.message_id().unwrap_or_default().as_bytes()).simple().to_string();
+            let entry = Self::entry(0, &group, &id, m.body().unwrap_or_default().to_string(), &dedup);
+            self.send_batch(&self.url, vec![entry]).await?;
+            if let Some(h) = m.receipt_handle() {
+                self.settle(&self.dlq_url, &[h.to_string()], None).await?;
+            }
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}

@@ -63,3 +63,15 @@ async fn analytics_events_are_appended_as_json_lines() {
     assert_eq!((lines[0]["type"].as_str(), lines[0]["seq"].as_u64()), (Some("room_read"), Some(3)));
     assert_eq!((lines[1]["type"].as_str(), lines[1]["msg_id"].as_str()), (Some("message_persisted"), Some("m")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_outlives_the_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = EmbeddedQueue::open(&dir.path().join("q.redb"), QueueConfig::default()).unwrap();
+    q.send(vec![msg("g", "x")]).await.unwrap();
+    let d = q.receive(1, Duration::from_secs(5), Duration::from_secs(60)).await.unwrap();
+    q.ack(&[d[0].receipt.clone()]).await.unwrap();
+    let out = q.send(vec![msg("g", "x")]).await.unwrap();
+    assert_eq!((out.enqueued, out.duplicates), (0, 1));
+    assert!(q.receive(1, Duration::from_millis(50), Duration::from_secs(60)).await.unwrap().is_empty());
+}

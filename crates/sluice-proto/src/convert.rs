@@ -3,6 +3,7 @@
 use crate::v1;
 use bytes::Bytes;
 use prost::Message as _;
+use sluice_core::events::AnalyticsEvent;
 use sluice_core::ids;
 use sluice_core::model::{MessageKind, NewMessage, StoredMessage};
 
@@ -93,4 +94,26 @@ mod tests {
         bad.room = "no spaces".into();
         assert!(decode_queued(&encode_queued(&bad), 100).unwrap_err().contains("bad room"));
     }
+}
+
+/// Encodes an analytics event as `sluice.v1.AnalyticsEvent` (the Kinesis record data).
+pub fn encode_event(e: &AnalyticsEvent) -> Vec<u8> {
+    use v1::analytics_event::Event;
+    let event = match e.clone() {
+        AnalyticsEvent::MessagePersisted { room, seq, msg_id, sender, kind, campaign_id, sent_at_ms, persisted_at_ms, recipients } => {
+            Event::MessagePersisted(v1::MessagePersisted {
+                room,
+                seq,
+                msg_id,
+                sender,
+                kind,
+                campaign_id: campaign_id.unwrap_or_default(),
+                sent_at_ms,
+                persisted_at_ms,
+                recipients,
+            })
+        }
+        AnalyticsEvent::RoomRead { user, room, seq, unread, read_at_ms } => Event::RoomRead(v1::RoomRead { user, room, seq, unread, read_at_ms }),
+    };
+    v1::AnalyticsEvent { event: Some(event) }.encode_to_vec()
 }

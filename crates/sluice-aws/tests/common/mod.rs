@@ -34,3 +34,21 @@ pub async fn store(what: &str) -> (Arc<DynamoStore>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     (Arc::new(DynamoStore::new(client, &names, metrics.clone())), metrics)
 }
+
+/// A fresh FIFO queue and dead-letter queue (and stream) under a prefix of their own, on moto.
+pub async fn fresh_queues(what: &str) -> (aws_config::SdkConfig, Names) {
+    let conf = sdk_conf(&sluice_testkit::services::moto_url()).await;
+    let names = Names::new(sluice_testkit::services::unique_prefix(what));
+    let settings = sluice_aws::migrate::QueueSettings { max_receive_count: 50, ..Default::default() };
+    sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(&conf), &names, settings).await.expect("queues created");
+    (conf, names)
+}
+
+pub async fn queue(what: &str) -> (Arc<sluice_aws::SqsQueue>, Arc<Metrics>) {
+    let (conf, names) = fresh_queues(what).await;
+    let metrics = Arc::new(Metrics::new());
+    let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(&conf), &names, metrics.clone()).await.expect("queue found");
+    // moto's long poll is not FIFO-safe (see `with_client_side_wait`).
+    let q = q.with_client_side_wait(true);
+    (Arc::new(q), metrics)
+}
