@@ -1,12 +1,13 @@
 //! Command-line and environment configuration. Every option has an `SLUICE_*` variable.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_RESOURCE_PREFIX: &str = "sluice";
 
 /// Sluice: a chat message backend that absorbs traffic spikes.
 ///
@@ -23,19 +24,53 @@ pub struct Cli {
 pub enum Command {
     /// Run every role (gateway + worker) in one process.
     Serve(ServeArgs),
-    /// Run only the gateway role (WebSocket/HTTP + gRPC). Needs shared (distributed) backends.
+    /// Run only the gateway role (WebSocket/HTTP + gRPC). Needs shared backends (--backend aws).
     Gateway(ServeArgs),
-    /// Run only the worker role (drains the spike queue). Needs shared (distributed) backends.
+    /// Run only the worker role (drains the spike queue). Needs shared backends (--backend aws).
     Worker(ServeArgs),
     /// Create the store and queue (tables, files) if missing; safe to run again.
-    Migrate(CommonArgs),
+    Migrate(MigrateArgs),
     /// Print a token: a user JWT (--user) or the service token for gRPC (--service).
     Token(TokenArgs),
     /// Inspect or redrive the dead-letter queue (embedded: while the server is stopped).
     Dlq(DlqArgs),
 }
 
-/// Options every command shares: where the data and secrets are.
+/// Which set of backends to use (DESIGN.md, "Two sets of backends").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// redb store and queue in the data dir, in-process hub: one machine, no set-up.
+    Embedded,
+    /// DynamoDB, SQS FIFO, Kinesis and Redis, configured by the standard AWS chain.
+    Aws,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Embedded,
+    Dynamodb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueKind {
+    Embedded,
+    Sqs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HubKind {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventsKind {
+    Off,
+    File,
+    Kinesis,
+}
+
+/// Options every command shares: where the data and secrets are, and which backends.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Directory of the embedded store, queue and generated secrets.
@@ -47,6 +82,69 @@ pub struct CommonArgs {
     /// Token internal gRPC callers present. Default: generated into the data dir on first use.
     #[arg(long, env = "SLUICE_SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<String>,
+    /// Backends for every concern at once; each can be overridden by --store, --queue, --hub
+    /// and --events. AWS region, credentials and endpoints come from the standard AWS chain
+    /// (AWS_REGION, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_DYNAMODB, ..._SQS, ..._KINESIS).
+    #[arg(long, env = "SLUICE_BACKEND", value_enum, default_value = "embedded")]
+    pub backend: Backend,
+    /// Message store. Default: from --backend.
+    #[arg(long, env = "SLUICE_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// Spike queue. Default: from --backend.
+    #[arg(long, env = "SLUICE_QUEUE", value_enum)]
+    pub queue: Option<QueueKind>,
+    /// Sessions, presence and fan-out. Default: from --backend.
+    #[arg(long, env = "SLUICE_HUB", value_enum)]
+    pub hub: Option<HubKind>,
+    /// Redis for the redis hub, `redis://host:port[/db]`.
+    #[arg(long, env = "SLUICE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every AWS resource and Redis key: tables <prefix>-messages etc., queue
+    /// <prefix>-bulk.fifo, dead-letter queue <prefix>-bulk-dlq.fifo, stream <prefix>-events.
+    #[arg(long, env = "SLUICE_RESOURCE_PREFIX", default_value = DEFAULT_RESOURCE_PREFIX)]
+    pub resource_prefix: String,
+    /// Wait for SQS messages with short polls instead of long polling. Only for emulators
+    /// whose long poll breaks FIFO group blocking (moto 5.2.5); costs more requests on AWS.
+    #[arg(long, env = "SLUICE_SQS_CLIENT_SIDE_WAIT")]
+    pub sqs_client_side_wait: bool,
+}
+
+impl CommonArgs {
+    pub fn store_kind(&self) -> StoreKind {
+        self.store.unwrap_or(match self.backend {
+            Backend::Embedded => StoreKind::Embedded,
+            Backend::Aws => StoreKind::Dynamodb,
+        })
+    }
+    pub fn queue_kind(&self) -> QueueKind {
+        self.queue.unwrap_or(match self.backend {
+            Backend::Embedded => QueueKind::Embedded,
+            Backend::Aws => QueueKind::Sqs,
+        })
+    }
+    pub fn hub_kind(&self) -> HubKind {
+        self.hub.unwrap_or(match self.backend {
+            Backend::Embedded => HubKind::Local,
+            Backend::Aws => HubKind::Redis,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Also create the SQS FIFO queue, its dead-letter queue and the Kinesis stream (for
+    /// emulators and first installs; production creates them from deploy/).
+    #[arg(long)]
+    pub with_queues: bool,
+    /// Receives before SQS moves a message to the dead-letter queue by itself (redrive policy;
+    /// the worker dead-letters with a reason after --max-receives, which should be lower).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_receive_count: u32,
+    /// Shards of the Kinesis stream.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub stream_shards: i32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -59,9 +157,13 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
-    /// Append analytics events (JSON lines) to this file. Default: analytics off.
+    /// Append analytics events (JSON lines) to this file (implies --events file).
     #[arg(long, env = "SLUICE_EVENTS_FILE")]
     pub events_file: Option<PathBuf>,
+    /// Where analytics events go. Default: kinesis with --backend aws, file with
+    /// --events-file, otherwise off.
+    #[arg(long, env = "SLUICE_EVENTS", value_enum)]
+    pub events: Option<EventsKind>,
     /// Largest message body in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
     pub max_body_bytes: u64,

@@ -2,21 +2,27 @@
 //!
 //! - [`config`]: the command line (clap; every option also reads an `SLUICE_*` variable).
 //! - [`secrets`]: the JWT secret and service token, generated into the data dir when not set.
-//! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`.
+//! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, each on the backends
+//!   the configuration picks (embedded by default; DynamoDB, SQS, Kinesis and Redis with
+//!   `--backend aws`, or chosen one concern at a time).
 //!
-//! `serve` prints one line `sluice listening http=ADDR grpc=ADDR` on stdout once both ports
-//! are bound, so scripts and tests that ask for port 0 learn the real ports.
+//! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` on stdout once
+//! both ports are bound, so scripts and tests that ask for port 0 learn the real ports;
+//! `worker` prints `sluice worker running` once its backends are connected.
 
 pub mod config;
 pub mod secrets;
 
 use anyhow::{Context, bail};
-use config::{Cli, Command, CommonArgs, DlqAction, ServeArgs};
+use config::{Backend, Cli, Command, CommonArgs, DlqAction, EventsKind, HubKind, MigrateArgs, QueueKind, ServeArgs, StoreKind};
 use sluice_core::events::{EventSink, NoEvents};
+use sluice_core::hub::Hub;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
+use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig};
 use sluice_gateway::{App, Auth, Limits};
+use sluice_redis::{RedisHub, RedisHubConfig};
 use sluice_worker::{Backends, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,18 +44,10 @@ pub fn init_tracing() {
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
-        Command::Gateway(_) | Command::Worker(_) => bail!(
-            "the embedded backends live inside one process: run `sluice serve` for every role at once. \
-             Separate gateway and worker processes need the distributed backends (DynamoDB, SQS, Redis), \
-             which this build does not include yet"
-        ),
-        Command::Migrate(common) => {
-            let (store, queue) = open_embedded(&common)?;
-            drop((store, queue));
-            println!("embedded store and queue ready in {}", common.data_dir.display());
-            Ok(())
-        }
+        Command::Serve(args) => run_roles(args, Roles { gateway: true, worker: true }).await,
+        Command::Gateway(args) => run_roles(args, Roles { gateway: true, worker: false }).await,
+        Command::Worker(args) => run_roles(args, Roles { gateway: false, worker: true }).await,
+        Command::Migrate(m) => migrate(m).await,
         Command::Token(t) => {
             let s = secrets::load(&t.common.data_dir, t.common.jwt_secret.as_deref(), t.common.service_token.as_deref())?;
             if t.service {
@@ -62,7 +60,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(d) => {
-            let (_store, queue) = open_embedded(&d.common)?;
+            let metrics = Arc::new(Metrics::new());
+            let queue = open_queue(&d.common, metrics).await?;
             match d.action {
                 DlqAction::List { limit } => {
                     for dl in queue.dead_letters(limit).await? {
@@ -80,13 +79,118 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn open_embedded(common: &CommonArgs) -> anyhow::Result<(EmbeddedStore, EmbeddedQueue)> {
-    let dir = &common.data_dir;
+/// The AWS SDK configuration, loaded once from the standard chain when an AWS backend is used.
+async fn aws_conf(common: &CommonArgs) -> Option<aws_config::SdkConfig> {
+    let needed = common.store_kind() == StoreKind::Dynamodb || common.queue_kind() == QueueKind::Sqs;
+    if needed { Some(sluice_aws::sdk_config().await) } else { None }
+}
+
+fn data_dir(common: &CommonArgs) -> anyhow::Result<&std::path::Path> {
+    let dir = common.data_dir.as_path();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    let hint = || format!("cannot open the data in {} (is another sluice using it?)", dir.display());
-    let store = EmbeddedStore::open(&dir.join("store.redb")).with_context(hint)?;
-    let queue = EmbeddedQueue::open(&dir.join("queue.redb"), QueueConfig::default()).with_context(hint)?;
-    Ok((store, queue))
+    Ok(dir)
+}
+
+fn in_use_hint(common: &CommonArgs) -> String {
+    format!("cannot open the data in {} (is another sluice using it?)", common.data_dir.display())
+}
+
+async fn open_store(common: &CommonArgs, conf: Option<&aws_config::SdkConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn MessageStore>> {
+    Ok(match (common.store_kind(), conf) {
+        (StoreKind::Dynamodb, Some(conf)) => {
+            Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics))
+        }
+        _ => Arc::new(EmbeddedStore::open(&data_dir(common)?.join("store.redb")).with_context(|| in_use_hint(common))?),
+    })
+}
+
+async fn open_queue(common: &CommonArgs, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn SpikeQueue>> {
+    Ok(match common.queue_kind() {
+        QueueKind::Sqs => {
+            let conf = sluice_aws::sdk_config().await;
+            let names = sluice_aws::Names::new(&common.resource_prefix);
+            let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(&conf), &names, metrics).await.with_context(|| {
+                format!("cannot find the SQS queue {} (create it with `sluice migrate --backend aws --with-queues`)", names.queue())
+            })?;
+            Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
+        }
+        QueueKind::Embedded => {
+            Arc::new(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?)
+        }
+    })
+}
+
+async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
+    Ok(match common.hub_kind() {
+        HubKind::Local => Arc::new(LocalHub::new()),
+        HubKind::Redis => {
+            let url = common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
+            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), ..RedisHubConfig::new(url) };
+            Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
+        }
+    })
+}
+
+fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn EventSink>> {
+    let kind = args.events.unwrap_or(match (args.common.backend, &args.events_file) {
+        (Backend::Aws, _) => EventsKind::Kinesis,
+        (_, Some(_)) => EventsKind::File,
+        _ => EventsKind::Off,
+    });
+    Ok(match kind {
+        EventsKind::Off => Arc::new(NoEvents),
+        EventsKind::File => {
+            let path = args.events_file.as_ref().context("--events file needs --events-file")?;
+            let dropped = metrics.events_dropped.clone();
+            Arc::new(
+                FileEvents::open(path, Box::new(move |n| dropped.inc_by(n)))
+                    .with_context(|| format!("cannot open events file {}", path.display()))?,
+            )
+        }
+        EventsKind::Kinesis => {
+            let client = match conf {
+                Some(c) => aws_sdk_kinesis::Client::new(c),
+                None => bail!("--events kinesis needs the AWS configuration (use it with --backend aws)"),
+            };
+            let names = sluice_aws::Names::new(&args.common.resource_prefix);
+            Arc::new(sluice_aws::KinesisEvents::start(client, &names, metrics.clone(), sluice_aws::kinesis::KinesisConfig::default()))
+        }
+    })
+}
+
+/// `sluice migrate`: the embedded files, or the DynamoDB tables (and with --with-queues the
+/// SQS queues and Kinesis stream).
+async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
+    let common = &m.common;
+    let names = sluice_aws::Names::new(&common.resource_prefix);
+    let conf = if common.store_kind() == StoreKind::Dynamodb || common.queue_kind() == QueueKind::Sqs || m.with_queues {
+        Some(sluice_aws::sdk_config().await)
+    } else {
+        None
+    };
+    match (common.store_kind(), &conf) {
+        (StoreKind::Dynamodb, Some(conf)) => {
+            for line in sluice_aws::migrate::tables(&aws_sdk_dynamodb::Client::new(conf), &names).await? {
+                println!("{line}");
+            }
+        }
+        _ => {
+            drop(EmbeddedStore::open(&data_dir(common)?.join("store.redb")).with_context(|| in_use_hint(common))?);
+            println!("embedded store ready in {}", common.data_dir.display());
+        }
+    }
+    if m.with_queues {
+        let conf = conf.as_ref().expect("loaded for --with-queues");
+        let settings = sluice_aws::migrate::QueueSettings { max_receive_count: m.max_receive_count, ..Default::default() };
+        let (url, dlq) = sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(conf), &names, settings).await?;
+        println!("queue {url} (dead letters: {dlq}, after {} receives)", m.max_receive_count);
+        let stream = sluice_aws::migrate::stream(&aws_sdk_kinesis::Client::new(conf), &names, m.stream_shards).await?;
+        println!("stream {stream}");
+    } else if common.queue_kind() == QueueKind::Embedded {
+        drop(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?);
+        println!("embedded queue ready in {}", common.data_dir.display());
+    }
+    Ok(())
 }
 
 fn limits(a: &ServeArgs) -> Limits {
@@ -134,27 +238,42 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// `sluice serve`: gateway and worker in one process on the embedded backends.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let s = secrets::load(&args.common.data_dir, args.common.jwt_secret.as_deref(), args.common.service_token.as_deref())?;
-    let (store, queue) = open_embedded(&args.common)?;
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy)]
+struct Roles {
+    gateway: bool,
+    worker: bool,
+}
+
+/// `serve` (both roles), `gateway` or `worker`.
+async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
+    let common = &args.common;
+    if !(roles.gateway && roles.worker)
+        && (common.store_kind() == StoreKind::Embedded || common.queue_kind() == QueueKind::Embedded || common.hub_kind() == HubKind::Local)
+    {
+        bail!(
+            "separate gateway and worker processes need shared backends: DynamoDB, SQS and Redis (--backend aws with \
+             SLUICE_REDIS_URL). The embedded backends live inside one process: run `sluice serve` for every role at once"
+        );
+    }
+    let s = secrets::load(&common.data_dir, common.jwt_secret.as_deref(), common.service_token.as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let events: Arc<dyn EventSink> = match &args.events_file {
-        Some(path) => {
-            let dropped = metrics.events_dropped.clone();
-            Arc::new(
-                FileEvents::open(path, Box::new(move |n| dropped.inc_by(n)))
-                    .with_context(|| format!("cannot open events file {}", path.display()))?,
-            )
-        }
-        None => Arc::new(NoEvents),
+    let conf = aws_conf(common).await;
+    let store = open_store(common, conf.as_ref(), metrics.clone()).await?;
+    let queue = open_queue(common, metrics.clone()).await?;
+    let hub = open_hub(common).await?;
+    let events = open_events(&args, conf.as_ref(), &metrics)?;
+    let listeners = if roles.gateway {
+        let http = tokio::net::TcpListener::bind(args.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
+        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
+        Some((http, grpc))
+    } else {
+        None
     };
-    let http = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
-    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     if let Some(secs) = args.max_runtime_secs {
@@ -166,34 +285,46 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    let store: Arc<dyn sluice_core::store::MessageStore> = Arc::new(store);
-    let queue: Arc<dyn SpikeQueue> = Arc::new(queue);
-    let hub: Arc<dyn sluice_core::hub::Hub> = Arc::new(LocalHub::new());
-    let app = Arc::new(App {
-        store: store.clone(),
-        queue: queue.clone(),
-        hub: hub.clone(),
-        events: events.clone(),
-        metrics: metrics.clone(),
-        auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token),
-        limits: limits(&args),
-        shutdown: shutdown.clone(),
+    let worker_task = roles.worker.then(|| {
+        let worker = Arc::new(Worker::new(
+            Backends { store: store.clone(), queue: queue.clone(), hub: hub.clone(), events: events.clone(), metrics: metrics.clone() },
+            worker_config(&args),
+        ));
+        tokio::spawn(sluice_worker::watch_queue(queue.clone(), metrics.clone(), Duration::from_secs(1), shutdown.clone()));
+        tokio::spawn(worker.run(shutdown.clone()))
     });
-    let worker = Arc::new(Worker::new(
-        Backends { store, queue: queue.clone(), hub, events: events.clone(), metrics: metrics.clone() },
-        worker_config(&args),
-    ));
-    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    tokio::spawn(sluice_worker::watch_queue(queue, metrics, Duration::from_secs(1), shutdown.clone()));
-    tracing::info!(%http_addr, %grpc_addr, data_dir = %args.common.data_dir.display(), "sluice serving");
-    println!("sluice listening http={http_addr} grpc={grpc_addr}");
-    let served = sluice_gateway::serve(app, http, grpc).await;
-    shutdown.cancel();
-    let grace = Duration::from_secs(args.shutdown_grace_secs);
-    if tokio::time::timeout(grace, worker_task).await.is_err() {
-        tracing::warn!("worker did not finish within the grace period; unacked messages will be redelivered");
+    let served = match listeners {
+        Some((http, grpc)) => {
+            let app = Arc::new(App {
+                store,
+                queue,
+                hub,
+                events: events.clone(),
+                metrics,
+                auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token),
+                limits: limits(&args),
+                shutdown: shutdown.clone(),
+            });
+            let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+            tracing::info!(%http_addr, %grpc_addr, ?roles, "sluice serving");
+            println!("sluice listening http={http_addr} grpc={grpc_addr}");
+            let served = sluice_gateway::serve(app, http, grpc).await;
+            shutdown.cancel();
+            served.context("server failed")
+        }
+        None => {
+            tracing::info!("sluice worker running");
+            println!("sluice worker running");
+            shutdown.cancelled().await;
+            Ok(())
+        }
+    };
+    if let Some(task) = worker_task {
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("worker did not finish within the grace period; unacked messages will be redelivered");
+        }
     }
     events.flush().await;
-    served.context("server failed")
+    served
 }

@@ -37,30 +37,42 @@ pub struct Server {
 impl Server {
     /// Starts `sluice serve` on `data_dir` with ports chosen by the OS.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_role("serve", data_dir, extra, &[]).await
+    }
+
+    /// Starts `sluice <role>` (`serve`, `gateway` or `worker`) with extra arguments and
+    /// environment. A worker has no ports: `http` and `grpc` are then 0.0.0.0:0.
+    pub async fn start_role(role: &str, data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
         let log = data_dir
             .with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
-        let mut child = tokio::process::Command::new(BIN)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--max-runtime-secs", MAX_RUNTIME_SECS])
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg(role).arg("--data-dir").arg(data_dir);
+        if role != "worker" {
+            cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .args(["--max-runtime-secs", MAX_RUNTIME_SECS])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SLUICE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn sluice serve");
+            .expect("spawn sluice");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
         let line = match line {
             Ok(Ok(Some(l))) => l,
-            other => panic!("sluice serve did not start ({other:?}); its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+            other => panic!("sluice {role} did not start ({other:?}); its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
         };
         let addr = |key: &str| -> SocketAddr {
-            let v = line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {line:?}"));
-            v.parse().unwrap()
+            match line.split_whitespace().find_map(|w| w.strip_prefix(key)) {
+                Some(v) => v.parse().unwrap(),
+                None if role == "worker" => "0.0.0.0:0".parse().unwrap(),
+                None => panic!("no {key} in {line:?}"),
+            }
         };
         Server { http: addr("http="), grpc: addr("grpc="), data_dir: data_dir.to_path_buf(), log, child }
     }
