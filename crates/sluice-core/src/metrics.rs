@@ -28,6 +28,10 @@ pub struct Metrics {
     pub aws_requests: IntCounterVec,
     /// DynamoDB capacity units consumed (from ConsumedCapacity), by kind (read, write).
     pub dynamodb_capacity: prometheus::CounterVec,
+    /// DynamoDB items written, by kind (transactional: 2 WCU per KB on AWS; standard: 1).
+    /// DynamoDB Local reports ConsumedCapacity per table rather than per item, so this is
+    /// what the AWS price follows.
+    pub dynamodb_items_written: IntCounterVec,
     /// AWS calls answered with throttling or a transaction conflict, by service and reason.
     pub aws_retryable: IntCounterVec,
     /// Analytics records written to the event stream.
@@ -73,6 +77,10 @@ impl Metrics {
             aws_requests: reg!(IntCounterVec::new(Opts::new("aws_requests_total", "AWS API calls, by service and operation"), &["service", "op"])),
             dynamodb_capacity: reg!(prometheus::CounterVec::new(
                 Opts::new("dynamodb_capacity_units_total", "DynamoDB capacity units consumed, by kind (read, write)"),
+                &["kind"]
+            )),
+            dynamodb_items_written: reg!(IntCounterVec::new(
+                Opts::new("dynamodb_items_written_total", "DynamoDB items written, by kind (transactional, standard)"),
                 &["kind"]
             )),
             aws_retryable: reg!(IntCounterVec::new(

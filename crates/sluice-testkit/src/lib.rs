@@ -11,6 +11,7 @@
 //! The factory returns the backend and a guard (temporary directory, emulator handle, ...)
 //! that must outlive the test.
 
+pub mod dynamo_faults;
 pub mod faults;
 pub mod hub;
 pub mod queue;

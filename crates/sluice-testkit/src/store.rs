@@ -15,7 +15,7 @@ macro_rules! store_conformance {
         $crate::__store_tests!($make;
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
-            history_pages, campaign_progress, new_members_start_read);
+            history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters);
     };
 }
 
@@ -293,4 +293,59 @@ pub async fn new_members_start_read(store: Arc<dyn MessageStore>) {
     let inbox = store.inbox(&carol).await.unwrap();
     let rows: BTreeMap<_, _> = inbox.rooms.iter().map(|r| (r.room.clone(), (r.unread, r.read_seq, r.last_seq))).collect();
     assert_eq!(rows[&room], (1, 3, 4));
+}
+
+/// A room that grows past what one transaction can update per recipient (DynamoDB switches
+/// such rooms to computed unread): counters stay exact across the switch and after it.
+pub async fn growing_rooms_keep_exact_counters(store: Arc<dyn MessageStore>) {
+    let tag = ids::random_id();
+    let (a, b, c) = (format!("ga-{tag}"), format!("gb-{tag}"), format!("gc-{tag}"));
+    let room = unique_room("grow");
+    store.create_room(&room, &[a.clone(), b.clone(), c.clone()], 1).await.unwrap();
+    for i in 0..5 {
+        persist_ok(store.as_ref(), chat(&room, &a, &format!("a{i}"))).await;
+    }
+    persist_ok(store.as_ref(), chat(&room, &b, "b0")).await;
+    store.mark_read(&b, &room, 2, 2).await.unwrap();
+    // seq 1-5 by a, 6 by b; b read to 2.
+    assert_eq!(unread_of(store.as_ref(), &b, &room).await, (3, 3));
+    assert_eq!(unread_of(store.as_ref(), &c, &room).await, (6, 6));
+    assert_eq!(unread_of(store.as_ref(), &a, &room).await, (1, 1));
+    let newcomers: Vec<String> = (0..60).map(|i| format!("gn{i:02}-{tag}")).collect();
+    let r = store.add_members(&room, &newcomers, 3).await.unwrap();
+    assert_eq!(r.members.len(), 63);
+    assert_eq!(store.membership(&room, &newcomers[59]).await.unwrap(), Membership::Member);
+    assert_eq!(store.membership(&room, "gx-stranger").await.unwrap(), Membership::NotMember);
+    // The counters survive the growth unchanged.
+    assert_eq!(unread_of(store.as_ref(), &b, &room).await, (3, 3));
+    assert_eq!(unread_of(store.as_ref(), &c, &room).await, (6, 6));
+    assert_eq!(unread_of(store.as_ref(), &a, &room).await, (1, 1));
+    assert_eq!(unread_of(store.as_ref(), &newcomers[0], &room).await, (0, 0));
+    // And keep counting after it: seq 7, 8 by c, 9 by a newcomer.
+    persist_ok(store.as_ref(), chat(&room, &c, "c0")).await;
+    persist_ok(store.as_ref(), chat(&room, &c, "c1")).await;
+    let p = persist_ok(store.as_ref(), chat(&room, &newcomers[0], "n0")).await;
+    assert_eq!(p.message.seq, 9);
+    assert_eq!(p.members.len(), 63, "live fan-out still reaches every member");
+    assert_eq!(unread_of(store.as_ref(), &b, &room).await, (6, 6));
+    assert_eq!(unread_of(store.as_ref(), &c, &room).await, (7, 7), "c's own messages are not unread");
+    assert_eq!(unread_of(store.as_ref(), &newcomers[0], &room).await, (2, 2));
+    assert_eq!(unread_of(store.as_ref(), &newcomers[1], &room).await, (3, 3));
+    let r = store.mark_read(&newcomers[1], &room, 7, 4).await.unwrap();
+    assert_eq!((r.read_seq, r.unread, r.total_unread, r.changed), (7, 2, 2, true));
+    let r = store.mark_read(&c, &room, 7, 5).await.unwrap();
+    assert_eq!((r.unread, r.total_unread), (1, 1), "seq 8 is c's own, seq 9 is not");
+    let r = store.mark_read(&b, &room, 100, 6).await.unwrap();
+    assert_eq!((r.read_seq, r.unread, r.total_unread), (9, 0, 0));
+    let out = store.persist(vec![chat(&room, "gx-stranger", "x")]).await.unwrap();
+    assert!(matches!(out[0], Err(StoreError::NotMember { .. })), "only members send to a large room");
+    // Totals add large and small rooms.
+    let small = unique_room("grow-small");
+    store.create_room(&small, &[a.clone(), c.clone()], 7).await.unwrap();
+    persist_ok(store.as_ref(), chat(&small, &a, "s0")).await;
+    let inbox = store.inbox(&c).await.unwrap();
+    assert_eq!(inbox.total_unread, 2);
+    assert_eq!(inbox.total_unread, inbox.rooms.iter().map(|r| r.unread).sum::<u64>());
+    let row = inbox.rooms.iter().find(|r| r.room == room).unwrap();
+    assert_eq!((row.unread, row.read_seq, row.last_seq), (1, 7, 9));
 }

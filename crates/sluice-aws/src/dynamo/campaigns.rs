@@ -32,6 +32,7 @@ pub(crate) async fn record_enqueued(store: &DynamoStore, campaign_id: &str, requ
         .await
         .map_err(|e| store_error("UpdateItem", e))?;
     account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
+    store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
     let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())

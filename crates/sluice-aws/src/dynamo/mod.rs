@@ -105,6 +105,13 @@ impl DynamoStore {
         &self.t
     }
 
+    /// Derives ClientRequestTokens with `salt` as well, so DynamoDB has seen none of them:
+    /// what a retry looks like once the 10-minute token window has passed (for tests).
+    pub fn with_token_salt(mut self, salt: &str) -> Self {
+        self.token_ns = uuid::Uuid::new_v5(&self.token_ns, salt.as_bytes());
+        self
+    }
+
     /// Sets the retry schedule for conflicts and throttling.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -185,6 +192,7 @@ impl DynamoStore {
 
     /// One TransactWriteItems call, counted in the metrics.
     async fn transact(&self, items: Vec<TransactWriteItem>, token: Option<String>) -> Result<(), TxFailure> {
+        let count = items.len() as u64;
         let out = self
             .client
             .transact_write_items()
@@ -196,6 +204,7 @@ impl DynamoStore {
         match out {
             Ok(out) => {
                 account(&self.metrics, "TransactWriteItems", Capacity::Write, out.consumed_capacity());
+                self.metrics.dynamodb_items_written.with_label_values(&["transactional"]).inc_by(count);
                 Ok(())
             }
             Err(e) => {
