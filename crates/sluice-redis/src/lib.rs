@@ -73,6 +73,9 @@ struct Inner {
     conn: ConnectionManager,
     local: LocalConnections,
     firehose: broadcast::Sender<Arc<LiveEvent>>,
+    /// Orders registry writes: a heartbeat's snapshot of local users must not re-register a
+    /// user whose removal ran in between.
+    registry: tokio::sync::Mutex<()>,
 }
 
 /// Sessions and fan-out across gateways through Redis.
@@ -98,7 +101,14 @@ impl RedisHub {
         let conn = client.get_connection_manager_with_config(cm_config).await.map_err(unavailable)?;
         let node = format!("{:016x}", rand_node());
         let inner =
-            Arc::new(Inner { node, config, conn, local: LocalConnections::new(), firehose: broadcast::channel(FIREHOSE_CAPACITY).0 });
+            Arc::new(Inner {
+            node,
+            config,
+            conn,
+            local: LocalConnections::new(),
+            firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
+            registry: tokio::sync::Mutex::new(()),
+        });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), client, Some(ready_tx))));
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(inner.clone())));
@@ -151,7 +161,18 @@ impl Inner {
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
+    /// Registers every local user (heartbeat, after a resubscribe).
+    async fn register_local(&self) -> Result<(), HubError> {
+        let _order = self.registry.lock().await;
+        self.register(&self.local.users()).await
+    }
+
+    /// Removes `user`'s registration unless they connected here again meanwhile.
     async fn unregister(&self, user: &str) -> Result<(), HubError> {
+        let _order = self.registry.lock().await;
+        if self.local.is_connected(user) {
+            return Ok(());
+        }
         let mut conn = self.conn.clone();
         redis::cmd("ZREM").arg(self.sess_key(user)).arg(&self.node).query_async::<()>(&mut conn).await.map_err(unavailable)
     }
@@ -207,7 +228,7 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                 // The command connection may still be reconnecting after a Redis restart:
                 // retry briefly rather than leave users unroutable until the next heartbeat.
                 for retry in 0..20 {
-                    match inner.register(&inner.local.users()).await {
+                    match inner.register_local().await {
                         Ok(()) => break,
                         Err(e) if retry == 19 => tracing::warn!(error = %e, "re-registering sessions failed; the heartbeat will retry"),
                         Err(_) => tokio::time::sleep(backoff.ceiling(retry).min(Duration::from_millis(500))).await,
@@ -236,7 +257,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.session_ttl / 3);
     loop {
         tick.tick().await;
-        if let Err(e) = inner.register(&inner.local.users()).await {
+        if let Err(e) = inner.register_local().await {
             tracing::warn!(error = %e, "session heartbeat failed");
         }
     }
@@ -246,7 +267,11 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
 impl Hub for RedisHub {
     async fn connect(&self, user: &str, capacity: usize) -> Result<Connection, HubError> {
         let c = self.inner.local.connect(user, capacity);
-        if let Err(e) = self.inner.register(std::slice::from_ref(&c.user)).await {
+        let registered = {
+            let _order = self.inner.registry.lock().await;
+            self.inner.register(std::slice::from_ref(&c.user)).await
+        };
+        if let Err(e) = registered {
             self.inner.local.disconnect(user, c.id);
             return Err(e);
         }

@@ -127,20 +127,15 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
 }
 
 pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
-    let out = store
+    let q = store
         .client
         .query()
         .table_name(&store.t.campaigns)
         .key_condition_expression("#c = :c")
         .expression_attribute_names("#c", "campaign_id")
         .expression_attribute_values(":c", s(campaign_id))
-        .consistent_read(true)
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send()
-        .await
-        .map_err(|e| store_error("Query", e))?;
-    account(&store.metrics, "Query", Capacity::Read, out.consumed_capacity());
-    let items = out.items.unwrap_or_default();
+        .consistent_read(true);
+    let items = store.query_all(q, None).await?;
     if items.is_empty() {
         return Ok(None);
     }

@@ -31,6 +31,7 @@ mod rooms;
 use crate::Names;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity, TransactWriteItem};
 use call::{Capacity, TxFailure, account, classify_tx, store_error};
 use items::{Item, RoomMeta, key, s};
@@ -143,6 +144,29 @@ impl DynamoStore {
             .map_err(|e| store_error("GetItem", e))?;
         account(&self.metrics, "GetItem", Capacity::Read, out.consumed_capacity());
         Ok(out.item)
+    }
+
+    /// Every item a Query matches (up to `limit`), page by page, each page counted.
+    async fn query_all(&self, q: QueryFluentBuilder, limit: Option<usize>) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let want = limit.map(|l| (l - out.len()).min(1000) as i32);
+            let page = q
+                .clone()
+                .set_limit(want)
+                .set_exclusive_start_key(start)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| store_error("Query", e))?;
+            account(&self.metrics, "Query", Capacity::Read, page.consumed_capacity());
+            out.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key;
+            if start.is_none() || limit.is_some_and(|l| out.len() >= l) {
+                return Ok(out);
+            }
+        }
     }
 
     async fn room_meta(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {

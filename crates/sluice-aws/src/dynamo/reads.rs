@@ -2,9 +2,8 @@
 //! moved under an optimistic lock on the inbox row.
 
 use super::DynamoStore;
-use super::call::{Capacity, TxFailure, account, store_error};
+use super::call::TxFailure;
 use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_i64, get_s, get_ss, get_u64, key, n, s, update};
-use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use sluice_core::error::StoreError;
 use sluice_core::model::{HistoryQuery, Inbox, InboxRoom, MessageKind, ReadOutcome, StoredMessage};
 use std::collections::HashMap;
@@ -33,36 +32,20 @@ async fn query_messages(
     limit: Option<usize>,
     projection: Option<&str>,
 ) -> Result<Vec<Item>, StoreError> {
-    let mut out = Vec::new();
-    let mut start = None;
-    loop {
-        let want = limit.map(|l| (l - out.len()).min(1000) as i32);
-        let page = store
-            .client
-            .query()
-            .table_name(&store.t.messages)
-            .key_condition_expression("#room = :r AND #seq BETWEEN :lo AND :hi")
-            .expression_attribute_names("#room", "room")
-            .expression_attribute_names("#seq", "seq")
-            .expression_attribute_values(":r", s(room))
-            .expression_attribute_values(":lo", n(lo))
-            .expression_attribute_values(":hi", n(hi))
-            .scan_index_forward(forward)
-            .consistent_read(true)
-            .set_limit(want)
-            .set_projection_expression(projection.map(str::to_string))
-            .set_exclusive_start_key(start)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| store_error("Query", e))?;
-        account(&store.metrics, "Query", Capacity::Read, page.consumed_capacity());
-        out.extend(page.items.unwrap_or_default());
-        start = page.last_evaluated_key;
-        if start.is_none() || limit.is_some_and(|l| out.len() >= l) {
-            return Ok(out);
-        }
-    }
+    let q = store
+        .client
+        .query()
+        .table_name(&store.t.messages)
+        .key_condition_expression("#room = :r AND #seq BETWEEN :lo AND :hi")
+        .expression_attribute_names("#room", "room")
+        .expression_attribute_names("#seq", "seq")
+        .expression_attribute_values(":r", s(room))
+        .expression_attribute_values(":lo", n(lo))
+        .expression_attribute_values(":hi", n(hi))
+        .scan_index_forward(forward)
+        .consistent_read(true)
+        .set_projection_expression(projection.map(str::to_string));
+    store.query_all(q, limit).await
 }
 
 pub(crate) async fn history(store: &DynamoStore, room: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
@@ -147,29 +130,15 @@ pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) 
 }
 
 pub(crate) async fn inbox(store: &DynamoStore, user: &str) -> Result<Inbox, StoreError> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let page = store
-            .client
-            .query()
-            .table_name(&store.t.inbox)
-            .key_condition_expression("#user = :u")
-            .expression_attribute_names("#user", "user")
-            .expression_attribute_values(":u", s(user))
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| store_error("Query", e))?;
-        account(&store.metrics, "Query", Capacity::Read, page.consumed_capacity());
-        items.extend(page.items.unwrap_or_default());
-        start = page.last_evaluated_key;
-        if start.is_none() {
-            break;
-        }
-    }
+    let q = store
+        .client
+        .query()
+        .table_name(&store.t.inbox)
+        .key_condition_expression("#user = :u")
+        .expression_attribute_names("#user", "user")
+        .expression_attribute_values(":u", s(user))
+        .consistent_read(true);
+    let items = store.query_all(q, None).await?;
     let mut total = 0;
     let mut rooms = Vec::with_capacity(items.len());
     let mut large = Vec::new();

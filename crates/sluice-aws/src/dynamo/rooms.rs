@@ -2,10 +2,10 @@
 //! and the member list of large rooms (from the sparse `by-room` index, cached per
 //! members_version).
 
-use super::call::{Capacity, TxFailure, account, store_error};
+use super::call::TxFailure;
 use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_s, key, n, put, s, ss, update};
 use super::{DynamoStore, SMALL_ROOM_MAX_MEMBERS, av_list};
-use aws_sdk_dynamodb::types::{ReturnConsumedCapacity, TransactWriteItem};
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use sluice_core::error::StoreError;
 use sluice_core::model::Room;
 use std::collections::BTreeSet;
@@ -265,29 +265,15 @@ impl DynamoStore {
         {
             return Ok(m.clone());
         }
-        let mut members = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.t.inbox)
-                .index_name(BY_ROOM_INDEX)
-                .key_condition_expression("#member_of = :r")
-                .expression_attribute_names("#member_of", "member_of")
-                .expression_attribute_values(":r", s(room))
-                .set_exclusive_start_key(start)
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| store_error("Query", e))?;
-            account(&self.metrics, "Query", Capacity::Read, out.consumed_capacity());
-            members.extend(out.items().iter().filter_map(|i| get_s(i, "user").map(str::to_string)));
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let q = self
+            .client
+            .query()
+            .table_name(&self.t.inbox)
+            .index_name(BY_ROOM_INDEX)
+            .key_condition_expression("#member_of = :r")
+            .expression_attribute_names("#member_of", "member_of")
+            .expression_attribute_values(":r", s(room));
+        let mut members: Vec<String> = self.query_all(q, None).await?.iter().filter_map(|i| get_s(i, "user").map(str::to_string)).collect();
         members.sort();
         members.dedup();
         let members = Arc::new(members);
