@@ -112,7 +112,11 @@ impl Sender {
                     }
                     bytes += size;
                     pending.push(
-                        PutRecordsRequestEntry::builder().data(Blob::new(data)).partition_key(partition_key(&e)).build().expect("record has data and key"),
+                        PutRecordsRequestEntry::builder()
+                            .data(Blob::new(data))
+                            .partition_key(partition_key(&e))
+                            .build()
+                            .expect("record has data and key"),
                     );
                 }
                 Cmd::Flush(done) => {

@@ -82,7 +82,11 @@ struct TtlDef {
 fn key_schema(keys: &[KeyDef]) -> Result<Vec<KeySchemaElement>, MigrateError> {
     keys.iter()
         .map(|k| {
-            KeySchemaElement::builder().attribute_name(&k.attribute_name).key_type(KeyType::from(k.key_type.as_str())).build().map_err(|e| err("key schema", e))
+            KeySchemaElement::builder()
+                .attribute_name(&k.attribute_name)
+                .key_type(KeyType::from(k.key_type.as_str()))
+                .build()
+                .map_err(|e| err("key schema", e))
         })
         .collect()
 }
@@ -126,7 +130,9 @@ pub async fn tables(client: &aws_sdk_dynamodb::Client, names: &Names) -> Result<
                         GlobalSecondaryIndex::builder()
                             .index_name(&i.index_name)
                             .set_key_schema(Some(key_schema(&i.key_schema)?))
-                            .projection(Projection::builder().projection_type(ProjectionType::from(i.projection.projection_type.as_str())).build())
+                            .projection(
+                                Projection::builder().projection_type(ProjectionType::from(i.projection.projection_type.as_str())).build(),
+                            )
                             .build()
                             .map_err(|e| err(file, e))?,
                     );
@@ -150,7 +156,11 @@ pub async fn tables(client: &aws_sdk_dynamodb::Client, names: &Names) -> Result<
                     .update_time_to_live()
                     .table_name(&table)
                     .time_to_live_specification(
-                        TimeToLiveSpecification::builder().attribute_name(&ttl.attribute_name).enabled(true).build().map_err(|e| err(file, e))?,
+                        TimeToLiveSpecification::builder()
+                            .attribute_name(&ttl.attribute_name)
+                            .enabled(true)
+                            .build()
+                            .map_err(|e| err(file, e))?,
                     )
                     .send()
                     .await
@@ -169,7 +179,11 @@ async fn wait_table_active(client: &aws_sdk_dynamodb::Client, table: &str) -> Re
         let out = client.describe_table().table_name(table).send().await.map_err(|e| err(format!("describing {table}"), e))?;
         let t = out.table();
         let table_active = t.and_then(|t| t.table_status()) == Some(&TableStatus::Active);
-        let indexes_active = t.map(|t| t.global_secondary_indexes()).unwrap_or_default().iter().all(|i| i.index_status().is_none_or(|s| s.as_str() == "ACTIVE"));
+        let indexes_active = t
+            .map(|t| t.global_secondary_indexes())
+            .unwrap_or_default()
+            .iter()
+            .all(|i| i.index_status().is_none_or(|s| s.as_str() == "ACTIVE"));
         if table_active && indexes_active {
             return Ok(());
         }
@@ -211,7 +225,8 @@ pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: Queue
             .attributes(QueueAttributeName::VisibilityTimeout, settings.visibility_timeout.as_secs().to_string())
     };
     let dlq = names.dead_letter_queue();
-    let dlq_url = fifo(&dlq).send().await.map_err(|e| err(format!("creating {dlq}"), aws_smithy_types::error::display::DisplayErrorContext(e)))?;
+    let dlq_url =
+        fifo(&dlq).send().await.map_err(|e| err(format!("creating {dlq}"), aws_smithy_types::error::display::DisplayErrorContext(e)))?;
     let dlq_url = dlq_url.queue_url().unwrap_or_default().to_string();
     let arn = client
         .get_queue_attributes()
@@ -264,7 +279,11 @@ mod tests {
             let def: TableFile = serde_json::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(def.table_name.starts_with("${PREFIX}-"), "{file}");
             for k in def.key_schema.iter().chain(def.global_secondary_indexes.iter().flat_map(|i| &i.key_schema)) {
-                assert!(def.attribute_definitions.iter().any(|a| a.attribute_name == k.attribute_name), "{file}: {} undefined", k.attribute_name);
+                assert!(
+                    def.attribute_definitions.iter().any(|a| a.attribute_name == k.attribute_name),
+                    "{file}: {} undefined",
+                    k.attribute_name
+                );
             }
         }
     }

@@ -99,7 +99,15 @@ impl SqsQueue {
         };
         let url = url_of(names.queue()).await?;
         let dlq_url = url_of(names.dead_letter_queue()).await?;
-        Ok(SqsQueue { client, url, dlq_url, metrics, backoff: Backoff::default(), in_flight: Mutex::new(HashMap::new()), client_side_wait: false })
+        Ok(SqsQueue {
+            client,
+            url,
+            dlq_url,
+            metrics,
+            backoff: Backoff::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            client_side_wait: false,
+        })
     }
 
     /// Waits for messages with repeated short polls instead of SQS long polling. Only for
@@ -236,7 +244,9 @@ impl SqsQueue {
                         self.count("DeleteMessageBatch");
                         let entries = pending
                             .iter()
-                            .map(|(i, r)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("entry"))
+                            .map(|(i, r)| {
+                                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("entry")
+                            })
                             .collect();
                         let out = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
                         match out {
@@ -369,8 +379,11 @@ impl SpikeQueue for SqsQueue {
             lanes[lane].push(Self::entry(i % 1000, &e.group, &e.dedup_id, base64::encode(&e.body), &e.dedup_id));
         }
         let url = self.url.clone();
-        let results: Vec<Result<(), QueueError>> =
-            futures::stream::iter(lanes.into_iter().filter(|l| !l.is_empty())).map(|l| self.send_lane(&url, l)).buffer_unordered(LANES).collect().await;
+        let results: Vec<Result<(), QueueError>> = futures::stream::iter(lanes.into_iter().filter(|l| !l.is_empty()))
+            .map(|l| self.send_lane(&url, l))
+            .buffer_unordered(LANES)
+            .collect()
+            .await;
         results.into_iter().collect::<Result<(), _>>()?;
         Ok(SendOutcome { enqueued: sent, duplicates: total - sent })
     }
@@ -399,7 +412,8 @@ impl SpikeQueue for SqsQueue {
             .filter_map(|m| {
                 let receipt = m.receipt_handle()?.to_string();
                 let group = system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
-                let receive_count = system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
+                let receive_count =
+                    system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
                 let enqueued_at_ms = system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0);
                 let dedup_id = dedup_of(m);
                 map.insert(

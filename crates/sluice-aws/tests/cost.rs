@@ -135,7 +135,8 @@ async fn capacity_and_requests_per_message() {
         store.persist(vec![sluice_testkit::store::chat(&room, &alice, &i.to_string())]).await.unwrap().pop().unwrap().unwrap();
     }
     let m = M as f64;
-    let (chat_wcu, chat_rcu, chat_req) = ((wcu(&metrics) - w0) / m, (rcu(&metrics) - r0) / m, (requests(&metrics, "dynamodb") - q0) as f64 / m);
+    let (chat_wcu, chat_rcu, chat_req) =
+        ((wcu(&metrics) - w0) / m, (rcu(&metrics) - r0) / m, (requests(&metrics, "dynamodb") - q0) as f64 / m);
     eprintln!("FIGURE interactive message (2-member room): {chat_wcu:.2} WCU, {chat_rcu:.2} RCU, {chat_req:.2} DynamoDB requests");
     // Message, room, marker, sender row, recipient row and total: 6 items, 12 WCU; reads: the
     // room item, then the recipient's row and total read back for the live unread push.

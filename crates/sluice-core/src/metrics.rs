@@ -74,7 +74,10 @@ impl Metrics {
                 "analytics_events_dropped_total",
                 "Analytics events dropped because the sink buffer was full"
             )),
-            aws_requests: reg!(IntCounterVec::new(Opts::new("aws_requests_total", "AWS API calls, by service and operation"), &["service", "op"])),
+            aws_requests: reg!(IntCounterVec::new(
+                Opts::new("aws_requests_total", "AWS API calls, by service and operation"),
+                &["service", "op"]
+            )),
             dynamodb_capacity: reg!(prometheus::CounterVec::new(
                 Opts::new("dynamodb_capacity_units_total", "DynamoDB capacity units consumed, by kind (read, write)"),
                 &["kind"]

@@ -113,7 +113,9 @@ pub fn encode_event(e: &AnalyticsEvent) -> Vec<u8> {
                 recipients,
             })
         }
-        AnalyticsEvent::RoomRead { user, room, seq, unread, read_at_ms } => Event::RoomRead(v1::RoomRead { user, room, seq, unread, read_at_ms }),
+        AnalyticsEvent::RoomRead { user, room, seq, unread, read_at_ms } => {
+            Event::RoomRead(v1::RoomRead { user, room, seq, unread, read_at_ms })
+        }
     };
     v1::AnalyticsEvent { event: Some(event) }.encode_to_vec()
 }

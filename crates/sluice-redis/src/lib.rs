@@ -100,8 +100,7 @@ impl RedisHub {
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(cm_config).await.map_err(unavailable)?;
         let node = format!("{:016x}", rand_node());
-        let inner =
-            Arc::new(Inner {
+        let inner = Arc::new(Inner {
             node,
             config,
             conn,

@@ -62,7 +62,13 @@ impl Drop for DynamoFaultProxy {
     }
 }
 
-async fn handle(req: Request<Body>, client: &Client<HttpConnector, Body>, upstream: &str, counts: &FaultCounts, rate: f64) -> Response<Body> {
+async fn handle(
+    req: Request<Body>,
+    client: &Client<HttpConnector, Body>,
+    upstream: &str,
+    counts: &FaultCounts,
+    rate: f64,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),

@@ -95,7 +95,11 @@ fn in_use_hint(common: &CommonArgs) -> String {
     format!("cannot open the data in {} (is another sluice using it?)", common.data_dir.display())
 }
 
-async fn open_store(common: &CommonArgs, conf: Option<&aws_config::SdkConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn MessageStore>> {
+async fn open_store(
+    common: &CommonArgs,
+    conf: Option<&aws_config::SdkConfig>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn MessageStore>> {
     Ok(match (common.store_kind(), conf) {
         (StoreKind::Dynamodb, Some(conf)) => {
             Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics))
@@ -114,9 +118,9 @@ async fn open_queue(common: &CommonArgs, metrics: Arc<Metrics>) -> anyhow::Resul
             })?;
             Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
         }
-        QueueKind::Embedded => {
-            Arc::new(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?)
-        }
+        QueueKind::Embedded => Arc::new(
+            EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?,
+        ),
     })
 }
 
@@ -124,7 +128,8 @@ async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
     Ok(match common.hub_kind() {
         HubKind::Local => Arc::new(LocalHub::new()),
         HubKind::Redis => {
-            let url = common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
+            let url =
+                common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
             let config = RedisHubConfig { prefix: common.resource_prefix.clone(), ..RedisHubConfig::new(url) };
             Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
         }

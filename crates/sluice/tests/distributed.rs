@@ -80,7 +80,12 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     let recipients: Vec<String> = (0..N).map(|i| format!("{prefix}-r{i:04}")).collect();
     let started = Instant::now();
     let r = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: campaign.clone(), sender: shop.clone(), recipients: recipients.clone(), body: "sale".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: campaign.clone(),
+            sender: shop.clone(),
+            recipients: recipients.clone(),
+            body: "sale".into(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -20,6 +20,18 @@ pub(crate) fn reason_is_retryable(code: &str) -> bool {
     code == "TransactionConflict" || THROTTLING.contains(&code)
 }
 
+/// Drops the entries of `chunk` whose item (at the same index of a cancelled transaction)
+/// failed its condition; true when any was dropped.
+pub(crate) fn drop_failed_conditions<T>(chunk: &mut Vec<T>, reasons: &[String]) -> bool {
+    let before = chunk.len();
+    let mut i = 0;
+    chunk.retain(|_| {
+        i += 1;
+        reasons.get(i - 1).is_none_or(|r| r != "ConditionalCheckFailed")
+    });
+    chunk.len() != before
+}
+
 /// How a TransactWriteItems call ended, when it did not commit.
 #[derive(Debug)]
 pub(crate) enum TxFailure {
@@ -51,7 +63,10 @@ pub(crate) fn classify_tx<R: std::fmt::Debug>(err: SdkError<TransactWriteItemsEr
 
 /// Maps any SDK error to a store error: network trouble and throttling are `Unavailable`
 /// (retryable), a missing table says how to create it.
-pub(crate) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(op: &str, err: SdkError<E, R>) -> StoreError {
+pub(crate) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &str,
+    err: SdkError<E, R>,
+) -> StoreError {
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             StoreError::Unavailable(format!("DynamoDB {op}: {}", aws_smithy_types::error::display::DisplayErrorContext(&err)))

@@ -2,9 +2,8 @@
 //! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
 
 use super::DynamoStore;
-use super::call::{Capacity, TxFailure, account, store_error};
-use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, campaign_shard, get_s, get_u64, key, n, s, update};
-use super::persist::now_ms;
+use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
+use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, campaign_shard, get_s, get_u64, key, marker_expiry, n, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
 use sluice_core::error::StoreError;
@@ -16,9 +15,13 @@ use std::collections::BTreeSet;
 const CHUNK: usize = 99;
 /// Chunks recorded at once.
 const CONCURRENCY: usize = 8;
-const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
 
-pub(crate) async fn record_enqueued(store: &DynamoStore, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+pub(crate) async fn record_enqueued(
+    store: &DynamoStore,
+    campaign_id: &str,
+    requested: u64,
+    recipients: &[String],
+) -> Result<Campaign, StoreError> {
     let out = store
         .client
         .update_item()
@@ -48,7 +51,7 @@ pub(crate) async fn record_enqueued(store: &DynamoStore, campaign_id: &str, requ
 /// transaction; recipients recorded before are dropped from the chunk and it is tried again.
 async fn record_chunk(store: &DynamoStore, campaign_id: &str, index: usize, mut chunk: Vec<String>) -> Result<(), StoreError> {
     let shard = format!("p{:02}", index as u32 % CAMPAIGN_SHARDS);
-    let expires = now_ms() / 1000 + MARKER_TTL_SECS;
+    let expires = marker_expiry(sluice_core::now_ms());
     let mut attempt = 0;
     while !chunk.is_empty() {
         let mut items: Vec<_> = chunk
@@ -73,13 +76,7 @@ async fn record_chunk(store: &DynamoStore, campaign_id: &str, index: usize, mut 
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
             Err(TxFailure::Cancelled(reasons)) => {
-                let before = chunk.len();
-                let mut i = 0;
-                chunk.retain(|_| {
-                    i += 1;
-                    reasons.get(i - 1).is_none_or(|r| r != "ConditionalCheckFailed")
-                });
-                if chunk.len() == before {
+                if !drop_failed_conditions(&mut chunk, &reasons) {
                     store.pause(attempt, &format!("recording enqueued recipients: {reasons:?}")).await?;
                     attempt += 1;
                 }
@@ -103,7 +100,7 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
                 key(&[("msg_id", s(msg_id))]),
                 "SET #dead = :one, #campaign_id = :c, #expires_at = if_not_exists(#expires_at, :exp)",
                 Some("attribute_not_exists(#seq) AND attribute_not_exists(#dead)"),
-                vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(now_ms() / 1000 + MARKER_TTL_SECS))],
+                vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(marker_expiry(sluice_core::now_ms())))],
             ),
             update(
                 &store.t.campaigns,

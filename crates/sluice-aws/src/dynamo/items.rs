@@ -25,6 +25,14 @@ pub(crate) const TOTAL_SK: &str = "#total";
 pub(crate) const CAMPAIGN_META: &str = "#meta";
 /// Campaign counter shards.
 pub(crate) const CAMPAIGN_SHARDS: u32 = 16;
+/// How long a msg_id marker is kept: longer than any message can wait in the queue and its
+/// dead-letter queue (14 days each), so a redelivery always finds it.
+const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
+
+/// The TTL attribute (`expires_at`, epoch seconds) of a marker written at `now_ms`.
+pub(crate) fn marker_expiry(now_ms: i64) -> i64 {
+    now_ms / 1000 + MARKER_TTL_SECS
+}
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())

@@ -32,7 +32,7 @@ use crate::Names;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity, TransactWriteItem};
+use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnConsumedCapacity, TransactWriteItem};
 use call::{Capacity, TxFailure, account, classify_tx, store_error};
 use items::{Item, RoomMeta, key, s};
 use sluice_core::backoff::Backoff;
@@ -257,10 +257,6 @@ impl DynamoStore {
         let item = self.get(&self.t.messages, key(&[("room", s(room)), ("seq", items::n(seq))])).await?;
         Ok(item.map(|i| reads::decode_message(&i)))
     }
-}
-
-fn av_list(v: &[String]) -> AttributeValue {
-    items::ss(v.iter().cloned())
 }
 
 #[async_trait]

@@ -2,7 +2,7 @@
 //! [`super`] for the items it writes and how cancellations are read).
 
 use super::call::TxFailure;
-use super::items::{CAMPAIGN_META, Item, RoomMeta, TOTAL_SK, campaign_shard, get_s, get_u64, key, n, put, s, update};
+use super::items::{CAMPAIGN_META, Item, RoomMeta, TOTAL_SK, campaign_shard, get_s, get_u64, key, marker_expiry, n, put, s, update};
 use super::{DynamoStore, PERSIST_CONCURRENCY, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use futures::StreamExt;
@@ -11,9 +11,6 @@ use sluice_core::model::{NewMessage, Persisted, StoredMessage, UnreadUpdate};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a msg_id marker is kept: longer than any message can wait in the queue and its
-/// dead-letter queue (14 days each), so a redelivery always finds it.
-const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
 /// Characters of the body kept as the inbox preview.
 const PREVIEW_CHARS: usize = 100;
 /// A room whose version keeps moving under us is retried this often before giving up.
@@ -21,16 +18,14 @@ const MAX_ROOM_RACES: u32 = 200;
 
 pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -> Vec<Result<Persisted, StoreError>> {
     // Rooms in parallel, each room's messages in the order given.
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut by_room: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
     for (i, m) in batch.iter().enumerate() {
-        match groups.iter_mut().find(|(r, _)| *r == m.room) {
-            Some((_, idx)) => idx.push(i),
-            None => groups.push((m.room.clone(), vec![i])),
-        }
+        by_room.entry(m.room.as_str()).or_default().push(i);
     }
+    let groups: Vec<Vec<usize>> = by_room.into_values().collect();
     let batch = &batch;
     let done: Vec<Vec<(usize, Result<Persisted, StoreError>)>> = futures::stream::iter(groups)
-        .map(|(_, idx)| async move {
+        .map(|idx| async move {
             let mut out = Vec::with_capacity(idx.len());
             let mut failed: Option<StoreError> = None;
             for i in idx {
@@ -96,19 +91,17 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Result<Persisted, S
     loop {
         let meta = match store.room_meta(&m.room).await? {
             Some(meta) => meta,
-            None if !m.create_members.is_empty() => {
-                match rooms::create_room(store, &m.room, &m.create_members, m.sent_at_ms).await {
-                    Ok(_) | Err(StoreError::RoomExists(_)) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
+            None if !m.create_members.is_empty() => match rooms::create_room(store, &m.room, &m.create_members, m.sent_at_ms).await {
+                Ok(_) | Err(StoreError::RoomExists(_)) => continue,
+                Err(e) => return Err(e),
+            },
             None => return Err(StoreError::UnknownRoom(m.room.clone())),
         };
         if !meta.large && meta.members.binary_search(&m.sender).is_err() {
             return Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() });
         }
         let seq = meta.last_seq + 1;
-        let now = now_ms();
+        let now = sluice_core::now_ms();
         let recipients: Vec<&String> = if meta.large { Vec::new() } else { meta.members.iter().filter(|u| **u != m.sender).collect() };
         let items = transaction(store, m, &meta, seq, now, &recipients, after_dead_letter);
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
@@ -203,7 +196,7 @@ fn transaction(
         key(&[("msg_id", s(&m.msg_id))]),
         marker_expr,
         Some(marker_cond),
-        vec![(":room", s(&m.room)), (":seq", n(seq)), (":exp", n(now / 1000 + MARKER_TTL_SECS)), (":one", n(1))],
+        vec![(":room", s(&m.room)), (":seq", n(seq)), (":exp", n(marker_expiry(now))), (":one", n(1))],
     ));
     let row_key = |u: &str| key(&[("user", s(u)), ("room", s(&m.room))]);
     if meta.large {
@@ -217,7 +210,13 @@ fn transaction(
             vec![(":one", n(1)), (":now", n(now))],
         ));
     } else {
-        items.push(update(&t.inbox, row_key(&m.sender), "SET #last_seq = :seq, #updated_at = :now", None, vec![(":seq", n(seq)), (":now", n(now))]));
+        items.push(update(
+            &t.inbox,
+            row_key(&m.sender),
+            "SET #last_seq = :seq, #updated_at = :now",
+            None,
+            vec![(":seq", n(seq)), (":now", n(now))],
+        ));
         let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
         for u in recipients {
             items.push(update(
@@ -251,7 +250,13 @@ fn transaction(
 
 /// The result of a committed message, with the recipients' counters read back (small
 /// rooms; large rooms compute unread on read and push none).
-async fn committed(store: &DynamoStore, m: &NewMessage, meta: &RoomMeta, seq: u64, recipients: Vec<&String>) -> Result<Persisted, StoreError> {
+async fn committed(
+    store: &DynamoStore,
+    m: &NewMessage,
+    meta: &RoomMeta,
+    seq: u64,
+    recipients: Vec<&String>,
+) -> Result<Persisted, StoreError> {
     let message = StoredMessage {
         room: m.room.clone(),
         seq,
@@ -277,8 +282,4 @@ async fn committed(store: &DynamoStore, m: &NewMessage, meta: &RoomMeta, seq: u6
             .collect()
     };
     Ok(Persisted { message: Arc::new(message), duplicate: false, members, unread })
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

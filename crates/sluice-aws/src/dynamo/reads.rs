@@ -109,7 +109,8 @@ pub(crate) async fn total_of(store: &DynamoStore, user: &str) -> Result<u64, Sto
 /// The unread of `room` and the total of each of `users` (members of the small room
 /// `room`), read in one BatchGetItem where no large rooms are involved.
 pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) -> Result<HashMap<String, (u64, u64)>, StoreError> {
-    let keys = users.iter().flat_map(|u| [key(&[("user", s(u)), ("room", s(room))]), key(&[("user", s(u)), ("room", s(TOTAL_SK))])]).collect();
+    let keys =
+        users.iter().flat_map(|u| [key(&[("user", s(u)), ("room", s(room))]), key(&[("user", s(u)), ("room", s(TOTAL_SK))])]).collect();
     let items = store.batch_get(&store.t.inbox, keys).await?;
     let mut unread = HashMap::new();
     let mut totals = HashMap::new();
@@ -229,7 +230,9 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
             Ok(()) => {
                 return Ok(ReadOutcome { read_seq: target, unread, total_unread: total_of(store, user).await?, changed: true });
             }
-            Err(TxFailure::Cancelled(reasons)) if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) => {
+            Err(TxFailure::Cancelled(reasons))
+                if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) =>
+            {
                 store.metrics.conflicts.inc();
                 store.pause(attempt, "inbox row changed during mark-read").await?;
                 attempt += 1;

@@ -2,9 +2,9 @@
 //! and the member list of large rooms (from the sparse `by-room` index, cached per
 //! members_version).
 
-use super::call::TxFailure;
+use super::call::{TxFailure, drop_failed_conditions};
 use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_s, key, n, put, s, ss, update};
-use super::{DynamoStore, SMALL_ROOM_MAX_MEMBERS, av_list};
+use super::{DynamoStore, SMALL_ROOM_MAX_MEMBERS};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use sluice_core::error::StoreError;
 use sluice_core::model::Room;
@@ -66,7 +66,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
         meta.insert("created_at".into(), n(now_ms));
         if members.len() <= SMALL_ROOM_MAX_MEMBERS {
             // Meta and rows in one transaction: the room appears whole or not at all.
-            meta.insert("members".into(), av_list(&members));
+            meta.insert("members".into(), ss(members.iter().cloned()));
             let mut items = vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))];
             items.extend(members.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, false, now_ms), None)));
             match store.transact(items, None).await {
@@ -100,7 +100,12 @@ pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[Stri
         let existing = store.members_of(room, &meta).await?;
         let new: Vec<String> = wanted.iter().filter(|u| existing.binary_search(u).is_err()).cloned().collect();
         if new.is_empty() {
-            return Ok(Room { room: room.to_string(), members: existing.to_vec(), last_seq: meta.last_seq, created_at_ms: meta.created_at_ms });
+            return Ok(Room {
+                room: room.to_string(),
+                members: existing.to_vec(),
+                last_seq: meta.last_seq,
+                created_at_ms: meta.created_at_ms,
+            });
         }
         let result = if meta.large {
             add_to_large(store, room, &meta, &new, now_ms).await
@@ -110,7 +115,7 @@ pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[Stri
                 key(&[("room", s(room))]),
                 "ADD #members :new SET #version = #version + :one, #members_version = #members_version + :one",
                 Some("#version = :v"),
-                vec![(":new", av_list(&new)), (":one", n(1)), (":v", n(meta.version))],
+                vec![(":new", ss(new.iter().cloned())), (":one", n(1)), (":v", n(meta.version))],
             )];
             items.extend(new.iter().map(|u| put(&store.t.inbox, new_row(u, room, meta.last_seq, false, now_ms), None)));
             store.transact(items, None).await
@@ -126,7 +131,9 @@ pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[Stri
                 let members = store.members_of(room, &meta).await?.to_vec();
                 return Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms });
             }
-            Err(TxFailure::Cancelled(reasons)) if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) => {
+            Err(TxFailure::Cancelled(reasons))
+                if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) =>
+            {
                 store.metrics.conflicts.inc();
                 store.pause(attempt, "room changed while adding members").await?;
                 attempt += 1;
@@ -156,13 +163,7 @@ async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[S
             match store.transact(items, None).await {
                 Ok(()) => break,
                 Err(TxFailure::Cancelled(reasons)) => {
-                    let before = chunk.len();
-                    let mut i = 0;
-                    chunk.retain(|_| {
-                        i += 1;
-                        reasons.get(i - 1).is_none_or(|r| r != "ConditionalCheckFailed")
-                    });
-                    if chunk.len() == before {
+                    if !drop_failed_conditions(&mut chunk, &reasons) {
                         store.pause(attempt, "adding members").await.map_err(TxFailure::Fatal)?;
                         attempt += 1;
                     }
@@ -195,7 +196,11 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
     let keys = members.iter().map(|u| key(&[("user", s(u)), ("room", s(room))])).collect();
     let rows = store.batch_get(&store.t.inbox, keys).await.map_err(TxFailure::Fatal)?;
     if rows.len() != members.len() {
-        return Err(TxFailure::Fatal(StoreError::Internal(format!("room {room}: {} member rows for {} members", rows.len(), members.len()))));
+        return Err(TxFailure::Fatal(StoreError::Internal(format!(
+            "room {room}: {} member rows for {} members",
+            rows.len(),
+            members.len()
+        ))));
     }
     let mut items = vec![update(
         &store.t.rooms,
