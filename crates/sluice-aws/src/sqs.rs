@@ -151,7 +151,10 @@ impl SqsQueue {
                     break;
                 }
                 bytes += size;
-                batch.push(rest.next().expect("peeked"));
+                let mut e = rest.next().expect("peeked");
+                // Ids only need to be distinct within one call.
+                e.id = batch.len().to_string();
+                batch.push(e);
             }
             self.send_batch(url, batch).await?;
         }
@@ -187,9 +190,9 @@ impl SqsQueue {
         }
     }
 
-    fn entry(i: usize, group: &str, dedup_id: &str, body_b64: String, original_dedup: &str) -> SendMessageBatchRequestEntry {
+    fn entry(group: &str, dedup_id: &str, body_b64: String, original_dedup: &str) -> SendMessageBatchRequestEntry {
         SendMessageBatchRequestEntry::builder()
-            .id(i.to_string())
+            .id("0")
             .message_group_id(group)
             .message_deduplication_id(dedup_id)
             .message_body(body_b64)
@@ -329,8 +332,7 @@ impl SqsQueue {
         Ok((get(QueueAttributeName::ApproximateNumberOfMessages), get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)))
     }
 
-    /// Receives up to `limit` dead letters, calling `each` on them; they stay invisible for
-    /// `hold` unless `each` settles them.
+    /// Receives up to `limit` dead letters; they stay invisible for `hold` unless settled.
     async fn dlq_messages(&self, limit: usize, hold: Duration) -> Result<Vec<Message>, QueueError> {
         let mut out: Vec<Message> = Vec::new();
         while out.len() < limit {
@@ -374,9 +376,9 @@ impl SpikeQueue for SqsQueue {
         // One batch keeps the order across groups too; larger sends keep it within groups.
         let lanes_used = if sent <= BATCH { 1 } else { LANES };
         let mut lanes: Vec<Vec<SendMessageBatchRequestEntry>> = (0..lanes_used).map(|_| Vec::new()).collect();
-        for (i, e) in batch.into_iter().enumerate() {
+        for e in batch {
             let lane = e.group.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % lanes_used;
-            lanes[lane].push(Self::entry(i % 1000, &e.group, &e.dedup_id, base64::encode(&e.body), &e.dedup_id));
+            lanes[lane].push(Self::entry(&e.group, &e.dedup_id, base64::encode(&e.body), &e.dedup_id));
         }
         let url = self.url.clone();
         let results: Vec<Result<(), QueueError>> = futures::stream::iter(lanes.into_iter().filter(|l| !l.is_empty()))
@@ -531,7 +533,7 @@ impl SpikeQueue for SqsQueue {
             let dedup = dedup_of(m);
             // A fresh deduplication id: the original may still be inside the window.
             let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, m.message_id().unwrap_or_default().as_bytes()).simple().to_string();
-            let entry = Self::entry(0, &group, &id, m.body().unwrap_or_default().to_string(), &dedup);
+            let entry = Self::entry(&group, &id, m.body().unwrap_or_default().to_string(), &dedup);
             self.send_batch(&self.url, vec![entry]).await?;
             if let Some(h) = m.receipt_handle() {
                 self.settle(&self.dlq_url, &[h.to_string()], None).await?;
