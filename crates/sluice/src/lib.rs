@@ -61,7 +61,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq(d) => {
             let metrics = Arc::new(Metrics::new());
-            let queue = open_queue(&d.common, metrics).await?;
+            let conf = aws_conf(&d.common).await;
+            let queue = open_queue(&d.common, conf.as_ref(), metrics).await?;
             match d.action {
                 DlqAction::List { limit } => {
                     for dl in queue.dead_letters(limit).await? {
@@ -108,17 +109,20 @@ async fn open_store(
     })
 }
 
-async fn open_queue(common: &CommonArgs, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn SpikeQueue>> {
-    Ok(match common.queue_kind() {
-        QueueKind::Sqs => {
-            let conf = sluice_aws::sdk_config().await;
+async fn open_queue(
+    common: &CommonArgs,
+    conf: Option<&aws_config::SdkConfig>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn SpikeQueue>> {
+    Ok(match (common.queue_kind(), conf) {
+        (QueueKind::Sqs, Some(conf)) => {
             let names = sluice_aws::Names::new(&common.resource_prefix);
-            let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(&conf), &names, metrics).await.with_context(|| {
+            let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(conf), &names, metrics).await.with_context(|| {
                 format!("cannot find the SQS queue {} (create it with `sluice migrate --backend aws --with-queues`)", names.queue())
             })?;
             Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
         }
-        QueueKind::Embedded => Arc::new(
+        _ => Arc::new(
             EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?,
         ),
     })
@@ -265,7 +269,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let conf = aws_conf(common).await;
     let store = open_store(common, conf.as_ref(), metrics.clone()).await?;
-    let queue = open_queue(common, metrics.clone()).await?;
+    let queue = open_queue(common, conf.as_ref(), metrics.clone()).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;
     let listeners = if roles.gateway {
