@@ -87,11 +87,19 @@ pub struct App {
 
 /// Serves HTTP/WebSocket on `http` and gRPC on `grpc` until `app.shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let shutdown = app.shutdown.clone();
+    // Without TCP_NODELAY, a frame written while the previous one is unacknowledged waits
+    // for the client's delayed ACK (40 ms on Linux): an ack followed by a message would
+    // make every chat p99 about 40 ms.
+    let http = http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http_server = axum::serve(http, http::router(app.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(app.clone()))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
     let (h, g) = tokio::join!(http_server, grpc_server);
     h?;
     g.map_err(std::io::Error::other)
