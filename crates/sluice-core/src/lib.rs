@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod frames;
 pub mod hub;
 pub mod ids;
+pub mod latency;
 pub mod metrics;
 pub mod model;
 pub mod queue;

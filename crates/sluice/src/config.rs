@@ -34,6 +34,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Inspect or redrive the dead-letter queue (embedded: while the server is stopped).
     Dlq(DlqArgs),
+    /// Run a benchmark scenario with real clients; results go to docs/benchmarks/.
+    Bench(sluice_bench::BenchArgs),
 }
 
 /// Which set of backends to use (DESIGN.md, "Two sets of backends").
@@ -197,6 +199,10 @@ pub struct ServeArgs {
     /// Shut down gracefully after this many seconds (test and benchmark runs). Default: never.
     #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS")]
     pub max_runtime_secs: Option<u64>,
+    /// Benchmarks only: add MIN-MAX milliseconds (uniform) to every store call, so the
+    /// embedded store stands in for a remote one (`sluice bench scaling`).
+    #[arg(long, hide = true)]
+    pub store_latency_ms: Option<sluice_core::latency::LatencyRange>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,8 @@
 //! - [`secrets`]: the JWT secret and service token, generated into the data dir when not set.
 //! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, each on the backends
 //!   the configuration picks (embedded by default; DynamoDB, SQS, Kinesis and Redis with
-//!   `--backend aws`, or chosen one concern at a time).
+//!   `--backend aws`, or chosen one concern at a time), and `bench`, which hands over to
+//!   `sluice-bench` with this program as the server it starts.
 //!
 //! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` on stdout once
 //! both ports are bound, so scripts and tests that ask for port 0 learn the real ports;
@@ -58,6 +59,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", auth.mint_user(&user, t.ttl_secs).map_err(|e| anyhow::anyhow!("--user: {e}"))?);
             }
             Ok(())
+        }
+        Command::Bench(b) => {
+            let program = std::env::current_exe().context("cannot find the sluice program to start servers")?;
+            sluice_bench::run(b, &program).await
         }
         Command::Dlq(d) => {
             let metrics = Arc::new(Metrics::new());
@@ -268,7 +273,11 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let s = secrets::load(&common.data_dir, common.jwt_secret.as_deref(), common.service_token.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let conf = aws_conf(common).await;
-    let store = open_store(common, conf.as_ref(), metrics.clone()).await?;
+    let mut store = open_store(common, conf.as_ref(), metrics.clone()).await?;
+    if let Some(latency) = args.store_latency_ms {
+        tracing::warn!(?latency, "every store call is delayed (--store-latency-ms, for benchmarks)");
+        store = Arc::new(sluice_core::latency::LatencyStore::new(store, latency));
+    }
     let queue = open_queue(common, conf.as_ref(), metrics.clone()).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;

@@ -5,6 +5,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = sluice::config::Cli::parse();
     sluice::init_tracing();
+    // Every WebSocket is a file descriptor: use the whole allowance the system gives.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,58 @@
+//! `sluice bench`: the load generator and the benchmark scenarios.
+//!
+//! Every scenario drives a real server with real clients (WebSocket through
+//! tokio-tungstenite, gRPC through the generated tonic client) and writes its figures to
+//! `docs/benchmarks/` (or `--out`): `<scenario>.md`, `<scenario>.json` and PNG plots.
+//!
+//! - [`args`]: the command line, one subcommand per scenario.
+//! - [`target`]: the server under test, started as a child `sluice serve` on embedded
+//!   backends unless `--http/--grpc` name a running one; tokens, gRPC, `/metrics`, memory.
+//! - [`chat`]: the chat load shared by `interactive` and `spike`.
+//! - [`stats`], [`report`]: latency histograms, progress, tables, JSON and plots.
+//! - [`scenarios`]: spike, interactive, connections, scaling, cost.
+
+pub mod args;
+pub mod chat;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+pub mod target;
+
+pub use args::BenchArgs;
+use args::Scenario;
+use std::path::Path;
+use target::{Launch, Target};
+
+/// Runs the chosen scenario against the server `program` starts (or the one given by
+/// address) and writes its results. `program` is the `sluice` binary.
+pub async fn run(args: BenchArgs, program: &Path) -> anyhow::Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let launch = || Launch { program, args: vec![], env: vec![] };
+    let report = match &args.scenario {
+        Scenario::Spike(a) => {
+            let server = Target::open(&args.target, launch()).await?;
+            let r = scenarios::spike::run(&server, a, &run).await;
+            server.stop().await;
+            r?
+        }
+        Scenario::Interactive(a) => {
+            let server = Target::open(&args.target, launch()).await?;
+            let r = scenarios::interactive::run(&server, a, &run).await;
+            server.stop().await;
+            r?
+        }
+        Scenario::Connections(a) => {
+            scenarios::connections::check_limits(a.count)?;
+            let server = Target::open(&args.target, launch()).await?;
+            let r = scenarios::connections::run(&server, a, &run).await;
+            server.stop().await;
+            r?
+        }
+        Scenario::Scaling(a) => scenarios::scaling::run(program, &args.target, a, &run).await?,
+        Scenario::Cost(a) => scenarios::cost::run(program, &args.target, a, &run).await?,
+    };
+    for path in report.write(&args.out)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

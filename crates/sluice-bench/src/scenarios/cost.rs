@@ -1,0 +1,216 @@
+//! Scenario `cost`: what one message costs on the AWS backends, measured on DynamoDB Local
+//! and moto through a real `sluice serve --backend aws` (local hub: Redis is not billed per
+//! message). A campaign of one-off messages goes through EnqueueBulk, SQS and the worker;
+//! then interactive messages are sent over WebSocket in two-member rooms. Each part is
+//! measured as the difference of the server's `/metrics` before and after: AWS requests by
+//! service, DynamoDB capacity, items written and Kinesis records.
+//!
+//! Write capacity is priced by AWS's rule from the items written (2 write units per
+//! transactional item up to 1 KB, 1 per standard write), because DynamoDB Local reports
+//! ConsumedCapacity per table rather than per item; its figure is shown beside it.
+
+use crate::args::{CostArgs, TargetArgs};
+use crate::report::{Report, Target};
+use crate::target::{Launch, Metrics, Target as Server};
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use sluice_proto::v1;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// us-east-1 list prices, USD per million units (pages cited in docs/benchmarks/README.md).
+pub const DYNAMODB_WRITE_REQUEST_UNIT: f64 = 0.625;
+pub const DYNAMODB_READ_REQUEST_UNIT: f64 = 0.125;
+pub const SQS_FIFO_REQUEST: f64 = 0.50;
+pub const KINESIS_PUT_PAYLOAD_UNIT: f64 = 0.014;
+
+/// Rooms (and connected pairs of users) the interactive messages are spread over.
+const PAIRS: usize = 10;
+
+pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -> anyhow::Result<Report> {
+    if target.http.is_some() {
+        bail!("cost starts its own server on the emulators; it cannot use --http/--grpc");
+    }
+    let (Some(dynamodb), Some(moto)) = (&a.dynamodb_url, &a.moto_url) else {
+        bail!(
+            "cost needs DynamoDB Local and moto: run it as `scripts/with-test-services.sh sluice bench cost` \
+             (or give --dynamodb-url and --moto-url)"
+        );
+    };
+    let prefix = format!("bench{run}").replace('-', "");
+    let env: Vec<(String, String)> = [
+        ("SLUICE_BACKEND", "aws"),
+        ("SLUICE_HUB", "local"),
+        ("SLUICE_RESOURCE_PREFIX", prefix.as_str()),
+        ("SLUICE_SQS_CLIENT_SIDE_WAIT", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.as_str()),
+        ("AWS_ENDPOINT_URL_SQS", moto.as_str()),
+        ("AWS_ENDPOINT_URL_KINESIS", moto.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let dir = tempfile::tempdir()?;
+    let out = tokio::process::Command::new(program)
+        .args(["migrate", "--with-queues", "--data-dir"])
+        .arg(dir.path())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("sluice migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = Server::start(Launch { program, args: vec![], env }, &target.server_args).await?;
+    let mut report = Report::new("cost", serde_json::json!({"one_off": a.one_off, "interactive": a.interactive}));
+
+    let before = server.metrics().await?;
+    one_offs(&server, a.one_off, run).await?;
+    let mid = wait_events(&server, &before, a.one_off as f64).await?;
+    let one_off = mid.since(&before);
+    let rooms = create_pairs(&server, run).await?;
+    let before = server.metrics().await?;
+    interactive(&server, &rooms, a.interactive).await?;
+    let after = wait_events(&server, &before, a.interactive as f64).await?;
+    let chat = after.since(&before);
+    server.stop().await;
+
+    let mut total = [0.0; 2];
+    for (i, (label, m, n, idle_receives)) in
+        [("one-off", &one_off, a.one_off as f64, false), ("interactive", &chat, a.interactive as f64, true)].into_iter().enumerate()
+    {
+        let wcu = (2.0 * m.sum("sluice_dynamodb_items_written_total", &["kind=\"transactional\""])
+            + m.sum("sluice_dynamodb_items_written_total", &["kind=\"standard\""]))
+            / n;
+        let reported_wcu = m.sum("sluice_dynamodb_capacity_units_total", &["kind=\"write\""]) / n;
+        let rcu = m.sum("sluice_dynamodb_capacity_units_total", &["kind=\"read\""]) / n;
+        let dynamo_requests = m.sum("sluice_aws_requests_total", &["service=\"dynamodb\""]) / n;
+        let mut sqs = m.sum("sluice_aws_requests_total", &["service=\"sqs\""]);
+        if idle_receives {
+            // The worker polls an empty queue whatever the chat does: not a cost per message.
+            sqs -= m.sum("sluice_aws_requests_total", &["service=\"sqs\"", "op=\"ReceiveMessage\""]);
+        }
+        let sqs = sqs / n;
+        let records = m.sum("sluice_analytics_events_written_total", &[]) / n;
+        let kinesis_requests = m.sum("sluice_aws_requests_total", &["service=\"kinesis\""]) / n;
+        let usd = wcu * DYNAMODB_WRITE_REQUEST_UNIT
+            + rcu * DYNAMODB_READ_REQUEST_UNIT
+            + sqs * SQS_FIFO_REQUEST
+            + records * KINESIS_PUT_PAYLOAD_UNIT;
+        total[i] = usd;
+        report.figure(&format!("{label}: DynamoDB write units (AWS rule, items written)"), wcu, "WRU/msg", None);
+        report.figure(&format!("{label}: DynamoDB write capacity as DynamoDB Local reports it"), reported_wcu, "WCU/msg", None);
+        report.figure(&format!("{label}: DynamoDB read capacity (reported)"), rcu, "RRU/msg", None);
+        report.figure(&format!("{label}: DynamoDB requests"), dynamo_requests, "req/msg", None);
+        report.figure(&format!("{label}: SQS requests"), sqs, "req/msg", None);
+        report.figure(&format!("{label}: Kinesis records"), records, "rec/msg", Some(Target::AtLeast(1.0)));
+        report.figure(&format!("{label}: Kinesis PutRecords requests"), kinesis_requests, "req/msg", None);
+        report.figure(&format!("{label}: AWS price per million messages"), usd, "USD", None);
+    }
+    report.note(format!(
+        "Prices (us-east-1, on-demand list prices, USD per million): DynamoDB write request unit {DYNAMODB_WRITE_REQUEST_UNIT}, \
+         read request unit {DYNAMODB_READ_REQUEST_UNIT}; SQS FIFO request {SQS_FIFO_REQUEST}; Kinesis PUT payload unit \
+         {KINESIS_PUT_PAYLOAD_UNIT} (provisioned mode; shard hours are a fixed cost, not per message). Storage, data transfer \
+         and Redis are not included."
+    ));
+    report.note(format!(
+        "{} one-off messages (each to a new direct room) and {} interactive messages in {PAIRS} two-member rooms with both \
+         members connected. The interactive SQS figure leaves out the worker's idle ReceiveMessage polls.",
+        a.one_off, a.interactive
+    ));
+    Ok(report)
+}
+
+async fn one_offs(server: &Server, n: u32, run: &str) -> anyhow::Result<()> {
+    let mut g = server.grpc().await?;
+    let campaign = format!("{run}-cost");
+    let recipients: Vec<String> = (0..n).map(|i| format!("{run}-r{i}")).collect();
+    for chunk in recipients.chunks(10_000) {
+        let req = v1::EnqueueBulkRequest {
+            campaign_id: campaign.clone(),
+            sender: format!("{run}-shop"),
+            recipients: chunk.to_vec(),
+            body: "Spring sale: 20% off everything until Sunday".into(),
+        };
+        g.enqueue_bulk(req).await.context("EnqueueBulk")?;
+    }
+    let started = Instant::now();
+    loop {
+        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await?.into_inner();
+        if c.persisted + c.dead_lettered >= n as u64 {
+            if c.dead_lettered > 0 {
+                bail!("{} one-off messages were dead-lettered\n{}", c.dead_lettered, server.log_tail());
+            }
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the campaign did not drain in 10 minutes ({} of {n})", c.persisted);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn create_pairs(server: &Server, run: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let mut g = server.grpc().await?;
+    let mut rooms = vec![];
+    for p in 0..PAIRS {
+        let (a, b, room) = (format!("{run}-a{p}"), format!("{run}-b{p}"), format!("{run}-pair{p}"));
+        g.create_room(v1::CreateRoomRequest { room: room.clone(), members: vec![a.clone(), b.clone()] }).await.context("CreateRoom")?;
+        rooms.push((room, a, b));
+    }
+    Ok(rooms)
+}
+
+/// Sends `n` messages round-robin over the rooms, each from its first member, and waits for
+/// every ack and for the second member to receive it.
+async fn interactive(server: &Server, rooms: &[(String, String, String)], n: u32) -> anyhow::Result<()> {
+    let mut pairs = vec![];
+    for (room, a, b) in rooms {
+        let (sa, _) = tokio_tungstenite::connect_async(server.ws_url(a)).await?;
+        let (sb, _) = tokio_tungstenite::connect_async(server.ws_url(b)).await?;
+        pairs.push((room, sa, sb));
+    }
+    for i in 0..n as usize {
+        let (room, sa, sb) = &mut pairs[i % rooms.len()];
+        sa.send(Message::text(format!(r#"{{"type":"send","room":"{room}","client_msg_id":"c{i}","body":"hello {i}"}}"#))).await?;
+        expect(sa, "ack").await?;
+        expect(sb, "message").await?;
+    }
+    Ok(())
+}
+
+async fn expect(
+    s: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    kind: &str,
+) -> anyhow::Result<()> {
+    let want = format!(r#""type":"{kind}""#);
+    let wait = async {
+        while let Some(m) = s.next().await {
+            match m? {
+                Message::Text(t) if t.contains(&want) => return Ok(()),
+                Message::Text(t) if t.contains(r#""type":"error""#) => bail!("server error: {t}"),
+                _ => {}
+            }
+        }
+        bail!("the connection closed")
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.with_context(|| format!("no {kind} within 30 s"))?
+}
+
+/// Waits (up to 30 s) until `n` more analytics events than in `before` were written, then
+/// returns the metrics.
+async fn wait_events(server: &Server, before: &Metrics, n: f64) -> anyhow::Result<Metrics> {
+    let started = Instant::now();
+    loop {
+        let now = server.metrics().await?;
+        let written = now.since(before).sum("sluice_analytics_events_written_total", &[]);
+        if written >= n || started.elapsed() > Duration::from_secs(30) {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per scenario; each returns a [`crate::report::Report`].
+
+pub mod connections;
+pub mod cost;
+pub mod interactive;
+pub mod scaling;
+pub mod spike;
