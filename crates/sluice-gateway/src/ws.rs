@@ -37,6 +37,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies the reader may queue ahead of the writer.
 const REPLY_BUFFER: usize = 64;
+/// Bytes read from the socket per call. tungstenite zero-fills this much of every
+/// connection's read buffer (128 KiB by default, so 128 KiB resident per idle connection);
+/// chat frames are far smaller, and a larger frame still grows the buffer as it needs.
+const READ_BUFFER: usize = 2 * 1024;
 
 #[derive(serde::Deserialize)]
 pub struct WsParams {
@@ -52,7 +56,8 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(para
         Some(Err(e)) => return unauthorized(&app, &e.0),
         None => return unauthorized(&app, "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>"),
     };
-    ws.max_message_size(app.limits.hard_frame_bytes)
+    ws.read_buffer_size(READ_BUFFER)
+        .max_message_size(app.limits.hard_frame_bytes)
         .max_frame_size(app.limits.hard_frame_bytes)
         .on_upgrade(move |socket| session(app, user, socket))
 }
@@ -64,14 +69,17 @@ fn unauthorized(app: &App, message: &str) -> Response {
 }
 
 /// What the reader hands the writer, in order.
+///
+/// Boxed payloads keep this small: a tokio channel allocates its first block of 32 slots
+/// when created, so every connection pays 32 x `size_of::<Out>()` even when idle.
 enum Out {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     /// Hold live messages of this room until `ResumeDone`; the replay starts after `after`.
     ResumeStart {
         room: String,
         after: u64,
     },
-    Replay(StoredMessage),
+    Replay(Box<StoredMessage>),
     ResumeDone {
         room: String,
     },
@@ -138,7 +146,9 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
             }
         };
         app.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
-        if handle(app, user, conn_id, frame, &out, &mut sends, &mut typing).await.is_err() {
+        // Boxed: handling a frame awaits the store and hub, a state machine of several KiB
+        // that an idle connection should not carry in its task.
+        if Box::pin(handle(app, user, conn_id, frame, &out, &mut sends, &mut typing)).await.is_err() {
             return;
         }
     }
@@ -147,7 +157,7 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
 struct WriterGone;
 
 async fn reply(out: &mpsc::Sender<Out>, frame: ServerFrame) -> Result<(), WriterGone> {
-    out.send(Out::Frame(frame)).await.map_err(|_| WriterGone)
+    out.send(Out::Frame(Box::new(frame))).await.map_err(|_| WriterGone)
 }
 
 async fn reply_err(app: &App, out: &mpsc::Sender<Out>, e: AppError, reference: Option<String>) {
@@ -238,7 +248,7 @@ async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sende
             Ok(page) => {
                 last = page.last().map_or(last, |m| m.seq);
                 for m in page {
-                    out.send(Out::Replay(m)).await.map_err(|_| WriterGone)?;
+                    out.send(Out::Replay(Box::new(m))).await.map_err(|_| WriterGone)?;
                 }
             }
             Err(e) => {
@@ -305,7 +315,7 @@ async fn write_loop(
             }
             r = replies.recv() => match r {
                 None => break,
-                Some(Out::Frame(f)) => batch.push(f),
+                Some(Out::Frame(f)) => batch.push(*f),
                 Some(Out::ResumeStart { room, after }) => {
                     resuming.insert(room, Resuming { active: true, last: after, held: Vec::new() });
                 }
@@ -314,7 +324,7 @@ async fn write_loop(
                         r.last = r.last.max(m.seq);
                     }
                     if sent.first_time(&m.room, m.seq) {
-                        batch.push(ServerFrame::Message(MessageOut::from(&m)));
+                        batch.push(ServerFrame::Message(MessageOut::from(&*m)));
                     }
                 }
                 Some(Out::ResumeDone { room }) => {

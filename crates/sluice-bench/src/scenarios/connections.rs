@@ -145,10 +145,14 @@ async fn idle_reader(mut source: SplitStream<Socket>, answered: Arc<AtomicU64>, 
 /// Fails early with the fix when this process cannot hold `count` sockets (the server it
 /// starts inherits the limit).
 pub fn check_limits(count: u32) -> anyhow::Result<()> {
-    let want = count as u64 + 4096;
+    let want = count as u64 + 512;
     let got = crate::target::raise_nofile(want);
     if got < want {
-        bail!("the open-file limit is {got}, {count} connections need {want}: raise it (ulimit -n {want}) or run with fewer");
+        bail!(
+            "the open-file limit is {got} and cannot be raised from here (hard limit), but {count} connections need {want}: \
+             raise it (`ulimit -Hn {want}` as root) or use --count {}",
+            got.saturating_sub(512)
+        );
     }
     Ok(())
 }
