@@ -1,10 +1,15 @@
 //! The embedded message store: one redb file, the logical model of DESIGN.md.
 //!
 //! All writes go through one writer thread. It takes every operation waiting in its channel
-//! (up to [`MAX_GROUP`] messages' worth), applies them in arrival order inside one write
-//! transaction and commits once with fsync: concurrent senders share the cost of one
-//! durable commit (group commit). Reads run on redb's MVCC snapshots and never wait for
-//! the writer.
+//! (up to [`MAX_GROUP`] messages' worth), applies them inside one write transaction and
+//! commits once with fsync: concurrent senders share the cost of one durable commit (group
+//! commit). Reads run on redb's MVCC snapshots and never wait for the writer.
+//!
+//! Operations come in two lanes (DESIGN.md invariant 6): the bulk lane (one-off messages
+//! from the queue, campaign bookkeeping) and everything else, which is interactive. Waiting
+//! interactive operations go first, and while interactive traffic is flowing a commit takes
+//! at most [`BULK_SLICE`] bulk messages, so a chat send waits behind one short commit
+//! rather than behind a queue of campaign batches. Each lane keeps its arrival order.
 //!
 //! Tables (keys → postcard records):
 //! - `rooms`: room → last_seq, version, created_at
@@ -30,6 +35,14 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most messages (or other operations) committed in one write transaction.
 pub const MAX_GROUP: usize = 4096;
+/// Most bulk messages in one commit while interactive operations are flowing (at least one
+/// bulk operation is always taken, so the bulk lane never starves).
+pub const BULK_SLICE: usize = 64;
+/// Messages per operation a large bulk batch is split into (rooms are never split).
+const BULK_CHUNK: usize = 32;
+/// How long after the last interactive operation the bulk lane stays limited to
+/// [`BULK_SLICE`] per commit.
+const INTERACTIVE_RECENT: std::time::Duration = std::time::Duration::from_millis(200);
 /// Characters of a message body kept in the inbox row as its preview.
 const PREVIEW_CHARS: usize = 100;
 
@@ -134,6 +147,16 @@ enum Op {
 }
 
 impl Op {
+    /// Whether this belongs to the bulk lane: one-off campaign messages from the queue and
+    /// campaign bookkeeping.
+    fn is_bulk(&self) -> bool {
+        match self {
+            Op::Persist(batch, _) => !batch.is_empty() && batch.iter().all(|m| m.kind == MessageKind::OneOff),
+            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } => true,
+            _ => false,
+        }
+    }
+
     fn weight(&self) -> usize {
         match self {
             Op::Persist(batch, _) => batch.len().max(1),
@@ -225,17 +248,37 @@ impl EmbeddedStore {
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut weight = first.weight();
-        let mut ops = vec![first];
-        while weight < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => {
-                    weight += op.weight();
-                    ops.push(op);
-                }
-                Err(_) => break,
+    let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
+    let mut last_interactive: Option<std::time::Instant> = None;
+    loop {
+        if interactive.is_empty() && bulk.is_empty() {
+            match rx.blocking_recv() {
+                Some(op) => lane(op, &mut interactive, &mut bulk),
+                None => return,
             }
+        }
+        while let Ok(op) = rx.try_recv() {
+            lane(op, &mut interactive, &mut bulk);
+        }
+        let mut weight = 0;
+        let mut ops = Vec::new();
+        while weight < MAX_GROUP
+            && let Some(op) = interactive.pop_front()
+        {
+            weight += op.weight();
+            ops.push(op);
+        }
+        if !ops.is_empty() {
+            last_interactive = Some(std::time::Instant::now());
+        }
+        let flowing = last_interactive.is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT);
+        let bulk_budget = if flowing { BULK_SLICE } else { MAX_GROUP };
+        let mut bulk_weight = 0;
+        while weight < MAX_GROUP && (bulk_weight == 0 || bulk_weight + bulk.front().map_or(0, Op::weight) <= bulk_budget) {
+            let Some(op) = bulk.pop_front() else { break };
+            bulk_weight += op.weight();
+            weight += op.weight();
+            ops.push(op);
         }
         let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
         let mut pending = ops.into_iter();
@@ -262,6 +305,37 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
             f.finish(err.clone());
         }
     }
+}
+
+/// Splits a batch into chunks of about [`BULK_CHUNK`] messages, each holding all of its rooms'
+/// messages in their order (so a room's messages still commit together and in order),
+/// with each message's position in the batch.
+fn bulk_chunks(batch: Vec<NewMessage>) -> Vec<(Vec<usize>, Vec<NewMessage>)> {
+    let mut by_room: Vec<(String, Vec<(usize, NewMessage)>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (pos, m) in batch.into_iter().enumerate() {
+        let slot = *index.entry(m.room.clone()).or_insert_with(|| {
+            by_room.push((m.room.clone(), Vec::new()));
+            by_room.len() - 1
+        });
+        by_room[slot].1.push((pos, m));
+    }
+    let mut chunks: Vec<(Vec<usize>, Vec<NewMessage>)> = vec![(Vec::new(), Vec::new())];
+    for (_, messages) in by_room {
+        if !chunks.last().expect("one chunk").1.is_empty() && chunks.last().expect("one chunk").1.len() + messages.len() > BULK_CHUNK {
+            chunks.push((Vec::new(), Vec::new()));
+        }
+        let (positions, chunk) = chunks.last_mut().expect("one chunk");
+        for (pos, m) in messages {
+            positions.push(pos);
+            chunk.push(m);
+        }
+    }
+    chunks
+}
+
+fn lane(op: Op, interactive: &mut std::collections::VecDeque<Op>, bulk: &mut std::collections::VecDeque<Op>) {
+    if op.is_bulk() { bulk.push_back(op) } else { interactive.push_back(op) }
 }
 
 fn fail(op: Op, e: StoreError) {
@@ -566,7 +640,29 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(|reply| Op::Persist(batch, reply)).await
+        if !batch.iter().all(|m| m.kind == MessageKind::OneOff) || batch.len() <= BULK_CHUNK {
+            return self.submit(|reply| Op::Persist(batch, reply)).await;
+        }
+        // A large bulk batch goes in room-whole chunks, queued together in the bulk lane (so
+        // in order), so that a commit that interactive operations wait behind stays short.
+        let n = batch.len();
+        let mut replies = Vec::new();
+        for (positions, chunk) in bulk_chunks(batch) {
+            let (tx, rx) = oneshot::channel();
+            let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+            writer.send(Op::Persist(chunk, tx)).map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+            replies.push((positions, rx));
+        }
+        let mut out: Vec<Option<Result<Persisted, StoreError>>> = (0..n).map(|_| None).collect();
+        for (positions, rx) in replies {
+            let results = rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+            // A chunk whose commit failed fails all its messages retryably; other chunks stand.
+            let results = results.unwrap_or_else(|e| positions.iter().map(|_| Err(e.clone())).collect());
+            for (pos, r) in positions.into_iter().zip(results) {
+                out[pos] = Some(r);
+            }
+        }
+        Ok(out.into_iter().map(|r| r.expect("every position answered")).collect())
     }
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
@@ -656,5 +752,51 @@ impl MessageStore for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    fn msg(room: &str, id: usize) -> NewMessage {
+        NewMessage {
+            msg_id: format!("m{id}"),
+            room: room.into(),
+            sender: "s".into(),
+            body: String::new(),
+            kind: MessageKind::OneOff,
+            campaign_id: None,
+            sent_at_ms: 0,
+            create_members: vec![],
+        }
+    }
+
+    #[test]
+    fn chunks_keep_rooms_whole_and_in_order() {
+        // 100 rooms of one message, then one room of 40, interleaved with others.
+        let mut batch: Vec<NewMessage> = (0..100).map(|i| msg(&format!("r{i}"), i)).collect();
+        for i in 0..40 {
+            batch.push(msg("big", 0));
+            batch.push(msg(&format!("x{i}"), 0));
+        }
+        for (pos, m) in batch.iter_mut().enumerate() {
+            m.msg_id = format!("m{pos}");
+        }
+        let chunks = bulk_chunks(batch);
+        let mut seen = vec![false; 180];
+        for (positions, chunk) in &chunks {
+            assert_eq!(positions.len(), chunk.len());
+            assert!(chunk.len() <= BULK_CHUNK || chunk.iter().all(|m| m.room == "big"), "{}", chunk.len());
+            for (p, m) in positions.iter().zip(chunk) {
+                assert_eq!(m.msg_id, format!("m{p}"));
+                seen[*p] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        let big: Vec<&(Vec<usize>, Vec<NewMessage>)> = chunks.iter().filter(|(_, c)| c.iter().any(|m| m.room == "big")).collect();
+        assert_eq!(big.len(), 1, "a room is never split");
+        let order: Vec<usize> = big[0].1.iter().filter(|m| m.room == "big").map(|m| m.msg_id[1..].parse().unwrap()).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
     }
 }
