@@ -274,7 +274,9 @@ async fn rate_limits_and_slow_consumers() {
         .unwrap_err();
     assert!(e.code() == tonic::Code::InvalidArgument && e.message().starts_with("too_large"), "{e:?}");
 
-    // bob never reads; a service floods the room until bob's buffers fill.
+    // bob never reads; a service floods the room until bob's buffers fill. alice leaves
+    // first: she does not read either, and would be closed as a slow consumer too.
+    drop(alice);
     let mut bob = s.ws("bob").await;
     let body = "z".repeat(60 * 1024);
     for i in 0..600 {
