@@ -151,7 +151,7 @@ impl Op {
     /// campaign bookkeeping.
     fn is_bulk(&self) -> bool {
         match self {
-            Op::Persist(batch, _) => !batch.is_empty() && batch.iter().all(|m| m.kind == MessageKind::OneOff),
+            Op::Persist(batch, _) => is_bulk_batch(batch),
             Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } => true,
             _ => false,
         }
@@ -226,11 +226,16 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { inner: Arc::new(Inner { db, writer: Some(tx), thread: Some(thread) }) })
     }
 
-    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+    /// Queues an operation for the writer; its result comes on the returned receiver.
+    fn send_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-        writer.send(make(tx)).map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+        writer.send(make(tx)).map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        self.send_op(make)?.await.map_err(|_| writer_stopped())?
     }
 
     async fn read<T: Send + 'static>(
@@ -332,6 +337,15 @@ fn bulk_chunks(batch: Vec<NewMessage>) -> Vec<(Vec<usize>, Vec<NewMessage>)> {
         }
     }
     chunks
+}
+
+/// A batch of one-off messages only: the bulk lane's work.
+fn is_bulk_batch(batch: &[NewMessage]) -> bool {
+    !batch.is_empty() && batch.iter().all(|m| m.kind == MessageKind::OneOff)
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("store writer stopped".into())
 }
 
 fn lane(op: Op, interactive: &mut std::collections::VecDeque<Op>, bulk: &mut std::collections::VecDeque<Op>) {
@@ -640,7 +654,7 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        if !batch.iter().all(|m| m.kind == MessageKind::OneOff) || batch.len() <= BULK_CHUNK {
+        if !is_bulk_batch(&batch) || batch.len() <= BULK_CHUNK {
             return self.submit(|reply| Op::Persist(batch, reply)).await;
         }
         // A large bulk batch goes in room-whole chunks, queued together in the bulk lane (so
@@ -648,14 +662,11 @@ impl MessageStore for EmbeddedStore {
         let n = batch.len();
         let mut replies = Vec::new();
         for (positions, chunk) in bulk_chunks(batch) {
-            let (tx, rx) = oneshot::channel();
-            let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-            writer.send(Op::Persist(chunk, tx)).map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
-            replies.push((positions, rx));
+            replies.push((positions, self.send_op(|reply| Op::Persist(chunk, reply))?));
         }
         let mut out: Vec<Option<Result<Persisted, StoreError>>> = (0..n).map(|_| None).collect();
         for (positions, rx) in replies {
-            let results = rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+            let results = rx.await.map_err(|_| writer_stopped())?;
             // A chunk whose commit failed fails all its messages retryably; other chunks stand.
             let results = results.unwrap_or_else(|e| positions.iter().map(|_| Err(e.clone())).collect());
             for (pos, r) in positions.into_iter().zip(results) {
