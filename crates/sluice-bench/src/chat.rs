@@ -17,7 +17,7 @@ use anyhow::Context;
 use futures::{SinkExt, StreamExt, stream};
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -51,9 +51,6 @@ pub struct Recorder {
     epoch: Instant,
     phase: AtomicUsize,
     inner: Mutex<Phases>,
-    sent: AtomicU64,
-    delivered: AtomicU64,
-    errors: AtomicU64,
 }
 
 impl Recorder {
@@ -75,7 +72,6 @@ impl Recorder {
 
     fn deliver(&self, sent_us: u64) {
         let now = self.micros();
-        self.delivered.fetch_add(1, Ordering::Relaxed);
         self.with_phase(|p, per_second| {
             p.delivered += 1;
             p.deliver.record_micros(now.saturating_sub(sent_us));
@@ -88,13 +84,17 @@ impl Recorder {
     }
 
     fn sent(&self) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
         self.with_phase(|p, _| p.sent += 1);
     }
 
     fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
         self.with_phase(|p, _| p.errors += 1);
+    }
+
+    /// (sent, delivered, errors) over every phase so far.
+    fn totals(&self) -> (u64, u64, u64) {
+        let p = self.inner.lock().expect("recorder lock");
+        p.stats.iter().fold((0, 0, 0), |(s, d, e), x| (s + x.sent, d + x.delivered, e + x.errors))
     }
 }
 
@@ -158,9 +158,6 @@ impl ChatLoad {
             epoch: Instant::now(),
             phase: AtomicUsize::new(0),
             inner: Mutex::new(Phases { stats: vec![PhaseStats::default(); phases + 2], started: vec![Instant::now()], per_second: vec![] }),
-            sent: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let period = Duration::from_secs_f64(users as f64 / a.rate as f64);
@@ -188,7 +185,7 @@ impl ChatLoad {
                             }
                         }
                         "error" => {
-                            if rec_r.errors.load(Ordering::Relaxed) < 5 {
+                            if rec_r.totals().2 < 5 {
                                 eprintln!("server error frame: {:?}", f.code);
                             }
                             rec_r.error();
@@ -229,12 +226,8 @@ impl ChatLoad {
 
     /// `sent delivered errors` so far, for the progress line.
     pub fn status(rec: &Recorder) -> String {
-        format!(
-            "chat: sent {} delivered {} errors {}",
-            rec.sent.load(Ordering::Relaxed),
-            rec.delivered.load(Ordering::Relaxed),
-            rec.errors.load(Ordering::Relaxed)
-        )
+        let (sent, delivered, errors) = rec.totals();
+        format!("chat: sent {sent} delivered {delivered} errors {errors}")
     }
 
     /// Stops sending, waits for deliveries in flight, closes the sockets and returns each

@@ -7,11 +7,13 @@
 //! - [`args`]: the command line, one subcommand per scenario.
 //! - [`target`]: the server under test, started as a child `sluice serve` on embedded
 //!   backends unless `--http/--grpc` name a running one; tokens, gRPC, `/metrics`, memory.
-//! - [`chat`]: the chat load shared by `interactive` and `spike`.
+//! - [`chat`]: the chat load shared by `interactive` and `spike`; [`campaign`]: EnqueueBulk
+//!   in chunks and waiting for the drain, shared by `spike`, `scaling` and `cost`.
 //! - [`stats`], [`report`]: latency histograms, progress, tables, JSON and plots.
 //! - [`scenarios`]: spike, interactive, connections, scaling, cost.
 
 pub mod args;
+pub mod campaign;
 pub mod chat;
 pub mod report;
 pub mod scenarios;
@@ -28,31 +30,32 @@ use target::{Launch, Target};
 pub async fn run(args: BenchArgs, program: &Path) -> anyhow::Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let launch = || Launch { program, args: vec![], env: vec![] };
+    let target = &args.target;
     let report = match &args.scenario {
-        Scenario::Spike(a) => {
-            let server = Target::open(&args.target, launch()).await?;
-            let r = scenarios::spike::run(&server, a, &run).await;
-            server.stop().await;
-            r?
-        }
-        Scenario::Interactive(a) => {
-            let server = Target::open(&args.target, launch()).await?;
-            let r = scenarios::interactive::run(&server, a, &run).await;
-            server.stop().await;
-            r?
-        }
+        Scenario::Spike(a) => on_server(target, launch(), async |s| scenarios::spike::run(s, a, &run).await).await?,
+        Scenario::Interactive(a) => on_server(target, launch(), async |s| scenarios::interactive::run(s, a, &run).await).await?,
         Scenario::Connections(a) => {
             scenarios::connections::check_limits(a.count)?;
-            let server = Target::open(&args.target, launch()).await?;
-            let r = scenarios::connections::run(&server, a, &run).await;
-            server.stop().await;
-            r?
+            on_server(target, launch(), async |s| scenarios::connections::run(s, a, &run).await).await?
         }
-        Scenario::Scaling(a) => scenarios::scaling::run(program, &args.target, a, &run).await?,
-        Scenario::Cost(a) => scenarios::cost::run(program, &args.target, a, &run).await?,
+        Scenario::Scaling(a) => scenarios::scaling::run(program, target, a, &run).await?,
+        Scenario::Cost(a) => scenarios::cost::run(program, target, a, &run).await?,
     };
     for path in report.write(&args.out)? {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Runs `scenario` against the server `target` names (or one started with `launch`), and
+/// stops a started server whatever the scenario's outcome.
+async fn on_server(
+    target: &args::TargetArgs,
+    launch: Launch<'_>,
+    scenario: impl AsyncFnOnce(&Target) -> anyhow::Result<report::Report>,
+) -> anyhow::Result<report::Report> {
+    let server = Target::open(target, launch).await?;
+    let report = scenario(&server).await;
+    server.stop().await;
+    report
 }

@@ -10,12 +10,14 @@
 //! ConsumedCapacity per table rather than per item; its figure is shown beside it.
 
 use crate::args::{CostArgs, TargetArgs};
+use crate::campaign::Campaign;
 use crate::report::{Report, Target};
 use crate::target::{Launch, Metrics, Target as Server};
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use sluice_proto::v1;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -127,31 +129,11 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
 
 async fn one_offs(server: &Server, n: u32, run: &str) -> anyhow::Result<()> {
     let mut g = server.grpc().await?;
-    let campaign = format!("{run}-cost");
-    let recipients: Vec<String> = (0..n).map(|i| format!("{run}-r{i}")).collect();
-    for chunk in recipients.chunks(10_000) {
-        let req = v1::EnqueueBulkRequest {
-            campaign_id: campaign.clone(),
-            sender: format!("{run}-shop"),
-            recipients: chunk.to_vec(),
-            body: "Spring sale: 20% off everything until Sunday".into(),
-        };
-        g.enqueue_bulk(req).await.context("EnqueueBulk")?;
-    }
-    let started = Instant::now();
-    loop {
-        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await?.into_inner();
-        if c.persisted + c.dead_lettered >= n as u64 {
-            if c.dead_lettered > 0 {
-                bail!("{} one-off messages were dead-lettered\n{}", c.dead_lettered, server.log_tail());
-            }
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the campaign did not drain in 10 minutes ({} of {n})", c.persisted);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (id, sender) = (format!("{run}-cost"), format!("{run}-shop"));
+    let c = Campaign { id: &id, sender: &sender, body: "Spring sale: 20% off everything until Sunday" };
+    c.enqueue(&g, n as u64, |i| format!("{run}-r{i}"), 10_000, 1, &AtomicU64::new(0)).await?;
+    let (poll, limit) = (Duration::from_millis(200), Duration::from_secs(600));
+    c.wait_persisted(&mut g, n as u64, poll, limit, &AtomicU64::new(0), || server.log_tail()).await
 }
 
 async fn create_pairs(server: &Server, run: &str) -> anyhow::Result<Vec<(String, String, String)>> {

@@ -7,12 +7,11 @@
 //! the time from the first EnqueueBulk to the last persisted.
 
 use crate::args::{ScalingArgs, TargetArgs};
+use crate::campaign::Campaign;
 use crate::report::{Line, Report, Series};
 use crate::stats::Progress;
 use crate::target::{Launch, Target as Server};
-use anyhow::{Context, bail};
-use futures::{StreamExt, stream};
-use sluice_proto::v1;
+use anyhow::bail;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,46 +74,15 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
 
 /// Enqueues `messages` one-offs and waits until all are persisted; returns messages/s.
 async fn drain(server: &Server, messages: u64, campaign: &str) -> anyhow::Result<f64> {
-    let g = server.grpc().await?;
+    let mut g = server.grpc().await?;
     let persisted = Arc::new(AtomicU64::new(0));
     let shown = persisted.clone();
     let progress = Progress::start("scaling", move || format!("persisted {}", shown.load(Ordering::Relaxed)));
     let start = Instant::now();
-    let chunks = (0..messages).step_by(CHUNK as usize).map(|from| from..(from + CHUNK).min(messages));
-    let sent: Vec<anyhow::Result<u64>> = stream::iter(chunks)
-        .map(|range| {
-            let mut g = g.clone();
-            let req = v1::EnqueueBulkRequest {
-                campaign_id: campaign.into(),
-                sender: format!("{campaign}-shop"),
-                recipients: range.map(|i| format!("{campaign}-r{i}")).collect(),
-                body: "Spring sale".into(),
-            };
-            async move { Ok(g.enqueue_bulk(req).await.context("EnqueueBulk")?.into_inner().accepted) }
-        })
-        .buffer_unordered(4)
-        .collect()
-        .await;
-    let accepted: u64 = sent.into_iter().sum::<anyhow::Result<u64>>()?;
-    if accepted != messages {
-        bail!("EnqueueBulk accepted {accepted} of {messages}");
-    }
-    let limit = Duration::from_secs(600);
-    let mut g = g;
-    loop {
-        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into() }).await?.into_inner();
-        persisted.store(c.persisted, Ordering::Relaxed);
-        if c.persisted + c.dead_lettered >= messages {
-            if c.dead_lettered > 0 {
-                bail!("{} messages were dead-lettered\n{}", c.dead_lettered, server.log_tail());
-            }
-            break;
-        }
-        if start.elapsed() > limit {
-            bail!("not drained within {limit:?}: {} of {messages}", c.persisted);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sender = format!("{campaign}-shop");
+    let c = Campaign { id: campaign, sender: &sender, body: "Spring sale" };
+    c.enqueue(&g, messages, |i| format!("{campaign}-r{i}"), CHUNK, 4, &AtomicU64::new(0)).await?;
+    c.wait_persisted(&mut g, messages, Duration::from_millis(20), Duration::from_secs(600), &persisted, || server.log_tail()).await?;
     drop(progress);
     Ok(messages as f64 / start.elapsed().as_secs_f64())
 }

@@ -5,13 +5,13 @@
 //! inboxes is read back to check their counters.
 
 use crate::args::SpikeArgs;
+use crate::campaign::Campaign;
 use crate::chat::ChatLoad;
 use crate::report::{Line, Report, Series, Target};
 use crate::scenarios::interactive::{chat_figures, latency_series};
 use crate::stats::Progress;
 use crate::target::Target as Server;
-use anyhow::{Context, bail};
-use futures::{StreamExt, stream};
+use anyhow::bail;
 use sluice_proto::v1;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,26 +68,9 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
         })
     };
     let g = server.grpc().await?;
-    let chunks = (0..a.messages).step_by(a.chunk as usize).map(|from| from..(from + a.chunk as u64).min(a.messages));
-    let results: Vec<anyhow::Result<u64>> = stream::iter(chunks)
-        .map(|range| {
-            let (mut g, campaign, sender, accepted) = (g.clone(), campaign.clone(), sender.clone(), accepted.clone());
-            async move {
-                let recipients = range.map(|i| format!("{run}-s{i}")).collect();
-                let req = v1::EnqueueBulkRequest { campaign_id: campaign, sender, recipients, body: BODY.into() };
-                let n = g.enqueue_bulk(req).await.context("EnqueueBulk")?.into_inner().accepted;
-                accepted.fetch_add(n, Ordering::Relaxed);
-                Ok(n)
-            }
-        })
-        .buffer_unordered(a.parallel as usize)
-        .collect()
-        .await;
+    let c = Campaign { id: &campaign, sender: &sender, body: BODY };
+    c.enqueue(&g, a.messages, |i| format!("{run}-s{i}"), a.chunk as u64, a.parallel as usize, &accepted).await?;
     let enqueue_secs = start.elapsed().as_secs_f64();
-    let total: u64 = results.into_iter().sum::<anyhow::Result<u64>>()?;
-    if total != a.messages {
-        bail!("EnqueueBulk accepted {total} of {} messages", a.messages);
-    }
     let limit = Duration::from_secs(120 + a.messages / 1000);
     while persisted.load(Ordering::Relaxed) < a.messages {
         if start.elapsed() > limit {
