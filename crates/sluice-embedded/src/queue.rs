@@ -9,7 +9,9 @@
 //! - every receive grows the message's receive count durably before the message is handed out
 //!   (so a message that crashes its consumer is seen to do so, even across restarts);
 //! - messages with a deduplication id seen in the last `dedup_window` are accepted and dropped
-//!   (after a restart the window covers the messages still queued).
+//!   (after a restart the window covers the messages still queued);
+//! - cancel-safe: an operation that writes runs to its end even when its caller is dropped,
+//!   and seqs are reserved before the write, so a cancelled send never lends its seqs out.
 
 use crate::codec::{decode, encode, queue_err};
 use async_trait::async_trait;
@@ -202,6 +204,17 @@ impl State {
     }
 }
 
+/// Runs a queue operation to its end even when its caller goes away.
+///
+/// A write and the in-memory state update that follows it must both happen or neither: a
+/// caller dropped between the two (a gRPC deadline, a `select!`) would leave the state
+/// disagreeing with the file, for example an acked message still handed out, or seqs
+/// reserved on disk that the next send takes again. Every operation that writes runs in its
+/// own task, and the caller only awaits its result.
+async fn detached<T: Send + 'static>(op: impl Future<Output = Result<T, QueueError>> + Send + 'static) -> Result<T, QueueError> {
+    tokio::spawn(op).await.map_err(|e| QueueError::Internal(format!("queue operation failed: {e}")))?
+}
+
 fn receipt(seq: u64, count: u32) -> Receipt {
     Receipt(format!("{seq}.{count}"))
 }
@@ -288,6 +301,166 @@ impl EmbeddedQueue {
         .map_err(|e| QueueError::Internal(e.to_string()))?
     }
 
+    /// The whole of a send. Runs detached from the caller (see [`detached`]): seqs are
+    /// reserved under the state lock before the write, so a later send can never reuse them.
+    async fn send_now(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let now = now_ms();
+        let window = self.inner.config.dedup_window.as_millis() as i64;
+        let mut outcome = SendOutcome::default();
+        let mut fresh = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.state();
+            st.prune_dedup(now);
+            let mut seen = HashSet::new();
+            for m in batch {
+                if m.group.is_empty() || m.dedup_id.is_empty() {
+                    return Err(QueueError::Invalid("group and dedup_id are required".into()));
+                }
+                if st.dedup.contains_key(m.dedup_id.as_str()) || !seen.insert(m.dedup_id.clone()) {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                fresh.push(m);
+            }
+        }
+        for chunk in fresh.chunks(SEND_CHUNK) {
+            let first_seq = {
+                let mut st = self.state();
+                let first = st.next_seq;
+                st.next_seq += chunk.len() as u64;
+                first
+            };
+            let recs: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let rec = QRec { dedup_id: m.dedup_id.clone(), group: m.group.clone(), body: m.body.to_vec(), enqueued_at_ms: now };
+                    (first_seq + i as u64, encode(&rec))
+                })
+                .collect();
+            self.write(move |txn| {
+                let mut t = txn.open_table(Q_MSGS)?;
+                for (seq, rec) in &recs {
+                    t.insert(*seq, rec.as_slice())?;
+                }
+                Ok(())
+            })
+            .await?;
+            let mut st = self.state();
+            for (i, m) in chunk.iter().enumerate() {
+                st.push(first_seq + i as u64, &m.group, 0, now);
+                let id: Arc<str> = Arc::from(m.dedup_id.as_str());
+                st.dedup.insert(id.clone(), now + window);
+                st.dedup_order.push_back((now + window, id));
+            }
+            outcome.enqueued += chunk.len();
+            drop(st);
+            self.inner.notify.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn ack_now(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {
+        let receipts = receipts.as_slice();
+        let mut seqs = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            seqs.push(parse_receipt(r)?.0);
+        }
+        let s = seqs.clone();
+        self.write(move |txn| {
+            let mut msgs = txn.open_table(Q_MSGS)?;
+            let mut recv = txn.open_table(Q_RECV)?;
+            for seq in s {
+                msgs.remove(seq)?;
+                recv.remove(seq)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut st = self.state();
+        for seq in seqs {
+            st.remove(seq);
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter_now(&self, r: Receipt, reason: String) -> Result<(), QueueError> {
+        let r = &r;
+        let seq = {
+            let st = self.state();
+            *self
+                .current(&st, std::slice::from_ref(r))?
+                .first()
+                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
+        };
+        let count = parse_receipt(r)?.1;
+        self.write(move |txn| {
+            let mut msgs = txn.open_table(Q_MSGS)?;
+            let mut recv = txn.open_table(Q_RECV)?;
+            let mut dead = txn.open_table(Q_DEAD)?;
+            let rec: QRec = match msgs.remove(seq)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(()),
+            };
+            recv.remove(seq)?;
+            let d = DeadRec {
+                dedup_id: rec.dedup_id,
+                group: rec.group,
+                body: rec.body,
+                reason,
+                receive_count: count,
+                enqueued_at_ms: rec.enqueued_at_ms,
+                dead_at_ms: now_ms(),
+            };
+            dead.insert(seq, encode(&d).as_slice())?;
+            Ok(())
+        })
+        .await?;
+        let mut st = self.state();
+        if st.remove(seq) {
+            st.dead += 1;
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn redrive_now(&self, limit: usize) -> Result<usize, QueueError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let first_seq = self.state().next_seq;
+        let moved = self
+            .write(move |txn| {
+                let mut dead = txn.open_table(Q_DEAD)?;
+                let mut msgs = txn.open_table(Q_MSGS)?;
+                let keys: Vec<u64> = dead.iter()?.take(limit).map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+                let mut moved = Vec::with_capacity(keys.len());
+                for (i, k) in keys.into_iter().enumerate() {
+                    let d: DeadRec = match dead.remove(k)? {
+                        Some(v) => decode(v.value())?,
+                        None => continue,
+                    };
+                    let seq = first_seq + i as u64;
+                    let rec = QRec { dedup_id: d.dedup_id, group: d.group.clone(), body: d.body, enqueued_at_ms: d.enqueued_at_ms };
+                    msgs.insert(seq, encode(&rec).as_slice())?;
+                    moved.push((seq, d.group, d.enqueued_at_ms));
+                }
+                Ok(moved)
+            })
+            .await?;
+        let mut st = self.state();
+        for (seq, group, at) in &moved {
+            st.push(*seq, group, 0, *at);
+            st.next_seq = st.next_seq.max(seq + 1);
+        }
+        st.dead -= moved.len() as u64;
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(moved.len())
+    }
+
     /// Writes receive counts and reads bodies for messages just picked.
     async fn deliver(&self, picked: Vec<(u64, u32)>) -> Result<Vec<Delivery>, QueueError> {
         let p = picked.clone();
@@ -348,57 +521,8 @@ impl EmbeddedQueue {
 #[async_trait]
 impl SpikeQueue for EmbeddedQueue {
     async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
-        let _guard = self.inner.send_lock.lock().await;
-        let now = now_ms();
-        let window = self.inner.config.dedup_window.as_millis() as i64;
-        let mut outcome = SendOutcome::default();
-        let mut fresh = Vec::with_capacity(batch.len());
-        {
-            let mut st = self.state();
-            st.prune_dedup(now);
-            let mut seen = HashSet::new();
-            for m in batch {
-                if m.group.is_empty() || m.dedup_id.is_empty() {
-                    return Err(QueueError::Invalid("group and dedup_id are required".into()));
-                }
-                if st.dedup.contains_key(m.dedup_id.as_str()) || !seen.insert(m.dedup_id.clone()) {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                fresh.push(m);
-            }
-        }
-        for chunk in fresh.chunks(SEND_CHUNK) {
-            let first_seq = self.state().next_seq;
-            let recs: Vec<(u64, Vec<u8>)> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let rec = QRec { dedup_id: m.dedup_id.clone(), group: m.group.clone(), body: m.body.to_vec(), enqueued_at_ms: now };
-                    (first_seq + i as u64, encode(&rec))
-                })
-                .collect();
-            self.write(move |txn| {
-                let mut t = txn.open_table(Q_MSGS)?;
-                for (seq, rec) in &recs {
-                    t.insert(*seq, rec.as_slice())?;
-                }
-                Ok(())
-            })
-            .await?;
-            let mut st = self.state();
-            for (i, m) in chunk.iter().enumerate() {
-                st.push(first_seq + i as u64, &m.group, 0, now);
-                let id: Arc<str> = Arc::from(m.dedup_id.as_str());
-                st.dedup.insert(id.clone(), now + window);
-                st.dedup_order.push_back((now + window, id));
-            }
-            st.next_seq = first_seq + chunk.len() as u64;
-            outcome.enqueued += chunk.len();
-            drop(st);
-            self.inner.notify.notify_waiters();
-        }
-        Ok(outcome)
+        let this = self.clone();
+        detached(async move { this.send_now(batch).await }).await
     }
 
     async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
@@ -430,28 +554,9 @@ impl SpikeQueue for EmbeddedQueue {
     }
 
     async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
-        let mut seqs = Vec::with_capacity(receipts.len());
-        for r in receipts {
-            seqs.push(parse_receipt(r)?.0);
-        }
-        let s = seqs.clone();
-        self.write(move |txn| {
-            let mut msgs = txn.open_table(Q_MSGS)?;
-            let mut recv = txn.open_table(Q_RECV)?;
-            for seq in s {
-                msgs.remove(seq)?;
-                recv.remove(seq)?;
-            }
-            Ok(())
-        })
-        .await?;
-        let mut st = self.state();
-        for seq in seqs {
-            st.remove(seq);
-        }
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(())
+        let this = self.clone();
+        let receipts = receipts.to_vec();
+        detached(async move { this.ack_now(receipts).await }).await
     }
 
     async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError> {
@@ -478,44 +583,9 @@ impl SpikeQueue for EmbeddedQueue {
     }
 
     async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
-        let seq = {
-            let st = self.state();
-            *self
-                .current(&st, std::slice::from_ref(r))?
-                .first()
-                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
-        };
-        let count = parse_receipt(r)?.1;
-        let reason = reason.to_string();
-        self.write(move |txn| {
-            let mut msgs = txn.open_table(Q_MSGS)?;
-            let mut recv = txn.open_table(Q_RECV)?;
-            let mut dead = txn.open_table(Q_DEAD)?;
-            let rec: QRec = match msgs.remove(seq)? {
-                Some(v) => decode(v.value())?,
-                None => return Ok(()),
-            };
-            recv.remove(seq)?;
-            let d = DeadRec {
-                dedup_id: rec.dedup_id,
-                group: rec.group,
-                body: rec.body,
-                reason,
-                receive_count: count,
-                enqueued_at_ms: rec.enqueued_at_ms,
-                dead_at_ms: now_ms(),
-            };
-            dead.insert(seq, encode(&d).as_slice())?;
-            Ok(())
-        })
-        .await?;
-        let mut st = self.state();
-        if st.remove(seq) {
-            st.dead += 1;
-        }
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(())
+        let this = self.clone();
+        let (r, reason) = (r.clone(), reason.to_string());
+        detached(async move { this.dead_letter_now(r, reason).await }).await
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -551,35 +621,7 @@ impl SpikeQueue for EmbeddedQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
-        let _guard = self.inner.send_lock.lock().await;
-        let first_seq = self.state().next_seq;
-        let moved = self
-            .write(move |txn| {
-                let mut dead = txn.open_table(Q_DEAD)?;
-                let mut msgs = txn.open_table(Q_MSGS)?;
-                let keys: Vec<u64> = dead.iter()?.take(limit).map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
-                let mut moved = Vec::with_capacity(keys.len());
-                for (i, k) in keys.into_iter().enumerate() {
-                    let d: DeadRec = match dead.remove(k)? {
-                        Some(v) => decode(v.value())?,
-                        None => continue,
-                    };
-                    let seq = first_seq + i as u64;
-                    let rec = QRec { dedup_id: d.dedup_id, group: d.group.clone(), body: d.body, enqueued_at_ms: d.enqueued_at_ms };
-                    msgs.insert(seq, encode(&rec).as_slice())?;
-                    moved.push((seq, d.group, d.enqueued_at_ms));
-                }
-                Ok(moved)
-            })
-            .await?;
-        let mut st = self.state();
-        for (seq, group, at) in &moved {
-            st.push(*seq, group, 0, *at);
-            st.next_seq = st.next_seq.max(seq + 1);
-        }
-        st.dead -= moved.len() as u64;
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(moved.len())
+        let this = self.clone();
+        detached(async move { this.redrive_now(limit).await }).await
     }
 }

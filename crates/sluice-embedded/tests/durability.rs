@@ -75,3 +75,44 @@ async fn the_dedup_window_outlives_the_ack() {
     assert_eq!((out.enqueued, out.duplicates), (0, 1));
     assert!(q.receive(1, Duration::from_millis(50), Duration::from_secs(60)).await.unwrap().is_empty());
 }
+
+/// Issue 16.1: a send whose caller goes away mid-call (a gRPC deadline during a burst) must
+/// not hand its seqs to the next send. Before the fix the dropped call's write kept running
+/// while the next call reused the same seqs, and whichever commit came last overwrote the
+/// other's records on disk, although the second caller was told "accepted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_dropped_mid_call_never_overwrites_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.redb");
+    let batch = |prefix: &str, n: usize| (0..n).map(|i| msg(&format!("{prefix}{}", i % 7), &format!("{prefix}-{i}"))).collect::<Vec<_>>();
+    {
+        let q = EmbeddedQueue::open(&path, QueueConfig::default()).unwrap();
+        let mut dropped = Box::pin(q.send(batch("a", 2_000)));
+        // One poll takes the send lock and starts the write; then the caller is gone.
+        assert!(futures::poll!(&mut dropped).is_pending());
+        drop(dropped);
+        let out = q.send(batch("b", 1_000)).await.unwrap();
+        assert_eq!(out.enqueued, 1_000);
+        // Whatever the dropped call still does in the background gets its chance to land.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = q.stats().await.unwrap();
+        assert!(stats.visible == 1_000 || stats.visible == 3_000, "all or none of the dropped call: {stats:?}");
+    }
+    let q = EmbeddedQueue::open(&path, QueueConfig::default()).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        let got = q.receive(10_000, Duration::from_millis(50), LONG).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in &got {
+            assert_eq!(d.body, Bytes::from(d.dedup_id.clone()), "a record holds its own body");
+            *seen.entry(d.dedup_id.clone()).or_insert(0) += 1;
+        }
+        q.ack(&got.iter().map(|d| d.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+    }
+    assert!((0..1_000).all(|i| seen.get(&format!("b-{i}")) == Some(&1)), "every accepted message is on disk once");
+    let dropped = (0..2_000).filter(|i| seen.contains_key(&format!("a-{i}"))).count();
+    assert!(dropped == 0 || dropped == 2_000, "the dropped call is all or nothing, found {dropped}");
+    assert_eq!(seen.len(), 1_000 + dropped);
+}
