@@ -142,7 +142,7 @@ pub struct Campaign {
     pub campaign_id: String,
     /// Recipient entries received over all calls, repeats included.
     pub requested: u64,
-    /// Distinct messages durably enqueued.
+    /// Distinct messages accepted into the campaign (recorded before they are enqueued).
     pub enqueued: u64,
     /// Distinct messages persisted.
     pub persisted: u64,
@@ -151,8 +151,9 @@ pub struct Campaign {
 }
 
 impl Campaign {
-    /// Every enqueued message is either persisted or dead-lettered.
+    /// Every accepted message is either persisted or dead-lettered. A campaign whose calls
+    /// accepted no message (every recipient was the sender) is done at once.
     pub fn done(&self) -> bool {
-        self.enqueued > 0 && self.persisted + self.dead_lettered >= self.enqueued
+        self.requested > 0 && self.persisted + self.dead_lettered >= self.enqueued
     }
 }

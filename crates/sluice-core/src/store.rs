@@ -59,9 +59,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// consistent snapshot.
     async fn inbox(&self, user: &str) -> Result<Inbox, StoreError>;
 
-    /// Records that these messages of a campaign are durably enqueued: `requested` grows by
-    /// `requested`, `enqueued` by the recipients not recorded before. Call after the enqueue
-    /// succeeded, so a crash in between only makes the producer retry.
+    /// Records the messages a campaign call accepts: `requested` grows by `requested`,
+    /// `enqueued` by the recipients not recorded before. Call before the messages are
+    /// enqueued, so that `done` never turns true while one of them is still on its way; the
+    /// `requested` growth lands last, so a reader never sees a call's request without its
+    /// recipients.
     async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError>;
 
     /// Records that a campaign message went to the dead-letter queue. Counted once per

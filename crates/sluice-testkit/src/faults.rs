@@ -14,21 +14,41 @@ fn take(counter: &AtomicU32) -> bool {
 }
 
 /// A queue whose next `fail_acks` acks fail after doing nothing, as if the consumer died
-/// between its commit and its ack.
+/// between its commit and its ack, and whose sends can be held at the door (a slow queue,
+/// to look at what a producer's other steps did meanwhile).
 pub struct FaultyQueue {
     pub inner: Arc<dyn SpikeQueue>,
     pub fail_acks: AtomicU32,
+    /// Sends waiting at the door right now.
+    pub sends_waiting: AtomicU32,
+    sends_held: tokio::sync::watch::Sender<bool>,
 }
 
 impl FaultyQueue {
     pub fn new(inner: Arc<dyn SpikeQueue>) -> Self {
-        FaultyQueue { inner, fail_acks: AtomicU32::new(0) }
+        FaultyQueue {
+            inner,
+            fail_acks: AtomicU32::new(0),
+            sends_waiting: AtomicU32::new(0),
+            sends_held: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// While `held`, every `send` waits before it reaches the inner queue.
+    pub fn hold_sends(&self, held: bool) {
+        self.sends_held.send_replace(held);
     }
 }
 
 #[async_trait]
 impl SpikeQueue for FaultyQueue {
     async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
+        let mut held = self.sends_held.subscribe();
+        if *held.borrow() {
+            self.sends_waiting.fetch_add(1, Ordering::SeqCst);
+            let _ = held.wait_for(|h| !*h).await;
+            self.sends_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         self.inner.send(batch).await
     }
     async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
@@ -60,15 +80,18 @@ impl SpikeQueue for FaultyQueue {
     }
 }
 
-/// A store whose next `fail_persists` persist calls fail as unavailable without writing.
+/// A store whose next `fail_persists` persist calls, and next `fail_dead_letter_records`
+/// campaign dead-letter records, fail as unavailable without writing (as if the process died
+/// at that point).
 pub struct FaultyStore {
     pub inner: Arc<dyn MessageStore>,
     pub fail_persists: AtomicU32,
+    pub fail_dead_letter_records: AtomicU32,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn MessageStore>) -> Self {
-        FaultyStore { inner, fail_persists: AtomicU32::new(0) }
+        FaultyStore { inner, fail_persists: AtomicU32::new(0), fail_dead_letter_records: AtomicU32::new(0) }
     }
 }
 
@@ -105,6 +128,9 @@ impl MessageStore for FaultyStore {
         self.inner.record_enqueued(campaign_id, requested, recipients).await
     }
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+        if take(&self.fail_dead_letter_records) {
+            return Err(StoreError::Unavailable("injected dead-letter record failure".into()));
+        }
         self.inner.record_dead_letter(campaign_id, msg_id).await
     }
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {

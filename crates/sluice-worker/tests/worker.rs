@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use sluice_core::events::NoEvents;
+use sluice_core::fanout::Fanout;
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{HistoryQuery, MessageKind, NewMessage};
@@ -36,7 +37,8 @@ fn config() -> WorkerConfig {
 }
 
 fn worker(store: Arc<dyn MessageStore>, queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, config: WorkerConfig) -> Arc<Worker> {
-    Arc::new(Worker::new(Backends { store, queue, hub: Arc::new(LocalHub::new()), events: Arc::new(NoEvents), metrics }, config))
+    let fanout = Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents));
+    Arc::new(Worker::new(Backends { store, queue, fanout, metrics }, config))
 }
 
 fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
@@ -119,6 +121,27 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_rest_persists() {
     let c = e.store.campaign("c1").await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered, c.done()), (5, 2, true));
     assert_eq!(e.metrics.dead_lettered.get(), 3);
+}
+
+/// Issue 16.6: the campaign's dead-letter count is recorded before the queue moves the
+/// message, so a worker that dies in between (here: the record fails) leaves the message in
+/// the queue to be dead-lettered again, instead of a campaign that is never done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dead_letter_record_keeps_the_message_until_it_is_counted() {
+    let e = env();
+    e.store.create_room("club", &["alice".into()], 1).await.unwrap();
+    let mut stranger = one_off("c9", "mallory", "x", "spam");
+    stranger.room = "club".into();
+    stranger.create_members.clear();
+    e.store.record_enqueued("c9", 1, &["x".to_string()]).await.unwrap();
+    e.queue.send(vec![enqueue(&stranger)]).await.unwrap();
+    let faulty = Arc::new(FaultyStore::new(e.store.clone()));
+    faulty.fail_dead_letter_records.store(1, Ordering::SeqCst);
+    drain(vec![worker(faulty.clone(), e.queue.clone(), e.metrics.clone(), config())], &e.queue).await;
+    assert_eq!(faulty.fail_dead_letter_records.load(Ordering::SeqCst), 0, "the injected failure happened");
+    assert_eq!(e.queue.dead_letters(10).await.unwrap().len(), 1);
+    let c = e.store.campaign("c9").await.unwrap().unwrap();
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered, c.done()), (1, 0, 1, true));
 }
 
 /// Invariant 2: a worker that dies after its commit and before its ack causes a redelivery

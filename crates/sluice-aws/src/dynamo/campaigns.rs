@@ -22,6 +22,16 @@ pub(crate) async fn record_enqueued(
     requested: u64,
     recipients: &[String],
 ) -> Result<Campaign, StoreError> {
+    let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
+        .map(|(i, chunk)| record_chunk(store, campaign_id, i, chunk))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), _>>()?;
+    // Last, so that a call's request is never seen without its recipients (a campaign whose
+    // recipients were all the sender is done as soon as its request is counted).
     let out = store
         .client
         .update_item()
@@ -36,14 +46,6 @@ pub(crate) async fn record_enqueued(
         .map_err(|e| store_error("UpdateItem", e))?;
     account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
     store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
-    let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-    let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
-    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
-        .map(|(i, chunk)| record_chunk(store, campaign_id, i, chunk))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<(), _>>()?;
     campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
 }
 

@@ -1,0 +1,101 @@
+//! Campaign accounting through the gateway's own operations (`App::enqueue_bulk`), on the
+//! embedded backends, with a queue that can hold sends at the door.
+
+use sluice_core::events::NoEvents;
+use sluice_core::fanout::Fanout;
+use sluice_core::metrics::Metrics;
+use sluice_core::queue::SpikeQueue;
+use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
+use sluice_gateway::{App, Auth, Limits};
+use sluice_testkit::faults::FaultyQueue;
+use sluice_worker::{Backends, Worker, WorkerConfig};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    app: Arc<App>,
+    queue: Arc<FaultyQueue>,
+    worker: Worker,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+    let inner = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
+    let queue = Arc::new(FaultyQueue::new(inner));
+    let (hub, metrics) = (Arc::new(LocalHub::new()), Arc::new(Metrics::new()));
+    let fanout = Fanout::new(hub.clone(), Arc::new(NoEvents));
+    let app = Arc::new(App {
+        store: store.clone(),
+        queue: queue.clone(),
+        hub,
+        events: Arc::new(NoEvents),
+        fanout: fanout.clone(),
+        metrics: metrics.clone(),
+        auth: Auth::new(b"campaign-test-secret-campaign-test", "svc"),
+        limits: Limits::default(),
+        shutdown: CancellationToken::new(),
+    });
+    let backends = Backends { store, queue: queue.clone(), fanout, metrics };
+    Env { _dir: dir, app, queue, worker: Worker::new(backends, WorkerConfig::default()) }
+}
+
+/// Persists everything queued right now.
+async fn drain(e: &Env) {
+    loop {
+        let batch = e.queue.receive(1_000, Duration::from_millis(50), Duration::from_secs(60)).await.unwrap();
+        if batch.is_empty() {
+            return;
+        }
+        assert!(e.worker.process(batch).await);
+    }
+}
+
+fn users(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Issue 16.4: the second call of a campaign used to record its recipients only after its
+/// messages were queued, so in between the campaign said done while they still drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_is_not_done_while_a_later_call_still_enqueues() {
+    let e = env();
+    let (id, accepted) = e.app.enqueue_bulk("spring", "shop", &users(&["ann", "bob"]), "20% off").await.unwrap();
+    assert_eq!((id.as_str(), accepted), ("spring", 2));
+    drain(&e).await;
+    assert!(e.app.campaign("spring").await.unwrap().done());
+
+    e.queue.hold_sends(true);
+    let app = e.app.clone();
+    let second = tokio::spawn(async move { app.enqueue_bulk("spring", "shop", &users(&["cid", "dan"]), "20% off").await });
+    while e.queue.sends_waiting.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = e.app.campaign("spring").await.unwrap();
+    assert!(!c.done(), "call 2's messages are not persisted yet: {c:?}");
+    assert_eq!((c.enqueued, c.persisted), (4, 2));
+
+    e.queue.hold_sends(false);
+    assert_eq!(second.await.unwrap().unwrap().1, 2);
+    drain(&e).await;
+    let c = e.app.campaign("spring").await.unwrap();
+    assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered, c.done()), (4, 4, 4, 0, true));
+}
+
+/// Issue 10.5: a campaign whose only recipient is its sender accepts nothing and is done at
+/// once; a call with no recipients is refused and records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_with_nothing_to_send_is_done_and_an_empty_call_is_refused() {
+    let e = env();
+    let (_, accepted) = e.app.enqueue_bulk("self", "shop", &users(&["shop"]), "hello me").await.unwrap();
+    assert_eq!(accepted, 0);
+    let c = e.app.campaign("self").await.unwrap();
+    assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (1, 0, 0, true));
+
+    let err = e.app.enqueue_bulk("empty", "shop", &[], "nobody").await.unwrap_err();
+    assert_eq!(err.code.as_str(), "bad_frame");
+    assert!(e.app.campaign("empty").await.is_err(), "nothing recorded for a refused call");
+}
