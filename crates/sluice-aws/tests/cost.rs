@@ -86,8 +86,7 @@ async fn capacity_and_requests_per_message() {
         Backends {
             store: store.clone(),
             queue: queue.clone(),
-            hub: Arc::new(sluice_embedded::LocalHub::new()),
-            events: Arc::new(NoEvents),
+            fanout: sluice_core::fanout::Fanout::new(Arc::new(sluice_embedded::LocalHub::new()), Arc::new(NoEvents)),
             metrics: metrics.clone(),
         },
         WorkerConfig { batch_size: 10, ..WorkerConfig::default() },

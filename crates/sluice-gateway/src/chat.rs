@@ -4,7 +4,6 @@
 
 use crate::error::AppError;
 use sluice_core::error::ErrorCode;
-use sluice_core::fanout;
 use sluice_core::hub::{ConnId, LiveEvent};
 use sluice_core::ids;
 use sluice_core::model::{
@@ -49,6 +48,7 @@ impl App {
             sent_at_ms: now_ms(),
             create_members,
         };
+        let ticket = self.fanout.ticket(room);
         let timer = self.metrics.persist_seconds.start_timer();
         let result = self.store.persist(vec![msg]).await;
         timer.observe_duration();
@@ -58,7 +58,7 @@ impl App {
         } else {
             self.metrics.persisted.with_label_values(&["interactive"]).inc();
         }
-        if !fanout::after_persist(self.hub.as_ref(), self.events.as_ref(), &p, origin).await {
+        if !ticket.publish(&p, origin).await {
             self.metrics.fanout_failures.inc();
         }
         Ok(p)
@@ -72,7 +72,7 @@ impl App {
         }
         let r = self.store.mark_read(user, room, seq, now_ms()).await?;
         let members = if r.changed { self.store.room(room).await?.map(|r| r.members).unwrap_or_default() } else { Vec::new() };
-        fanout::after_read(self.hub.as_ref(), self.events.as_ref(), user, room, &r, &members).await;
+        self.fanout.after_read(user, room, &r, &members).await;
         Ok(r)
     }
 
@@ -165,6 +165,9 @@ impl App {
         ids::validate_user(&campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
         ids::validate_user(sender).map_err(|e| AppError::bad(format!("sender: {e}")))?;
         self.check_body(body)?;
+        if recipients.is_empty() {
+            return Err(AppError::bad("recipients must not be empty"));
+        }
         if recipients.len() > self.limits.max_bulk_recipients {
             return Err(AppError::too_large(format!(
                 "{} recipients in one call; at most {} (split the campaign over several calls with the same campaign_id)",
@@ -198,6 +201,11 @@ impl App {
                 Enqueue { dedup_id: msg.msg_id.clone(), group: ids::queue_group(&room), body: encode_queued(&msg) }
             })
             .collect();
+        // Recorded before anything is enqueued, so the campaign cannot look done while a
+        // message of this call is still on its way to the queue or the store. A call that
+        // fails after this line leaves the campaign not done until the producer retries (the
+        // retry records nothing new and its messages deduplicate by msg_id).
+        self.store.record_enqueued(&campaign_id, recipients.len() as u64, &unique).await?;
         let mut batch = batch;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(ENQUEUE_CHUNK));
@@ -205,9 +213,6 @@ impl App {
             self.metrics.enqueued.inc_by(out.enqueued as u64);
             batch = rest;
         }
-        // Counted only after the enqueue is durable: a crash before this line makes the
-        // producer retry, and the retry's messages deduplicate by msg_id.
-        self.store.record_enqueued(&campaign_id, recipients.len() as u64, &unique).await?;
         Ok((campaign_id, unique.len() as u64))
     }
 

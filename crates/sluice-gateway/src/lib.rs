@@ -17,6 +17,7 @@ pub mod http;
 pub mod ws;
 
 use sluice_core::events::EventSink;
+use sluice_core::fanout::Fanout;
 use sluice_core::hub::Hub;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
@@ -78,6 +79,9 @@ pub struct App {
     pub queue: Arc<dyn SpikeQueue>,
     pub hub: Arc<dyn Hub>,
     pub events: Arc<dyn EventSink>,
+    /// Live pushes after commits, in commit order per room; shared with a worker in the
+    /// same process (one order for both lanes).
+    pub fanout: Arc<Fanout>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub limits: Limits,

@@ -209,20 +209,23 @@ async fn handle(
                 reply_err(app, out, e, None).await;
                 return Ok(());
             }
+            // Authorized first: the writer keeps state only for rooms the user may read.
+            let mut allowed = Vec::with_capacity(rooms.len());
+            for (room, after) in rooms {
+                match app.authorize(user, &room).await {
+                    Ok(()) => allowed.push((room, after)),
+                    Err(e) => reply_err(app, out, e, Some(room)).await,
+                }
+            }
             // Hold live messages of every room in the frame from now on, so none slips out
             // between the replays of two rooms.
-            for (room, after) in &rooms {
+            for (room, after) in &allowed {
                 out.send(Out::ResumeStart { room: room.clone(), after: *after }).await.map_err(|_| WriterGone)?;
             }
             let mut done = BTreeMap::new();
-            for (room, after) in rooms {
-                match app.authorize(user, &room).await {
-                    Ok(()) => {
-                        let last = replay(app, user, &room, after, out).await?;
-                        done.insert(room.clone(), last);
-                    }
-                    Err(e) => reply_err(app, out, e, Some(room.clone())).await,
-                }
+            for (room, after) in allowed {
+                let last = replay(app, user, &room, after, out).await?;
+                done.insert(room.clone(), last);
                 out.send(Out::ResumeDone { room }).await.map_err(|_| WriterGone)?;
             }
             reply(out, ServerFrame::Resumed { rooms: done }).await?;
@@ -260,34 +263,48 @@ async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sende
     Ok(last)
 }
 
-/// Per-room state of a resume, kept by the writer.
+/// Per-room state of a resume in progress, kept by the writer from `ResumeStart` until
+/// `ResumeDone` and then dropped.
 struct Resuming {
-    active: bool,
+    /// The highest seq the replay covered so far.
     last: u64,
+    /// Live messages that arrived during the replay.
     held: Vec<Arc<StoredMessage>>,
 }
 
-/// Seqs recently written per room, so a replay never repeats a message already sent live.
+/// Seqs recently written per room, so that a message both replayed and pushed live is written
+/// once. Bounded: at most [`Sent::ROOMS`] rooms (the oldest room is forgotten first) of
+/// [`Sent::KEEP`] seqs each, whatever the number of rooms a socket sees (a campaign sender's
+/// socket sees one room per recipient).
 #[derive(Default)]
-struct Sent(HashMap<String, VecDeque<u64>>);
+struct Sent {
+    rooms: HashMap<String, VecDeque<u64>>,
+    order: VecDeque<String>,
+}
 
 impl Sent {
-    /// How many seqs are remembered per room.
-    const KEEP: usize = 256;
+    const KEEP: usize = 64;
+    const ROOMS: usize = 256;
 
     /// Records `seq` as sent; false if it was sent already.
     fn first_time(&mut self, room: &str, seq: u64) -> bool {
-        let seqs = match self.0.get_mut(room) {
-            Some(s) => s,
-            None => self.0.entry(room.to_string()).or_default(),
-        };
-        if seqs.contains(&seq) {
-            return false;
+        if let Some(seqs) = self.rooms.get_mut(room) {
+            if seqs.contains(&seq) {
+                return false;
+            }
+            if seqs.len() == Self::KEEP {
+                seqs.pop_front();
+            }
+            seqs.push_back(seq);
+            return true;
         }
-        if seqs.len() == Self::KEEP {
-            seqs.pop_front();
+        if self.order.len() == Self::ROOMS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.rooms.remove(&oldest);
         }
-        seqs.push_back(seq);
+        self.order.push_back(room.to_string());
+        self.rooms.insert(room.to_string(), VecDeque::from([seq]));
         true
     }
 }
@@ -317,7 +334,7 @@ async fn write_loop(
                 None => break,
                 Some(Out::Frame(f)) => batch.push(*f),
                 Some(Out::ResumeStart { room, after }) => {
-                    resuming.insert(room, Resuming { active: true, last: after, held: Vec::new() });
+                    resuming.insert(room, Resuming { last: after, held: Vec::new() });
                 }
                 Some(Out::Replay(m)) => {
                     if let Some(r) = resuming.get_mut(&m.room) {
@@ -328,16 +345,15 @@ async fn write_loop(
                     }
                 }
                 Some(Out::ResumeDone { room }) => {
-                    if let Some(r) = resuming.get_mut(&room) {
-                        r.active = false;
-                        let mut held = std::mem::take(&mut r.held);
-                        held.sort_by_key(|m| m.seq);
-                        for m in held {
-                            if m.seq > r.last {
-                                r.last = m.seq;
-                                if sent.first_time(&m.room, m.seq) {
-                                    batch.push(ServerFrame::Message(MessageOut::from(&*m)));
-                                }
+                    // What arrived live during the replay goes out now, in seq order, less
+                    // what the replay covered. Later live messages go out as they come: a
+                    // message published late (below a seq already written) is still written,
+                    // never dropped for being "old".
+                    if let Some(mut r) = resuming.remove(&room) {
+                        r.held.sort_by_key(|m| m.seq);
+                        for m in r.held {
+                            if m.seq > r.last && sent.first_time(&m.room, m.seq) {
+                                batch.push(ServerFrame::Message(MessageOut::from(&*m)));
                             }
                         }
                     }
@@ -393,14 +409,8 @@ fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, 
                 return None;
             }
             if let Some(r) = resuming.get_mut(&message.room) {
-                if r.active {
-                    r.held.push(message.clone());
-                    return None;
-                }
-                if message.seq <= r.last {
-                    return None;
-                }
-                r.last = message.seq;
+                r.held.push(message.clone());
+                return None;
             }
             sent.first_time(&message.room, message.seq).then(|| ServerFrame::Message(MessageOut::from(&**message)))
         }

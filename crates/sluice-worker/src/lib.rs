@@ -18,9 +18,7 @@
 
 use futures::future::join_all;
 use sluice_core::backoff::Backoff;
-use sluice_core::events::EventSink;
-use sluice_core::fanout;
-use sluice_core::hub::Hub;
+use sluice_core::fanout::{Fanout, Ticket};
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
 use sluice_core::store::MessageStore;
@@ -64,8 +62,8 @@ impl Default for WorkerConfig {
 pub struct Backends {
     pub store: Arc<dyn MessageStore>,
     pub queue: Arc<dyn SpikeQueue>,
-    pub hub: Arc<dyn Hub>,
-    pub events: Arc<dyn EventSink>,
+    /// Live pushes in commit order per room (share it with a gateway in the same process).
+    pub fanout: Arc<Fanout>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -144,6 +142,7 @@ impl Worker {
         if messages.is_empty() {
             return true;
         }
+        let tickets: Vec<Ticket> = messages.iter().map(|msg| self.b.fanout.ticket(&msg.room)).collect();
         let timer = m.persist_seconds.start_timer();
         let receipts: Vec<Receipt> = work.iter().map(|d| d.receipt.clone()).collect();
         let outcome = self.with_heartbeat(&receipts, self.b.store.persist(messages.clone())).await;
@@ -159,11 +158,11 @@ impl Worker {
         let mut acks = Vec::with_capacity(work.len());
         let mut done = Vec::with_capacity(work.len());
         let mut all_ok = true;
-        for ((d, msg), r) in work.iter().zip(&messages).zip(results) {
+        for (((d, msg), r), ticket) in work.iter().zip(&messages).zip(results).zip(tickets) {
             match r {
                 Ok(p) => {
                     acks.push(d.receipt.clone());
-                    done.push(p);
+                    done.push((p, ticket));
                 }
                 Err(e) if e.is_retryable() => {
                     all_ok = false;
@@ -179,13 +178,13 @@ impl Worker {
         } else {
             m.drained.inc_by(acks.len() as u64);
         }
-        for p in &done {
+        for (p, ticket) in done {
             if p.duplicate {
                 m.duplicates.inc();
             } else {
                 m.persisted.with_label_values(&["queue"]).inc();
             }
-            if !fanout::after_persist(self.b.hub.as_ref(), self.b.events.as_ref(), p, None).await {
+            if !ticket.publish(&p, None).await {
                 m.fanout_failures.inc();
             }
         }
@@ -223,18 +222,23 @@ impl Worker {
         }
     }
 
+    /// Counts the dead letter for its campaign, then moves the message. In this order a crash
+    /// in between leaves the message in the queue, to come back and be moved again (the count
+    /// is idempotent, and undone if the message is persisted after a redrive); the other order
+    /// would leave a campaign that is never done.
     async fn dead_letter(&self, receipt: &Receipt, reason: &str, campaign_id: Option<&str>, msg_id: &str) {
         tracing::warn!(reason, msg_id, "dead-lettering a queued message");
+        if let Some(cid) = campaign_id
+            && let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await
+        {
+            tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign; the message will be redelivered");
+            return;
+        }
         if let Err(e) = self.b.queue.dead_letter(receipt, reason).await {
             tracing::warn!(error = %e, "dead-letter failed; the message will be redelivered");
             return;
         }
         self.b.metrics.dead_lettered.inc();
-        if let Some(cid) = campaign_id
-            && let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await
-        {
-            tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign");
-        }
     }
 }
 

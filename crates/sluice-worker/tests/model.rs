@@ -6,6 +6,7 @@
 
 use proptest::prelude::*;
 use sluice_core::events::NoEvents;
+use sluice_core::fanout::Fanout;
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{MessageKind, NewMessage};
@@ -97,8 +98,7 @@ fn open(dir: &Path) -> Backend {
         Backends {
             store: store.clone(),
             queue: queue.clone(),
-            hub: Arc::new(LocalHub::new()),
-            events: Arc::new(NoEvents),
+            fanout: Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents)),
             metrics: Arc::new(Metrics::new()),
         },
         WorkerConfig::default(),

@@ -17,6 +17,7 @@ pub mod secrets;
 use anyhow::{Context, bail};
 use config::{Backend, Cli, Command, CommonArgs, DlqAction, EventsKind, HubKind, MigrateArgs, QueueKind, ServeArgs, StoreKind};
 use sluice_core::events::{EventSink, NoEvents};
+use sluice_core::fanout::Fanout;
 use sluice_core::hub::Hub;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
@@ -303,9 +304,11 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         });
     }
 
+    // One publication order for both lanes of this process.
+    let fanout = Fanout::new(hub.clone(), events.clone());
     let worker_task = roles.worker.then(|| {
         let worker = Arc::new(Worker::new(
-            Backends { store: store.clone(), queue: queue.clone(), hub: hub.clone(), events: events.clone(), metrics: metrics.clone() },
+            Backends { store: store.clone(), queue: queue.clone(), fanout: fanout.clone(), metrics: metrics.clone() },
             worker_config(&args),
         ));
         tokio::spawn(sluice_worker::watch_queue(queue.clone(), metrics.clone(), Duration::from_secs(1), shutdown.clone()));
@@ -318,6 +321,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 queue,
                 hub,
                 events: events.clone(),
+                fanout,
                 metrics,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token),
                 limits: limits(&args),
