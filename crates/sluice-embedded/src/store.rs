@@ -139,11 +139,39 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
     Persist(Vec<NewMessage>, Reply<Vec<Result<Persisted, StoreError>>>),
-    CreateRoom { room: String, members: Vec<String>, now_ms: i64, reply: Reply<Room> },
-    AddMembers { room: String, members: Vec<String>, now_ms: i64, reply: Reply<Room> },
-    MarkRead { user: String, room: String, seq: u64, now_ms: i64, reply: Reply<ReadOutcome> },
-    RecordEnqueued { campaign_id: String, requested: u64, recipients: Vec<String>, reply: Reply<Campaign> },
-    RecordDeadLetter { campaign_id: String, msg_id: String, reply: Reply<()> },
+    CreateRoom {
+        room: String,
+        members: Vec<String>,
+        now_ms: i64,
+        reply: Reply<Room>,
+    },
+    AddMembers {
+        room: String,
+        members: Vec<String>,
+        now_ms: i64,
+        reply: Reply<Room>,
+    },
+    MarkRead {
+        user: String,
+        room: String,
+        seq: u64,
+        now_ms: i64,
+        reply: Reply<ReadOutcome>,
+    },
+    RecordEnqueued {
+        campaign_id: String,
+        requested: u64,
+        recipients: Vec<String>,
+        reply: Reply<Campaign>,
+    },
+    RecordDeadLetter {
+        campaign_id: String,
+        msg_id: String,
+        reply: Reply<()>,
+    },
+    /// Makes the writer thread panic, to test what a dead writer looks like.
+    #[cfg(test)]
+    Crash,
 }
 
 impl Op {
@@ -196,6 +224,15 @@ struct Inner {
     db: Arc<Database>,
     writer: Option<mpsc::UnboundedSender<Op>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    health: Arc<WriterHealth>,
+}
+
+/// What the writer thread reports about itself, for `/readyz` and tests.
+#[derive(Default)]
+struct WriterHealth {
+    commits: std::sync::atomic::AtomicU64,
+    /// The last commit failed (an I/O error): the store cannot take writes until one succeeds.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -219,11 +256,30 @@ impl EmbeddedStore {
         txn.commit().map_err(store_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let db2 = db.clone();
+        let health = Arc::new(WriterHealth::default());
+        let h2 = health.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-store-writer".into())
-            .spawn(move || writer_loop(&db2, rx))
+            .spawn(move || writer_loop(&db2, rx, &h2))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(EmbeddedStore { inner: Arc::new(Inner { db, writer: Some(tx), thread: Some(thread) }) })
+        Ok(EmbeddedStore { inner: Arc::new(Inner { db, writer: Some(tx), thread: Some(thread), health }) })
+    }
+
+    /// Write transactions committed since the store opened.
+    pub fn commits(&self) -> u64 {
+        self.inner.health.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the writer thread is alive and its last commit succeeded.
+    fn writer_ok(&self) -> Result<(), StoreError> {
+        let stopped = self.inner.thread.as_ref().is_none_or(|t| t.is_finished());
+        if stopped {
+            return Err(StoreError::Unavailable("the store's writer thread stopped".into()));
+        }
+        if self.inner.health.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("the store's last commit failed".into()));
+        }
+        Ok(())
     }
 
     /// Queues an operation for the writer; its result comes on the returned receiver.
@@ -252,7 +308,7 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth) {
     let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
     let mut last_interactive: Option<std::time::Instant> = None;
     loop {
@@ -299,6 +355,10 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
             Ok(())
         })();
         let err = result.err().map(|e| StoreError::Unavailable(format!("commit failed: {e}")));
+        health.failing.store(err.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if err.is_none() {
+            health.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(e) = &err {
             tracing::error!(error = %e, "store commit failed");
             // Operations not reached before the failure never ran; tell their callers too.
@@ -359,6 +419,8 @@ fn fail(op: Op, e: StoreError) {
         Op::MarkRead { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordDeadLetter { reply, .. } => drop(reply.send(Err(e))),
+        #[cfg(test)]
+        Op::Crash => {}
     }
 }
 
@@ -431,6 +493,8 @@ impl<'t> Writer<'t> {
                 }
                 done(reply, Ok(()))
             }
+            #[cfg(test)]
+            Op::Crash => panic!("injected writer crash"),
         })
     }
 
@@ -678,6 +742,28 @@ impl MessageStore for EmbeddedStore {
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
         let (user, room) = (user.to_string(), room.to_string());
+        // A read that moves nothing (a client re-reading what it read) is answered from a
+        // snapshot: it never waits behind the writer nor costs a commit with fsync.
+        let (u, r) = (user.clone(), room.clone());
+        let unchanged = self
+            .read(move |txn| {
+                let Some(rec) = txn.open_table(ROOMS)?.get(r.as_str())?.map(|v| decode::<RoomRec>(v.value())).transpose()? else {
+                    return Ok(None);
+                };
+                let Some(row) = txn.open_table(INBOX)?.get((u.as_str(), r.as_str()))?.map(|v| decode::<InboxRec>(v.value())).transpose()?
+                else {
+                    return Ok(None);
+                };
+                if seq.min(rec.last_seq) > row.read_seq {
+                    return Ok(None);
+                }
+                let total = txn.open_table(TOTALS)?.get(u.as_str())?.map(|v| v.value()).unwrap_or(0);
+                Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false }))
+            })
+            .await?;
+        if let Some(outcome) = unchanged {
+            return Ok(outcome);
+        }
         self.submit(|reply| Op::MarkRead { user, room, seq, now_ms, reply }).await
     }
 
@@ -758,11 +844,59 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.writer_ok()?;
         self.read(|txn| {
             txn.open_table(ROOMS)?;
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_writer_makes_the_store_unready() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        store.ping().await.unwrap();
+        store.inner.writer.as_ref().unwrap().send(Op::Crash).unwrap();
+        while !store.inner.thread.as_ref().unwrap().is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))), "/readyz must go red");
+        let err = store.create_room("r", &["a".into()], 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_moves_nothing_costs_no_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        store.create_room("r", &["a".into(), "b".into()], 1).await.unwrap();
+        let mut m = NewMessage {
+            msg_id: "m1".into(),
+            room: "r".into(),
+            sender: "a".into(),
+            body: "hi".into(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms: 1,
+            create_members: vec![],
+        };
+        store.persist(vec![m.clone()]).await.unwrap();
+        m.msg_id = "m2".into();
+        store.persist(vec![m]).await.unwrap();
+        let moved = store.mark_read("b", "r", 1, 2).await.unwrap();
+        assert_eq!((moved.read_seq, moved.unread, moved.total_unread, moved.changed), (1, 1, 1, true));
+        let commits = store.commits();
+        let again = store.mark_read("b", "r", 1, 3).await.unwrap();
+        assert_eq!((again.read_seq, again.unread, again.total_unread, again.changed), (1, 1, 1, false));
+        assert_eq!(store.commits(), commits, "no commit for a read that moves nothing");
+        assert!(matches!(store.mark_read("c", "r", 1, 3).await, Err(StoreError::NotMember { .. })));
+        assert!(matches!(store.mark_read("b", "nowhere", 1, 3).await, Err(StoreError::UnknownRoom(_))));
     }
 }
 

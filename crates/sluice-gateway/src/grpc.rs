@@ -46,10 +46,6 @@ pub struct Grpc {
     app: Arc<App>,
 }
 
-fn opt(n: u64) -> Option<u64> {
-    (n != 0).then_some(n)
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -69,11 +65,17 @@ impl ChatService for Grpc {
     async fn send_message(&self, req: Request<v1::SendMessageRequest>) -> Result<Response<v1::SendMessageResponse>, Status> {
         let r = req.into_inner();
         sluice_core::ids::validate_user(&r.sender).map_err(|e| Status::invalid_argument(format!("bad_frame: sender: {e}")))?;
+        // The caller's id is what makes a retry safe: a generated one would turn every retry of
+        // a timed-out call into a second message.
+        if r.client_msg_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "bad_frame: client_msg_id is required (a retry with the same id returns the same message)",
+            ));
+        }
         if r.client_msg_id.len() > sluice_core::frames::MAX_CLIENT_MSG_ID_LEN {
             return Err(Status::invalid_argument("bad_frame: client_msg_id too long"));
         }
-        let client_msg_id = if r.client_msg_id.is_empty() { sluice_core::ids::random_id() } else { r.client_msg_id };
-        let p = self.app.send(&r.sender, &r.room, &client_msg_id, &r.body, None).await?;
+        let p = self.app.send(&r.sender, &r.room, &r.client_msg_id, &r.body, None).await?;
         Ok(Response::new(v1::SendMessageResponse { room: p.message.room.clone(), seq: p.message.seq, msg_id: p.message.msg_id.clone() }))
     }
 
@@ -97,7 +99,7 @@ impl ChatService for Grpc {
 
     async fn get_history(&self, req: Request<v1::GetHistoryRequest>) -> Result<Response<v1::GetHistoryResponse>, Status> {
         let r = req.into_inner();
-        let msgs = self.app.history(None, &r.room, opt(r.before), opt(r.after), Some(r.limit as u64)).await?;
+        let msgs = self.app.history(None, &r.room, r.before, r.after, Some(r.limit as u64)).await?;
         Ok(Response::new(v1::GetHistoryResponse { messages: msgs.iter().map(convert::message).collect() }))
     }
 

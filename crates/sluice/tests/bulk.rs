@@ -55,7 +55,7 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     assert_eq!((c.requested, c.enqueued, c.persisted), (N as u64 + 100, N as u64, N as u64));
     check_recipients(&g, "shop-42", &recipients[..100], 1).await;
     let h = g
-        .get_history(v1::GetHistoryRequest { room: "dm:shop-42:user00000".into(), before: 0, after: 0, limit: 0 })
+        .get_history(v1::GetHistoryRequest { room: "dm:shop-42:user00000".into(), before: None, after: None, limit: 0 })
         .await
         .unwrap()
         .into_inner();

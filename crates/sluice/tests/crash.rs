@@ -56,7 +56,7 @@ async fn sigkill_during_a_bulk_drain_loses_nothing() {
     let done = wait_done(&mut g, "flash", Duration::from_secs(300)).await;
     assert_eq!((done.enqueued, done.persisted, done.dead_lettered), (N as u64, N as u64, 0));
     check_recipients(&g, "brand", &recipients, 1).await;
-    let ops = g.get_history(v1::GetHistoryRequest { room: "ops".into(), before: 0, after: 0, limit: 0 }).await.unwrap().into_inner();
+    let ops = g.get_history(v1::GetHistoryRequest { room: "ops".into(), before: None, after: None, limit: 0 }).await.unwrap().into_inner();
     assert_eq!(ops.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "acked interactive messages survive");
     let mut bob = s.ws("bob").await;
     bob.send(json!({"type": "inbox"})).await;

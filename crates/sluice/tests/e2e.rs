@@ -93,7 +93,8 @@ async fn two_users_chat_and_strangers_are_refused() {
     assert_eq!(seqs, vec![1, 2]);
 
     let mut g = s.grpc().await;
-    let hist = g.get_history(v1::GetHistoryRequest { room: "general".into(), before: 0, after: 0, limit: 0 }).await.unwrap().into_inner();
+    let hist =
+        g.get_history(v1::GetHistoryRequest { room: "general".into(), before: None, after: None, limit: 0 }).await.unwrap().into_inner();
     assert_eq!(hist.messages.iter().map(|m| (m.seq, m.sender.as_str())).collect::<Vec<_>>(), vec![(1, "alice"), (2, "bob")]);
     let sent = g
         .send_message(v1::SendMessageRequest {
@@ -107,6 +108,17 @@ async fn two_users_chat_and_strangers_are_refused() {
         .into_inner();
     assert_eq!(sent.seq, 3);
     assert_eq!(alice.recv_type("message").await["body"], "from a service");
+    // after = 0 pages a room from its start (it used to be read as "unset": the newest page).
+    let page = |after: Option<u64>| v1::GetHistoryRequest { room: "general".into(), before: None, after, limit: 2 };
+    let first = g.get_history(page(Some(0))).await.unwrap().into_inner();
+    assert_eq!(first.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let newest = g.get_history(page(None)).await.unwrap().into_inner();
+    assert_eq!(newest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+    // Without the caller's id a retry would be a second message: refused, nothing persisted.
+    let no_id =
+        v1::SendMessageRequest { room: "general".into(), sender: "bob".into(), body: "again?".into(), client_msg_id: String::new() };
+    assert_eq!(g.send_message(no_id).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(g.get_history(page(None)).await.unwrap().into_inner().messages.last().unwrap().seq, 3);
     let read = g.mark_read(v1::MarkReadRequest { user: "alice".into(), room: "general".into(), seq: 3 }).await.unwrap().into_inner();
     assert_eq!((read.unread, read.total_unread), (0, 0), "alice sent the direct message herself");
     let inbox = g.get_inbox(v1::GetInboxRequest { user: "bob".into() }).await.unwrap().into_inner();
