@@ -16,4 +16,4 @@ mod codec;
 pub use events::FileEvents;
 pub use hub::LocalHub;
 pub use queue::{EmbeddedQueue, QueueConfig};
-pub use store::EmbeddedStore;
+pub use store::{EmbeddedStore, StoreConfig};

@@ -172,6 +172,9 @@ enum Op {
     /// Makes the writer thread panic, to test what a dead writer looks like.
     #[cfg(test)]
     Crash,
+    /// Holds the writer thread until a value (or hang-up) arrives.
+    #[cfg(test)]
+    Block(std::sync::mpsc::Receiver<()>),
 }
 
 impl Op {
@@ -210,6 +213,14 @@ impl<T: Send> Finish for Done<T> {
     }
 }
 
+#[cfg(test)]
+struct Nothing;
+
+#[cfg(test)]
+impl Finish for Nothing {
+    fn finish(self: Box<Self>, _commit_error: Option<StoreError>) {}
+}
+
 fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T, StoreError>) -> Box<dyn Finish> {
     Box::new(Done(reply, r))
 }
@@ -225,7 +236,30 @@ struct Inner {
     writer: Option<mpsc::UnboundedSender<Op>>,
     thread: Option<std::thread::JoinHandle<()>>,
     health: Arc<WriterHealth>,
+    /// Admission to the writer, per lane (interactive, bulk): the weight (messages,
+    /// recipients) queued for the writer and not yet answered. A caller beyond it waits.
+    pending: [Arc<tokio::sync::Semaphore>; 2],
+    max_pending: usize,
+    /// Operations handed to the writer since the store opened.
+    sent_ops: std::sync::atomic::AtomicU64,
 }
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreConfig {
+    /// Most weight (messages, recipients, other operations) waiting for the writer per lane;
+    /// beyond it callers wait for room (backpressure) instead of growing memory.
+    pub max_pending: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { max_pending: DEFAULT_MAX_PENDING }
+    }
+}
+
+/// Default of [`StoreConfig::max_pending`]: a few full commits' worth per lane.
+pub const DEFAULT_MAX_PENDING: usize = 4 * MAX_GROUP;
 
 /// What the writer thread reports about itself, for `/readyz` and tests.
 #[derive(Default)]
@@ -247,6 +281,11 @@ impl Drop for Inner {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path` and creates its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreConfig::default())
+    }
+
+    /// [`EmbeddedStore::open`] with explicit settings.
+    pub fn open_with(path: &Path, config: StoreConfig) -> Result<Self, StoreError> {
         let db = Arc::new(Database::create(path).map_err(store_err)?);
         let txn = db.begin_write().map_err(store_err)?;
         {
@@ -262,7 +301,26 @@ impl EmbeddedStore {
             .name("sluice-store-writer".into())
             .spawn(move || writer_loop(&db2, rx, &h2))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(EmbeddedStore { inner: Arc::new(Inner { db, writer: Some(tx), thread: Some(thread), health }) })
+        let max_pending = config.max_pending.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let pending = [0, 1].map(|_| Arc::new(tokio::sync::Semaphore::new(max_pending)));
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                writer: Some(tx),
+                thread: Some(thread),
+                health,
+                pending,
+                max_pending,
+                sent_ops: Default::default(),
+            }),
+        })
+    }
+
+    /// Waits until the writer may take `weight` more in `bulk`'s lane; the permit is held
+    /// until the answer comes back.
+    async fn admit(&self, bulk: bool, weight: usize) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let weight = weight.clamp(1, self.inner.max_pending) as u32;
+        self.inner.pending[usize::from(bulk)].clone().acquire_many_owned(weight).await.map_err(|_| writer_stopped())
     }
 
     /// Write transactions committed since the store opened.
@@ -285,13 +343,23 @@ impl EmbeddedStore {
     /// Queues an operation for the writer; its result comes on the returned receiver.
     fn send_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-        writer.send(make(tx)).map_err(|_| writer_stopped())?;
+        self.hand_over(make(tx))?;
         Ok(rx)
     }
 
+    fn hand_over(&self, op: Op) -> Result<(), StoreError> {
+        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+        writer.send(op).map_err(|_| writer_stopped())?;
+        self.inner.sent_ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
-        self.send_op(make)?.await.map_err(|_| writer_stopped())?
+        let (tx, rx) = oneshot::channel();
+        let op = make(tx);
+        let _permit = self.admit(op.is_bulk(), op.weight()).await?;
+        self.hand_over(op)?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     async fn read<T: Send + 'static>(
@@ -420,7 +488,7 @@ fn fail(op: Op, e: StoreError) {
         Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordDeadLetter { reply, .. } => drop(reply.send(Err(e))),
         #[cfg(test)]
-        Op::Crash => {}
+        Op::Crash | Op::Block(_) => {}
     }
 }
 
@@ -495,6 +563,11 @@ impl<'t> Writer<'t> {
             }
             #[cfg(test)]
             Op::Crash => panic!("injected writer crash"),
+            #[cfg(test)]
+            Op::Block(rx) => {
+                let _ = rx.recv();
+                Box::new(Nothing)
+            }
         })
     }
 
@@ -724,6 +797,7 @@ impl MessageStore for EmbeddedStore {
         // A large bulk batch goes in room-whole chunks, queued together in the bulk lane (so
         // in order), so that a commit that interactive operations wait behind stays short.
         let n = batch.len();
+        let _permit = self.admit(true, n).await?;
         let mut replies = Vec::new();
         for (positions, chunk) in bulk_chunks(batch) {
             replies.push((positions, self.send_op(|reply| Op::Persist(chunk, reply))?));
@@ -869,6 +943,33 @@ mod writer_tests {
         assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))), "/readyz must go red");
         let err = store.create_room("r", &["a".into()], 1).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_wait_when_the_writer_has_its_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(&dir.path().join("s.redb"), StoreConfig { max_pending: 3 }).unwrap();
+        let (unblock, blocked) = std::sync::mpsc::channel();
+        store.inner.writer.as_ref().unwrap().send(Op::Block(blocked)).unwrap();
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.create_room(&format!("r{i}"), &["a".into()], 1).await })
+            })
+            .collect();
+        let interactive = &store.inner.pending[0];
+        while interactive.available_permits() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(store.inner.pending[0].available_permits(), 0);
+        assert_eq!(calls.iter().filter(|c| c.is_finished()).count(), 0, "nothing answered while the writer is stuck");
+        assert_eq!(store.inner.sent_ops.load(std::sync::atomic::Ordering::SeqCst), 3, "two callers wait outside the writer's queue");
+        unblock.send(()).unwrap();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(store.inner.pending[0].available_permits(), 3, "every permit comes back");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
