@@ -43,6 +43,8 @@ const BULK_CHUNK: usize = 32;
 /// How long after the last interactive operation the bulk lane stays limited to
 /// [`BULK_SLICE`] per commit.
 const INTERACTIVE_RECENT: std::time::Duration = std::time::Duration::from_millis(200);
+/// Plans of one mark-read tried before it gives up to concurrent reads of the same row.
+const READ_ATTEMPTS: usize = 8;
 /// Characters of a message body kept in the inbox row as its preview.
 const PREVIEW_CHARS: usize = 100;
 
@@ -151,12 +153,16 @@ enum Op {
         now_ms: i64,
         reply: Reply<Room>,
     },
+    /// Moves a read position from `from` to `to`, the unread count dropping by `became_read`
+    /// (counted on a snapshot); answers `None` when the read position is no longer `from`.
     MarkRead {
         user: String,
         room: String,
-        seq: u64,
+        from: u64,
+        to: u64,
+        became_read: u64,
         now_ms: i64,
-        reply: Reply<ReadOutcome>,
+        reply: Reply<Option<ReadOutcome>>,
     },
     RecordEnqueued {
         campaign_id: String,
@@ -537,8 +543,8 @@ impl<'t> Writer<'t> {
                 let r = self.add_members(&room, &members, now_ms)?;
                 done(reply, r)
             }
-            Op::MarkRead { user, room, seq, now_ms, reply } => {
-                let r = self.mark_read(&user, &room, seq, now_ms)?;
+            Op::MarkRead { user, room, from, to, became_read, now_ms, reply } => {
+                let r = self.mark_read(&user, &room, from, to, became_read, now_ms)?;
                 done(reply, r)
             }
             Op::RecordEnqueued { campaign_id, requested, recipients, reply } => {
@@ -707,49 +713,105 @@ impl<'t> Writer<'t> {
         Ok(Ok(Persisted { message: Arc::new(stored(room, seq, msg)), duplicate: false, members: Arc::new(members), unread }))
     }
 
-    /// Counts messages of `room` with seq in `range` not sent by `user`.
-    fn count_not_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<u64, redb::Error> {
-        let mut n = 0;
-        if from > to {
-            return Ok(0);
-        }
-        for entry in self.messages.range((room, from)..=(room, to))? {
-            let (_, v) = entry?;
-            if decode::<MsgRec>(v.value())?.sender != user {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    fn mark_read(&mut self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<Result<ReadOutcome, StoreError>, redb::Error> {
-        let Some(rec) = self.room_rec(room)? else {
-            return Ok(Err(StoreError::UnknownRoom(room.to_string())));
-        };
+    /// Applies a read counted on a snapshot. Messages committed since the snapshot all have
+    /// seqs above the room's last seq then (so above `to`) and stay unread; so while the read
+    /// position is still `from`, unread drops by exactly `became_read`. O(1) on the writer.
+    fn mark_read(
+        &mut self,
+        user: &str,
+        room: &str,
+        from: u64,
+        to: u64,
+        became_read: u64,
+        now_ms: i64,
+    ) -> Result<Result<Option<ReadOutcome>, StoreError>, redb::Error> {
         let row = self.inbox.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()?;
         let Some(mut row) = row else {
             return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
         };
         let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
-        let target = seq.min(rec.last_seq);
-        if target <= row.read_seq {
-            return Ok(Ok(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false }));
+        if row.read_seq >= to {
+            return Ok(Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false })));
         }
-        // Scan whichever range is shorter: what became read, or what stays unread.
-        let new_unread = if target - row.read_seq <= rec.last_seq - target {
-            row.unread.saturating_sub(self.count_not_by(room, user, row.read_seq + 1, target)?)
-        } else {
-            self.count_not_by(room, user, target + 1, rec.last_seq)?
-        };
+        if row.read_seq != from {
+            return Ok(Ok(None));
+        }
+        let new_unread = row.unread - became_read.min(row.unread);
         let total = total - (row.unread - new_unread).min(total);
         row.unread = new_unread;
-        row.read_seq = target;
+        row.read_seq = to;
         row.version += 1;
         row.updated_at_ms = now_ms;
         self.inbox.insert((user, room), encode(&row).as_slice())?;
         self.totals.insert(user, total)?;
-        Ok(Ok(ReadOutcome { read_seq: target, unread: new_unread, total_unread: total, changed: true }))
+        Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true })))
     }
+}
+
+/// The head of a message record: what counting needs, without copying the body.
+#[derive(Deserialize)]
+struct MsgHead<'a> {
+    #[allow(dead_code)]
+    msg_id: &'a str,
+    sender: &'a str,
+}
+
+/// Counts messages of `room` with seq in `from..=to` not sent by `user`.
+fn count_not_by(
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    user: &str,
+    from: u64,
+    to: u64,
+) -> Result<u64, redb::Error> {
+    let mut n = 0;
+    if from > to {
+        return Ok(0);
+    }
+    for entry in messages.range((room, from)..=(room, to))? {
+        let (_, v) = entry?;
+        let (head, _) = postcard::take_from_bytes::<MsgHead<'_>>(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("undecodable message record: {e}")))?;
+        if head.sender != user {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Where a read would move a user's position, from one snapshot.
+enum ReadPlan {
+    Unchanged(ReadOutcome),
+    Move { from: u64, to: u64, became_read: u64 },
+}
+
+/// Plans a read on a snapshot: the counting (a range scan of the room's messages) happens
+/// here, on a reader thread, never on the writer that every write waits for.
+fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> Result<Result<ReadPlan, StoreError>, redb::Error> {
+    let Some(rec) = txn.open_table(ROOMS)?.get(room)?.map(|v| decode::<RoomRec>(v.value())).transpose()? else {
+        return Ok(Err(StoreError::UnknownRoom(room.to_string())));
+    };
+    let Some(row) = txn.open_table(INBOX)?.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? else {
+        return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
+    };
+    let target = seq.min(rec.last_seq);
+    if target <= row.read_seq {
+        let total = txn.open_table(TOTALS)?.get(user)?.map(|v| v.value()).unwrap_or(0);
+        return Ok(Ok(ReadPlan::Unchanged(ReadOutcome {
+            read_seq: row.read_seq,
+            unread: row.unread,
+            total_unread: total,
+            changed: false,
+        })));
+    }
+    let messages = txn.open_table(MESSAGES)?;
+    // Scan whichever range is shorter: what becomes read, or what stays unread.
+    let became_read = if target - row.read_seq <= rec.last_seq - target {
+        count_not_by(&messages, room, user, row.read_seq + 1, target)?
+    } else {
+        row.unread.saturating_sub(count_not_by(&messages, room, user, target + 1, rec.last_seq)?)
+    };
+    Ok(Ok(ReadPlan::Move { from: row.read_seq, to: target, became_read }))
 }
 
 #[async_trait]
@@ -815,30 +877,21 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
-        let (user, room) = (user.to_string(), room.to_string());
-        // A read that moves nothing (a client re-reading what it read) is answered from a
-        // snapshot: it never waits behind the writer nor costs a commit with fsync.
-        let (u, r) = (user.clone(), room.clone());
-        let unchanged = self
-            .read(move |txn| {
-                let Some(rec) = txn.open_table(ROOMS)?.get(r.as_str())?.map(|v| decode::<RoomRec>(v.value())).transpose()? else {
-                    return Ok(None);
-                };
-                let Some(row) = txn.open_table(INBOX)?.get((u.as_str(), r.as_str()))?.map(|v| decode::<InboxRec>(v.value())).transpose()?
-                else {
-                    return Ok(None);
-                };
-                if seq.min(rec.last_seq) > row.read_seq {
-                    return Ok(None);
-                }
-                let total = txn.open_table(TOTALS)?.get(u.as_str())?.map(|v| v.value()).unwrap_or(0);
-                Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false }))
-            })
-            .await?;
-        if let Some(outcome) = unchanged {
-            return Ok(outcome);
+        // Planned on a snapshot (a read that moves nothing never reaches the writer nor costs
+        // a commit), applied by the writer if nobody moved the position meanwhile.
+        for _ in 0..READ_ATTEMPTS {
+            let (u, r) = (user.to_string(), room.to_string());
+            let plan = self.read(move |txn| plan_read(txn, &u, &r, seq)).await??;
+            let (from, to, became_read) = match plan {
+                ReadPlan::Unchanged(outcome) => return Ok(outcome),
+                ReadPlan::Move { from, to, became_read } => (from, to, became_read),
+            };
+            let (user, room) = (user.to_string(), room.to_string());
+            if let Some(outcome) = self.submit(|reply| Op::MarkRead { user, room, from, to, became_read, now_ms, reply }).await? {
+                return Ok(outcome);
+            }
         }
-        self.submit(|reply| Op::MarkRead { user, room, seq, now_ms, reply }).await
+        Err(StoreError::Conflict(format!("the read position of {user} in {room} kept moving")))
     }
 
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {

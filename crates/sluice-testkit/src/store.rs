@@ -15,7 +15,8 @@ macro_rules! store_conformance {
         $crate::__store_tests!($make;
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
-            history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters);
+            history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
+            reads_racing_sends_keep_counters_exact);
     };
 }
 
@@ -183,6 +184,46 @@ pub async fn unread_counters_are_exact(store: Arc<dyn MessageStore>) {
     assert_eq!(inbox.total_unread, inbox.rooms.iter().map(|r| r.unread).sum::<u64>());
     assert!(matches!(store.mark_read("stranger", &r1, 1, 14).await, Err(StoreError::NotMember { .. })));
     assert!(matches!(store.mark_read(&a, "no-such-room-y", 1, 14).await, Err(StoreError::UnknownRoom(_))));
+}
+
+/// Invariant 3 under races: reads of every member (the same user from two devices too) run
+/// while all members send; afterwards every counter equals a recount from history.
+pub async fn reads_racing_sends_keep_counters_exact(store: Arc<dyn MessageStore>) {
+    let room = unique_room("racing");
+    let members: Vec<String> = (0..3).map(|i| format!("racer{i}-{}", ids::random_id())).collect();
+    store.create_room(&room, &members, 1).await.unwrap();
+    let mut tasks = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let (store, room, m) = (store.clone(), room.clone(), m.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in 0..12 {
+                persist_ok(store.as_ref(), chat(&room, &m, &format!("{k}"))).await;
+                // Two devices of the same user read to different points at once.
+                let (s1, s2) = (store.clone(), store.clone());
+                let (r1, r2, m1, m2) = (room.clone(), room.clone(), m.clone(), m.clone());
+                let a = tokio::spawn(async move { s1.mark_read(&m1, &r1, (k * 3 + i as u64) % 20, 5).await });
+                let b = tokio::spawn(async move { s2.mark_read(&m2, &r2, k * 3, 5).await });
+                for r in [a.await.unwrap(), b.await.unwrap()] {
+                    match r {
+                        Ok(_) | Err(StoreError::Conflict(_)) => {}
+                        Err(e) => panic!("mark_read failed: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hist = store.history(&room, HistoryQuery { before: None, after: Some(0), limit: 500 }).await.unwrap();
+    assert_eq!(hist.len(), 36);
+    for m in &members {
+        let inbox = store.inbox(m).await.unwrap();
+        let row = inbox.rooms.iter().find(|r| r.room == room).unwrap();
+        let recount = hist.iter().filter(|h| h.seq > row.read_seq && &h.sender != m).count() as u64;
+        assert_eq!(row.unread, recount, "{m}: unread after read_seq {}", row.read_seq);
+        assert_eq!(inbox.total_unread, row.unread, "{m}: one room, total = its unread");
+    }
 }
 
 /// Invariant 7: a bad message in a batch fails alone; the others commit.
