@@ -9,12 +9,32 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    Send { room: String, client_msg_id: String, body: String },
-    Read { room: String, seq: u64 },
-    History { room: String, before: Option<u64>, after: Option<u64>, limit: Option<u64> },
-    Inbox,
-    Resume { rooms: BTreeMap<String, u64> },
-    Typing { room: String },
+    Send {
+        room: String,
+        client_msg_id: String,
+        body: String,
+    },
+    Read {
+        room: String,
+        seq: u64,
+    },
+    History {
+        room: String,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u64>,
+    },
+    /// A page of the inbox: rooms after `after` (a room id), at most `limit`.
+    Inbox {
+        after: Option<String>,
+        limit: Option<u64>,
+    },
+    Resume {
+        rooms: BTreeMap<String, u64>,
+    },
+    Typing {
+        room: String,
+    },
 }
 
 impl ClientFrame {
@@ -24,7 +44,7 @@ impl ClientFrame {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Read { .. } => "read",
             ClientFrame::History { .. } => "history",
-            ClientFrame::Inbox => "inbox",
+            ClientFrame::Inbox { .. } => "inbox",
             ClientFrame::Resume { .. } => "resume",
             ClientFrame::Typing { .. } => "typing",
         }
@@ -126,6 +146,9 @@ pub enum ServerFrame {
     Inbox {
         rooms: Vec<InboxRoomOut>,
         total_unread: u64,
+        /// Present when more rooms follow: ask again with `"after": next`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     Typing {
         room: String,
@@ -163,6 +186,7 @@ impl ServerFrame {
                 .map(|r| InboxRoomOut { room: r.room.clone(), unread: r.unread, read_seq: r.read_seq, last_seq: r.last_seq })
                 .collect(),
             total_unread: inbox.total_unread,
+            next: inbox.next.clone(),
         }
     }
 }
@@ -183,7 +207,11 @@ mod tests {
             parse_client_frame(r#"{"type":"history","room":"r","after":2,"limit":10}"#).unwrap(),
             ClientFrame::History { room: "r".into(), before: None, after: Some(2), limit: Some(10) }
         );
-        assert_eq!(parse_client_frame(r#"{"type":"inbox"}"#).unwrap(), ClientFrame::Inbox);
+        assert_eq!(parse_client_frame(r#"{"type":"inbox"}"#).unwrap(), ClientFrame::Inbox { after: None, limit: None });
+        assert_eq!(
+            parse_client_frame(r#"{"type":"inbox","after":"dm:a:b","limit":2}"#).unwrap(),
+            ClientFrame::Inbox { after: Some("dm:a:b".into()), limit: Some(2) }
+        );
         assert_eq!(
             parse_client_frame(r#"{"type":"resume","rooms":{"a":1,"b":0}}"#).unwrap(),
             ClientFrame::Resume { rooms: [("a".to_string(), 1), ("b".to_string(), 0)].into() }

@@ -3,7 +3,7 @@
 //! scaling. `sluice serve --store-latency-ms MIN-MAX` turns it on; it is never on by default.
 
 use crate::error::StoreError;
-use crate::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use crate::store::{Membership, MessageStore};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -96,9 +96,9 @@ impl MessageStore for LatencyStore {
         self.wait().await;
         self.inner.history(room, query).await
     }
-    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+    async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
         self.wait().await;
-        self.inner.inbox(user).await
+        self.inner.inbox_page(user, page).await
     }
     async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
         self.wait().await;

@@ -114,12 +114,29 @@ pub struct InboxRoom {
     pub last_seq: u64,
 }
 
-/// A user's rooms with their unread counts and the total.
+/// A user's rooms with their unread counts (one page, ascending by room id) and the total
+/// over all their rooms.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inbox {
     pub rooms: Vec<InboxRoom>,
     pub total_unread: u64,
+    /// When more rooms follow: the cursor of the next page (the last room of this one).
+    pub next: Option<String>,
 }
+
+/// Which page of an inbox to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxPage {
+    /// Only rooms whose id sorts after this one.
+    pub after: Option<String>,
+    /// At most this many rooms.
+    pub limit: usize,
+}
+
+/// Default and maximum number of rooms in one inbox page (a campaign sender has one direct
+/// room per recipient: millions).
+pub const DEFAULT_INBOX_LIMIT: usize = 200;
+pub const MAX_INBOX_LIMIT: usize = 1_000;
 
 /// Which part of a room's history to read. Messages come back in ascending seq order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

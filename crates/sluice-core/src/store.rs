@@ -2,7 +2,7 @@
 //! unread counters, per-user totals and campaign progress.
 
 use crate::error::StoreError;
-use crate::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, MAX_INBOX_LIMIT, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use async_trait::async_trait;
 
 /// Where a user stands in a room.
@@ -55,9 +55,22 @@ pub trait MessageStore: Send + Sync + 'static {
     /// A page of a room's history, ascending by seq. Reads what committed before the call.
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// The user's rooms with unread, read_seq and last_seq, and their total, from one
-    /// consistent snapshot.
-    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError>;
+    /// One page of the user's rooms with unread, read_seq and last_seq (ascending by room
+    /// id, after `page.after`, at most `page.limit`), `next` set when more follow, and the
+    /// total over all their rooms, from one consistent snapshot.
+    async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError>;
+
+    /// Every page of the user's inbox (tests and tools; clients page).
+    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+        let mut all = self.inbox_page(user, InboxPage { after: None, limit: MAX_INBOX_LIMIT }).await?;
+        while let Some(after) = all.next.take() {
+            let page = self.inbox_page(user, InboxPage { after: Some(after), limit: MAX_INBOX_LIMIT }).await?;
+            all.rooms.extend(page.rooms);
+            all.total_unread = page.total_unread;
+            all.next = page.next;
+        }
+        Ok(all)
+    }
 
     /// Records the messages a campaign call accepts: `requested` grows by `requested`,
     /// `enqueued` by the recipients not recorded before. Call before the messages are

@@ -26,7 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::StoreError;
 use sluice_core::model::{
-    Campaign, HistoryQuery, Inbox, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
+    Campaign, HistoryQuery, Inbox, InboxPage, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
 };
 use sluice_core::store::{Membership, MessageStore};
 use std::path::Path;
@@ -925,16 +925,24 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
-    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
+    async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
         let user = user.to_string();
         self.read(move |txn| {
             let inbox = txn.open_table(INBOX)?;
             let rooms = txn.open_table(ROOMS)?;
             let mut out = Inbox::default();
-            for entry in inbox.range((user.as_str(), "")..)? {
+            let start = page.after.as_deref().unwrap_or("");
+            for entry in inbox.range((user.as_str(), start)..)? {
                 let (k, v) = entry?;
                 let (u, room) = k.value();
                 if u != user {
+                    break;
+                }
+                if page.after.as_deref() == Some(room) {
+                    continue;
+                }
+                if out.rooms.len() == page.limit {
+                    out.next = out.rooms.last().map(|r| r.room.clone());
                     break;
                 }
                 let row: InboxRec = decode(v.value())?;

@@ -7,8 +7,8 @@ use sluice_core::error::ErrorCode;
 use sluice_core::hub::{ConnId, LiveEvent};
 use sluice_core::ids;
 use sluice_core::model::{
-    Campaign, DEFAULT_HISTORY_LIMIT, HistoryQuery, Inbox, MAX_HISTORY_LIMIT, MessageKind, NewMessage, Persisted, ReadOutcome, Room,
-    StoredMessage,
+    Campaign, DEFAULT_HISTORY_LIMIT, DEFAULT_INBOX_LIMIT, HistoryQuery, Inbox, InboxPage, MAX_HISTORY_LIMIT, MAX_INBOX_LIMIT, MessageKind,
+    NewMessage, Persisted, ReadOutcome, Room, StoredMessage,
 };
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
@@ -116,9 +116,18 @@ impl App {
         Ok(self.store.history(room, HistoryQuery { before, after, limit }).await?)
     }
 
-    pub async fn inbox(&self, user: &str) -> Result<Inbox, AppError> {
+    /// A page of `user`'s inbox: rooms after `after`, at most `limit` (default
+    /// [`DEFAULT_INBOX_LIMIT`], at most [`MAX_INBOX_LIMIT`]), with the total over all rooms.
+    pub async fn inbox(&self, user: &str, after: Option<String>, limit: Option<u64>) -> Result<Inbox, AppError> {
         ids::validate_user(user).map_err(AppError::bad)?;
-        Ok(self.store.inbox(user).await?)
+        if let Some(a) = &after {
+            ids::validate_room(a).map_err(|e| AppError::bad(format!("after: {e}")))?;
+        }
+        let limit = match limit {
+            None | Some(0) => DEFAULT_INBOX_LIMIT,
+            Some(n) => (n as usize).min(MAX_INBOX_LIMIT),
+        };
+        Ok(self.store.inbox_page(user, InboxPage { after, limit }).await?)
     }
 
     /// Tells the other online members of `room` that `user` is typing.

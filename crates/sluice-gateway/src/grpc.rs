@@ -104,7 +104,9 @@ impl ChatService for Grpc {
     }
 
     async fn get_inbox(&self, req: Request<v1::GetInboxRequest>) -> Result<Response<v1::GetInboxResponse>, Status> {
-        let inbox = self.app.inbox(&req.into_inner().user).await?;
+        let r = req.into_inner();
+        let after = (!r.after.is_empty()).then_some(r.after);
+        let inbox = self.app.inbox(&r.user, after, Some(u64::from(r.limit))).await?;
         Ok(Response::new(v1::GetInboxResponse {
             rooms: inbox
                 .rooms
@@ -112,6 +114,7 @@ impl ChatService for Grpc {
                 .map(|r| v1::InboxRoom { room: r.room, unread: r.unread, read_seq: r.read_seq, last_seq: r.last_seq })
                 .collect(),
             total_unread: inbox.total_unread,
+            next: inbox.next.unwrap_or_default(),
         }))
     }
 

@@ -199,7 +199,7 @@ async fn handle(
             Ok(msgs) => reply(out, ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
             Err(e) => reply_err(app, out, e, Some(room)).await,
         },
-        ClientFrame::Inbox => match app.inbox(user).await {
+        ClientFrame::Inbox { after, limit } => match app.inbox(user, after, limit).await {
             Ok(inbox) => reply(out, ServerFrame::inbox(&inbox)).await?,
             Err(e) => reply_err(app, out, e, None).await,
         },

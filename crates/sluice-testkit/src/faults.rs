@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use sluice_core::error::{QueueError, StoreError};
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
 use sluice_core::store::{Membership, MessageStore};
 use std::sync::Arc;
@@ -121,8 +121,8 @@ impl MessageStore for FaultyStore {
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
         self.inner.history(room, query).await
     }
-    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
-        self.inner.inbox(user).await
+    async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
+        self.inner.inbox_page(user, page).await
     }
     async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
         self.inner.record_enqueued(campaign_id, requested, recipients).await

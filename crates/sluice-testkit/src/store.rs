@@ -2,7 +2,7 @@
 
 use sluice_core::error::StoreError;
 use sluice_core::ids;
-use sluice_core::model::{HistoryQuery, MessageKind, NewMessage};
+use sluice_core::model::{HistoryQuery, InboxPage, MessageKind, NewMessage};
 use sluice_core::store::{Membership, MessageStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ macro_rules! store_conformance {
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
-            reads_racing_sends_keep_counters_exact);
+            reads_racing_sends_keep_counters_exact, inbox_pages);
     };
 }
 
@@ -224,6 +224,36 @@ pub async fn reads_racing_sends_keep_counters_exact(store: Arc<dyn MessageStore>
         assert_eq!(row.unread, recount, "{m}: unread after read_seq {}", row.read_seq);
         assert_eq!(inbox.total_unread, row.unread, "{m}: one room, total = its unread");
     }
+}
+
+/// The inbox comes in pages of rooms ascending by id; the total always covers every room.
+pub async fn inbox_pages(store: Arc<dyn MessageStore>) {
+    let (u, other) = (format!("pager-{}", ids::random_id()), format!("other-{}", ids::random_id()));
+    let mut rooms: Vec<String> = (0..5).map(|i| format!("{i}-{}", unique_room("page"))).collect();
+    rooms.push(ids::dm_room(&u, &other));
+    rooms.sort();
+    for r in &rooms {
+        store.create_room(r, &[u.clone(), other.clone()], 1).await.unwrap();
+        persist_ok(store.as_ref(), chat(r, &other, "hi")).await;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.inbox_page(&u, InboxPage { after: after.clone(), limit: 4 }).await.unwrap();
+        assert_eq!(page.total_unread, 6, "the total covers every room, whatever the page");
+        assert!(page.rooms.len() <= 4);
+        seen.extend(page.rooms.iter().map(|r| r.room.clone()));
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(&next), page.rooms.last().map(|r| &r.room), "the cursor is the page's last room");
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, rooms, "every room once, in order");
+    let exact = store.inbox_page(&u, InboxPage { after: None, limit: 6 }).await.unwrap();
+    assert_eq!((exact.rooms.len(), exact.next), (6, None), "no next page when the last room fits");
 }
 
 /// Invariant 7: a bad message in a batch fails alone; the others commit.

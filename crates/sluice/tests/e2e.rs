@@ -121,7 +121,7 @@ async fn two_users_chat_and_strangers_are_refused() {
     assert_eq!(g.get_history(page(None)).await.unwrap().into_inner().messages.last().unwrap().seq, 3);
     let read = g.mark_read(v1::MarkReadRequest { user: "alice".into(), room: "general".into(), seq: 3 }).await.unwrap().into_inner();
     assert_eq!((read.unread, read.total_unread), (0, 0), "alice sent the direct message herself");
-    let inbox = g.get_inbox(v1::GetInboxRequest { user: "bob".into() }).await.unwrap().into_inner();
+    let inbox = g.get_inbox(v1::GetInboxRequest { user: "bob".into(), ..Default::default() }).await.unwrap().into_inner();
     let dm_row = inbox.rooms.iter().find(|r| r.room == "dm:alice:bob").unwrap();
     assert_eq!((dm_row.unread, inbox.total_unread), (1, 1), "bob's own service message is not unread for him");
 }
@@ -219,7 +219,7 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.grpc)).unwrap().connect().await.unwrap();
     for token in [None, Some("Bearer wrong".parse().unwrap())] {
         let mut anon = v1::chat_service_client::ChatServiceClient::with_interceptor(channel.clone(), Bearer(token));
-        let e = anon.get_inbox(v1::GetInboxRequest { user: "alice".into() }).await.unwrap_err();
+        let e = anon.get_inbox(v1::GetInboxRequest { user: "alice".into(), ..Default::default() }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
     }
     let mut g = s.grpc().await;

@@ -38,7 +38,7 @@ use items::{Item, RoomMeta, key, s};
 use sluice_core::backoff::Backoff;
 use sluice_core::error::StoreError;
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use sluice_core::store::{Membership, MessageStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -293,8 +293,8 @@ impl MessageStore for DynamoStore {
         reads::history(self, room, query).await
     }
 
-    async fn inbox(&self, user: &str) -> Result<Inbox, StoreError> {
-        reads::inbox(self, user).await
+    async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
+        reads::inbox(self, user, page).await
     }
 
     async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {

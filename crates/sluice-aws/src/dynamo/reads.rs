@@ -5,7 +5,7 @@ use super::DynamoStore;
 use super::call::TxFailure;
 use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_i64, get_s, get_ss, get_u64, key, n, s, update};
 use sluice_core::error::StoreError;
-use sluice_core::model::{HistoryQuery, Inbox, InboxRoom, MessageKind, ReadOutcome, StoredMessage};
+use sluice_core::model::{HistoryQuery, Inbox, InboxPage, InboxRoom, MessageKind, ReadOutcome, StoredMessage};
 use std::collections::HashMap;
 
 pub(crate) fn decode_message(item: &Item) -> StoredMessage {
@@ -130,25 +130,31 @@ pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) 
     Ok(out)
 }
 
-pub(crate) async fn inbox(store: &DynamoStore, user: &str) -> Result<Inbox, StoreError> {
+/// One page of the user's rooms (one Query after the cursor) and their total (the `#total`
+/// row plus the computed unread of the large rooms it names).
+pub(crate) async fn inbox(store: &DynamoStore, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
+    // Room ids never contain '#': every room sorts after the `#total` row.
+    let after = match page.after {
+        Some(a) if a.as_str() > TOTAL_SK => a,
+        _ => TOTAL_SK.to_string(),
+    };
     let q = store
         .client
         .query()
         .table_name(&store.t.inbox)
-        .key_condition_expression("#user = :u")
+        .key_condition_expression("#user = :u AND #room > :after")
         .expression_attribute_names("#user", "user")
+        .expression_attribute_names("#room", "room")
         .expression_attribute_values(":u", s(user))
+        .expression_attribute_values(":after", s(&after))
         .consistent_read(true);
-    let items = store.query_all(q, None).await?;
-    let mut total = 0;
+    let mut items = store.query_all(q, Some(page.limit + 1)).await?;
+    let more = items.len() > page.limit;
+    items.truncate(page.limit);
     let mut rooms = Vec::with_capacity(items.len());
     let mut large = Vec::new();
     for item in &items {
         let room = get_s(item, "room").unwrap_or_default();
-        if room == TOTAL_SK {
-            total = get_u64(item, "total_unread");
-            continue;
-        }
         let row = Row::from_item(item);
         if row.large {
             large.push((room.to_string(), row));
@@ -160,12 +166,11 @@ pub(crate) async fn inbox(store: &DynamoStore, user: &str) -> Result<Inbox, Stor
     for (room, row) in large {
         // Rows of a large room whose creation never finished have no room item: skip them.
         let Some(meta) = metas.get(&room) else { continue };
-        let unread = row.computed_unread(meta.last_seq);
-        total += unread;
-        rooms.push(InboxRoom { room, unread, read_seq: row.read_seq, last_seq: meta.last_seq });
+        rooms.push(InboxRoom { room, unread: row.computed_unread(meta.last_seq), read_seq: row.read_seq, last_seq: meta.last_seq });
     }
     rooms.sort_by(|a, b| a.room.cmp(&b.room));
-    Ok(Inbox { rooms, total_unread: total })
+    let next = if more { items.last().and_then(|i| get_s(i, "room")).map(str::to_string) } else { None };
+    Ok(Inbox { rooms, total_unread: total_of(store, user).await?, next })
 }
 
 pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {

@@ -151,7 +151,7 @@ async fn check_counters(g: &mut crate::target::Grpc, sender: &str, run: &str, n:
     let mut exact = 0;
     for k in 0..check {
         let user = format!("{run}-s{}", k * n / check.max(1));
-        let inbox = g.get_inbox(v1::GetInboxRequest { user: user.clone() }).await?.into_inner();
+        let inbox = g.get_inbox(v1::GetInboxRequest { user: user.clone(), ..Default::default() }).await?.into_inner();
         let room = if sender < user.as_str() { format!("dm:{sender}:{user}") } else { format!("dm:{user}:{sender}") };
         let ok = inbox.total_unread == 1 && inbox.rooms.len() == 1 && inbox.rooms[0].room == room && inbox.rooms[0].unread == 1;
         if ok {

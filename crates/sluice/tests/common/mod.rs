@@ -228,7 +228,7 @@ pub async fn check_recipients(g: &Grpc, sender: &str, recipients: &[String], unr
         let calls = chunk.iter().map(|r| {
             let mut g = g.clone();
             let r = r.clone();
-            async move { (r.clone(), g.get_inbox(v1::GetInboxRequest { user: r }).await.unwrap().into_inner()) }
+            async move { (r.clone(), g.get_inbox(v1::GetInboxRequest { user: r, ..Default::default() }).await.unwrap().into_inner()) }
         });
         for (r, inbox) in join_all(calls).await {
             let room = sluice_core::ids::dm_room(sender, &r);
