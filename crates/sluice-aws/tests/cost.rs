@@ -79,7 +79,7 @@ async fn capacity_and_requests_per_message() {
         })
         .collect();
     queue.send(batch).await.unwrap();
-    store.record_enqueued(&campaign, N as u64, &recipients).await.unwrap();
+    store.record_enqueued(&campaign, &shop, N as u64, &recipients).await.unwrap();
     let (enq_wcu, enq_sqs) = (wcu(&metrics), requests(&metrics, "sqs"));
 
     let worker = Arc::new(Worker::new(

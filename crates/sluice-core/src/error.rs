@@ -39,6 +39,9 @@ pub enum StoreError {
     NotMember { user: String, room: String },
     #[error("room {0} already exists with other members")]
     RoomExists(String),
+    /// A campaign id belongs to the sender that first used it.
+    #[error("campaign {campaign_id} belongs to another sender")]
+    CampaignOwned { campaign_id: String },
     #[error("invalid request: {0}")]
     Invalid(String),
     /// A concurrent writer won (optimistic lock); retry.
@@ -63,7 +66,7 @@ impl StoreError {
         match self {
             StoreError::UnknownRoom(_) => ErrorCode::UnknownRoom,
             StoreError::NotMember { .. } => ErrorCode::NotMember,
-            StoreError::Invalid(_) | StoreError::RoomExists(_) => ErrorCode::BadFrame,
+            StoreError::Invalid(_) | StoreError::RoomExists(_) | StoreError::CampaignOwned { .. } => ErrorCode::BadFrame,
             _ => ErrorCode::Internal,
         }
     }

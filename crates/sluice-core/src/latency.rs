@@ -100,9 +100,15 @@ impl MessageStore for LatencyStore {
         self.wait().await;
         self.inner.inbox_page(user, page).await
     }
-    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
+    async fn record_enqueued(
+        &self,
+        campaign_id: &str,
+        sender: &str,
+        requested: u64,
+        recipients: &[String],
+    ) -> Result<Campaign, StoreError> {
         self.wait().await;
-        self.inner.record_enqueued(campaign_id, requested, recipients).await
+        self.inner.record_enqueued(campaign_id, sender, requested, recipients).await
     }
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
         self.wait().await;

@@ -19,6 +19,7 @@
 //! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
 //! - `totals`: user → total unread
 //! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress
+//! - `campaign_owners`: campaign → the sender it belongs to
 
 use crate::codec::{decode, encode, store_err};
 use async_trait::async_trait;
@@ -57,6 +58,7 @@ const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
 const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
 const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
+const CAMPAIGN_OWNERS: TableDefinition<&str, &str> = TableDefinition::new("campaign_owners");
 
 #[derive(Serialize, Deserialize, Default)]
 struct RoomRec {
@@ -166,6 +168,7 @@ enum Op {
     },
     RecordEnqueued {
         campaign_id: String,
+        owner: String,
         requested: u64,
         recipients: Vec<String>,
         reply: Reply<Campaign>,
@@ -509,6 +512,7 @@ struct Writer<'t> {
     campaigns: Table<'t, &'static str, &'static [u8]>,
     campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
     campaign_dead: Table<'t, (&'static str, &'static str), ()>,
+    campaign_owners: Table<'t, &'static str, &'static str>,
 }
 
 impl<'t> Writer<'t> {
@@ -523,6 +527,7 @@ impl<'t> Writer<'t> {
             campaigns: txn.open_table(CAMPAIGNS)?,
             campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
             campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
+            campaign_owners: txn.open_table(CAMPAIGN_OWNERS)?,
         })
     }
 
@@ -547,7 +552,15 @@ impl<'t> Writer<'t> {
                 let r = self.mark_read(&user, &room, from, to, became_read, now_ms)?;
                 done(reply, r)
             }
-            Op::RecordEnqueued { campaign_id, requested, recipients, reply } => {
+            Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply } => {
+                let owned_by_sender = self.campaign_owners.get(campaign_id.as_str())?.map(|o| o.value() == owner);
+                match owned_by_sender {
+                    Some(false) => return Ok(done(reply, Err(StoreError::CampaignOwned { campaign_id }))),
+                    Some(true) => {}
+                    None => {
+                        self.campaign_owners.insert(campaign_id.as_str(), owner.as_str())?;
+                    }
+                }
                 let mut c = self.campaign_rec(&campaign_id)?;
                 c.requested += requested;
                 for r in &recipients {
@@ -958,9 +971,15 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
-    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
-        let (campaign_id, recipients) = (campaign_id.to_string(), recipients.to_vec());
-        self.submit(|reply| Op::RecordEnqueued { campaign_id, requested, recipients, reply }).await
+    async fn record_enqueued(
+        &self,
+        campaign_id: &str,
+        sender: &str,
+        requested: u64,
+        recipients: &[String],
+    ) -> Result<Campaign, StoreError> {
+        let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), recipients.to_vec());
+        self.submit(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply }).await
     }
 
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {

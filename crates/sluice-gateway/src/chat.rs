@@ -214,7 +214,7 @@ impl App {
         // message of this call is still on its way to the queue or the store. A call that
         // fails after this line leaves the campaign not done until the producer retries (the
         // retry records nothing new and its messages deduplicate by msg_id).
-        self.store.record_enqueued(&campaign_id, recipients.len() as u64, &unique).await?;
+        self.store.record_enqueued(&campaign_id, sender, recipients.len() as u64, &unique).await?;
         let mut batch = batch;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(ENQUEUE_CHUNK));

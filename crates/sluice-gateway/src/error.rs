@@ -43,7 +43,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         let mut a = AppError::new(e.code(), e.to_string());
         match e {
-            StoreError::RoomExists(_) => a.grpc = tonic::Code::AlreadyExists,
+            StoreError::RoomExists(_) | StoreError::CampaignOwned { .. } => a.grpc = tonic::Code::AlreadyExists,
             StoreError::Unavailable(_) | StoreError::Conflict(_) => a.grpc = tonic::Code::Unavailable,
             StoreError::Internal(_) => a.message = "internal error".into(),
             _ => {}

@@ -99,3 +99,24 @@ async fn a_campaign_with_nothing_to_send_is_done_and_an_empty_call_is_refused() 
     assert_eq!(err.code.as_str(), "bad_frame");
     assert!(e.app.campaign("empty").await.is_err(), "nothing recorded for a refused call");
 }
+
+/// Issue 10.1: a campaign id belongs to its first sender. Another sender reusing it used to
+/// be told "accepted" while its messages collided with the owner's ids and were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_id_belongs_to_its_first_sender() {
+    let e = env();
+    e.app.enqueue_bulk("spring", "shop-a", &users(&["victim1", "victim2"]), "from a").await.unwrap();
+    let err = e.app.enqueue_bulk("spring", "shop-b", &users(&["victim1", "victim2"]), "from b").await.unwrap_err();
+    assert_eq!(err.grpc, tonic::Code::AlreadyExists, "{}", err.message);
+    assert!(err.message.contains("spring"), "{}", err.message);
+    drain(&e).await;
+    let c = e.app.campaign("spring").await.unwrap();
+    assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (2, 2, 2, true), "shop-b's call counted nothing");
+    let (_, accepted) = e.app.enqueue_bulk("spring-b", "shop-b", &users(&["victim1", "victim2"]), "from b").await.unwrap();
+    assert_eq!(accepted, 2, "under its own id shop-b's campaign goes through");
+    drain(&e).await;
+    for v in ["victim1", "victim2"] {
+        let inbox = e.app.inbox(v, None, None).await.unwrap();
+        assert_eq!((inbox.rooms.len(), inbox.total_unread), (2, 2), "{v} got one message from each shop");
+    }
+}

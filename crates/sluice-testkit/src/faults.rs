@@ -124,8 +124,14 @@ impl MessageStore for FaultyStore {
     async fn inbox_page(&self, user: &str, page: InboxPage) -> Result<Inbox, StoreError> {
         self.inner.inbox_page(user, page).await
     }
-    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
-        self.inner.record_enqueued(campaign_id, requested, recipients).await
+    async fn record_enqueued(
+        &self,
+        campaign_id: &str,
+        sender: &str,
+        requested: u64,
+        recipients: &[String],
+    ) -> Result<Campaign, StoreError> {
+        self.inner.record_enqueued(campaign_id, sender, requested, recipients).await
     }
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
         if take(&self.fail_dead_letter_records) {

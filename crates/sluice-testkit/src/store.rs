@@ -319,10 +319,15 @@ pub async fn campaign_progress(store: Arc<dyn MessageStore>) {
     let cid = format!("camp-{}", ids::random_id());
     let shop = format!("shop-{}", ids::random_id());
     let rcpts = users(&["r1", "r2", "r3"]);
-    let c = store.record_enqueued(&cid, 4, &rcpts).await.unwrap();
+    let c = store.record_enqueued(&cid, &shop, 4, &rcpts).await.unwrap();
     assert_eq!((c.requested, c.enqueued, c.persisted), (4, 3, 0));
-    let c = store.record_enqueued(&cid, 2, &users(&["r3", "r4"])).await.unwrap();
+    let c = store.record_enqueued(&cid, &shop, 2, &users(&["r3", "r4"])).await.unwrap();
     assert_eq!((c.requested, c.enqueued), (6, 4), "a recipient repeated across calls counts once");
+    // The id belongs to its first sender: another sender's call records nothing.
+    let thief = store.record_enqueued(&cid, "other-shop", 2, &users(&["r5"])).await;
+    assert!(matches!(thief, Err(StoreError::CampaignOwned { .. })), "{thief:?}");
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.requested, c.enqueued), (6, 4));
     let one_off = |r: &str| {
         let room = ids::dm_room(&shop, r);
         NewMessage {

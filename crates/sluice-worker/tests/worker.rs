@@ -101,7 +101,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_rest_persists() {
     nowhere.msg_id = "nowhere".into();
     batch.push(enqueue(&nowhere));
     e.queue.send(batch).await.unwrap();
-    e.store.record_enqueued("c1", 7, &["u0", "u1", "u2", "u3", "u4", "x", "y"].map(String::from)).await.unwrap();
+    e.store.record_enqueued("c1", "shop", 7, &["u0", "u1", "u2", "u3", "u4", "x", "y"].map(String::from)).await.unwrap();
 
     let w = worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), config());
     drain(vec![w], &e.queue).await;
@@ -133,7 +133,7 @@ async fn a_failed_dead_letter_record_keeps_the_message_until_it_is_counted() {
     let mut stranger = one_off("c9", "mallory", "x", "spam");
     stranger.room = "club".into();
     stranger.create_members.clear();
-    e.store.record_enqueued("c9", 1, &["x".to_string()]).await.unwrap();
+    e.store.record_enqueued("c9", "mallory", 1, &["x".to_string()]).await.unwrap();
     e.queue.send(vec![enqueue(&stranger)]).await.unwrap();
     let faulty = Arc::new(FaultyStore::new(e.store.clone()));
     faulty.fail_dead_letter_records.store(1, Ordering::SeqCst);

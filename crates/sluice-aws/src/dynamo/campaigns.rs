@@ -19,9 +19,12 @@ const CONCURRENCY: usize = 8;
 pub(crate) async fn record_enqueued(
     store: &DynamoStore,
     campaign_id: &str,
+    sender: &str,
     requested: u64,
     recipients: &[String],
 ) -> Result<Campaign, StoreError> {
+    // The campaign belongs to its first sender; checked before anything is recorded.
+    update_meta(store, campaign_id, sender, "SET #owner = if_not_exists(#owner, :o)", None).await?;
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
     let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
@@ -32,21 +35,36 @@ pub(crate) async fn record_enqueued(
     results.into_iter().collect::<Result<(), _>>()?;
     // Last, so that a call's request is never seen without its recipients (a campaign whose
     // recipients were all the sender is done as soon as its request is counted).
-    let out = store
+    update_meta(store, campaign_id, sender, "ADD #requested :r", Some(requested)).await?;
+    campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
+}
+
+/// One conditional update of the campaign's META item, on the condition that `sender` owns
+/// the campaign (or nobody does yet).
+async fn update_meta(store: &DynamoStore, campaign_id: &str, sender: &str, expr: &str, requested: Option<u64>) -> Result<(), StoreError> {
+    let mut update = store
         .client
         .update_item()
         .table_name(&store.t.campaigns)
         .set_key(Some(key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))])))
-        .update_expression("ADD #requested :r")
-        .expression_attribute_names("#requested", "requested")
-        .expression_attribute_values(":r", n(requested))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send()
-        .await
-        .map_err(|e| store_error("UpdateItem", e))?;
+        .update_expression(expr)
+        .condition_expression("attribute_not_exists(#owner) OR #owner = :o")
+        .expression_attribute_names("#owner", "owner")
+        .expression_attribute_values(":o", s(sender))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+    if let Some(r) = requested {
+        update = update.expression_attribute_names("#requested", "requested").expression_attribute_values(":r", n(r));
+    }
+    let out = match update.send().await {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+            return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
+        }
+        Err(e) => return Err(store_error("UpdateItem", e)),
+    };
     account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
     store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
-    campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
+    Ok(())
 }
 
 /// Marks each recipient's message as enqueued (once ever) and counts the new ones, in one

@@ -297,8 +297,14 @@ impl MessageStore for DynamoStore {
         reads::inbox(self, user, page).await
     }
 
-    async fn record_enqueued(&self, campaign_id: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError> {
-        campaigns::record_enqueued(self, campaign_id, requested, recipients).await
+    async fn record_enqueued(
+        &self,
+        campaign_id: &str,
+        sender: &str,
+        requested: u64,
+        recipients: &[String],
+    ) -> Result<Campaign, StoreError> {
+        campaigns::record_enqueued(self, campaign_id, sender, requested, recipients).await
     }
 
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
