@@ -134,7 +134,13 @@ impl Fanout {
     /// Tells the user's connections their new counters after a read, and the room that the
     /// user read up to `read_seq`; emits `room_read`.
     pub async fn after_read(&self, user: &str, room: &str, r: &ReadOutcome, members: &[String]) {
-        let update = UnreadUpdate { user: user.to_string(), room: room.to_string(), unread: r.unread, total_unread: r.total_unread };
+        let update = UnreadUpdate {
+            user: user.to_string(),
+            room: room.to_string(),
+            unread: r.unread,
+            total_unread: r.total_unread,
+            version: r.version,
+        };
         let _ = self.hub.publish(&[user.to_string()], LiveEvent::Unread(update)).await;
         if r.changed {
             let _ = self.hub.publish(members, LiveEvent::Read { user: user.to_string(), room: room.to_string(), seq: r.read_seq }).await;

@@ -138,6 +138,8 @@ pub enum ServerFrame {
         room: String,
         unread: u64,
         total_unread: u64,
+        /// Orders the user's unread frames: ignore one with a lower version than seen.
+        version: u64,
     },
     History {
         room: String,

@@ -71,6 +71,10 @@ pub struct UnreadUpdate {
     pub room: String,
     pub unread: u64,
     pub total_unread: u64,
+    /// Orders a user's counter states: a later state of the user's counters never has a
+    /// lower version, so of two updates the one with the lower version is stale.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// The outcome of persisting one message.
@@ -103,6 +107,8 @@ pub struct ReadOutcome {
     pub total_unread: u64,
     /// False when the call did not move the read position.
     pub changed: bool,
+    /// The version of the user's counters these figures belong to (see [`UnreadUpdate`]).
+    pub version: u64,
 }
 
 /// One row of a user's inbox.

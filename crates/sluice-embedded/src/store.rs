@@ -20,6 +20,7 @@
 //! - `totals`: user → total unread
 //! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress
 //! - `campaign_owners`: campaign → the sender it belongs to
+//! - `meta`: `counters_version`, the store-wide version of unread counters
 
 use crate::codec::{decode, encode, store_err};
 use async_trait::async_trait;
@@ -59,6 +60,9 @@ const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns"
 const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
 const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
 const CAMPAIGN_OWNERS: TableDefinition<&str, &str> = TableDefinition::new("campaign_owners");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The key in `meta` of the counters' version.
+const COUNTERS_VERSION: &str = "counters_version";
 
 #[derive(Serialize, Deserialize, Default)]
 struct RoomRec {
@@ -427,6 +431,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &Writ
                 for op in pending.by_ref() {
                     finished.push(w.apply(op)?);
                 }
+                w.close()?;
             }
             txn.commit()?;
             Ok(())
@@ -513,10 +518,17 @@ struct Writer<'t> {
     campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
     campaign_dead: Table<'t, (&'static str, &'static str), ()>,
     campaign_owners: Table<'t, &'static str, &'static str>,
+    meta: Table<'t, &'static str, u64>,
+    /// The counters' version (see `UnreadUpdate::version`): one store-wide sequence, so it
+    /// grows for every user, saved once per commit.
+    version: u64,
+    version_moved: bool,
 }
 
 impl<'t> Writer<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+        let meta = txn.open_table(META)?;
+        let version = meta.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         Ok(Writer {
             rooms: txn.open_table(ROOMS)?,
             members: txn.open_table(MEMBERS)?,
@@ -528,7 +540,25 @@ impl<'t> Writer<'t> {
             campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
             campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
             campaign_owners: txn.open_table(CAMPAIGN_OWNERS)?,
+            version,
+            version_moved: false,
+            meta,
         })
+    }
+
+    /// The next version of the counters (every change of any user's counters takes one).
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version_moved = true;
+        self.version
+    }
+
+    /// Saves what the transaction's operations leave besides their own rows.
+    fn close(mut self) -> Result<(), redb::Error> {
+        if self.version_moved {
+            self.meta.insert(COUNTERS_VERSION, self.version)?;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, op: Op) -> Result<Box<dyn Finish>, redb::Error> {
@@ -698,6 +728,7 @@ impl<'t> Writer<'t> {
         self.msg_ids.insert(m.msg_id.as_str(), encode(&MsgIdRec { room: m.room.clone(), seq }).as_slice())?;
 
         let members = self.member_list(room)?;
+        let version = self.bump();
         let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
         let mut unread = Vec::with_capacity(members.len().saturating_sub(1));
         for user in members.iter().filter(|u| **u != m.sender) {
@@ -712,7 +743,7 @@ impl<'t> Writer<'t> {
             self.inbox.insert((user.as_str(), room), encode(&row).as_slice())?;
             let total = self.totals.get(user.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
             self.totals.insert(user.as_str(), total)?;
-            unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total });
+            unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total, version });
         }
         if let Some(cid) = &m.campaign_id {
             let mut c = self.campaign_rec(cid)?;
@@ -744,7 +775,8 @@ impl<'t> Writer<'t> {
         };
         let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
         if row.read_seq >= to {
-            return Ok(Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false })));
+            let version = self.version;
+            return Ok(Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false, version })));
         }
         if row.read_seq != from {
             return Ok(Ok(None));
@@ -757,7 +789,8 @@ impl<'t> Writer<'t> {
         row.updated_at_ms = now_ms;
         self.inbox.insert((user, room), encode(&row).as_slice())?;
         self.totals.insert(user, total)?;
-        Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true })))
+        let version = self.bump();
+        Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true, version })))
     }
 }
 
@@ -810,11 +843,14 @@ fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> R
     let target = seq.min(rec.last_seq);
     if target <= row.read_seq {
         let total = txn.open_table(TOTALS)?.get(user)?.map(|v| v.value()).unwrap_or(0);
+        // The snapshot's version: every change before it has a version at most this one.
+        let version = txn.open_table(META)?.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         return Ok(Ok(ReadPlan::Unchanged(ReadOutcome {
             read_seq: row.read_seq,
             unread: row.unread,
             total_unread: total,
             changed: false,
+            version,
         })));
     }
     let messages = txn.open_table(MESSAGES)?;

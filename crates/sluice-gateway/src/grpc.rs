@@ -192,9 +192,13 @@ impl ChatService for Grpc {
 fn event(ev: &LiveEvent) -> Option<v1::Event> {
     let e = match ev {
         LiveEvent::Message { message, .. } => Ev::Message(convert::message(message)),
-        LiveEvent::Unread(u) => {
-            Ev::Unread(v1::UnreadEvent { user: u.user.clone(), room: u.room.clone(), unread: u.unread, total_unread: u.total_unread })
-        }
+        LiveEvent::Unread(u) => Ev::Unread(v1::UnreadEvent {
+            user: u.user.clone(),
+            room: u.room.clone(),
+            unread: u.unread,
+            total_unread: u.total_unread,
+            version: u.version,
+        }),
         LiveEvent::Read { user, room, seq } => Ev::Read(v1::ReadEvent { user: user.clone(), room: room.clone(), seq: *seq }),
         LiveEvent::Typing { .. } => return None,
     };

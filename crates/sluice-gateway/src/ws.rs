@@ -280,6 +280,8 @@ struct Resuming {
 struct Sent {
     rooms: HashMap<String, VecDeque<u64>>,
     order: VecDeque<String>,
+    /// The version of the last unread frame written.
+    unread_version: u64,
 }
 
 impl Sent {
@@ -414,7 +416,15 @@ fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, 
             }
             sent.first_time(&message.room, message.seq).then(|| ServerFrame::Message(MessageOut::from(&**message)))
         }
-        LiveEvent::Unread(u) => Some(ServerFrame::Unread { room: u.room.clone(), unread: u.unread, total_unread: u.total_unread }),
+        LiveEvent::Unread(u) => {
+            // Updates of the user's counters can arrive out of order (a read racing a send):
+            // one older than what this socket already showed would show a stale count.
+            if u.version < sent.unread_version {
+                return None;
+            }
+            sent.unread_version = u.version;
+            Some(ServerFrame::Unread { room: u.room.clone(), unread: u.unread, total_unread: u.total_unread, version: u.version })
+        }
         LiveEvent::Typing { room, user } => (user != &conn.user).then(|| ServerFrame::Typing { room: room.clone(), user: user.clone() }),
         LiveEvent::Read { .. } => None,
     }

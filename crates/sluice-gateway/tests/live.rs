@@ -7,7 +7,7 @@ use sluice_core::events::NoEvents;
 use sluice_core::fanout::Fanout;
 use sluice_core::hub::{Hub, LiveEvent};
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{MessageKind, StoredMessage};
+use sluice_core::model::{MessageKind, StoredMessage, UnreadUpdate};
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
 use sluice_gateway::{App, Auth, Limits};
 use std::sync::Arc;
@@ -41,11 +41,17 @@ fn message(room: &str, seq: u64) -> LiveEvent {
     LiveEvent::Message { message: Arc::new(m), origin: None }
 }
 
-/// Issue 16.2: in a room the socket had resumed, a live message that reached the gateway
-/// after a higher one (published by another process) used to be dropped as "already
-/// covered", and the client never saw it. Only what the replay covered is dropped now.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_live_message_in_a_resumed_room_is_delivered() {
+struct Gateway {
+    _dir: tempfile::TempDir,
+    app: Arc<App>,
+    hub: Arc<dyn Hub>,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A gateway on loopback with room `club` (alice, bob) holding one message from alice.
+async fn gateway() -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
     let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
@@ -68,9 +74,29 @@ async fn a_late_live_message_in_a_resumed_room_is_delivered() {
     let (http, grpc) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
     let addr = http.local_addr().unwrap();
     let server = tokio::spawn(sluice_gateway::serve(app.clone(), http, grpc));
+    Gateway { _dir: dir, app, hub, addr, shutdown, server }
+}
 
-    let token = app.auth.mint_user("bob", 600).unwrap();
-    let (mut bob, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}")).await.unwrap();
+impl Gateway {
+    async fn connect(&self, user: &str) -> Socket {
+        let token = self.app.auth.mint_user(user, 600).unwrap();
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={token}", self.addr)).await.unwrap().0
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+/// Issue 16.2: in a room the socket had resumed, a live message that reached the gateway
+/// after a higher one (published by another process) used to be dropped as "already
+/// covered", and the client never saw it. Only what the replay covered is dropped now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_live_message_in_a_resumed_room_is_delivered() {
+    let g = gateway().await;
+    let hub = g.hub.clone();
+    let mut bob = g.connect("bob").await;
     bob.send(Message::text(json!({"type": "resume", "rooms": {"club": 0, "elsewhere": 0}}).to_string())).await.unwrap();
     let mut replayed = Vec::new();
     loop {
@@ -102,6 +128,39 @@ async fn a_late_live_message_in_a_resumed_room_is_delivered() {
     assert_eq!(live, vec![3, 2, 4], "the late seq 2 is delivered; seq 1, covered by the replay, is not repeated");
 
     bob.close(None).await.unwrap();
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    g.stop().await;
+}
+
+/// Issue 16.2: unread updates of a user can reach a gateway out of order (a read racing a
+/// send); the socket never shows one older than what it already showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_unread_update_is_never_shown() {
+    let g = gateway().await;
+    let mut bob = g.connect("bob").await;
+    // The connection is registered once it answers a frame.
+    bob.send(Message::text(json!({"type": "inbox"}).to_string())).await.unwrap();
+    assert_eq!(recv(&mut bob).await["type"], "inbox");
+    // A real send: its unread frame carries the store's version of bob's counters.
+    let sent = g.app.send("alice", "club", "c2", "number 2", None).await.unwrap();
+    let pushed = loop {
+        let f = recv(&mut bob).await;
+        if f["type"] == "unread" {
+            break f;
+        }
+    };
+    let v = sent.unread[0].version;
+    assert_eq!((pushed["unread"].as_u64(), pushed["version"].as_u64()), (Some(2), Some(v)));
+
+    let unread = |unread, version| {
+        LiveEvent::Unread(UnreadUpdate { user: "bob".into(), room: "club".into(), unread, total_unread: unread, version })
+    };
+    for (count, version) in [(0, v + 10), (3, v + 7), (1, v + 11)] {
+        g.hub.publish(&["bob".into()], unread(count, version)).await.unwrap();
+    }
+    let first = recv(&mut bob).await;
+    assert_eq!((first["unread"].as_u64(), first["version"].as_u64()), (Some(0), Some(v + 10)));
+    let next = recv(&mut bob).await;
+    assert_eq!((next["unread"].as_u64(), next["version"].as_u64()), (Some(1), Some(v + 11)), "the late older update was dropped");
+    bob.close(None).await.unwrap();
+    g.stop().await;
 }

@@ -16,7 +16,7 @@ macro_rules! store_conformance {
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
-            reads_racing_sends_keep_counters_exact, inbox_pages);
+            reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters);
     };
 }
 
@@ -224,6 +224,24 @@ pub async fn reads_racing_sends_keep_counters_exact(store: Arc<dyn MessageStore>
         assert_eq!(row.unread, recount, "{m}: unread after read_seq {}", row.read_seq);
         assert_eq!(inbox.total_unread, row.unread, "{m}: one room, total = its unread");
     }
+}
+
+/// Every change of a user's counters carries a higher version than the one before, so a
+/// client can tell a stale unread update from a fresh one (a read racing a send).
+pub async fn unread_versions_order_a_users_counters(store: Arc<dyn MessageStore>) {
+    let room = unique_room("versions");
+    let (a, b) = (format!("va-{}", ids::random_id()), format!("vb-{}", ids::random_id()));
+    store.create_room(&room, &[a.clone(), b.clone()], 1).await.unwrap();
+    let v1 = persist_ok(store.as_ref(), chat(&room, &a, "1")).await.unread[0].version;
+    let v2 = persist_ok(store.as_ref(), chat(&room, &a, "2")).await.unread[0].version;
+    let read = store.mark_read(&b, &room, 1, 2).await.unwrap();
+    assert!(read.changed);
+    let v4 = persist_ok(store.as_ref(), chat(&room, &a, "3")).await.unread[0].version;
+    assert!(v1 < v2 && v2 < read.version && read.version < v4, "{v1} < {v2} < {} < {v4}", read.version);
+    let same = store.mark_read(&b, &room, 1, 3).await.unwrap();
+    assert!(!same.changed);
+    assert!(same.version >= v4, "an unchanged read reports the current state's version: {} < {v4}", same.version);
+    assert_eq!((same.unread, same.total_unread), (2, 2));
 }
 
 /// The inbox comes in pages of rooms ascending by id; the total always covers every room.

@@ -276,8 +276,8 @@ async fn committed(
         users
             .into_iter()
             .map(|user| {
-                let (unread, total_unread) = counters.get(&user).copied().unwrap_or((0, 0));
-                UnreadUpdate { user, room: m.room.clone(), unread, total_unread }
+                let (unread, total_unread, version) = counters.get(&user).copied().unwrap_or((0, 0, 0));
+                UnreadUpdate { user, room: m.room.clone(), unread, total_unread, version }
             })
             .collect()
     };

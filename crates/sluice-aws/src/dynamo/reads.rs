@@ -94,21 +94,24 @@ async fn room_metas(store: &DynamoStore, rooms: &[String]) -> Result<HashMap<Str
     Ok(items.iter().filter_map(|i| Some((get_s(i, "room")?.to_string(), RoomMeta::from_item(i)))).collect())
 }
 
-/// A user's total: the stored sum over small rooms plus the computed unread of large ones.
-async fn total_from(store: &DynamoStore, user: &str, total_row: Option<&Item>) -> Result<u64, StoreError> {
-    let Some(row) = total_row else { return Ok(0) };
+/// A user's total: the stored sum over small rooms plus the computed unread of large ones,
+/// with the total row's version (bumped by every change of the user's counters, so it
+/// orders the user's unread updates).
+async fn total_from(store: &DynamoStore, user: &str, total_row: Option<&Item>) -> Result<(u64, u64), StoreError> {
+    let Some(row) = total_row else { return Ok((0, 0)) };
     let large = large_unread(store, user, &get_ss(row, "large_rooms")).await?;
-    Ok(get_u64(row, "total_unread") + large.values().sum::<u64>())
+    Ok((get_u64(row, "total_unread") + large.values().sum::<u64>(), get_u64(row, "version")))
 }
 
-pub(crate) async fn total_of(store: &DynamoStore, user: &str) -> Result<u64, StoreError> {
+/// The user's total and its version.
+pub(crate) async fn total_of(store: &DynamoStore, user: &str) -> Result<(u64, u64), StoreError> {
     let row = store.row(user, TOTAL_SK).await?;
     total_from(store, user, row.as_ref()).await
 }
 
-/// The unread of `room` and the total of each of `users` (members of the small room
-/// `room`), read in one BatchGetItem where no large rooms are involved.
-pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) -> Result<HashMap<String, (u64, u64)>, StoreError> {
+/// The unread of `room`, the total and its version of each of `users` (members of the small
+/// room `room`), read in one BatchGetItem where no large rooms are involved.
+pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) -> Result<HashMap<String, (u64, u64, u64)>, StoreError> {
     let keys =
         users.iter().flat_map(|u| [key(&[("user", s(u)), ("room", s(room))]), key(&[("user", s(u)), ("room", s(TOTAL_SK))])]).collect();
     let items = store.batch_get(&store.t.inbox, keys).await?;
@@ -124,8 +127,8 @@ pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) 
     }
     let mut out = HashMap::with_capacity(users.len());
     for u in users {
-        let total = total_from(store, u, totals.get(u).copied()).await?;
-        out.insert(u.clone(), (unread.get(u).copied().unwrap_or(0), total));
+        let (total, version) = total_from(store, u, totals.get(u).copied()).await?;
+        out.insert(u.clone(), (unread.get(u).copied().unwrap_or(0), total, version));
     }
     Ok(out)
 }
@@ -170,7 +173,7 @@ pub(crate) async fn inbox(store: &DynamoStore, user: &str, page: InboxPage) -> R
     }
     rooms.sort_by(|a, b| a.room.cmp(&b.room));
     let next = if more { items.last().and_then(|i| get_s(i, "room")).map(str::to_string) } else { None };
-    Ok(Inbox { rooms, total_unread: total_of(store, user).await?, next })
+    Ok(Inbox { rooms, total_unread: total_of(store, user).await?.0, next })
 }
 
 pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
@@ -190,7 +193,8 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
         let target = seq.min(last);
         if target <= row.read_seq {
             let unread = if row.large { row.computed_unread(last) } else { row.unread };
-            return Ok(ReadOutcome { read_seq: row.read_seq, unread, total_unread: total_of(store, user).await?, changed: false });
+            let (total_unread, version) = total_of(store, user).await?;
+            return Ok(ReadOutcome { read_seq: row.read_seq, unread, total_unread, changed: false, version });
         }
         let row_key = key(&[("user", s(user)), ("room", s(room))]);
         let (items, unread) = if row.large {
@@ -202,7 +206,11 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
                 Some("#version = :v"),
                 vec![(":t", n(target)), (":o", n(own_after)), (":now", n(now_ms)), (":one", n(1)), (":v", n(row.version))],
             );
-            (vec![item], Row { read_seq: target, own_after, ..row.clone() }.computed_unread(last))
+            // The total changes with a large room's read too: its version moves, so that
+            // unread updates stay ordered.
+            let total =
+                update(&store.t.inbox, key(&[("user", s(user)), ("room", s(TOTAL_SK))]), "ADD #version :one", None, vec![(":one", n(1))]);
+            (vec![item, total], Row { read_seq: target, own_after, ..row.clone() }.computed_unread(last))
         } else {
             // Count whichever range is shorter: what is read now, or what stays unread.
             let unread = if target == last {
@@ -233,7 +241,8 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
         };
         match store.transact(items, None).await {
             Ok(()) => {
-                return Ok(ReadOutcome { read_seq: target, unread, total_unread: total_of(store, user).await?, changed: true });
+                let (total_unread, version) = total_of(store, user).await?;
+                return Ok(ReadOutcome { read_seq: target, unread, total_unread, changed: true, version });
             }
             Err(TxFailure::Cancelled(reasons))
                 if reasons.iter().any(|r| r == "ConditionalCheckFailed" || super::call::reason_is_retryable(r)) =>
