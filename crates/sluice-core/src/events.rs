@@ -34,6 +34,14 @@ pub trait EventSink: Send + Sync + 'static {
     fn emit(&self, events: Vec<AnalyticsEvent>);
     /// Writes out what is buffered (on shutdown).
     async fn flush(&self);
+    /// Hands `events` over and waits until the sink has written them (an outbox relay
+    /// removes them only then); an error means they may not have been, and the caller
+    /// tries again. The default emits and flushes, so it cannot see a drop on a full buffer.
+    async fn deliver(&self, events: Vec<AnalyticsEvent>) -> Result<(), String> {
+        self.emit(events);
+        self.flush().await;
+        Ok(())
+    }
 }
 
 /// Discards every event (analytics off).

@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 pub struct Fanout {
     hub: Arc<dyn Hub>,
     events: Arc<dyn EventSink>,
+    /// Whether `message_persisted` goes out from here (false when the store's outbox sends it).
+    emit_persisted: bool,
     rooms: Mutex<HashMap<String, RoomOrder>>,
 }
 
@@ -58,7 +60,13 @@ pub struct Ticket {
 
 impl Fanout {
     pub fn new(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>) -> Arc<Self> {
-        Arc::new(Fanout { hub, events, rooms: Mutex::new(HashMap::new()) })
+        Arc::new(Fanout { hub, events, emit_persisted: true, rooms: Mutex::new(HashMap::new()) })
+    }
+
+    /// A fan-out for a store whose outbox emits `message_persisted` itself (written with the
+    /// message, so a crash after the commit cannot lose it); reads still emit `room_read`.
+    pub fn with_outbox(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>) -> Arc<Self> {
+        Arc::new(Fanout { hub, events, emit_persisted: false, rooms: Mutex::new(HashMap::new()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomOrder>> {
@@ -124,7 +132,8 @@ impl Fanout {
         let mut guard = Publishing { fanout: self, room, active: true };
         while let Some(ready) = self.ready(room) {
             for h in ready {
-                ok &= after_persist(self.hub.as_ref(), self.events.as_ref(), &h.persisted, h.origin).await;
+                let events = self.emit_persisted.then_some(self.events.as_ref());
+                ok &= after_persist(self.hub.as_ref(), events, &h.persisted, h.origin).await;
             }
         }
         guard.active = false;
@@ -213,7 +222,7 @@ impl Drop for Ticket {
 /// recipients, and emits `message_persisted`. Duplicates push nothing (they were pushed when
 /// first persisted). Hub failures are reported as false, never returned: the message is
 /// durable and clients recover it by seq.
-async fn after_persist(hub: &dyn Hub, events: &dyn EventSink, p: &Persisted, origin: Option<ConnId>) -> bool {
+async fn after_persist(hub: &dyn Hub, events: Option<&dyn EventSink>, p: &Persisted, origin: Option<ConnId>) -> bool {
     if p.duplicate {
         return true;
     }
@@ -221,6 +230,7 @@ async fn after_persist(hub: &dyn Hub, events: &dyn EventSink, p: &Persisted, ori
     for u in &p.unread {
         ok &= hub.publish(std::slice::from_ref(&u.user), LiveEvent::Unread(u.clone())).await.is_ok();
     }
+    let Some(events) = events else { return ok };
     let m = &p.message;
     events.emit(vec![AnalyticsEvent::MessagePersisted {
         room: m.room.clone(),

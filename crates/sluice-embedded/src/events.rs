@@ -15,6 +15,8 @@ pub type Dropped = Box<dyn Fn(u64) + Send + Sync>;
 enum Cmd {
     Events(Vec<AnalyticsEvent>),
     Flush(oneshot::Sender<()>),
+    /// Events whose writing is confirmed (or refused) on the sender.
+    Deliver(Vec<AnalyticsEvent>, oneshot::Sender<Result<(), String>>),
 }
 
 /// Appends events to a file, one JSON object per line. Never blocks the caller: when the
@@ -46,6 +48,17 @@ impl FileEvents {
                         let _ = out.flush();
                         let _ = done.send(());
                     }
+                    Cmd::Deliver(events, done) => {
+                        let written = (|| -> std::io::Result<()> {
+                            for e in events {
+                                serde_json::to_writer(&mut out, &e)?;
+                                out.write_all(b"\n")?;
+                            }
+                            out.flush()?;
+                            out.get_ref().sync_data()
+                        })();
+                        let _ = done.send(written.map_err(|e| format!("cannot write analytics events: {e}")));
+                    }
                 }
             }
             let _ = out.flush();
@@ -68,5 +81,11 @@ impl EventSink for FileEvents {
         if self.tx.send(Cmd::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    async fn deliver(&self, events: Vec<AnalyticsEvent>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Deliver(events, tx)).await.map_err(|_| "the events writer stopped".to_string())?;
+        rx.await.map_err(|_| "the events writer stopped".to_string())?
     }
 }

@@ -5,9 +5,11 @@
 //! - [`queue`]: the spike queue, a durable FIFO queue with message groups on redb.
 //! - [`hub`]: in-process sessions, presence and fan-out.
 //! - [`events`]: analytics events appended to a JSON-lines file.
+//! - [`outbox`]: analytics events written with their messages, relayed to the event sink.
 
 pub mod events;
 pub mod hub;
+pub mod outbox;
 pub mod queue;
 pub mod store;
 

@@ -182,6 +182,11 @@ enum Op {
         msg_id: String,
         reply: Reply<()>,
     },
+    /// Removes delivered events from the outbox.
+    OutboxDone {
+        keys: Vec<u64>,
+        reply: Reply<()>,
+    },
     /// Makes the writer thread panic, to test what a dead writer looks like.
     #[cfg(test)]
     Crash,
@@ -196,7 +201,7 @@ impl Op {
     fn is_bulk(&self) -> bool {
         match self {
             Op::Persist(batch, _) => is_bulk_batch(batch),
-            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } => true,
+            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } | Op::OutboxDone { .. } => true,
             _ => false,
         }
     }
@@ -263,11 +268,14 @@ pub struct StoreConfig {
     /// Most weight (messages, recipients, other operations) waiting for the writer per lane;
     /// beyond it callers wait for room (backpressure) instead of growing memory.
     pub max_pending: usize,
+    /// Write each message's `message_persisted` event to the outbox in the message's own
+    /// transaction (see [`crate::outbox`]); run [`crate::outbox::relay`] to deliver them.
+    pub outbox: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { max_pending: DEFAULT_MAX_PENDING }
+        StoreConfig { max_pending: DEFAULT_MAX_PENDING, outbox: false }
     }
 }
 
@@ -280,6 +288,8 @@ struct WriterHealth {
     commits: std::sync::atomic::AtomicU64,
     /// The last commit failed (an I/O error): the store cannot take writes until one succeeds.
     failing: std::sync::atomic::AtomicBool,
+    /// Told when a commit left events in the outbox.
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Inner {
@@ -302,7 +312,7 @@ impl EmbeddedStore {
         let db = Arc::new(Database::create(path).map_err(store_err)?);
         let txn = db.begin_write().map_err(store_err)?;
         {
-            let w = Writer::open(&txn).map_err(store_err)?;
+            let w = Writer::open(&txn, true).map_err(store_err)?;
             drop(w);
         }
         txn.commit().map_err(store_err)?;
@@ -312,7 +322,7 @@ impl EmbeddedStore {
         let h2 = health.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-store-writer".into())
-            .spawn(move || writer_loop(&db2, rx, &h2))
+            .spawn(move || writer_loop(&db2, rx, &h2, config.outbox))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let max_pending = config.max_pending.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let pending = [0, 1].map(|_| Arc::new(tokio::sync::Semaphore::new(max_pending)));
@@ -334,6 +344,19 @@ impl EmbeddedStore {
     async fn admit(&self, bulk: bool, weight: usize) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         let weight = weight.clamp(1, self.inner.max_pending) as u32;
         self.inner.pending[usize::from(bulk)].clone().acquire_many_owned(weight).await.map_err(|_| writer_stopped())
+    }
+
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.inner.db.clone()
+    }
+
+    pub(crate) fn outbox_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.health.outbox_wake.clone()
+    }
+
+    /// Removes delivered events from the outbox.
+    pub async fn outbox_done(&self, keys: Vec<u64>) -> Result<(), StoreError> {
+        self.submit(|reply| Op::OutboxDone { keys, reply }).await
     }
 
     /// Write transactions committed since the store opened.
@@ -389,7 +412,7 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth) {
+fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth, outbox: bool) {
     let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
     let mut last_interactive: Option<std::time::Instant> = None;
     loop {
@@ -424,18 +447,21 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &Writ
         }
         let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
         let mut pending = ops.into_iter();
-        let result = (|| -> Result<(), redb::Error> {
+        let result = (|| -> Result<bool, redb::Error> {
             let txn = db.begin_write()?;
-            {
-                let mut w = Writer::open(&txn)?;
+            let events_waiting = {
+                let mut w = Writer::open(&txn, outbox)?;
                 for op in pending.by_ref() {
                     finished.push(w.apply(op)?);
                 }
-                w.close()?;
-            }
+                w.close()?
+            };
             txn.commit()?;
-            Ok(())
+            Ok(events_waiting)
         })();
+        if let Ok(true) = result {
+            health.outbox_wake.notify_one();
+        }
         let err = result.err().map(|e| StoreError::Unavailable(format!("commit failed: {e}")));
         health.failing.store(err.is_some(), std::sync::atomic::Ordering::Relaxed);
         if err.is_none() {
@@ -500,7 +526,7 @@ fn fail(op: Op, e: StoreError) {
         Op::CreateRoom { reply, .. } | Op::AddMembers { reply, .. } => drop(reply.send(Err(e))),
         Op::MarkRead { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
-        Op::RecordDeadLetter { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordDeadLetter { reply, .. } | Op::OutboxDone { reply, .. } => drop(reply.send(Err(e))),
         #[cfg(test)]
         Op::Crash | Op::Block(_) => {}
     }
@@ -523,10 +549,15 @@ struct Writer<'t> {
     /// grows for every user, saved once per commit.
     version: u64,
     version_moved: bool,
+    outbox: Option<Table<'t, u64, &'static [u8]>>,
+    outbox_written: bool,
 }
 
 impl<'t> Writer<'t> {
-    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+    /// The tables of `txn`; with `outbox`, persisted messages leave their analytics event in
+    /// the outbox.
+    fn open(txn: &'t redb::WriteTransaction, outbox: bool) -> Result<Self, redb::Error> {
+        let outbox_table = txn.open_table(crate::outbox::OUTBOX)?;
         let meta = txn.open_table(META)?;
         let version = meta.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         Ok(Writer {
@@ -543,6 +574,8 @@ impl<'t> Writer<'t> {
             version,
             version_moved: false,
             meta,
+            outbox: outbox.then_some(outbox_table),
+            outbox_written: false,
         })
     }
 
@@ -553,12 +586,13 @@ impl<'t> Writer<'t> {
         self.version
     }
 
-    /// Saves what the transaction's operations leave besides their own rows.
-    fn close(mut self) -> Result<(), redb::Error> {
+    /// Saves what the transaction's operations leave besides their own rows; true when they
+    /// left events in the outbox.
+    fn close(mut self) -> Result<bool, redb::Error> {
         if self.version_moved {
             self.meta.insert(COUNTERS_VERSION, self.version)?;
         }
-        Ok(())
+        Ok(self.outbox_written)
     }
 
     fn apply(&mut self, op: Op) -> Result<Box<dyn Finish>, redb::Error> {
@@ -607,6 +641,14 @@ impl<'t> Writer<'t> {
                     let mut c = self.campaign_rec(&campaign_id)?;
                     c.dead_lettered += 1;
                     self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
+                }
+                done(reply, Ok(()))
+            }
+            Op::OutboxDone { keys, reply } => {
+                if let Some(outbox) = &mut self.outbox {
+                    for k in keys {
+                        outbox.remove(k)?;
+                    }
                 }
                 done(reply, Ok(()))
             }
@@ -753,6 +795,21 @@ impl<'t> Writer<'t> {
                 c.dead_lettered = c.dead_lettered.saturating_sub(1);
             }
             self.campaigns.insert(cid.as_str(), encode(&c).as_slice())?;
+        }
+        if let Some(outbox) = &mut self.outbox {
+            let rec = crate::outbox::OutboxRec {
+                room: m.room.clone(),
+                seq,
+                msg_id: m.msg_id.clone(),
+                sender: m.sender.clone(),
+                kind: m.kind.as_str().to_string(),
+                campaign_id: m.campaign_id.clone(),
+                sent_at_ms: m.sent_at_ms,
+                persisted_at_ms: sluice_core::now_ms(),
+                recipients: unread.len() as u32,
+            };
+            outbox.insert(version, encode(&rec).as_slice())?;
+            self.outbox_written = true;
         }
         Ok(Ok(Persisted { message: Arc::new(stored(room, seq, msg)), duplicate: false, members: Arc::new(members), unread }))
     }
@@ -1064,7 +1121,7 @@ mod writer_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_wait_when_the_writer_has_its_fill() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open_with(&dir.path().join("s.redb"), StoreConfig { max_pending: 3 }).unwrap();
+        let store = EmbeddedStore::open_with(&dir.path().join("s.redb"), StoreConfig { max_pending: 3, ..StoreConfig::default() }).unwrap();
         let (unblock, blocked) = std::sync::mpsc::channel();
         store.inner.writer.as_ref().unwrap().send(Op::Block(blocked)).unwrap();
         let calls: Vec<_> = (0..5)

@@ -116,3 +116,56 @@ async fn a_send_dropped_mid_call_never_overwrites_the_next_one() {
     assert!(dropped == 0 || dropped == 2_000, "the dropped call is all or nothing, found {dropped}");
     assert_eq!(seen.len(), 1_000 + dropped);
 }
+
+/// Issue 16.6: a `message_persisted` event is written with its message, so a process that
+/// dies after the commit and before its fan-out still delivers it at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_events_survive_a_crash_between_commit_and_fan_out() {
+    use sluice_core::model::{MessageKind, NewMessage};
+    use sluice_core::store::MessageStore;
+    use sluice_embedded::outbox::relay;
+    use sluice_embedded::{EmbeddedStore, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let config = StoreConfig { outbox: true, ..StoreConfig::default() };
+    {
+        let store = EmbeddedStore::open_with(&path, config).unwrap();
+        store.create_room("r", &["a".into(), "b".into()], 1).await.unwrap();
+        let m = NewMessage {
+            msg_id: "m-1".into(),
+            room: "r".into(),
+            sender: "a".into(),
+            body: "hello".into(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms: 5,
+            create_members: vec![],
+        };
+        assert!(store.persist(vec![m]).await.unwrap()[0].is_ok());
+        // The process dies here: no fan-out, no event emitted.
+    }
+    let store = EmbeddedStore::open_with(&path, config).unwrap();
+    assert_eq!(store.outbox_batch(10).await.unwrap().len(), 1, "the event waits in the outbox");
+    let events_path = dir.path().join("events.jsonl");
+    let sink = std::sync::Arc::new(FileEvents::open(&events_path, Box::new(|_| panic!("nothing dropped"))).unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relaying = tokio::spawn(relay(store.clone(), sink, stop.clone()));
+    for _ in 0..500 {
+        if store.outbox_batch(10).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    relaying.await.unwrap();
+    assert!(store.outbox_batch(10).await.unwrap().is_empty(), "delivered events leave the outbox");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&events_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (lines[0]["type"].as_str(), lines[0]["msg_id"].as_str(), lines[0]["seq"].as_u64()),
+        (Some("message_persisted"), Some("m-1"), Some(1))
+    );
+    assert_eq!(lines[0]["recipients"], 1);
+}

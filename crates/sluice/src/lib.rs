@@ -22,7 +22,7 @@ use sluice_core::hub::Hub;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig};
+use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig, StoreConfig};
 use sluice_gateway::{App, Auth, Limits};
 use sluice_redis::{RedisHub, RedisHubConfig};
 use sluice_worker::{Backends, Worker, WorkerConfig};
@@ -102,16 +102,23 @@ fn in_use_hint(common: &CommonArgs) -> String {
     format!("cannot open the data in {} (is another sluice using it?)", common.data_dir.display())
 }
 
+/// The configured store; with `outbox` and the embedded store, also the embedded handle
+/// whose analytics outbox the caller relays.
 async fn open_store(
     common: &CommonArgs,
     conf: Option<&aws_config::SdkConfig>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<dyn MessageStore>> {
+    outbox: bool,
+) -> anyhow::Result<(Arc<dyn MessageStore>, Option<EmbeddedStore>)> {
     Ok(match (common.store_kind(), conf) {
         (StoreKind::Dynamodb, Some(conf)) => {
-            Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics))
+            (Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics)), None)
         }
-        _ => Arc::new(EmbeddedStore::open(&data_dir(common)?.join("store.redb")).with_context(|| in_use_hint(common))?),
+        _ => {
+            let config = StoreConfig { outbox, ..StoreConfig::default() };
+            let store = EmbeddedStore::open_with(&data_dir(common)?.join("store.redb"), config).with_context(|| in_use_hint(common))?;
+            (Arc::new(store.clone()), outbox.then_some(store))
+        }
     })
 }
 
@@ -146,13 +153,16 @@ async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
     })
 }
 
-fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn EventSink>> {
-    let kind = args.events.unwrap_or(match (args.common.backend, &args.events_file) {
+fn events_kind(args: &ServeArgs) -> EventsKind {
+    args.events.unwrap_or(match (args.common.backend, &args.events_file) {
         (Backend::Aws, _) => EventsKind::Kinesis,
         (_, Some(_)) => EventsKind::File,
         _ => EventsKind::Off,
-    });
-    Ok(match kind {
+    })
+}
+
+fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn EventSink>> {
+    Ok(match events_kind(args) {
         EventsKind::Off => Arc::new(NoEvents),
         EventsKind::File => {
             let path = args.events_file.as_ref().context("--events file needs --events-file")?;
@@ -274,7 +284,8 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let s = secrets::load(&common.data_dir, common.jwt_secret.as_deref(), common.service_token.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let conf = aws_conf(common).await;
-    let mut store = open_store(common, conf.as_ref(), metrics.clone()).await?;
+    let events_on = events_kind(&args) != EventsKind::Off;
+    let (mut store, outbox) = open_store(common, conf.as_ref(), metrics.clone(), events_on).await?;
     if let Some(latency) = args.store_latency_ms {
         tracing::warn!(?latency, "every store call is delayed (--store-latency-ms, for benchmarks)");
         store = Arc::new(sluice_core::latency::LatencyStore::new(store, latency));
@@ -304,8 +315,12 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         });
     }
 
+    // The embedded store writes `message_persisted` with the message (its outbox), so a
+    // crash after a commit cannot lose it; the relay stops after the worker and gateway.
+    let relay_stop = CancellationToken::new();
+    let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
     // One publication order for both lanes of this process.
-    let fanout = Fanout::new(hub.clone(), events.clone());
+    let fanout = if relay.is_some() { Fanout::with_outbox(hub.clone(), events.clone()) } else { Fanout::new(hub.clone(), events.clone()) };
     let worker_task = roles.worker.then(|| {
         let worker = Arc::new(Worker::new(
             Backends { store: store.clone(), queue: queue.clone(), fanout: fanout.clone(), metrics: metrics.clone() },
@@ -346,6 +361,12 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         if tokio::time::timeout(grace, task).await.is_err() {
             tracing::warn!("worker did not finish within the grace period; unacked messages will be redelivered");
         }
+    }
+    relay_stop.cancel();
+    if let Some(relay) = relay
+        && tokio::time::timeout(Duration::from_secs(args.shutdown_grace_secs), relay).await.is_err()
+    {
+        tracing::warn!("analytics outbox not drained within the grace period; the next start delivers the rest");
     }
     events.flush().await;
     served
