@@ -1,21 +1,28 @@
-//! Invariant 3 checked against a model: random mixes of interactive sends, bulk sends,
-//! reads, queue drains, crashes between commit and ack, and restarts of the embedded
-//! backends. After every step, every user's unread per room and total must equal what the
-//! model computes from first principles (messages after the read position not sent by the
-//! user), and every room's last seq must equal its message count.
+//! Invariants 1-4 checked against a model: random mixes of interactive sends (one at a time,
+//! concurrent, or cancelled half-way), bulk sends (also cancelled half-way, with another
+//! campaign right behind), reads, queue drains, crashes between commit and ack, and restarts
+//! of the embedded backends. After every step, every user's unread per room and total must
+//! equal what the model computes from first principles (messages after the read position not
+//! sent by the user), and every room's last seq must equal its message count.
+//!
+//! Every user also has a live connection, as a client would: live messages of a room must
+//! arrive in seq order, each once, however the persists that made them overlapped; and a
+//! client that resumes after its highest contiguous seq (the documented rule) ends up with
+//! every seq of every room it belongs to exactly once.
 
 use proptest::prelude::*;
 use sluice_core::events::NoEvents;
 use sluice_core::fanout::Fanout;
+use sluice_core::hub::{Connection, Hub, LiveEvent};
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{MessageKind, NewMessage};
+use sluice_core::model::{HistoryQuery, MessageKind, NewMessage, Persisted};
 use sluice_core::queue::{Enqueue, SpikeQueue};
 use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
 use sluice_proto::convert::{decode_queued, encode_queued};
 use sluice_worker::{Backends, Worker, WorkerConfig};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +32,60 @@ const GROUP_ROOMS: [(&str, &[usize]); 2] = [("r0", &[0, 1, 2]), ("r1", &[1, 2, 3
 
 #[derive(Debug, Clone)]
 enum Op {
-    Send { room: usize, sender: usize, n: usize },
-    Bulk { sender: usize, recipients: u8, campaign: u8 },
-    Read { user: usize, room: usize, frac: f64 },
+    Send {
+        room: usize,
+        sender: usize,
+        n: usize,
+    },
+    /// Several members send to one room at once (their persists overlap).
+    ConcurrentSends {
+        room: usize,
+        senders: u8,
+    },
+    /// A send whose caller goes away after `polls` polls; the client then retries it.
+    CancelledSend {
+        room: usize,
+        sender: usize,
+        n: usize,
+        polls: u8,
+    },
+    /// A bulk send cancelled after `polls` polls, another campaign sent right behind it,
+    /// then the cancelled one retried (as a scheduler whose call timed out would).
+    CancelledBulk {
+        sender: usize,
+        recipients: u8,
+        campaign: u8,
+        polls: u8,
+    },
+    /// A user's client resumes every room after its highest contiguous seq.
+    Resume {
+        user: usize,
+    },
+    Bulk {
+        sender: usize,
+        recipients: u8,
+        campaign: u8,
+    },
+    Read {
+        user: usize,
+        room: usize,
+        frac: f64,
+    },
     Drain,
-    CrashAfterCommit { take: usize },
+    CrashAfterCommit {
+        take: usize,
+    },
     Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..2usize, 0..USERS, 1..4usize).prop_map(|(room, sender, n)| Op::Send { room, sender, n }),
+        2 => (0..2usize, 1..32u8).prop_map(|(room, senders)| Op::ConcurrentSends { room, senders }),
+        1 => (0..2usize, 0..USERS, 1..4usize, 0..3u8).prop_map(|(room, sender, n, polls)| Op::CancelledSend { room, sender, n, polls }),
+        1 => (0..USERS, any::<u8>(), 0..3u8, 0..3u8)
+            .prop_map(|(sender, recipients, campaign, polls)| Op::CancelledBulk { sender, recipients, campaign, polls }),
+        2 => (0..USERS).prop_map(|user| Op::Resume { user }),
         3 => (0..USERS, any::<u8>(), 0..3u8).prop_map(|(sender, recipients, campaign)| Op::Bulk { sender, recipients, campaign }),
         4 => (0..USERS, 0..12usize, 0.0..1.2f64).prop_map(|(user, room, frac)| Op::Read { user, room, frac }),
         2 => Just(Op::Drain),
@@ -88,30 +138,134 @@ impl Model {
 struct Backend {
     store: Arc<dyn MessageStore>,
     queue: Arc<dyn SpikeQueue>,
+    fanout: Arc<Fanout>,
     worker: Worker,
+    /// One live connection per user.
+    conns: Vec<Connection>,
 }
 
-fn open(dir: &Path) -> Backend {
+async fn open(dir: &Path) -> Backend {
     let store: Arc<dyn MessageStore> = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
     let queue: Arc<dyn SpikeQueue> = Arc::new(EmbeddedQueue::open(&dir.join("queue.redb"), QueueConfig::default()).unwrap());
+    let hub = Arc::new(LocalHub::new());
+    let fanout = Fanout::new(hub.clone(), Arc::new(NoEvents));
     let worker = Worker::new(
-        Backends {
-            store: store.clone(),
-            queue: queue.clone(),
-            fanout: Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents)),
-            metrics: Arc::new(Metrics::new()),
-        },
+        Backends { store: store.clone(), queue: queue.clone(), fanout: fanout.clone(), metrics: Arc::new(Metrics::new()) },
         WorkerConfig::default(),
     );
-    Backend { store, queue, worker }
+    let mut conns = Vec::new();
+    for i in 0..USERS {
+        conns.push(hub.connect(&user(i), 1 << 16).await.unwrap());
+    }
+    Backend { store, queue, fanout, worker, conns }
+}
+
+/// What one user's client has seen, as a client keeps it.
+#[derive(Default)]
+struct Client {
+    /// Seqs seen per room, live or replayed.
+    seen: BTreeMap<String, BTreeSet<u64>>,
+    /// The last seq that arrived live per room on the current connection.
+    last_live: BTreeMap<String, u64>,
+}
+
+impl Client {
+    /// The highest seq up to which the client has every message of `room`.
+    fn contiguous(&self, room: &str) -> u64 {
+        let Some(seen) = self.seen.get(room) else { return 0 };
+        let mut n = 0;
+        while seen.contains(&(n + 1)) {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Takes what arrived on every connection; live messages of a room come in seq order, once.
+fn take_live(b: &mut Backend, clients: &mut [Client]) -> Result<(), TestCaseError> {
+    for (i, conn) in b.conns.iter_mut().enumerate() {
+        prop_assert!(!conn.overflowed.load(std::sync::atomic::Ordering::Acquire));
+        while let Ok(ev) = conn.events.try_recv() {
+            if let LiveEvent::Message { message, .. } = &*ev {
+                let c = &mut clients[i];
+                let last = c.last_live.entry(message.room.clone()).or_insert(0);
+                prop_assert!(message.seq > *last, "{} got seq {} of {} live after {}", user(i), message.seq, message.room, last);
+                *last = message.seq;
+                let fresh = c.seen.entry(message.room.clone()).or_default().insert(message.seq);
+                prop_assert!(fresh, "{} got seq {} of {} twice", user(i), message.seq, message.room);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Persists `batch` as the gateway does (a ticket per message, publish after commit).
+async fn persist_live(b: &Backend, batch: Vec<NewMessage>) -> Vec<Result<Persisted, sluice_core::error::StoreError>> {
+    let tickets: Vec<_> = batch.iter().map(|m| b.fanout.ticket(&m.room)).collect();
+    let results = b.store.persist(batch).await.unwrap();
+    for (r, t) in results.iter().zip(tickets) {
+        if let Ok(p) = r {
+            t.publish(p, None).await;
+        }
+    }
+    results
+}
+
+/// Records committed messages in the model in seq order, checking their seqs extend the
+/// room without a gap.
+fn commit_in_model(model: &mut Model, done: &mut Vec<(NewMessage, u64)>) -> Result<(), TestCaseError> {
+    done.sort_by_key(|(_, seq)| *seq);
+    for (m, seq) in done.drain(..) {
+        let next = model.rooms.get(&m.room).map_or(0, |r| r.len() as u64) + 1;
+        prop_assert_eq!(seq, next, "seq of {} in {}", m.msg_id, m.room);
+        model.persist(&m);
+    }
+    Ok(())
+}
+
+/// The one-off messages of a campaign `cid` from `sender` to the users in `recipients`.
+fn one_offs(model: &mut Model, sender: usize, recipients: u8, cid: &str) -> Vec<Enqueue> {
+    let s = user(sender);
+    let mut batch = Vec::new();
+    for r in (0..USERS).filter(|r| recipients & (1 << r) != 0 && *r != sender).map(user) {
+        let m = NewMessage {
+            msg_id: ids::bulk_msg_id(cid, &r),
+            room: ids::dm_room(&s, &r),
+            sender: s.clone(),
+            body: "sale".into(),
+            kind: MessageKind::OneOff,
+            campaign_id: Some(cid.to_string()),
+            sent_at_ms: 0,
+            create_members: vec![s.clone(), r.clone()],
+        };
+        if model.seen_msg_ids.insert(m.msg_id.clone()) {
+            model.pending.push(m.clone());
+        }
+        batch.push(Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(&m) });
+    }
+    batch
+}
+
+fn chat(room: &str, sender: &str, id: usize) -> NewMessage {
+    NewMessage {
+        msg_id: ids::chat_msg_id(sender, room, &id.to_string()),
+        room: room.into(),
+        sender: sender.into(),
+        body: "hi".into(),
+        kind: MessageKind::Chat,
+        campaign_id: None,
+        sent_at_ms: 0,
+        create_members: vec![],
+    }
 }
 
 const VIS: Duration = Duration::from_secs(60);
 
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = open(dir.path());
+    let mut b = open(dir.path()).await;
     let mut model = Model::default();
+    let mut clients: Vec<Client> = (0..USERS).map(|_| Client::default()).collect();
     for (name, members) in GROUP_ROOMS {
         let members: Vec<String> = members.iter().map(|&i| user(i)).collect();
         b.store.create_room(name, &members, 0).await.unwrap();
@@ -126,47 +280,111 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let batch: Vec<NewMessage> = (0..n)
                     .map(|_| {
                         sends += 1;
-                        NewMessage {
-                            msg_id: ids::chat_msg_id(&s, room, &sends.to_string()),
-                            room: room.into(),
-                            sender: s.clone(),
-                            body: "hi".into(),
-                            kind: MessageKind::Chat,
-                            campaign_id: None,
-                            sent_at_ms: 0,
-                            create_members: vec![],
-                        }
+                        chat(room, &s, sends)
                     })
                     .collect();
                 let member = model.members[room].contains(&s);
-                for (m, r) in batch.iter().zip(b.store.persist(batch.clone()).await.unwrap()) {
+                let mut done = Vec::new();
+                for (m, r) in batch.iter().zip(persist_live(&b, batch.clone()).await) {
                     prop_assert_eq!(r.is_ok(), member, "send by {} to {}", s, room);
-                    if member {
-                        model.persist(m);
+                    if let Ok(p) = r {
+                        done.push((m.clone(), p.message.seq));
                     }
                 }
+                commit_in_model(&mut model, &mut done)?;
+            }
+            Op::ConcurrentSends { room, senders } => {
+                let room = GROUP_ROOMS[room].0;
+                let mut tasks = Vec::new();
+                for s in (0..USERS).filter(|i| senders & (1 << i) != 0).map(user) {
+                    sends += 1;
+                    let m = chat(room, &s, sends);
+                    let (store, fanout) = (b.store.clone(), b.fanout.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let ticket = fanout.ticket(&m.room);
+                        let r = store.persist(vec![m.clone()]).await.unwrap().pop().unwrap();
+                        if let Ok(p) = &r {
+                            ticket.publish(p, None).await;
+                        }
+                        (m, r.map(|p| p.message.seq))
+                    }));
+                }
+                let mut done = Vec::new();
+                for t in tasks {
+                    let (m, r) = t.await.unwrap();
+                    prop_assert_eq!(r.is_ok(), model.members[room].contains(&m.sender));
+                    if let Ok(seq) = r {
+                        done.push((m, seq));
+                    }
+                }
+                commit_in_model(&mut model, &mut done)?;
+            }
+            Op::CancelledSend { room, sender, n, polls } => {
+                let (room, s) = (GROUP_ROOMS[room].0, user(sender));
+                let batch: Vec<NewMessage> = (0..n)
+                    .map(|_| {
+                        sends += 1;
+                        chat(room, &s, sends)
+                    })
+                    .collect();
+                {
+                    let mut call = b.store.persist(batch.clone());
+                    for _ in 0..polls {
+                        if futures::poll!(&mut call).is_ready() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+                // The client retries with the same ids: one message each, whatever got in.
+                let member = model.members[room].contains(&s);
+                let mut done = Vec::new();
+                for (m, r) in batch.iter().zip(persist_live(&b, batch.clone()).await) {
+                    prop_assert_eq!(r.is_ok(), member);
+                    if let Ok(p) = r {
+                        done.push((m.clone(), p.message.seq));
+                    }
+                }
+                commit_in_model(&mut model, &mut done)?;
             }
             Op::Bulk { sender, recipients, campaign } => {
-                let s = user(sender);
-                let cid = format!("c{campaign}");
-                let mut batch = Vec::new();
-                for r in (0..USERS).filter(|r| recipients & (1 << r) != 0 && *r != sender).map(user) {
-                    let m = NewMessage {
-                        msg_id: ids::bulk_msg_id(&cid, &r),
-                        room: ids::dm_room(&s, &r),
-                        sender: s.clone(),
-                        body: "sale".into(),
-                        kind: MessageKind::OneOff,
-                        campaign_id: Some(cid.clone()),
-                        sent_at_ms: 0,
-                        create_members: vec![s.clone(), r.clone()],
-                    };
-                    if model.seen_msg_ids.insert(m.msg_id.clone()) {
-                        model.pending.push(m.clone());
-                    }
-                    batch.push(Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(&m) });
-                }
+                let batch = one_offs(&mut model, sender, recipients, &format!("c{campaign}"));
                 b.queue.send(batch).await.unwrap();
+            }
+            Op::CancelledBulk { sender, recipients, campaign, polls } => {
+                let first = one_offs(&mut model, sender, recipients, &format!("c{campaign}"));
+                // Another sender's campaign to the others, in rooms the first one does not use
+                // (so the model knows each room's order without asking the store).
+                let behind = one_offs(&mut model, (sender + 1) % USERS, !recipients & !(1 << sender), &format!("d{campaign}"));
+                {
+                    let mut call = b.queue.send(first.clone());
+                    for _ in 0..polls {
+                        if futures::poll!(&mut call).is_ready() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+                b.queue.send(behind).await.unwrap();
+                b.queue.send(first).await.unwrap();
+            }
+            Op::Resume { user: u } => {
+                take_live(&mut b, &mut clients)?;
+                let name = user(u);
+                let rooms: Vec<String> = model.members.iter().filter(|(_, m)| m.contains(&name)).map(|(r, _)| r.clone()).collect();
+                let c = &mut clients[u];
+                for room in rooms {
+                    let mut after = c.contiguous(&room);
+                    loop {
+                        let page = b.store.history(&room, HistoryQuery { before: None, after: Some(after), limit: 500 }).await.unwrap();
+                        let Some(last) = page.last() else { break };
+                        after = last.seq;
+                        c.seen.entry(room.clone()).or_default().extend(page.iter().map(|m| m.seq));
+                    }
+                    let last = model.rooms.get(&room).map_or(0, |r| r.len() as u64);
+                    let want: BTreeSet<u64> = (1..=last).collect();
+                    prop_assert_eq!(c.seen.get(&room).cloned().unwrap_or_default(), want, "{} resumed {}", name, room);
+                }
             }
             Op::Read { user: u, room, frac } => {
                 let (u, room) = (user(u), room_name(room));
@@ -202,14 +420,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         model.persist(&p);
                     }
                 }
+                take_live(&mut b, &mut clients)?;
                 drop(b);
-                b = open(dir.path());
+                b = open(dir.path()).await;
+                clients.iter_mut().for_each(|c| c.last_live.clear());
             }
             Op::Restart => {
+                take_live(&mut b, &mut clients)?;
                 drop(b);
-                b = open(dir.path());
+                b = open(dir.path()).await;
+                clients.iter_mut().for_each(|c| c.last_live.clear());
             }
         }
+        take_live(&mut b, &mut clients)?;
         for i in 0..USERS {
             let u = user(i);
             let inbox = b.store.inbox(&u).await.unwrap();
