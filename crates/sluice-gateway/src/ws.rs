@@ -33,6 +33,12 @@ use tracing::Instrument;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the server shuts down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a frame that breaks the protocol.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code for a frame over the hard size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// How long one write to the socket may take before the client is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies the reader may queue ahead of the writer.
@@ -83,6 +89,8 @@ enum Out {
     ResumeDone {
         room: String,
     },
+    /// Write this close frame (or, for `None`, answer the client's close) and end.
+    Close(Option<CloseFrame>),
 }
 
 async fn session(app: Arc<App>, user: String, socket: WebSocket) {
@@ -121,7 +129,15 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
                 tracing::debug!("idle timeout");
                 return;
             }
-            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                // RFC 6455 7.4.1: say why before the connection goes.
+                if let Some(frame) = close_for(e) {
+                    app.metrics.errors.with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }]).inc();
+                    let _ = out.send(Out::Close(Some(frame))).await;
+                }
+                return;
+            }
             Ok(Some(Ok(m))) => m,
         };
         let text = match msg {
@@ -130,7 +146,12 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
                 reply_err(app, &out, AppError::bad("binary frames are not supported; send JSON text frames"), None).await;
                 continue;
             }
-            Message::Close(_) => return,
+            Message::Close(_) => {
+                // The reply (echoing the client's code) is queued by the protocol; the writer
+                // sends it and closes.
+                let _ = out.send(Out::Close(None)).await;
+                return;
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         if text.len() > app.limits.max_frame_bytes {
@@ -151,6 +172,18 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
         if Box::pin(handle(app, user, conn_id, frame, &out, &mut sends, &mut typing)).await.is_err() {
             return;
         }
+    }
+}
+
+/// The close frame a read error deserves, if the connection can still carry one.
+fn close_for(e: axum::Error) -> Option<CloseFrame> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let frame = |code, reason: &str| Some(CloseFrame { code, reason: reason.into() });
+    match e.into_inner().downcast::<WsError>().map(|e| *e) {
+        Ok(WsError::Capacity(_)) => frame(CLOSE_TOO_BIG, "too_large: frame over the size limit"),
+        Ok(WsError::Utf8(_)) => frame(CLOSE_INVALID_DATA, "bad_frame: text frame is not UTF-8"),
+        Ok(WsError::Protocol(_)) => frame(CLOSE_PROTOCOL_ERROR, "bad_frame: protocol error"),
+        _ => None,
     }
 }
 
@@ -334,6 +367,18 @@ async fn write_loop(
             }
             r = replies.recv() => match r {
                 None => break,
+                Some(Out::Close(frame)) => {
+                    // With `None` the protocol already holds the answer to the client's close
+                    // (echoing its code): closing the sink writes it out.
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                        if let Some(frame) = frame {
+                            sink.send(Message::Close(Some(frame))).await?;
+                        }
+                        sink.close().await
+                    })
+                    .await;
+                    break;
+                }
                 Some(Out::Frame(f)) => batch.push(*f),
                 Some(Out::ResumeStart { room, after }) => {
                     resuming.insert(room, Resuming { last: after, held: Vec::new() });

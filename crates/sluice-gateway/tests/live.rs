@@ -164,3 +164,42 @@ async fn a_stale_unread_update_is_never_shown() {
     bob.close(None).await.unwrap();
     g.stop().await;
 }
+
+/// The next frame is a close with `code` (the server said why before it hung up).
+async fn expect_close(ws: &mut Socket, code: u16) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a close in time") {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), code, "close reason: {}", f.reason);
+                return;
+            }
+            Some(Ok(Message::Close(None))) => panic!("a close without a code, wanted {code}"),
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Issue 10.4: close handshakes as RFC 6455 says: a client's close is answered with a close,
+/// a frame over the hard limit gets 1009, a text frame that is not UTF-8 gets 1007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_are_answered_with_a_reason() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    let g = gateway().await;
+
+    let mut normal = g.connect("bob").await;
+    normal.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await.unwrap();
+    expect_close(&mut normal, 1000).await;
+
+    let mut big = g.connect("bob").await;
+    let hard = Limits::default().hard_frame_bytes;
+    let _ = big.send(Message::text("x".repeat(hard + 1))).await;
+    expect_close(&mut big, 1009).await;
+
+    let mut bad = g.connect("bob").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    bad.send(Message::Frame(frame)).await.unwrap();
+    expect_close(&mut bad, 1007).await;
+    g.stop().await;
+}
