@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = ["sluice/v1/chat.proto", "sluice/v1/queue.proto", "sluice/v1/events.proto"];
     let fds = protox::compile(files, [&root])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure().codec_path("crate::codec::StrictCodec").compile_fds(fds)?;
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -4,13 +4,22 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sluice_core::ids;
 
-/// JWT claims Sluice issues and accepts.
+/// JWT claims Sluice issues and accepts: `sub` and `exp` are required, `nbf` is honoured,
+/// `iat` is optional.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
+
+/// Clock difference tolerated between the token's issuer and this server, in seconds.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+/// Default of the longest lifetime accepted for a user token (what `sluice token` can mint).
+pub const DEFAULT_MAX_TOKEN_TTL_SECS: u64 = 31_536_000;
 
 /// Verifies user and service credentials. Secrets never appear in logs or `Debug`.
 #[derive(Clone)]
@@ -19,6 +28,7 @@ pub struct Auth {
     decoding: DecodingKey,
     validation: Validation,
     service_token: String,
+    max_ttl_secs: u64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -37,20 +47,29 @@ impl Auth {
     pub fn new(jwt_secret: &[u8], service_token: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = CLOCK_SKEW_SECS;
         Auth {
             encoding: EncodingKey::from_secret(jwt_secret),
             decoding: DecodingKey::from_secret(jwt_secret),
             validation,
             service_token: service_token.to_string(),
+            max_ttl_secs: DEFAULT_MAX_TOKEN_TTL_SECS,
         }
+    }
+
+    /// Refuses user tokens that expire more than `secs` from now (a leaked long-lived token
+    /// is a long-lived breach).
+    pub fn with_max_token_ttl(mut self, secs: u64) -> Self {
+        self.max_ttl_secs = secs;
+        self
     }
 
     /// Issues a token for `user`, valid for `ttl_secs`.
     pub fn mint_user(&self, user: &str, ttl_secs: u64) -> Result<String, AuthError> {
         ids::validate_user(user).map_err(AuthError)?;
         let now = (sluice_core::now_ms() / 1000) as u64;
-        let claims = Claims { sub: user.to_string(), iat: now, exp: now + ttl_secs };
+        let claims = Claims { sub: user.to_string(), iat: Some(now), nbf: None, exp: now + ttl_secs };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| AuthError(e.to_string()))
     }
 
@@ -59,6 +78,10 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(format!("invalid token: {e}")))?;
         ids::validate_user(&data.claims.sub).map_err(|e| AuthError(format!("invalid token subject: {e}")))?;
+        let now = (sluice_core::now_ms() / 1000) as u64;
+        if data.claims.exp > now + self.max_ttl_secs + CLOCK_SKEW_SECS {
+            return Err(AuthError(format!("invalid token: it expires more than {} seconds from now", self.max_ttl_secs)));
+        }
         Ok(data.claims.sub)
     }
 
@@ -99,9 +122,27 @@ mod tests {
     fn expired_tokens_fail() {
         let a = Auth::new(b"secret-one-secret-one-secret-one", "svc");
         let now = (sluice_core::now_ms() / 1000) as u64;
-        let claims = Claims { sub: "alice".into(), iat: now - 100, exp: now - 60 };
+        let claims = Claims { sub: "alice".into(), iat: Some(now - 100), nbf: None, exp: now - 60 };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert!(a.verify_user(&t).unwrap_err().0.contains("xpired"));
+    }
+
+    /// Issue 10.6: `iat` is optional, `nbf` is honoured with a small clock skew, and the
+    /// lifetime a token may claim is capped by configuration.
+    #[test]
+    fn claims_follow_the_contract() {
+        let a = Auth::new(b"secret-one-secret-one-secret-one", "svc").with_max_token_ttl(3_600);
+        let now = (sluice_core::now_ms() / 1000) as u64;
+        let token = |claims: serde_json::Value| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        assert_eq!(a.verify_user(&token(serde_json::json!({"sub": "alice", "exp": now + 60}))).unwrap(), "alice", "no iat needed");
+        let early = a.verify_user(&token(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 300}))).unwrap_err();
+        assert!(early.0.contains("mmature") || early.0.contains("nbf"), "{}", early.0);
+        let skewed = token(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + CLOCK_SKEW_SECS / 2}));
+        assert!(a.verify_user(&skewed).is_ok(), "a clock a little ahead is tolerated");
+        let long = a.verify_user(&token(serde_json::json!({"sub": "alice", "exp": now + 7_200}))).unwrap_err();
+        assert!(long.0.contains("3600 seconds"), "{}", long.0);
+        assert!(a.verify_user(&token(serde_json::json!({"exp": now + 60}))).is_err(), "sub is required");
+        assert!(a.verify_user(&token(serde_json::json!({"sub": "alice"}))).is_err(), "exp is required");
     }
 
     #[test]

@@ -8,15 +8,20 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
 
-/// The router of a gateway (testable with `oneshot`).
+/// The router of a gateway with everything on one port (testable with `oneshot`).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/v1/ws", get(crate::ws::upgrade))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(app)
+    public_router(app.clone()).merge(Router::new().route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(app))
+}
+
+/// What clients reach when the operator's routes live on an admin port: the page, the
+/// WebSocket and liveness.
+pub fn public_router(app: Arc<App>) -> Router {
+    Router::new().route("/", get(index)).route("/v1/ws", get(crate::ws::upgrade)).route("/healthz", get(healthz)).with_state(app)
+}
+
+/// The operator's routes: liveness, readiness and metrics.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(app)
 }
 
 async fn index() -> Html<&'static str> {

@@ -53,6 +53,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Interval of server pings.
     pub ping_interval: Duration,
+    /// Browser origins allowed to open a WebSocket; empty = any. Requests without an Origin
+    /// header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             max_resume_rooms: 1_000,
             idle_timeout: Duration::from_secs(90),
             ping_interval: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -91,20 +95,34 @@ pub struct App {
 
 /// Serves HTTP/WebSocket on `http` and gRPC on `grpc` until `app.shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::io::Result<()> {
+    serve_with_admin(app, http, grpc, None).await
+}
+
+/// [`serve`], with `/metrics`, `/readyz` (and `/healthz`) on `admin` instead of the public
+/// HTTP port when given.
+pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListener, admin: Option<TcpListener>) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let shutdown = app.shutdown.clone();
+    let public = if admin.is_some() { http::public_router(app.clone()) } else { http::router(app.clone()) };
+    let admin_server = async {
+        match admin {
+            Some(l) => axum::serve(l, http::admin_router(app.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await,
+            None => Ok(()),
+        }
+    };
     // Without TCP_NODELAY, a frame written while the previous one is unacknowledged waits
     // for the client's delayed ACK (40 ms on Linux): an ack followed by a message would
     // make every chat p99 about 40 ms.
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let http_server = axum::serve(http, http::router(app.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http_server = axum::serve(http, public).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grpc = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(app.clone()))
         .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
-    let (h, g) = tokio::join!(http_server, grpc_server);
+    let (h, g, a) = tokio::join!(http_server, grpc_server, admin_server);
     h?;
+    a?;
     g.map_err(std::io::Error::other)
 }

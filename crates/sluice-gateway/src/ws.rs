@@ -56,6 +56,16 @@ pub struct WsParams {
 /// Authenticates, then upgrades. A missing or bad token is refused with HTTP 401 before
 /// any WebSocket is opened.
 pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(params): Query<WsParams>, ws: WebSocketUpgrade) -> Response {
+    // A browser always sends its page's origin: refuse pages that are not ours, so another
+    // site cannot open a socket with a token it got hold of (cross-site WebSocket hijacking).
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !app.limits.allowed_origins.is_empty()
+        && !app.limits.allowed_origins.iter().any(|o| origin.as_bytes() == o.as_bytes())
+    {
+        app.metrics.errors.with_label_values(&["unauthorized"]).inc();
+        let body = ServerFrame::error(ErrorCode::Unauthorized, "origin not allowed (--allowed-origins)", None).to_json();
+        return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).map(str::to_string).or(params.token);
     let user = match token.as_deref().map(|t| app.auth.verify_user(t)) {
         Some(Ok(user)) => user,

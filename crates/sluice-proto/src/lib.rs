@@ -1,8 +1,10 @@
 //! Protobuf and gRPC code for `proto/sluice/v1`: the `ChatService` contract, the
 //! spike-queue message body (`QueuedMessage`) and the analytics events. The generated code
 //! lives in `OUT_DIR` ([`v1`]); [`convert`] maps it to and from the domain types of
-//! `sluice-core`, so gateway and worker agree on one encoding.
+//! `sluice-core`, so gateway and worker agree on one encoding. [`codec`] is the gRPC codec
+//! (prost's, with malformed requests answered INVALID_ARGUMENT).
 
+pub mod codec;
 pub mod convert;
 
 /// Package `sluice.v1` (generated).

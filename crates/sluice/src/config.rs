@@ -159,6 +159,18 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
+    /// Serve /metrics, /readyz and /healthz on this address instead of the public HTTP one
+    /// (keeps them off the port clients reach).
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Browser origins allowed to open a WebSocket (comma-separated, e.g.
+    /// https://chat.example.com). Empty: any origin. Clients that send no Origin header
+    /// (non-browser) are always allowed.
+    #[arg(long, env = "SLUICE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Longest lifetime a user token may claim (its `exp` this far from now at most).
+    #[arg(long, env = "SLUICE_MAX_TOKEN_TTL_SECS", default_value_t = sluice_gateway::auth::DEFAULT_MAX_TOKEN_TTL_SECS, value_parser = clap::value_parser!(u64).range(60..))]
+    pub max_token_ttl_secs: u64,
     /// Append analytics events (JSON lines) to this file (implies --events file).
     #[arg(long, env = "SLUICE_EVENTS_FILE")]
     pub events_file: Option<PathBuf>,

@@ -7,8 +7,9 @@
 //!   `--backend aws`, or chosen one concern at a time), and `bench`, which hands over to
 //!   `sluice-bench` with this program as the server it starts.
 //!
-//! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` on stdout once
-//! both ports are bound, so scripts and tests that ask for port 0 learn the real ports;
+//! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` (and
+//! ` admin=ADDR` with `--admin-addr`) on stdout once the ports are bound, so scripts and tests
+//! that ask for port 0 learn the real ports;
 //! `worker` prints `sluice worker running` once its backends are connected.
 
 pub mod config;
@@ -28,6 +29,7 @@ use sluice_redis::{RedisHub, RedisHubConfig};
 use sluice_worker::{Backends, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Logs to stderr; `RUST_LOG` (or `SLUICE_LOG`) sets the filter, `info` by default.
@@ -227,6 +229,7 @@ fn limits(a: &ServeArgs) -> Limits {
         send_burst: 2.0 * a.send_rate as f64,
         outbound_buffer: a.outbound_buffer as usize,
         max_bulk_recipients: a.max_bulk_recipients as usize,
+        allowed_origins: a.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect(),
         ..Limits::default()
     }
 }
@@ -300,7 +303,11 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
-        Some((http, grpc))
+        let admin = match args.admin_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (--admin-addr)"))?),
+            None => None,
+        };
+        Some((http, grpc, admin))
     } else {
         None
     };
@@ -330,7 +337,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         tokio::spawn(worker.run(shutdown.clone()))
     });
     let served = match listeners {
-        Some((http, grpc)) => {
+        Some((http, grpc, admin)) => {
             let app = Arc::new(App {
                 store,
                 queue,
@@ -338,14 +345,17 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 events: events.clone(),
                 fanout,
                 metrics,
-                auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token),
+                auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(&args),
                 shutdown: shutdown.clone(),
             });
             let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
             tracing::info!(%http_addr, %grpc_addr, ?roles, "sluice serving");
-            println!("sluice listening http={http_addr} grpc={grpc_addr}");
-            let served = sluice_gateway::serve(app, http, grpc).await;
+            match admin.as_ref().map(TcpListener::local_addr).transpose()? {
+                Some(admin_addr) => println!("sluice listening http={http_addr} grpc={grpc_addr} admin={admin_addr}"),
+                None => println!("sluice listening http={http_addr} grpc={grpc_addr}"),
+            }
+            let served = sluice_gateway::serve_with_admin(app, http, grpc, admin).await;
             shutdown.cancel();
             served.context("server failed")
         }

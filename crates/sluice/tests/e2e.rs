@@ -260,6 +260,14 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     let e = g.add_members(v1::AddMembersRequest { room: "dm:alice:bob".into(), members: vec!["mallory".into()] }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A request that is not protobuf at all is the caller's fault (issue 10.6), not INTERNAL.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let mut req = tonic::Request::new(vec![0x0a, 0xff, 0x01]);
+    req.metadata_mut().insert("authorization", format!("Bearer {}", s.service_token()).parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/sluice.v1.ChatService/GetCampaign");
+    let e = raw.unary(req, path, RawCodec).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     let created = g.create_room(v1::CreateRoomRequest { room: String::new(), members: vec!["alice".into()] }).await.unwrap().into_inner();
     assert!(created.room.starts_with("r-"), "an empty room id is generated");
 }
@@ -312,6 +320,40 @@ async fn rate_limits_and_slow_consumers() {
     let c = close.unwrap();
     assert_eq!((u16::from(c.code), c.reason.as_str().starts_with("slow_consumer")), (4008, true));
     assert_eq!(s.metric("sluice_slow_consumer_closes_total").await, 1.0);
+}
+
+/// Issue 10.6: operators can keep /metrics and /readyz off the public port, and browsers
+/// from other sites cannot open a WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_and_allowed_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--admin-addr", "127.0.0.1:0", "--allowed-origins", "https://chat.example.com/"]).await;
+    let admin = s.admin.expect("the listening line names the admin port");
+    assert_eq!(http_get(s.http, "/healthz").await.0, 200);
+    assert_eq!(http_get(s.http, "/metrics").await.0, 404, "metrics are not on the public port");
+    assert_eq!(http_get(s.http, "/readyz").await.0, 404);
+    let (status, metrics) = http_get(admin, "/metrics").await;
+    assert!(status == 200 && metrics.contains("sluice_connections"), "{status}");
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    let with_origin = |origin: Option<&str>| {
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/v1/ws?token={}",
+            s.http,
+            s.token("bob")
+        ))
+        .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin(Some("https://evil.example"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a foreign origin must be refused: {other:?}"),
+    }
+    assert!(tokio_tungstenite::connect_async(with_origin(Some("https://chat.example.com"))).await.is_ok(), "our page's origin");
+    assert!(tokio_tungstenite::connect_async(with_origin(None)).await.is_ok(), "non-browser clients send no origin");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,4 +435,39 @@ async fn subscribe_streams_a_users_events_and_the_firehose() {
 
 async fn next(stream: &mut tonic::Streaming<v1::Event>) -> v1::event::Event {
     tokio::time::timeout(common::RECV_TIMEOUT, stream.message()).await.expect("an event in time").unwrap().unwrap().event.unwrap()
+}
+
+/// A gRPC codec that sends and receives raw bytes, to send what no generated client would.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
 }

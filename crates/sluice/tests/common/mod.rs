@@ -30,6 +30,8 @@ pub struct Server {
     child: tokio::process::Child,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The admin listener, when started with `--admin-addr`.
+    pub admin: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -74,7 +76,8 @@ impl Server {
                 None => panic!("no {key} in {line:?}"),
             }
         };
-        Server { http: addr("http="), grpc: addr("grpc="), data_dir: data_dir.to_path_buf(), log, child }
+        let admin = line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).map(|v| v.parse().unwrap());
+        Server { http: addr("http="), grpc: addr("grpc="), admin, data_dir: data_dir.to_path_buf(), log, child }
     }
 
     /// SIGKILL: no shutdown, no flush.
