@@ -7,6 +7,7 @@
 //!   queue, sessions/fan-out, analytics sink), each method documenting its contract.
 //! - [`frames`]: the WebSocket client contract v1 (JSON frames) and [`error::ErrorCode`].
 //! - [`fanout`]: what happens after a message or read commits (live pushes, analytics).
+//! - [`limits`]: per-user and per-address rate limits and leases shared by every gateway.
 //! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
 
 pub mod backoff;
@@ -17,6 +18,7 @@ pub mod frames;
 pub mod hub;
 pub mod ids;
 pub mod latency;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod queue;

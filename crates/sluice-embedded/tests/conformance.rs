@@ -34,3 +34,11 @@ mod queue_suite {
 mod hub_suite {
     sluice_testkit::hub_conformance!(super::hub);
 }
+
+async fn limiter() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
+    (Arc::new(sluice_core::limits::LocalLimiter::new()), Box::new(()))
+}
+
+mod limiter_suite {
+    sluice_testkit::limiter_conformance!(super::limiter);
+}

@@ -19,6 +19,7 @@ pub mod ws;
 use sluice_core::events::EventSink;
 use sluice_core::fanout::Fanout;
 use sluice_core::hub::Hub;
+use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
@@ -38,9 +39,15 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Largest frame read at all; beyond it the socket closes with 1009.
     pub hard_frame_bytes: usize,
-    /// Sends per second per connection (sustained) and the burst allowed.
+    /// Sends per second per user, across all their connections and gateways (sustained),
+    /// and the burst allowed.
     pub send_rate: f64,
     pub send_burst: f64,
+    /// WebSocket connections one user may hold at once, across gateways.
+    pub max_connections_per_user: u32,
+    /// WebSocket handshakes per second from one client address (bursts of twice as many);
+    /// 0 = no limit (behind a proxy that hides client addresses).
+    pub handshake_rate_per_ip: f64,
     /// Frames buffered for a slow WebSocket consumer before it is disconnected.
     pub outbound_buffer: usize,
     /// Recipients in one EnqueueBulk call.
@@ -66,6 +73,8 @@ impl Default for Limits {
             hard_frame_bytes: 1024 * 1024,
             send_rate: 50.0,
             send_burst: 100.0,
+            max_connections_per_user: 16,
+            handshake_rate_per_ip: 20.0,
             outbound_buffer: 1024,
             max_bulk_recipients: 100_000,
             max_room_members: 10_000,
@@ -86,6 +95,8 @@ pub struct App {
     /// Live pushes after commits, in commit order per room; shared with a worker in the
     /// same process (one order for both lanes).
     pub fanout: Arc<Fanout>,
+    /// Per-user and per-address limits, shared by every gateway.
+    pub limiter: Arc<dyn Limiter>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub limits: Limits,
@@ -116,7 +127,8 @@ pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListene
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let http_server = axum::serve(http, public).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http_server = axum::serve(http, public.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grpc = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(app.clone()))

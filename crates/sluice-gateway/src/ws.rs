@@ -13,7 +13,7 @@ use crate::App;
 use crate::auth::bearer;
 use crate::error::AppError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -23,6 +23,7 @@ use sluice_core::hub::{ConnId, Connection, LiveEvent};
 use sluice_core::model::{MAX_HISTORY_LIMIT, StoredMessage};
 use sluice_core::ratelimit::TokenBucket;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,7 +56,13 @@ pub struct WsParams {
 
 /// Authenticates, then upgrades. A missing or bad token is refused with HTTP 401 before
 /// any WebSocket is opened.
-pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(params): Query<WsParams>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<WsParams>,
+    ws: WebSocketUpgrade,
+) -> Response {
     // A browser always sends its page's origin: refuse pages that are not ours, so another
     // site cannot open a socket with a token it got hold of (cross-site WebSocket hijacking).
     if let Some(origin) = headers.get(header::ORIGIN)
@@ -66,16 +73,66 @@ pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(para
         let body = ServerFrame::error(ErrorCode::Unauthorized, "origin not allowed (--allowed-origins)", None).to_json();
         return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
+    // Before the token is even looked at: a flood of handshakes costs signature checks.
+    let rate = app.limits.handshake_rate_per_ip;
+    if rate > 0.0 && !allowed(&app, app.limiter.take(&format!("hs:{}", peer.ip()), rate, 2.0 * rate).await) {
+        return too_many(&app, format!("more than {rate} connection attempts per second from this address"));
+    }
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).map(str::to_string).or(params.token);
     let user = match token.as_deref().map(|t| app.auth.verify_user(t)) {
         Some(Ok(user)) => user,
         Some(Err(e)) => return unauthorized(&app, &e.0),
         None => return unauthorized(&app, "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>"),
     };
+    let slot = Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() };
+    if !allowed(&app, slot.take().await) {
+        let max = app.limits.max_connections_per_user;
+        return too_many(&app, format!("{user} already holds {max} connections (at most {max} per user)"));
+    }
     ws.read_buffer_size(READ_BUFFER)
         .max_message_size(app.limits.hard_frame_bytes)
         .max_frame_size(app.limits.hard_frame_bytes)
-        .on_upgrade(move |socket| session(app, user, socket))
+        .on_upgrade(move |socket| session(app, user, socket, slot))
+}
+
+/// Whether a limit allows the action. When the limiter cannot be reached (Redis down), it
+/// does: limits protect the service, and refusing every user would be the outage itself.
+fn allowed(app: &App, decision: Result<bool, sluice_core::error::HubError>) -> bool {
+    decision.unwrap_or_else(|e| {
+        app.metrics.errors.with_label_values(&["limiter_unavailable"]).inc();
+        tracing::warn!(error = %e, "limiter unavailable; allowing");
+        true
+    })
+}
+
+fn too_many(app: &App, message: String) -> Response {
+    app.metrics.errors.with_label_values(&["rate_limited"]).inc();
+    let body = ServerFrame::error(ErrorCode::RateLimited, message, None).to_json();
+    (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// One of a user's connection slots (a lease in the limiter), renewed while the session
+/// lives and given back when it ends. A gateway that dies stops renewing: its slots lapse.
+struct Slot {
+    app: Arc<App>,
+    key: String,
+    id: String,
+}
+
+impl Slot {
+    async fn take(&self) -> Result<bool, sluice_core::error::HubError> {
+        let ttl = 3 * self.app.limits.ping_interval;
+        self.app.limiter.lease(&self.key, &self.id, self.app.limits.max_connections_per_user, ttl).await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (limiter, key, id) = (self.app.limiter.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { limiter.release(&key, &id).await });
+        }
+    }
 }
 
 fn unauthorized(app: &App, message: &str) -> Response {
@@ -103,7 +160,7 @@ enum Out {
     Close(Option<CloseFrame>),
 }
 
-async fn session(app: Arc<App>, user: String, socket: WebSocket) {
+async fn session(app: Arc<App>, user: String, socket: WebSocket, slot: Slot) {
     let conn = match app.hub.connect(&user, app.limits.outbound_buffer).await {
         Ok(c) => c,
         Err(e) => {
@@ -117,7 +174,7 @@ async fn session(app: Arc<App>, user: String, socket: WebSocket) {
     app.metrics.connections.inc();
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(REPLY_BUFFER);
-    let writer = tokio::spawn(write_loop(app.clone(), conn, sink, out_rx).instrument(span.clone()));
+    let writer = tokio::spawn(write_loop(app.clone(), conn, sink, out_rx, slot).instrument(span.clone()));
     read_loop(&app, &user, conn_id, stream, out_tx).instrument(span.clone()).await;
     let _ = writer.await;
     app.hub.disconnect(&user, conn_id).await;
@@ -126,7 +183,6 @@ async fn session(app: Arc<App>, user: String, socket: WebSocket) {
 }
 
 async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::stream::SplitStream<WebSocket>, out: mpsc::Sender<Out>) {
-    let mut sends = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
     let mut typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
     loop {
         let next = tokio::select! {
@@ -179,7 +235,7 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
         app.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
         // Boxed: handling a frame awaits the store and hub, a state machine of several KiB
         // that an idle connection should not carry in its task.
-        if Box::pin(handle(app, user, conn_id, frame, &out, &mut sends, &mut typing)).await.is_err() {
+        if Box::pin(handle(app, user, conn_id, frame, &out, &mut typing)).await.is_err() {
             return;
         }
     }
@@ -214,13 +270,14 @@ async fn handle(
     conn_id: ConnId,
     frame: ClientFrame,
     out: &mpsc::Sender<Out>,
-    sends: &mut TokenBucket,
     typing: &mut TokenBucket,
 ) -> Result<(), WriterGone> {
     match frame {
         ClientFrame::Send { room, client_msg_id, body } => {
-            if !sends.try_take() {
-                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second", app.limits.send_rate));
+            // Per user, whatever the number of sockets and gateways they use.
+            let rate = (app.limits.send_rate, app.limits.send_burst);
+            if !allowed(app, app.limiter.take(&format!("send:{user}"), rate.0, rate.1).await) {
+                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second for this user", app.limits.send_rate));
                 reply_err(app, out, e, Some(client_msg_id)).await;
                 return Ok(());
             }
@@ -359,6 +416,7 @@ async fn write_loop(
     mut conn: Connection,
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut replies: mpsc::Receiver<Out>,
+    slot: Slot,
 ) {
     let mut resuming: HashMap<String, Resuming> = HashMap::new();
     let mut sent = Sent::default();
@@ -438,6 +496,8 @@ async fn write_loop(
                 if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
                     break;
                 }
+                // Renewed, not re-checked: a slot held is kept (an error only means Redis is away).
+                let _ = slot.take().await;
                 continue;
             }
         }

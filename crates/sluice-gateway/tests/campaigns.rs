@@ -34,6 +34,7 @@ fn env() -> Env {
         hub,
         events: Arc::new(NoEvents),
         fanout: fanout.clone(),
+        limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
         metrics: metrics.clone(),
         auth: Auth::new(b"campaign-test-secret-campaign-test", "svc"),
         limits: Limits::default(),

@@ -63,6 +63,7 @@ async fn gateway() -> Gateway {
         hub: hub.clone(),
         events: Arc::new(NoEvents),
         fanout: Fanout::new(hub.clone(), Arc::new(NoEvents)),
+        limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
         metrics: Arc::new(Metrics::new()),
         auth: Auth::new(b"live-test-secret-live-test-secret", "svc"),
         limits: Limits::default(),

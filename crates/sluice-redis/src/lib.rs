@@ -14,6 +14,13 @@
 //!   reconnects with backoff, resubscribes and re-registers every local user, so live
 //!   delivery resumes after a Redis restart. Events published while Redis was away are not
 //!   replayed: clients recover them by seq (`resume`).
+//!
+//! [`RedisLimiter`] keeps per-user and per-address rate limits and leases in Redis
+//! ([`limits`]), so they hold across gateways.
+
+pub mod limits;
+
+pub use limits::RedisLimiter;
 
 use async_trait::async_trait;
 use futures::StreamExt;

@@ -24,6 +24,16 @@ mod hub_suite {
     sluice_testkit::hub_conformance!(super::hub);
 }
 
+async fn limiter() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
+    let server = RedisServer::start();
+    let l = sluice_redis::RedisLimiter::connect(&server.url(), "t", Duration::from_secs(2)).await.expect("redis limiter connects");
+    (Arc::new(l), Box::new(server))
+}
+
+mod limiter_suite {
+    sluice_testkit::limiter_conformance!(super::limiter);
+}
+
 fn typing(room: &str) -> LiveEvent {
     LiveEvent::Typing { room: room.into(), user: "x".into() }
 }

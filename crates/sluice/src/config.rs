@@ -184,9 +184,17 @@ pub struct ServeArgs {
     /// Largest WebSocket frame in bytes; larger frames get `too_large`.
     #[arg(long, env = "SLUICE_MAX_FRAME_BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(256..=4 * 1024 * 1024))]
     pub max_frame_bytes: u64,
-    /// Sends per second allowed per WebSocket connection (burst: twice as many).
+    /// Sends per second allowed per user, across all their connections and gateways
+    /// (burst: twice as many).
     #[arg(long, env = "SLUICE_SEND_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_rate: u32,
+    /// WebSocket connections one user may hold at once, across gateways (more: HTTP 429).
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+    /// WebSocket handshakes per second from one client address, across gateways (bursts of
+    /// twice as many; more: HTTP 429). 0 turns it off, for a proxy that hides client addresses.
+    #[arg(long, env = "SLUICE_HANDSHAKE_RATE_PER_IP", default_value_t = 20)]
+    pub handshake_rate_per_ip: u32,
     /// Frames buffered for a slow WebSocket client before it is disconnected (close 4008).
     #[arg(long, env = "SLUICE_OUTBOUND_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_buffer: u32,

@@ -20,12 +20,13 @@ use config::{Backend, Cli, Command, CommonArgs, DlqAction, EventsKind, HubKind, 
 use sluice_core::events::{EventSink, NoEvents};
 use sluice_core::fanout::Fanout;
 use sluice_core::hub::Hub;
+use sluice_core::limits::{Limiter, LocalLimiter};
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig, StoreConfig};
 use sluice_gateway::{App, Auth, Limits};
-use sluice_redis::{RedisHub, RedisHubConfig};
+use sluice_redis::{RedisHub, RedisHubConfig, RedisLimiter};
 use sluice_worker::{Backends, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +144,21 @@ async fn open_queue(
     })
 }
 
+/// Where per-user limits live: with the hub (Redis when gateways share one).
+async fn open_limiter(common: &CommonArgs) -> anyhow::Result<Arc<dyn Limiter>> {
+    Ok(match common.hub_kind() {
+        HubKind::Local => Arc::new(LocalLimiter::new()),
+        HubKind::Redis => {
+            let url = common.redis_url.clone().context("per-user limits need SLUICE_REDIS_URL (--redis-url)")?;
+            Arc::new(
+                RedisLimiter::connect(&url, &common.resource_prefix, Duration::from_secs(2))
+                    .await
+                    .context("cannot connect to Redis (--redis-url)")?,
+            )
+        }
+    })
+}
+
 async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
     Ok(match common.hub_kind() {
         HubKind::Local => Arc::new(LocalHub::new()),
@@ -227,6 +243,8 @@ fn limits(a: &ServeArgs) -> Limits {
         hard_frame_bytes: (a.max_frame_bytes as usize * 4).max(1024 * 1024),
         send_rate: a.send_rate as f64,
         send_burst: 2.0 * a.send_rate as f64,
+        max_connections_per_user: a.max_connections_per_user,
+        handshake_rate_per_ip: a.handshake_rate_per_ip as f64,
         outbound_buffer: a.outbound_buffer as usize,
         max_bulk_recipients: a.max_bulk_recipients as usize,
         allowed_origins: a.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect(),
@@ -344,6 +362,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 hub,
                 events: events.clone(),
                 fanout,
+                limiter: open_limiter(common).await?,
                 metrics,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(&args),

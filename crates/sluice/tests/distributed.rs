@@ -55,8 +55,9 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     let again = run(&["migrate", "--data-dir", d, "--with-queues"], &env);
     assert!(again.contains(&format!("table {prefix}-inbox: exists")) && !again.contains("created"), "migrate is idempotent: {again}");
 
-    let gw_a = Server::start_role("gateway", &data, &[], &env).await;
-    let gw_b = Server::start_role("gateway", &data, &[], &env).await;
+    let gateway_args = ["--max-connections-per-user", "2"];
+    let gw_a = Server::start_role("gateway", &data, &gateway_args, &env).await;
+    let gw_b = Server::start_role("gateway", &data, &gateway_args, &env).await;
     let worker_args = ["--visibility-timeout-secs", "5", "--max-receives", "50"];
     let w1 = Server::start_role("worker", &data, &worker_args, &env).await;
     let _w2 = Server::start_role("worker", &data, &worker_args, &env).await;
@@ -72,6 +73,11 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     assert_eq!(ack["seq"], 1);
     let m = on_a.recv_type("message").await;
     assert_eq!((m["body"].as_str(), m["sender"].as_str()), (Some("hello from gateway B"), Some(bob.as_str())));
+
+    // The per-user connection cap holds across gateways (its count lives in Redis).
+    let second = gw_b.ws(&alice).await;
+    assert_eq!(gw_a.ws_refused(&alice).await, 429, "alice's third connection, wherever it lands");
+    drop(second);
 
     // A campaign through SQS, drained by both workers.
     const N: usize = 2_000;

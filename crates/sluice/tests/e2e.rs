@@ -272,6 +272,48 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
     assert!(created.room.starts_with("r-"), "an empty room id is generated");
 }
 
+/// Issue 10.3: limits per user, not per socket: a send rate over all of a user's sockets, a
+/// cap on their connections; and a handshake rate per client address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_per_user_and_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("a"), &["--send-rate", "1", "--max-connections-per-user", "3", "--handshake-rate-per-ip", "0"])
+        .await;
+    create_room(&s, "general", &["alice", "bob"]).await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(s.ws("alice").await);
+    }
+    assert_eq!(s.ws_refused("alice").await, 429, "a fourth connection of alice");
+    let _bob = s.ws("bob").await;
+    let mut acks = 0;
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        for k in 0..2 {
+            let r = socket.say("general", &format!("s{i}-{k}"), "hi").await;
+            acks += usize::from(r["type"] == "ack");
+        }
+    }
+    // The burst is 2 for alice, whatever her number of sockets (it was 2 per socket: 6).
+    assert!(acks <= 3, "{acks} sends acked out of 6 at 1/s with a burst of 2");
+    drop(sockets.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        match tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", s.http, s.token("alice"))).await {
+            Ok(ws) => {
+                again = Some(ws);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "a closed connection gives its place back");
+
+    let s2 = Server::start(&dir.path().join("b"), &["--handshake-rate-per-ip", "1"]).await;
+    let _u1 = s2.ws("u1").await;
+    let _u2 = s2.ws("u2").await;
+    assert_eq!(s2.ws_refused("u3").await, 429, "a third handshake at once from one address (1/s, burst 2)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_slow_consumers() {
     let dir = tempfile::tempdir().unwrap();

@@ -105,6 +105,15 @@ impl Server {
         Ws::connect(&format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await
     }
 
+    /// The HTTP status of a WebSocket handshake the server refuses (panics if it accepts).
+    pub async fn ws_refused(&self, user: &str) -> u16 {
+        match tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+            Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
+            Ok(_) => panic!("the handshake of {user} was accepted"),
+        }
+    }
+
     pub async fn grpc(&self) -> Grpc {
         let channel = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
         let token: MetadataValue<Ascii> = format!("Bearer {}", self.service_token()).parse().unwrap();

@@ -1,0 +1,80 @@
+//! The limits port: rate limits and counted leases keyed by user or client address, held in
+//! one place for every gateway (Redis on the distributed backends, this process on the
+//! embedded ones), so a limit per user holds however many sockets and gateways the user
+//! spreads over.
+
+use crate::error::HubError;
+use crate::ratelimit::TokenBucket;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Shared rate limits and leases.
+#[async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// Takes one token from the bucket `key`, which refills at `rate` per second up to
+    /// `burst`. False when the bucket is empty (the caller refuses the action).
+    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError>;
+
+    /// Takes (or renews) lease `id` among at most `max` of `key` (e.g. a user's
+    /// connections). A lease not renewed within `ttl` lapses, so a gateway that dies frees
+    /// its leases by itself. False when `max` other leases are held.
+    async fn lease(&self, key: &str, id: &str, max: u32, ttl: Duration) -> Result<bool, HubError>;
+
+    /// Gives lease `id` of `key` back.
+    async fn release(&self, key: &str, id: &str);
+}
+
+/// Most buckets kept in memory by [`LocalLimiter`]; beyond it, full (idle) ones are dropped.
+const LOCAL_KEYS: usize = 100_000;
+
+/// The limits of one process (embedded backends: every gateway is this process).
+#[derive(Default)]
+pub struct LocalLimiter {
+    buckets: Mutex<HashMap<String, (TokenBucket, Instant)>>,
+    leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
+}
+
+impl LocalLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Limiter for LocalLimiter {
+    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if buckets.len() >= LOCAL_KEYS && !buckets.contains_key(key) {
+            // A bucket idle long enough to be full again holds no information: drop those.
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs_f64() * rate < burst);
+        }
+        let (bucket, last) = buckets.entry(key.to_string()).or_insert_with(|| (TokenBucket::new(rate, burst), now));
+        *last = now;
+        Ok(bucket.try_take_at(now))
+    }
+
+    async fn lease(&self, key: &str, id: &str, max: u32, ttl: Duration) -> Result<bool, HubError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let held = leases.entry(key.to_string()).or_default();
+        held.retain(|_, until| *until > now);
+        if !held.contains_key(id) && held.len() >= max as usize {
+            return Ok(false);
+        }
+        held.insert(id.to_string(), now + ttl);
+        Ok(true)
+    }
+
+    async fn release(&self, key: &str, id: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = leases.get_mut(key) {
+            held.remove(id);
+            if held.is_empty() {
+                leases.remove(key);
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Rate limits and leases in Redis, so a limit per user holds across every gateway.
+//!
+//! - buckets: a hash per key (`tokens`, `at` in ms), refilled and taken in one Lua script on
+//!   Redis's own clock (gateways' clocks never disagree about it), expiring once full again;
+//! - leases: a sorted set per key, members = lease ids, scores = when they lapse (ms); a
+//!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
+//!   its leases lapse by themselves.
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sluice_core::error::HubError;
+use sluice_core::limits::Limiter;
+use std::time::Duration;
+
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(b[1]), tonumber(b[2])
+if tokens == nil then tokens, at = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local ok = 0
+if tokens >= 1 then tokens = tokens - 1; ok = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+";
+
+const LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+local longest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(longest[2]))
+return 1
+";
+
+/// Limits kept in Redis under `<prefix>:lim:...`.
+#[derive(Clone)]
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    take: Script,
+    lease: Script,
+}
+
+impl RedisLimiter {
+    /// Connects to `url` (fails fast when Redis cannot be reached).
+    pub async fn connect(url: &str, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        Ok(RedisLimiter { conn, prefix: prefix.to_string(), take: Script::new(TAKE), lease: Script::new(LEASE) })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:lim:{key}", self.prefix)
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> HubError {
+    HubError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl Limiter for RedisLimiter {
+    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError> {
+        let mut conn = self.conn.clone();
+        let ok: i64 = self.take.key(self.key(key)).arg(rate).arg(burst).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(ok == 1)
+    }
+
+    async fn lease(&self, key: &str, id: &str, max: u32, ttl: Duration) -> Result<bool, HubError> {
+        let mut conn = self.conn.clone();
+        let ok: i64 = self
+            .lease
+            .key(self.key(key))
+            .arg(id)
+            .arg(max)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ok == 1)
+    }
+
+    async fn release(&self, key: &str, id: &str) {
+        let mut conn = self.conn.clone();
+        let r: Result<i64, _> = redis::cmd("ZREM").arg(self.key(key)).arg(id).query_async(&mut conn).await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "releasing a lease failed; it lapses by itself");
+        }
+    }
+}

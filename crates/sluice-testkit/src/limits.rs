@@ -1,0 +1,59 @@
+//! The limiter conformance suite: buckets and leases behave alike in one process and in Redis.
+
+use sluice_core::limits::Limiter;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Generates one `#[tokio::test]` per limiter conformance test for the limiter made by
+/// `$make`, an async closure returning `(Arc<dyn Limiter>, Guard)`.
+#[macro_export]
+macro_rules! limiter_conformance {
+    ($make:expr) => {
+        $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __limiter_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (limiter, _guard) = ($make)().await;
+                $crate::limits::$name(limiter).await;
+            }
+        )*
+    };
+}
+
+pub async fn buckets_allow_a_burst_then_refill(l: Arc<dyn Limiter>) {
+    // 20 per second, bursts of 3: the burst goes at once, the fourth is refused.
+    for i in 0..3 {
+        assert!(l.take("user:a", 20.0, 3.0).await.unwrap(), "burst token {i}");
+    }
+    assert!(!l.take("user:a", 20.0, 3.0).await.unwrap(), "burst used up");
+    assert!(l.take("user:b", 20.0, 3.0).await.unwrap(), "another key has its own bucket");
+    // Refill: at 20/s a token is back after 50 ms; wait far longer than that.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(l.take("user:a", 20.0, 3.0).await.unwrap(), "refilled");
+}
+
+pub async fn leases_are_counted_renewed_and_released(l: Arc<dyn Limiter>) {
+    let ttl = Duration::from_secs(60);
+    assert!(l.lease("conns:a", "c1", 2, ttl).await.unwrap());
+    assert!(l.lease("conns:a", "c2", 2, ttl).await.unwrap());
+    assert!(!l.lease("conns:a", "c3", 2, ttl).await.unwrap(), "at most 2");
+    assert!(l.lease("conns:a", "c1", 2, ttl).await.unwrap(), "renewing a held lease always works");
+    assert!(l.lease("conns:b", "c3", 2, ttl).await.unwrap(), "another key counts apart");
+    l.release("conns:a", "c2").await;
+    assert!(l.lease("conns:a", "c3", 2, ttl).await.unwrap(), "a released lease frees a place");
+}
+
+pub async fn leases_lapse_without_renewal(l: Arc<dyn Limiter>) {
+    assert!(l.lease("conns:dead", "gone", 1, Duration::from_millis(100)).await.unwrap());
+    assert!(!l.lease("conns:dead", "new", 1, Duration::from_secs(60)).await.unwrap());
+    // Wait well past the lapse (a gateway died without releasing).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(l.lease("conns:dead", "new", 1, Duration::from_secs(60)).await.unwrap(), "a lapsed lease frees its place");
+}
