@@ -246,6 +246,39 @@ fn one_offs(model: &mut Model, sender: usize, recipients: u8, cid: &str) -> Vec<
     batch
 }
 
+/// `n` chat messages from `sender`, with ids from the running count `sends`.
+fn chats(room: &str, sender: &str, n: usize, sends: &mut usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|_| {
+            *sends += 1;
+            chat(room, sender, *sends)
+        })
+        .collect()
+}
+
+/// Persists `batch` live and records what committed; only members' sends may commit.
+async fn send(b: &Backend, model: &mut Model, batch: Vec<NewMessage>) -> Result<(), TestCaseError> {
+    let mut done = Vec::new();
+    for (m, r) in batch.iter().zip(persist_live(b, batch.clone()).await) {
+        prop_assert_eq!(r.is_ok(), model.members[&m.room].contains(&m.sender), "send by {} to {}", m.sender, m.room);
+        if let Ok(p) = r {
+            done.push((m.clone(), p.message.seq));
+        }
+    }
+    commit_in_model(model, &mut done)
+}
+
+/// Polls `call` up to `polls` times, then drops it: a caller that went away mid-call.
+async fn give_up_after<F: std::future::Future>(polls: u8, call: F) {
+    let mut call = std::pin::pin!(call);
+    for _ in 0..polls {
+        if futures::poll!(call.as_mut()).is_ready() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 fn chat(room: &str, sender: &str, id: usize) -> NewMessage {
     NewMessage {
         msg_id: ids::chat_msg_id(sender, room, &id.to_string()),
@@ -276,22 +309,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Send { room, sender, n } => {
-                let (room, s) = (GROUP_ROOMS[room].0, user(sender));
-                let batch: Vec<NewMessage> = (0..n)
-                    .map(|_| {
-                        sends += 1;
-                        chat(room, &s, sends)
-                    })
-                    .collect();
-                let member = model.members[room].contains(&s);
-                let mut done = Vec::new();
-                for (m, r) in batch.iter().zip(persist_live(&b, batch.clone()).await) {
-                    prop_assert_eq!(r.is_ok(), member, "send by {} to {}", s, room);
-                    if let Ok(p) = r {
-                        done.push((m.clone(), p.message.seq));
-                    }
-                }
-                commit_in_model(&mut model, &mut done)?;
+                let batch = chats(GROUP_ROOMS[room].0, &user(sender), n, &mut sends);
+                send(&b, &mut model, batch).await?;
             }
             Op::ConcurrentSends { room, senders } => {
                 let room = GROUP_ROOMS[room].0;
@@ -320,32 +339,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 commit_in_model(&mut model, &mut done)?;
             }
             Op::CancelledSend { room, sender, n, polls } => {
-                let (room, s) = (GROUP_ROOMS[room].0, user(sender));
-                let batch: Vec<NewMessage> = (0..n)
-                    .map(|_| {
-                        sends += 1;
-                        chat(room, &s, sends)
-                    })
-                    .collect();
-                {
-                    let mut call = b.store.persist(batch.clone());
-                    for _ in 0..polls {
-                        if futures::poll!(&mut call).is_ready() {
-                            break;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
+                let batch = chats(GROUP_ROOMS[room].0, &user(sender), n, &mut sends);
+                give_up_after(polls, b.store.persist(batch.clone())).await;
                 // The client retries with the same ids: one message each, whatever got in.
-                let member = model.members[room].contains(&s);
-                let mut done = Vec::new();
-                for (m, r) in batch.iter().zip(persist_live(&b, batch.clone()).await) {
-                    prop_assert_eq!(r.is_ok(), member);
-                    if let Ok(p) = r {
-                        done.push((m.clone(), p.message.seq));
-                    }
-                }
-                commit_in_model(&mut model, &mut done)?;
+                send(&b, &mut model, batch).await?;
             }
             Op::Bulk { sender, recipients, campaign } => {
                 let batch = one_offs(&mut model, sender, recipients, &format!("c{campaign}"));
@@ -356,15 +353,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // Another sender's campaign to the others, in rooms the first one does not use
                 // (so the model knows each room's order without asking the store).
                 let behind = one_offs(&mut model, (sender + 1) % USERS, !recipients & !(1 << sender), &format!("d{campaign}"));
-                {
-                    let mut call = b.queue.send(first.clone());
-                    for _ in 0..polls {
-                        if futures::poll!(&mut call).is_ready() {
-                            break;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
+                give_up_after(polls, b.queue.send(first.clone())).await;
                 b.queue.send(behind).await.unwrap();
                 b.queue.send(first).await.unwrap();
             }
