@@ -90,8 +90,9 @@ impl Target {
             .arg(dir.path().join("data"))
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--send-rate", SERVER_SEND_RATE, "--max-runtime-secs", SERVER_MAX_RUNTIME_SECS])
-            // The load comes from a handful of loopback addresses, thousands of sockets a second.
-            .args(["--handshake-rate-per-ip", "0"])
+            // The load comes from a handful of loopback addresses, thousands of sockets a second,
+            // and `connections` spreads up to 50,000 sockets over 1,000 users.
+            .args(["--handshake-rate-per-ip", "0", "--max-connections-per-user", "1000000"])
             .args(&launch.args)
             .args(extra)
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -310,20 +310,20 @@ async fn handle(
                 return Ok(());
             }
             // Authorized first: the writer keeps state only for rooms the user may read.
-            let mut allowed = Vec::with_capacity(rooms.len());
+            let mut readable = Vec::with_capacity(rooms.len());
             for (room, after) in rooms {
                 match app.authorize(user, &room).await {
-                    Ok(()) => allowed.push((room, after)),
+                    Ok(()) => readable.push((room, after)),
                     Err(e) => reply_err(app, out, e, Some(room)).await,
                 }
             }
             // Hold live messages of every room in the frame from now on, so none slips out
             // between the replays of two rooms.
-            for (room, after) in &allowed {
+            for (room, after) in &readable {
                 out.send(Out::ResumeStart { room: room.clone(), after: *after }).await.map_err(|_| WriterGone)?;
             }
             let mut done = BTreeMap::new();
-            for (room, after) in allowed {
+            for (room, after) in readable {
                 let last = replay(app, user, &room, after, out).await?;
                 done.insert(room.clone(), last);
                 out.send(Out::ResumeDone { room }).await.map_err(|_| WriterGone)?;
