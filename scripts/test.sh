@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, conformance, property, end-to-end and crash tests.
+# Runs the whole test suite: unit, conformance, property, end-to-end and crash tests, and a
+# bounded fuzzing pass over the client frame parser and queued message decoding.
 # Installs what it needs when missing (scripts/install-test-deps.sh: cargo-nextest,
 # redis-server, DynamoDB Local, moto server, boto3), starts DynamoDB Local and moto server on
 # free loopback ports for the run and stops them after (scripts/with-test-services.sh); tests
@@ -12,6 +13,9 @@ scripts/install-test-deps.sh
 
 echo "==> cargo build (every target, so compile errors show before any test runs)" >&2
 cargo build --locked --workspace --all-targets
+
+echo "==> fuzzing (bounded; scripts/fuzz.sh)" >&2
+scripts/fuzz.sh
 
 echo "==> tests" >&2
 scripts/with-test-services.sh cargo nextest run --locked --workspace --no-fail-fast "$@"
