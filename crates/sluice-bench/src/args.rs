@@ -57,6 +57,9 @@ pub enum Scenario {
     /// AWS requests, capacity units and Kinesis records per message on DynamoDB Local and moto,
     /// and the price per million messages that follows.
     Cost(CostArgs),
+    /// Chat and campaigns for a long time: whether the server's memory plateaus (its slope),
+    /// and chat latency over the whole run.
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +98,27 @@ pub struct SpikeArgs {
     /// Recipients whose inbox is read back to check the counters after the drain.
     #[arg(long, default_value_t = 200)]
     pub check: u32,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Minutes of load.
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Seconds between two campaigns.
+    #[arg(long, default_value_t = 60.0)]
+    pub campaign_every_secs: f64,
+    /// One-off messages per campaign.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub campaign_size: u64,
+    /// Distinct recipients the campaigns take their recipients from, in turn.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pool: u64,
+    /// Seconds between two memory samples.
+    #[arg(long, default_value_t = 5.0)]
+    pub sample_secs: f64,
     #[command(flatten)]
     pub chat: ChatArgs,
 }

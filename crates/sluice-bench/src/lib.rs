@@ -10,7 +10,7 @@
 //! - [`chat`]: the chat load shared by `interactive` and `spike`; [`campaign`]: EnqueueBulk
 //!   in chunks and waiting for the drain, shared by `spike`, `scaling` and `cost`.
 //! - [`stats`], [`report`]: latency histograms, progress, tables, JSON and plots.
-//! - [`scenarios`]: spike, interactive, connections, scaling, cost.
+//! - [`scenarios`]: spike, interactive, connections, scaling, cost, soak.
 
 pub mod args;
 pub mod campaign;
@@ -40,6 +40,7 @@ pub async fn run(args: BenchArgs, program: &Path) -> anyhow::Result<()> {
         }
         Scenario::Scaling(a) => scenarios::scaling::run(program, target, a, &run).await?,
         Scenario::Cost(a) => scenarios::cost::run(program, target, a, &run).await?,
+        Scenario::Soak(a) => on_server(target, launch(), async |s| scenarios::soak::run(s, a, &run).await).await?,
     };
     for path in report.write(&args.out)? {
         eprintln!("wrote {}", path.display());

@@ -157,7 +157,7 @@ enum Out {
         room: String,
     },
     /// Write this close frame (or, for `None`, answer the client's close) and end.
-    Close(Option<CloseFrame>),
+    Close(Option<Box<CloseFrame>>),
 }
 
 async fn session(app: Arc<App>, user: String, socket: WebSocket, slot: Slot) {
@@ -200,7 +200,7 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
                 // RFC 6455 7.4.1: say why before the connection goes.
                 if let Some(frame) = close_for(e) {
                     app.metrics.errors.with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }]).inc();
-                    let _ = out.send(Out::Close(Some(frame))).await;
+                    let _ = out.send(Out::Close(Some(Box::new(frame)))).await;
                 }
                 return;
             }
@@ -440,7 +440,7 @@ async fn write_loop(
                     // (echoing its code): closing the sink writes it out.
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
                         if let Some(frame) = frame {
-                            sink.send(Message::Close(Some(frame))).await?;
+                            sink.send(Message::Close(Some(*frame))).await?;
                         }
                         sink.close().await
                     })

@@ -4,4 +4,5 @@ pub mod connections;
 pub mod cost;
 pub mod interactive;
 pub mod scaling;
+pub mod soak;
 pub mod spike;
