@@ -20,6 +20,8 @@ pub struct FaultCounts {
     pub conflicts: AtomicU64,
     pub throttles: AtomicU64,
     pub forwarded: AtomicU64,
+    /// The share of TransactWriteItems calls cancelled, as `f64` bits (changeable while running).
+    rate: AtomicU64,
 }
 
 /// A running fault proxy; stops when dropped.
@@ -35,11 +37,13 @@ impl DynamoFaultProxy {
     /// with ThrottlingError.
     pub async fn start(upstream: &str, rate: f64) -> DynamoFaultProxy {
         let counts = Arc::new(FaultCounts::default());
+        counts.rate.store(rate.to_bits(), Ordering::Relaxed);
         let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let upstream = upstream.trim_end_matches('/').to_string();
-        let state = (client, upstream, counts.clone(), rate);
+        let state = (client, upstream, counts.clone());
         let app = Router::new().fallback(move |req: Request<Body>| {
-            let (client, upstream, counts, rate) = state.clone();
+            let (client, upstream, counts) = state.clone();
+            let rate = f64::from_bits(counts.rate.load(Ordering::Relaxed));
             async move { handle(req, &client, &upstream, &counts, rate).await }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -48,6 +52,11 @@ impl DynamoFaultProxy {
             let _ = axum::serve(listener, app).await;
         });
         DynamoFaultProxy { addr, counts, task }
+    }
+
+    /// Changes the share of transactions cancelled from now on (0 turns injection off).
+    pub fn set_rate(&self, rate: f64) {
+        self.counts.rate.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     /// `http://<addr>`, the endpoint to give the SDK.
