@@ -147,18 +147,16 @@ fn unauthorized(app: &App, message: &str) -> Response {
 /// when created, so every connection pays 32 x `size_of::<Out>()` even when idle.
 enum Out {
     Frame(Box<ServerFrame>),
-    /// Hold live messages of this room until `ResumeDone`; the replay starts after `after`.
-    ResumeStart {
-        room: String,
-        after: u64,
-    },
+    /// Hold live messages of this room until `ResumeDone`; the replay starts after the seq.
+    ResumeStart(Box<(String, u64)>),
     Replay(Box<StoredMessage>),
-    ResumeDone {
-        room: String,
-    },
+    ResumeDone(Box<String>),
     /// Write this close frame (or, for `None`, answer the client's close) and end.
     Close(Option<Box<CloseFrame>>),
 }
+
+// One word per slot: the channel's first block (32 slots) is part of every idle connection.
+const _: () = assert!(std::mem::size_of::<Out>() <= 16);
 
 async fn session(app: Arc<App>, user: String, socket: WebSocket, slot: Slot) {
     let conn = match app.hub.connect(&user, app.limits.outbound_buffer).await {
@@ -320,13 +318,13 @@ async fn handle(
             // Hold live messages of every room in the frame from now on, so none slips out
             // between the replays of two rooms.
             for (room, after) in &readable {
-                out.send(Out::ResumeStart { room: room.clone(), after: *after }).await.map_err(|_| WriterGone)?;
+                out.send(Out::ResumeStart(Box::new((room.clone(), *after)))).await.map_err(|_| WriterGone)?;
             }
             let mut done = BTreeMap::new();
             for (room, after) in readable {
                 let last = replay(app, user, &room, after, out).await?;
                 done.insert(room.clone(), last);
-                out.send(Out::ResumeDone { room }).await.map_err(|_| WriterGone)?;
+                out.send(Out::ResumeDone(Box::new(room))).await.map_err(|_| WriterGone)?;
             }
             reply(out, ServerFrame::Resumed { rooms: done }).await?;
         }
@@ -448,7 +446,8 @@ async fn write_loop(
                     break;
                 }
                 Some(Out::Frame(f)) => batch.push(*f),
-                Some(Out::ResumeStart { room, after }) => {
+                Some(Out::ResumeStart(start)) => {
+                    let (room, after) = *start;
                     resuming.insert(room, Resuming { last: after, held: Vec::new() });
                 }
                 Some(Out::Replay(m)) => {
@@ -459,12 +458,12 @@ async fn write_loop(
                         batch.push(ServerFrame::Message(MessageOut::from(&*m)));
                     }
                 }
-                Some(Out::ResumeDone { room }) => {
+                Some(Out::ResumeDone(room)) => {
                     // What arrived live during the replay goes out now, in seq order, less
                     // what the replay covered. Later live messages go out as they come: a
                     // message published late (below a seq already written) is still written,
                     // never dropped for being "old".
-                    if let Some(mut r) = resuming.remove(&room) {
+                    if let Some(mut r) = resuming.remove(room.as_str()) {
                         r.held.sort_by_key(|m| m.seq);
                         for m in r.held {
                             if m.seq > r.last && sent.first_time(&m.room, m.seq) {

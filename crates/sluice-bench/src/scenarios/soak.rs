@@ -29,7 +29,8 @@ pub async fn run(server: &Server, a: &SoakArgs, run: &str) -> anyhow::Result<Rep
     let load = ChatLoad::start(server, &a.chat, run, 1).await?;
     let accepted = Arc::new(AtomicU64::new(0));
     let (rec, acc) = (load.rec.clone(), accepted.clone());
-    let progress = Progress::start("soak", move || format!("{} | one-offs accepted {}", ChatLoad::status(&rec), acc.load(Ordering::Relaxed)));
+    let progress =
+        Progress::start("soak", move || format!("{} | one-offs accepted {}", ChatLoad::status(&rec), acc.load(Ordering::Relaxed)));
     tokio::time::sleep(Duration::from_secs_f64(a.chat.warmup_secs)).await;
     load.phase(1);
 
