@@ -7,6 +7,7 @@
 //!   queue, sessions/fan-out, analytics sink), each method documenting its contract.
 //! - [`frames`]: the WebSocket client contract v1 (JSON frames) and [`error::ErrorCode`].
 //! - [`fanout`]: what happens after a message or read commits (live pushes, analytics).
+//! - [`governor`]: the drain governor (AIMD on interactive latency and store throttling).
 //! - [`limits`]: per-user and per-address rate limits and leases shared by every gateway.
 //! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod fanout;
 pub mod frames;
+pub mod governor;
 pub mod hub;
 pub mod ids;
 pub mod latency;

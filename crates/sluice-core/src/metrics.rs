@@ -36,6 +36,17 @@ pub struct Metrics {
     pub aws_retryable: IntCounterVec,
     /// Analytics records written to the event stream.
     pub events_written: IntCounter,
+    /// Interactive persist latencies of the last second: the signal the drain governor of a
+    /// worker in this process reads.
+    pub interactive_persist: crate::governor::LatencyWindow,
+    /// The drain governor's admitted rate (messages/s) in this process's worker.
+    pub drain_limit: prometheus::Gauge,
+    /// The interactive persist p99 the governor saw at its last tick, in seconds.
+    pub interactive_persist_p99_seconds: prometheus::Gauge,
+    /// Times the governor cut the drain rate.
+    pub drain_cuts: IntCounter,
+    /// Bulk-lane store calls that failed retryably (throttling, conflicts), as the governor counts them.
+    pub bulk_store_failures: IntCounter,
 }
 
 impl Metrics {
@@ -89,6 +100,17 @@ impl Metrics {
             aws_retryable: reg!(IntCounterVec::new(
                 Opts::new("aws_retryable_errors_total", "AWS calls answered with throttling or a transaction conflict"),
                 &["service", "reason"]
+            )),
+            interactive_persist: crate::governor::LatencyWindow::new(std::time::Duration::from_secs(1), 4096),
+            drain_limit: reg!(prometheus::Gauge::new("drain_limit", "Bulk messages per second the drain governor admits")),
+            interactive_persist_p99_seconds: reg!(prometheus::Gauge::new(
+                "interactive_persist_p99_seconds",
+                "Interactive persist latency p99 over the last second, as the drain governor sees it"
+            )),
+            drain_cuts: reg!(IntCounter::new("drain_cuts_total", "Times the drain governor cut the admitted rate")),
+            bulk_store_failures: reg!(IntCounter::new(
+                "bulk_store_failures_total",
+                "Bulk-lane store calls that failed retryably (throttling, conflicts)"
             )),
             events_written: reg!(IntCounter::new("analytics_events_written_total", "Analytics events written to the sink")),
             registry,

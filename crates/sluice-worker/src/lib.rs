@@ -1,10 +1,14 @@
 //! The queue consumer: drains the spike queue into the message store.
 //!
 //! Each of `concurrency` pollers loops: receive a batch (many groups, each group's messages
-//! in order), decode, persist the whole batch in one store call, ack what committed, then fan
-//! out and emit analytics. Because a group with a message in flight is never handed to a
-//! second poller or worker, a room is processed by one consumer at a time, in order
-//! (invariant 5), while different rooms go in parallel.
+//! in order), wait for the drain governor to admit it, decode, persist the whole batch in one
+//! store call, ack what committed, then fan out and emit analytics. The governor
+//! ([`sluice_core::governor`]) sets the admitted rate every tick from the interactive lane's
+//! persist latency in this process and the store's throttling on the bulk lane.
+//!
+//! Because a group with a message in flight is never handed to a second poller or worker, a
+//! room is processed by one consumer at a time, in order (invariant 5), while different rooms
+//! go in parallel.
 //!
 //! Failures: an undecodable or invalid message, or one the store refuses for good (unknown
 //! room, sender not a member), goes to the dead-letter queue with its reason, and the rest of
@@ -19,11 +23,13 @@
 use futures::future::join_all;
 use sluice_core::backoff::Backoff;
 use sluice_core::fanout::{Fanout, Ticket};
+use sluice_core::governor::{Adjustment, Governor, GovernorConfig};
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
 use sluice_core::store::MessageStore;
 use sluice_proto::convert::decode_queued;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +48,8 @@ pub struct WorkerConfig {
     pub max_receives: u32,
     /// Largest message body accepted.
     pub max_body_bytes: usize,
+    /// The drain governor: the admitted rate's ceiling, floor and interactive target.
+    pub governor: GovernorConfig,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +61,7 @@ impl Default for WorkerConfig {
             visibility: Duration::from_secs(30),
             max_receives: 5,
             max_body_bytes: 64 * 1024,
+            governor: GovernorConfig::default(),
         }
     }
 }
@@ -71,15 +80,22 @@ pub struct Backends {
 pub struct Worker {
     b: Backends,
     config: WorkerConfig,
+    governor: Governor,
+    /// Retryable store failures of the bulk lane since the governor's last tick.
+    store_failures: AtomicU64,
 }
 
 impl Worker {
     pub fn new(b: Backends, config: WorkerConfig) -> Self {
-        Worker { b, config }
+        Worker { governor: Governor::new(config.governor), b, config, store_failures: AtomicU64::new(0) }
     }
 
     /// Runs the pollers until `shutdown` is cancelled and their batches are finished.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let control = {
+            let (w, s) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move { w.govern(s).await })
+        };
         let pollers = (0..self.config.concurrency.max(1)).map(|_| {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.poll(s).await })
@@ -89,19 +105,68 @@ impl Worker {
                 tracing::error!(error = %e, "worker poller panicked");
             }
         }
+        control.abort();
+    }
+
+    /// The drain governor's control loop: every tick, the signals of the tick just ended set
+    /// the admitted rate.
+    async fn govern(&self, shutdown: CancellationToken) {
+        let m = &self.b.metrics;
+        let mut tick = tokio::time::interval(self.governor.config().tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_logged = self.governor.limit();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let p99 = m.interactive_persist.p99();
+            let failures = self.store_failures.swap(0, Ordering::Relaxed);
+            let before = self.governor.limit();
+            if let Adjustment::Cut { to, why, .. } = self.governor.adjust(p99, failures) {
+                m.drain_cuts.inc();
+                // A log line per large step, not per tick.
+                if to < 0.5 * last_logged {
+                    tracing::info!(from = before.round(), to = to.round(), %why, "drain governor cut the bulk rate");
+                    last_logged = to;
+                }
+            }
+            let limit = self.governor.limit();
+            if limit > 2.0 * last_logged {
+                tracing::info!(to = limit.round(), "drain governor raised the bulk rate");
+                last_logged = limit;
+            }
+            m.drain_limit.set(limit);
+            m.interactive_persist_p99_seconds.set(p99.map_or(0.0, |d| d.as_secs_f64()));
+        }
     }
 
     async fn poll(&self, shutdown: CancellationToken) {
         let backoff = Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(5), max_attempts: u32::MAX };
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            // No more than about a tick of the admitted rate at a time.
+            let max = self.governor.batch_hint(self.config.batch_size);
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.b.queue.receive(self.config.batch_size, self.config.wait, self.config.visibility) => r,
+                r = self.b.queue.receive(max, self.config.wait, self.config.visibility) => r,
             };
             let ok = match received {
                 Ok(batch) if batch.is_empty() => true,
-                Ok(batch) => self.process(batch).await,
+                Ok(batch) => {
+                    let wait = self.governor.reserve(batch.len() as u64);
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                let receipts: Vec<Receipt> = batch.iter().map(|d| d.receipt.clone()).collect();
+                                let _ = self.b.queue.release(&receipts).await;
+                                break;
+                            }
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    self.process(batch).await
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "queue receive failed");
                     false
@@ -150,6 +215,10 @@ impl Worker {
         let results = match outcome {
             Ok(r) => r,
             Err(e) => {
+                if e.is_retryable() {
+                    self.store_failures.fetch_add(1, Ordering::Relaxed);
+                    m.bulk_store_failures.inc();
+                }
                 tracing::warn!(error = %e, n = work.len(), "persist failed; releasing the batch");
                 self.retry_later(&work, &messages, &e.to_string()).await;
                 return false;
@@ -166,6 +235,8 @@ impl Worker {
                 }
                 Err(e) if e.is_retryable() => {
                     all_ok = false;
+                    self.store_failures.fetch_add(1, Ordering::Relaxed);
+                    m.bulk_store_failures.inc();
                     self.retry_later(std::slice::from_ref(d), std::slice::from_ref(msg), &e.to_string()).await;
                 }
                 Err(e) => self.dead_letter(&d.receipt, &e.to_string(), msg.campaign_id.as_deref(), &msg.msg_id).await,

@@ -207,6 +207,18 @@ pub struct ServeArgs {
     /// Messages per queue receive.
     #[arg(long, env = "SLUICE_WORKER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub worker_batch: u32,
+    /// Most bulk messages per second this worker persists (the drain governor's ceiling);
+    /// 0: no ceiling, only the governor's signals limit the drain.
+    #[arg(long, env = "SLUICE_DRAIN_RATE", default_value_t = 0)]
+    pub drain_rate: u32,
+    /// Fewest bulk messages per second this worker persists whatever the signals (the drain
+    /// never starves).
+    #[arg(long, env = "SLUICE_DRAIN_FLOOR", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub drain_floor: u32,
+    /// The interactive persist p99 (ms) the drain governor keeps chat under: above it, the
+    /// bulk rate is cut.
+    #[arg(long, env = "SLUICE_INTERACTIVE_P99_TARGET_MS", default_value_t = 10.0)]
+    pub interactive_p99_target_ms: f64,
     /// Visibility timeout of received queue messages, in seconds.
     #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     pub visibility_timeout_secs: u64,

@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 use config::{Backend, Cli, Command, CommonArgs, DlqAction, EventsKind, HubKind, MigrateArgs, QueueKind, ServeArgs, StoreKind};
 use sluice_core::events::{EventSink, NoEvents};
 use sluice_core::fanout::Fanout;
+use sluice_core::governor::GovernorConfig;
 use sluice_core::hub::Hub;
 use sluice_core::limits::{Limiter, LocalLimiter};
 use sluice_core::metrics::Metrics;
@@ -259,6 +260,12 @@ fn worker_config(a: &ServeArgs) -> WorkerConfig {
         visibility: Duration::from_secs(a.visibility_timeout_secs),
         max_receives: a.max_receives,
         max_body_bytes: a.max_body_bytes as usize,
+        governor: GovernorConfig {
+            ceiling: if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 },
+            floor: (a.drain_floor as f64).min(if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 }),
+            target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
+            ..GovernorConfig::default()
+        },
         ..WorkerConfig::default()
     }
 }

@@ -1,0 +1,198 @@
+//! The drain governor: how many bulk messages per second a worker admits from the spike
+//! queue (DESIGN.md invariant 8).
+//!
+//! An AIMD controller, as TCP's congestion window: every tick it reads the signals of the
+//! tick just ended, the interactive lane's persist latency (p99 over a short window, from
+//! [`LatencyWindow`]) and the store's throttling and conflict failures on the bulk lane.
+//! Over the target or throttled, the admitted rate is cut by a factor; otherwise, if the
+//! drain actually used most of it, it grows by a step. It never goes below a floor (the
+//! drain never starves) nor above the configured ceiling. Admission is a token bucket at the
+//! current rate that lends: a poller reserves a whole batch and waits out the debt, so large
+//! batches stay possible at low rates.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Recent latencies of one kind (interactive persists), for a p99 over a sliding window.
+pub struct LatencyWindow {
+    samples: Mutex<VecDeque<(Instant, Duration)>>,
+    window: Duration,
+    cap: usize,
+}
+
+impl LatencyWindow {
+    /// Keeps at most `cap` samples of the last `window`.
+    pub fn new(window: Duration, cap: usize) -> Self {
+        LatencyWindow { samples: Mutex::new(VecDeque::with_capacity(cap.min(1024))), window, cap: cap.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Duration)>> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, d: Duration) {
+        self.record_at(Instant::now(), d);
+    }
+
+    pub fn record_at(&self, now: Instant, d: Duration) {
+        let mut s = self.lock();
+        if s.len() == self.cap {
+            s.pop_front();
+        }
+        s.push_back((now, d));
+    }
+
+    /// The 99th percentile of the samples of the last window; `None` without samples.
+    pub fn p99_at(&self, now: Instant) -> Option<Duration> {
+        let mut s = self.lock();
+        while s.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.window) {
+            s.pop_front();
+        }
+        if s.is_empty() {
+            return None;
+        }
+        let mut v: Vec<Duration> = s.iter().map(|(_, d)| *d).collect();
+        drop(s);
+        let k = (((v.len() as f64) * 0.99).ceil() as usize - 1).min(v.len() - 1);
+        let (_, p99, _) = v.select_nth_unstable(k);
+        Some(*p99)
+    }
+
+    pub fn p99(&self) -> Option<Duration> {
+        self.p99_at(Instant::now())
+    }
+}
+
+/// Settings of a governor.
+#[derive(Debug, Clone, Copy)]
+pub struct GovernorConfig {
+    /// Most messages per second ever admitted (`f64::INFINITY`: no ceiling).
+    pub ceiling: f64,
+    /// Fewest messages per second admitted whatever the signals.
+    pub floor: f64,
+    /// Where the rate starts.
+    pub initial: f64,
+    /// Interactive persist p99 the drain must not push chat above.
+    pub target: Duration,
+    /// The factor a cut multiplies the rate by.
+    pub cut: f64,
+    /// Growth per tick, as a share of the current rate (at least `floor`).
+    pub growth: f64,
+    /// How often the controller runs.
+    pub tick: Duration,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        GovernorConfig {
+            ceiling: f64::INFINITY,
+            floor: 50.0,
+            initial: 2_000.0,
+            target: Duration::from_millis(10),
+            cut: 0.7,
+            growth: 0.1,
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a tick did to the rate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adjustment {
+    Cut { from: f64, to: f64, why: String },
+    Raised { to: f64 },
+    Held,
+}
+
+#[derive(Debug)]
+struct State {
+    limit: f64,
+    /// Tokens available; negative while a reservation's debt is being waited out.
+    tokens: f64,
+    refilled: Instant,
+    /// Messages admitted since the last tick.
+    admitted: u64,
+}
+
+/// The admitted rate of one worker and its controller.
+pub struct Governor {
+    config: GovernorConfig,
+    state: Mutex<State>,
+}
+
+impl Governor {
+    pub fn new(config: GovernorConfig) -> Self {
+        let limit = config.initial.clamp(config.floor, config.ceiling);
+        Governor { config, state: Mutex::new(State { limit, tokens: 0.0, refilled: Instant::now(), admitted: 0 }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> &GovernorConfig {
+        &self.config
+    }
+
+    /// The admitted rate now, in messages per second.
+    pub fn limit(&self) -> f64 {
+        self.lock().limit
+    }
+
+    /// A batch size that fits about a tick of the current rate (at least 1, at most `max`).
+    pub fn batch_hint(&self, max: usize) -> usize {
+        let per_tick = self.lock().limit * self.config.tick.as_secs_f64();
+        (per_tick.ceil() as usize).clamp(1, max.max(1))
+    }
+
+    /// Reserves `n` messages at `now`; returns how long to wait before processing them.
+    pub fn reserve_at(&self, n: u64, now: Instant) -> Duration {
+        let mut s = self.lock();
+        let burst = s.limit * self.config.tick.as_secs_f64();
+        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * s.limit).min(burst);
+        s.refilled = now;
+        s.tokens -= n as f64;
+        s.admitted += n;
+        if s.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-s.tokens / s.limit) }
+    }
+
+    pub fn reserve(&self, n: u64) -> Duration {
+        self.reserve_at(n, Instant::now())
+    }
+
+    /// One controller tick with the signals of the tick just ended: the interactive p99
+    /// (`None` when there was no chat) and the store failures (throttling, conflicts) the
+    /// bulk lane met.
+    pub fn adjust(&self, interactive_p99: Option<Duration>, store_failures: u64) -> Adjustment {
+        let c = &self.config;
+        let mut s = self.lock();
+        let used = s.admitted as f64 / c.tick.as_secs_f64();
+        s.admitted = 0;
+        let from = s.limit;
+        let why = match interactive_p99 {
+            _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
+            Some(p99) if p99 > c.target => Some(format!("interactive p99 {:.1} ms over the {:.1} ms target", ms(p99), ms(c.target))),
+            _ => None,
+        };
+        if let Some(why) = why {
+            s.limit = (from * c.cut).max(c.floor);
+            return if s.limit < from { Adjustment::Cut { from, to: s.limit, why } } else { Adjustment::Held };
+        }
+        // Grow only a rate the drain actually used: a limit far above what the queue offers
+        // would take many cuts to come down when chat needs it.
+        if used < 0.5 * from || from >= c.ceiling {
+            return Adjustment::Held;
+        }
+        s.limit = (from + (from * c.growth).max(c.floor)).min(c.ceiling);
+        Adjustment::Raised { to: s.limit }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests;

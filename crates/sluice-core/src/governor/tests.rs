@@ -1,0 +1,84 @@
+use super::*;
+use proptest::prelude::*;
+
+fn config() -> GovernorConfig {
+    GovernorConfig { ceiling: 10_000.0, floor: 50.0, initial: 1_000.0, ..GovernorConfig::default() }
+}
+
+/// One tick in which the drain used its whole rate.
+fn busy_tick(g: &Governor) {
+    let n = (g.limit() * g.config().tick.as_secs_f64()) as u64;
+    g.lock().admitted = n;
+}
+
+#[test]
+fn the_window_keeps_recent_samples_and_gives_their_p99() {
+    let w = LatencyWindow::new(Duration::from_secs(1), 1000);
+    let t0 = Instant::now();
+    for i in 1..=100u64 {
+        w.record_at(t0, Duration::from_millis(i));
+    }
+    assert_eq!(w.p99_at(t0), Some(Duration::from_millis(99)));
+    assert_eq!(w.p99_at(t0 + Duration::from_secs(2)), None, "old samples leave the window");
+    let small = LatencyWindow::new(Duration::from_secs(1), 3);
+    for i in [50, 1, 2, 3] {
+        small.record_at(t0, Duration::from_millis(i));
+    }
+    assert_eq!(small.p99_at(t0), Some(Duration::from_millis(3)), "at most `cap` samples, the newest");
+}
+
+#[test]
+fn chat_over_target_cuts_and_a_calm_busy_drain_grows_back() {
+    let g = Governor::new(config());
+    let cut = g.adjust(Some(Duration::from_millis(30)), 0);
+    assert!(matches!(cut, Adjustment::Cut { from, to, .. } if from == 1_000.0 && (to - 700.0).abs() < 1e-9), "{cut:?}");
+    assert!(matches!(g.adjust(None, 3), Adjustment::Cut { .. }), "store throttling cuts too");
+    busy_tick(&g);
+    assert!(matches!(g.adjust(Some(Duration::from_millis(1)), 0), Adjustment::Raised { .. }));
+    assert_eq!(g.adjust(None, 0), Adjustment::Held, "an idle drain does not grow its rate");
+}
+
+#[test]
+fn the_floor_and_the_ceiling_hold() {
+    let g = Governor::new(config());
+    for _ in 0..100 {
+        g.adjust(Some(Duration::from_secs(1)), 10);
+    }
+    assert_eq!(g.limit(), 50.0, "the drain never starves");
+    for _ in 0..200 {
+        busy_tick(&g);
+        g.adjust(None, 0);
+    }
+    assert_eq!(g.limit(), 10_000.0);
+}
+
+#[test]
+fn a_reservation_beyond_the_tokens_waits_out_its_debt() {
+    let g = Governor::new(GovernorConfig { initial: 100.0, ..config() });
+    let t0 = g.lock().refilled;
+    assert_eq!(g.reserve_at(50, t0), Duration::from_millis(500), "50 messages at 100/s");
+    assert_eq!(g.reserve_at(50, t0 + Duration::from_millis(500)), Duration::from_millis(500), "the debt was paid, this one waits");
+    assert_eq!(g.batch_hint(10_000), 25, "a tick's worth at 100/s");
+}
+
+proptest! {
+    /// Whatever the signals, the rate stays within [floor, ceiling], and after chat calms a
+    /// busy drain is back above where the cuts took it within a bounded number of ticks.
+    #[test]
+    fn bounded_and_recovers(signals in proptest::collection::vec((proptest::option::of(0u64..50), 0u64..3, any::<bool>()), 1..200)) {
+        let g = Governor::new(config());
+        for (p99_ms, failures, busy) in signals {
+            if busy {
+                busy_tick(&g);
+            }
+            g.adjust(p99_ms.map(Duration::from_millis), failures);
+            prop_assert!((50.0..=10_000.0).contains(&g.limit()), "{}", g.limit());
+        }
+        let low = g.limit();
+        for _ in 0..40 {
+            busy_tick(&g);
+            g.adjust(Some(Duration::from_millis(1)), 0);
+        }
+        prop_assert!(g.limit() >= (low * 2.0).min(10_000.0), "from {low} to {} in 10 s of calm", g.limit());
+    }
+}
