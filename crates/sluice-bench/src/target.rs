@@ -144,11 +144,7 @@ impl Target {
     /// Every sample of `/metrics`, keyed by name and labels as exposed
     /// (`sluice_aws_requests_total{op="Query",service="dynamodb"}`).
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-        let uri: http::Uri = format!("http://{}/metrics", self.http).parse()?;
-        let resp = client.get(uri).await.context("GET /metrics")?;
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+        fetch_metrics(self.http).await
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -187,6 +183,15 @@ pub fn rss_of(pid: u32) -> Option<u64> {
 /// A parsed Prometheus text exposition.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics(pub HashMap<String, f64>);
+
+/// `/metrics` of the server whose HTTP port is `http`.
+pub async fn fetch_metrics(http: SocketAddr) -> anyhow::Result<Metrics> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{http}/metrics").parse()?;
+    let resp = client.get(uri).await.context("GET /metrics")?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+}
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {

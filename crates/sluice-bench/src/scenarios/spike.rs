@@ -24,6 +24,9 @@ const BODY: &str = "Spring sale: 20% off everything until Sunday";
 
 /// One GetCampaign sample: seconds since the spike began, enqueued, persisted, dead-lettered.
 type Sample = (f64, u64, u64, u64);
+/// One `/metrics` sample: seconds since the spike began, the governor's limit (msg/s), the
+/// interactive persist p99 it saw (ms), messages drained so far.
+type GovernorSample = (f64, f64, f64, f64);
 
 pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Report> {
     let mut params = crate::scenarios::interactive::params(&a.chat);
@@ -49,12 +52,26 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     let start = Instant::now();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let peak_rss = Arc::new(AtomicU64::new(server.rss_bytes().unwrap_or(0)));
+    let governor: Arc<Mutex<Vec<GovernorSample>>> = Arc::default();
     let monitor = {
         let (mut g, campaign, samples, persisted, peak_rss) =
             (server.grpc().await?, campaign.clone(), samples.clone(), persisted.clone(), peak_rss.clone());
         let pid_rss = server_rss_reader(server);
+        let (http, governor) = (server.http, governor.clone());
         tokio::spawn(async move {
+            let mut polls = 0u64;
             loop {
+                polls += 1;
+                if polls % 5 == 0
+                    && let Ok(m) = crate::target::fetch_metrics(http).await
+                {
+                    governor.lock().expect("governor samples").push((
+                        start.elapsed().as_secs_f64(),
+                        m.sum("sluice_drain_limit", &[]),
+                        m.sum("sluice_interactive_persist_p99_seconds", &[]) * 1000.0,
+                        m.sum("sluice_drained_total", &[]),
+                    ));
+                }
                 if let Ok(c) = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await {
                     let c = c.into_inner();
                     samples.lock().expect("samples").push((start.elapsed().as_secs_f64(), c.enqueued, c.persisted, c.dead_lettered));
@@ -132,6 +149,28 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
         ],
     });
     report.series.push(latency_series("latency", "Chat send->deliver per second (spike starts after the baseline)", &per_second));
+    let governor = governor.lock().expect("governor samples").clone();
+    let drain_rate: Vec<(f64, f64)> = governor.windows(2).map(|w| (w[1].0, (w[1].3 - w[0].3) / (w[1].0 - w[0].0).max(1e-3))).collect();
+    let settled: Vec<f64> = drain_rate.iter().skip(drain_rate.len() / 2).map(|p| p.1).collect();
+    if !settled.is_empty() {
+        report.figure(
+            "drain rate the governor settled at (second half, mean)",
+            settled.iter().sum::<f64>() / settled.len() as f64,
+            "msg/s",
+            None,
+        );
+    }
+    report.series.push(Series {
+        name: "governor".into(),
+        title: "The drain governor during the spike".into(),
+        x_label: "seconds since the first EnqueueBulk".into(),
+        y_label: "messages/s (p99: ms x 100)".into(),
+        lines: vec![
+            Line { name: "governor limit".into(), points: governor.iter().map(|s| (s.0, s.1.min(1e6))).collect() },
+            Line { name: "drain rate".into(), points: drain_rate },
+            Line { name: "interactive persist p99 (ms x 100)".into(), points: governor.iter().map(|s| (s.0, s.2 * 100.0)).collect() },
+        ],
+    });
     report.note(format!(
         "The chat load ran {} users in {} rooms of {} at {} msg/s; the spike phase lasted from the first EnqueueBulk until the last message was persisted.",
         a.chat.connections, a.chat.connections / a.chat.room_size, a.chat.room_size, a.chat.rate
