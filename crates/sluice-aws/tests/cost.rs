@@ -87,6 +87,7 @@ async fn capacity_and_requests_per_message() {
             store: store.clone(),
             queue: queue.clone(),
             fanout: sluice_core::fanout::Fanout::new(Arc::new(sluice_embedded::LocalHub::new()), Arc::new(NoEvents)),
+            limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
             metrics: metrics.clone(),
         },
         WorkerConfig { batch_size: 10, ..WorkerConfig::default() },

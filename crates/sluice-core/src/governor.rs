@@ -64,6 +64,13 @@ impl LatencyWindow {
     }
 }
 
+/// The reading under which gateways publish their interactive persist p99 (ms) for the
+/// governors of worker processes elsewhere ([`crate::limits::Limiter::report`]).
+pub const INTERACTIVE_P99_KEY: &str = "interactive_p99_ms";
+/// How often gateways publish it, and how long a reading stays valid.
+pub const REPORT_EVERY: Duration = Duration::from_millis(250);
+pub const REPORT_TTL: Duration = Duration::from_secs(2);
+
 /// Settings of a governor.
 #[derive(Debug, Clone, Copy)]
 pub struct GovernorConfig {

@@ -1,7 +1,8 @@
-//! The limits port: rate limits and counted leases keyed by user or client address, held in
-//! one place for every gateway (Redis on the distributed backends, this process on the
-//! embedded ones), so a limit per user holds however many sockets and gateways the user
-//! spreads over.
+//! The limits port: rate limits and counted leases keyed by user or client address, and
+//! readings that every process reports and reads (a gateway's interactive latency, which
+//! the drain governors of worker processes elsewhere react to). Held in one place for every
+//! gateway and worker (Redis on the distributed backends, this process on the embedded
+//! ones), so a limit per user holds however many sockets and gateways the user spreads over.
 
 use crate::error::HubError;
 use crate::ratelimit::TokenBucket;
@@ -24,6 +25,12 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Gives lease `id` of `key` back.
     async fn release(&self, key: &str, id: &str);
+
+    /// Publishes `value` as `node`'s current reading of `key`, valid for `ttl`.
+    async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError>;
+
+    /// The highest reading of `key` over every node whose reading is still valid.
+    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError>;
 }
 
 /// Most buckets kept in memory by [`LocalLimiter`]; beyond it, full (idle) ones are dropped.
@@ -34,6 +41,7 @@ const LOCAL_KEYS: usize = 100_000;
 pub struct LocalLimiter {
     buckets: Mutex<HashMap<String, (TokenBucket, Instant)>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    readings: Mutex<HashMap<String, HashMap<String, (f64, Instant)>>>,
 }
 
 impl LocalLimiter {
@@ -76,5 +84,19 @@ impl Limiter for LocalLimiter {
                 leases.remove(key);
             }
         }
+    }
+
+    async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError> {
+        let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        readings.entry(key.to_string()).or_default().insert(node.to_string(), (value, Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
+        let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(nodes) = readings.get_mut(key) else { return Ok(None) };
+        let now = Instant::now();
+        nodes.retain(|_, (_, until)| *until > now);
+        Ok(nodes.values().map(|(v, _)| *v).reduce(f64::max))
     }
 }

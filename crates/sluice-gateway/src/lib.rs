@@ -18,6 +18,7 @@ pub mod ws;
 
 use sluice_core::events::EventSink;
 use sluice_core::fanout::Fanout;
+use sluice_core::governor::{INTERACTIVE_P99_KEY, REPORT_EVERY, REPORT_TTL};
 use sluice_core::hub::Hub;
 use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
@@ -104,6 +105,25 @@ pub struct App {
     pub shutdown: CancellationToken,
 }
 
+/// Publishes this gateway's interactive persist p99 every [`REPORT_EVERY`] until shutdown,
+/// so that drain governors in worker processes elsewhere react to it (DESIGN.md invariant 8).
+pub async fn report_interactive_latency(app: Arc<App>) {
+    let node = sluice_core::ids::random_id();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(p99) = app.metrics.interactive_persist.p99() {
+            let ms = p99.as_secs_f64() * 1000.0;
+            if let Err(e) = app.limiter.report(INTERACTIVE_P99_KEY, &node, ms, REPORT_TTL).await {
+                tracing::debug!(error = %e, "could not publish the interactive latency");
+            }
+        }
+    }
+}
+
 /// Serves HTTP/WebSocket on `http` and gRPC on `grpc` until `app.shutdown` is cancelled.
 pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::io::Result<()> {
     serve_with_admin(app, http, grpc, None).await
@@ -114,6 +134,7 @@ pub async fn serve(app: Arc<App>, http: TcpListener, grpc: TcpListener) -> std::
 pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListener, admin: Option<TcpListener>) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let shutdown = app.shutdown.clone();
+    tokio::spawn(report_interactive_latency(app.clone()));
     let public = if admin.is_some() { http::public_router(app.clone()) } else { http::router(app.clone()) };
     let admin_server = async {
         match admin {

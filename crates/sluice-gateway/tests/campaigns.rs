@@ -40,7 +40,7 @@ fn env() -> Env {
         limits: Limits::default(),
         shutdown: CancellationToken::new(),
     });
-    let backends = Backends { store, queue: queue.clone(), fanout, metrics };
+    let backends = Backends { store, queue: queue.clone(), fanout, limiter: Arc::new(sluice_core::limits::LocalLimiter::new()), metrics };
     Env { _dir: dir, app, queue, worker: Worker::new(backends, WorkerConfig::default()) }
 }
 

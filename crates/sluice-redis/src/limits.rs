@@ -4,7 +4,9 @@
 //!   Redis's own clock (gateways' clocks never disagree about it), expiring once full again;
 //! - leases: a sorted set per key, members = lease ids, scores = when they lapse (ms); a
 //!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
-//!   its leases lapse by themselves.
+//!   its leases lapse by themselves;
+//! - readings: a hash per key (node → value) beside a sorted set (node → when the reading
+//!   lapses); reading the highest drops the lapsed ones first.
 
 use async_trait::async_trait;
 use redis::Script;
@@ -40,6 +42,33 @@ redis.call('PEXPIREAT', KEYS[1], tonumber(longest[2]))
 return 1
 ";
 
+const REPORT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+";
+
+const HIGHEST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('HDEL', KEYS[1], node)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local best = nil
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local x = tonumber(v)
+  if best == nil or x > best then best = x end
+end
+if best == nil then return false end
+return tostring(best)
+";
+
 /// Limits kept in Redis under `<prefix>:lim:...`.
 #[derive(Clone)]
 pub struct RedisLimiter {
@@ -47,6 +76,8 @@ pub struct RedisLimiter {
     prefix: String,
     take: Script,
     lease: Script,
+    report: Script,
+    highest: Script,
 }
 
 impl RedisLimiter {
@@ -59,7 +90,14 @@ impl RedisLimiter {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-        Ok(RedisLimiter { conn, prefix: prefix.to_string(), take: Script::new(TAKE), lease: Script::new(LEASE) })
+        Ok(RedisLimiter {
+            conn,
+            prefix: prefix.to_string(),
+            take: Script::new(TAKE),
+            lease: Script::new(LEASE),
+            report: Script::new(REPORT),
+            highest: Script::new(HIGHEST),
+        })
     }
 
     fn key(&self, key: &str) -> String {
@@ -91,6 +129,29 @@ impl Limiter for RedisLimiter {
             .await
             .map_err(unavailable)?;
         Ok(ok == 1)
+    }
+
+    async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let (vals, exp) = (self.key(&format!("{key}:v")), self.key(&format!("{key}:t")));
+        let _: i64 = self
+            .report
+            .key(vals)
+            .key(exp)
+            .arg(node)
+            .arg(value)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
+        let mut conn = self.conn.clone();
+        let (vals, exp) = (self.key(&format!("{key}:v")), self.key(&format!("{key}:t")));
+        let best: Option<String> = self.highest.key(vals).key(exp).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(best.and_then(|b| b.parse().ok()))
     }
 
     async fn release(&self, key: &str, id: &str) {

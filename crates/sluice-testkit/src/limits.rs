@@ -9,7 +9,8 @@ use std::time::Duration;
 #[macro_export]
 macro_rules! limiter_conformance {
     ($make:expr) => {
-        $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal);
+        $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal,
+            the_highest_valid_reading_wins);
     };
 }
 
@@ -56,4 +57,15 @@ pub async fn leases_lapse_without_renewal(l: Arc<dyn Limiter>) {
     // Wait well past the lapse (a gateway died without releasing).
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(l.lease("conns:dead", "new", 1, Duration::from_secs(60)).await.unwrap(), "a lapsed lease frees its place");
+}
+
+pub async fn the_highest_valid_reading_wins(l: Arc<dyn Limiter>) {
+    assert_eq!(l.highest("p99").await.unwrap(), None, "nothing reported yet");
+    l.report("p99", "gw-a", 3.5, Duration::from_secs(60)).await.unwrap();
+    l.report("p99", "gw-b", 12.25, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(l.highest("p99").await.unwrap(), Some(12.25));
+    l.report("p99", "gw-a", 4.0, Duration::from_secs(60)).await.unwrap();
+    // gw-b stopped reporting (a gateway that died): its reading lapses.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(l.highest("p99").await.unwrap(), Some(4.0), "a node's new reading replaces its old one; lapsed ones drop out");
 }

@@ -23,7 +23,8 @@
 use futures::future::join_all;
 use sluice_core::backoff::Backoff;
 use sluice_core::fanout::{Fanout, Ticket};
-use sluice_core::governor::{Adjustment, Governor, GovernorConfig};
+use sluice_core::governor::{Adjustment, Governor, GovernorConfig, INTERACTIVE_P99_KEY};
+use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
 use sluice_core::store::MessageStore;
@@ -73,6 +74,8 @@ pub struct Backends {
     pub queue: Arc<dyn SpikeQueue>,
     /// Live pushes in commit order per room (share it with a gateway in the same process).
     pub fanout: Arc<Fanout>,
+    /// Where gateways publish their interactive latency (read by the drain governor).
+    pub limiter: Arc<dyn Limiter>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -120,7 +123,9 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let p99 = m.interactive_persist.p99();
+            // This process's chat, and the worst gateway's anywhere (a reading lapses with its gateway).
+            let remote = self.b.limiter.highest(INTERACTIVE_P99_KEY).await.ok().flatten().map(|ms| Duration::from_secs_f64(ms / 1000.0));
+            let p99 = m.interactive_persist.p99().max(remote);
             let failures = self.store_failures.swap(0, Ordering::Relaxed);
             let before = self.governor.limit();
             if let Adjustment::Cut { to, why, .. } = self.governor.adjust(p99, failures) {

@@ -150,7 +150,13 @@ async fn open(dir: &Path) -> Backend {
     let hub = Arc::new(LocalHub::new());
     let fanout = Fanout::new(hub.clone(), Arc::new(NoEvents));
     let worker = Worker::new(
-        Backends { store: store.clone(), queue: queue.clone(), fanout: fanout.clone(), metrics: Arc::new(Metrics::new()) },
+        Backends {
+            store: store.clone(),
+            queue: queue.clone(),
+            fanout: fanout.clone(),
+            limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
+            metrics: Arc::new(Metrics::new()),
+        },
         WorkerConfig::default(),
     );
     let mut conns = Vec::new();

@@ -38,7 +38,8 @@ fn config() -> WorkerConfig {
 
 fn worker(store: Arc<dyn MessageStore>, queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, config: WorkerConfig) -> Arc<Worker> {
     let fanout = Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents));
-    Arc::new(Worker::new(Backends { store, queue, fanout, metrics }, config))
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
+    Arc::new(Worker::new(Backends { store, queue, fanout, limiter, metrics }, config))
 }
 
 fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
@@ -249,4 +250,34 @@ async fn graceful_shutdown_acks_only_what_committed() {
     assert!(left > 0, "shutdown came mid-drain");
     assert!(persisted >= N - left, "acked {} but persisted only {persisted}", N - left);
     assert_eq!(e.metrics.drained.get() as usize, N - left, "what left the queue is what the worker acked");
+}
+
+/// Invariant 8 across processes: a gateway elsewhere publishes its interactive p99; over the
+/// target, this worker's governor cuts the drain (and never below its floor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gateway_elsewhere_cuts_the_drain() {
+    use sluice_core::governor::{GovernorConfig, INTERACTIVE_P99_KEY};
+    use sluice_core::limits::{Limiter, LocalLimiter};
+    let e = env();
+    let limiter = Arc::new(LocalLimiter::new());
+    limiter.report(INTERACTIVE_P99_KEY, "gateway-far-away", 500.0, Duration::from_secs(60)).await.unwrap();
+    let fanout = Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents));
+    let governor = GovernorConfig { initial: 1_000.0, floor: 100.0, ..GovernorConfig::default() };
+    let w = Arc::new(Worker::new(
+        Backends { store: e.store.clone(), queue: e.queue.clone(), fanout, limiter, metrics: e.metrics.clone() },
+        WorkerConfig { governor, ..config() },
+    ));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(w.run(stop.clone()));
+    for _ in 0..200 {
+        if e.metrics.drain_limit.get() == 100.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.cancel();
+    running.await.unwrap();
+    assert!(e.metrics.drain_cuts.get() > 0, "the far gateway's latency cut the drain");
+    assert_eq!(e.metrics.drain_limit.get(), 100.0, "down to the floor and no further");
+    assert!((e.metrics.interactive_persist_p99_seconds.get() - 0.5).abs() < 1e-9, "the signal it saw");
 }

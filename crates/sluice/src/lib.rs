@@ -351,11 +351,18 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     // crash after a commit cannot lose it; the relay stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
+    let limiter = open_limiter(common).await?;
     // One publication order for both lanes of this process.
     let fanout = if relay.is_some() { Fanout::with_outbox(hub.clone(), events.clone()) } else { Fanout::new(hub.clone(), events.clone()) };
     let worker_task = roles.worker.then(|| {
         let worker = Arc::new(Worker::new(
-            Backends { store: store.clone(), queue: queue.clone(), fanout: fanout.clone(), metrics: metrics.clone() },
+            Backends {
+                store: store.clone(),
+                queue: queue.clone(),
+                fanout: fanout.clone(),
+                limiter: limiter.clone(),
+                metrics: metrics.clone(),
+            },
             worker_config(&args),
         ));
         tokio::spawn(sluice_worker::watch_queue(queue.clone(), metrics.clone(), Duration::from_secs(1), shutdown.clone()));
@@ -369,7 +376,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 hub,
                 events: events.clone(),
                 fanout,
-                limiter: open_limiter(common).await?,
+                limiter,
                 metrics,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(&args),
