@@ -18,6 +18,12 @@ pub trait Limiter: Send + Sync + 'static {
     /// `burst`. False when the bucket is empty (the caller refuses the action).
     async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError>;
 
+    /// Takes `n` tokens from the lending bucket `key` (refilled at `rate` per second up to
+    /// `burst`) even when it holds fewer, and returns how long the caller must wait for the
+    /// debt to be paid (zero when the tokens were there). Later takers wait behind the debt,
+    /// so the bucket's rate holds for everyone sharing it (a fleet's drain budget).
+    async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError>;
+
     /// Takes (or renews) lease `id` among at most `max` of `key` (e.g. a user's
     /// connections). A lease not renewed within `ttl` lapses, so a gateway that dies frees
     /// its leases by itself. False when `max` other leases are held.
@@ -41,6 +47,7 @@ const LOCAL_KEYS: usize = 100_000;
 pub struct LocalLimiter {
     buckets: Mutex<HashMap<String, (TokenBucket, Instant)>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    lending: Mutex<HashMap<String, (f64, Instant)>>,
     readings: Mutex<HashMap<String, HashMap<String, (f64, Instant)>>>,
 }
 
@@ -62,6 +69,15 @@ impl Limiter for LocalLimiter {
         let (bucket, last) = buckets.entry(key.to_string()).or_insert_with(|| (TokenBucket::new(rate, burst), now));
         *last = now;
         Ok(bucket.try_take_at(now))
+    }
+
+    async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {
+        let mut lending = self.lending.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = lending.entry(key.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst) - n as f64;
+        *at = now;
+        Ok(if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / rate) })
     }
 
     async fn lease(&self, key: &str, id: &str, max: u32, ttl: Duration) -> Result<bool, HubError> {

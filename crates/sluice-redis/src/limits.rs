@@ -2,6 +2,7 @@
 //!
 //! - buckets: a hash per key (`tokens`, `at` in ms), refilled and taken in one Lua script on
 //!   Redis's own clock (gateways' clocks never disagree about it), expiring once full again;
+//!   a lending bucket may go negative, and the script answers how long to wait out the debt;
 //! - leases: a sorted set per key, members = lease ids, scores = when they lapse (ms); a
 //!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
 //!   its leases lapse by themselves;
@@ -28,6 +29,20 @@ if tokens >= 1 then tokens = tokens - 1; ok = 1 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return ok
+";
+
+const LEND: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(b[1]), tonumber(b[2])
+if tokens == nil then tokens, at = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000) - n
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+if tokens >= 0 then return 0 end
+return math.ceil(-tokens / rate * 1000)
 ";
 
 const LEASE: &str = r"
@@ -75,6 +90,7 @@ pub struct RedisLimiter {
     conn: ConnectionManager,
     prefix: String,
     take: Script,
+    lend: Script,
     lease: Script,
     report: Script,
     highest: Script,
@@ -94,6 +110,7 @@ impl RedisLimiter {
             conn,
             prefix: prefix.to_string(),
             take: Script::new(TAKE),
+            lend: Script::new(LEND),
             lease: Script::new(LEASE),
             report: Script::new(REPORT),
             highest: Script::new(HIGHEST),
@@ -115,6 +132,12 @@ impl Limiter for RedisLimiter {
         let mut conn = self.conn.clone();
         let ok: i64 = self.take.key(self.key(key)).arg(rate).arg(burst).invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(ok == 1)
+    }
+
+    async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {
+        let mut conn = self.conn.clone();
+        let wait_ms: u64 = self.lend.key(self.key(key)).arg(rate).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(Duration::from_millis(wait_ms))
     }
 
     async fn lease(&self, key: &str, id: &str, max: u32, ttl: Duration) -> Result<bool, HubError> {

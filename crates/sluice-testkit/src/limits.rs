@@ -10,7 +10,7 @@ use std::time::Duration;
 macro_rules! limiter_conformance {
     ($make:expr) => {
         $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal,
-            the_highest_valid_reading_wins);
+            the_highest_valid_reading_wins, a_lending_bucket_makes_later_takers_wait);
     };
 }
 
@@ -68,4 +68,13 @@ pub async fn the_highest_valid_reading_wins(l: Arc<dyn Limiter>) {
     // gw-b stopped reporting (a gateway that died): its reading lapses.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(l.highest("p99").await.unwrap(), Some(4.0), "a node's new reading replaces its old one; lapsed ones drop out");
+}
+
+pub async fn a_lending_bucket_makes_later_takers_wait(l: Arc<dyn Limiter>) {
+    // 100 per second, bursts of 10.
+    assert_eq!(l.lend("fleet", 10, 100.0, 10.0).await.unwrap(), Duration::ZERO, "the burst is there");
+    let first = l.lend("fleet", 50, 100.0, 10.0).await.unwrap();
+    assert!(first > Duration::from_millis(400) && first <= Duration::from_millis(510), "50 more at 100/s: about 0.5 s, {first:?}");
+    let second = l.lend("fleet", 10, 100.0, 10.0).await.unwrap();
+    assert!(second > first, "a later taker waits behind the debt: {second:?} after {first:?}");
 }

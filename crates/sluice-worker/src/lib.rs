@@ -34,6 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The lending bucket of the fleet's drain budget in the limits port.
+const FLEET_BUDGET_KEY: &str = "drain:fleet";
+
 /// Settings of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -51,6 +54,9 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// The drain governor: the admitted rate's ceiling, floor and interactive target.
     pub governor: GovernorConfig,
+    /// Most bulk messages per second for all workers together (a budget shared through the
+    /// limits port); `None`: no fleet budget.
+    pub fleet_rate: Option<f64>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +69,7 @@ impl Default for WorkerConfig {
             max_receives: 5,
             max_body_bytes: 64 * 1024,
             governor: GovernorConfig::default(),
+            fleet_rate: None,
         }
     }
 }
@@ -159,7 +166,7 @@ impl Worker {
             let ok = match received {
                 Ok(batch) if batch.is_empty() => true,
                 Ok(batch) => {
-                    let wait = self.governor.reserve(batch.len() as u64);
+                    let wait = self.governor.reserve(batch.len() as u64).max(self.fleet_wait(batch.len() as u64).await);
                     if !wait.is_zero() {
                         tokio::select! {
                             _ = shutdown.cancelled() => {
@@ -189,6 +196,17 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// How long `n` more messages wait for the fleet's budget (none when there is no budget,
+    /// or the limits backend cannot be reached: the worker's own governor still holds).
+    async fn fleet_wait(&self, n: u64) -> Duration {
+        let Some(rate) = self.config.fleet_rate else { return Duration::ZERO };
+        let burst = rate * self.governor.config().tick.as_secs_f64();
+        self.b.limiter.lend(FLEET_BUDGET_KEY, n, rate, burst).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "fleet drain budget unavailable; only this worker's governor limits the drain");
+            Duration::ZERO
+        })
     }
 
     /// Processes one received batch; false when something failed in a retryable way.

@@ -211,6 +211,10 @@ pub struct ServeArgs {
     /// 0: no ceiling, only the governor's signals limit the drain.
     #[arg(long, env = "SLUICE_DRAIN_RATE", default_value_t = 0)]
     pub drain_rate: u32,
+    /// Most bulk messages per second all workers together persist (a budget shared through
+    /// Redis with the Redis hub); 0: none.
+    #[arg(long, env = "SLUICE_FLEET_DRAIN_RATE", default_value_t = 0)]
+    pub fleet_drain_rate: u32,
     /// Fewest bulk messages per second this worker persists whatever the signals (the drain
     /// never starves).
     #[arg(long, env = "SLUICE_DRAIN_FLOOR", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]

@@ -266,6 +266,7 @@ fn worker_config(a: &ServeArgs) -> WorkerConfig {
             target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
             ..GovernorConfig::default()
         },
+        fleet_rate: (a.fleet_drain_rate > 0).then_some(a.fleet_drain_rate as f64),
         ..WorkerConfig::default()
     }
 }
