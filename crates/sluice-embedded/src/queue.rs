@@ -40,13 +40,19 @@ const SEND_CHUNK: usize = 20_000;
 pub struct QueueConfig {
     /// How long a deduplication id is remembered (SQS: 5 minutes).
     pub dedup_window: Duration,
+    /// Memory redb may use to cache the queue file's pages.
+    pub cache_bytes: usize,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { dedup_window: Duration::from_secs(300) }
+        QueueConfig { dedup_window: Duration::from_secs(300), cache_bytes: DEFAULT_QUEUE_CACHE_BYTES }
     }
 }
+
+/// Default of [`QueueConfig::cache_bytes`] (redb's own default is 1 GiB, which a long-lived
+/// server grows into as the file grows).
+pub const DEFAULT_QUEUE_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct QRec {
@@ -243,7 +249,7 @@ struct QInner {
 impl EmbeddedQueue {
     /// Opens (or creates) the queue file at `path`; every message found is visible.
     pub fn open(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
-        let db = Database::create(path).map_err(queue_err)?;
+        let db = Database::builder().set_cache_size(config.cache_bytes).create(path).map_err(queue_err)?;
         let txn = db.begin_write().map_err(queue_err)?;
         let mut state = State::default();
         {

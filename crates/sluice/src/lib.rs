@@ -72,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(d) => {
             let metrics = Arc::new(Metrics::new());
             let conf = aws_conf(&d.common).await;
-            let queue = open_queue(&d.common, conf.as_ref(), metrics).await?;
+            let queue = open_queue(&d.common, conf.as_ref(), metrics, QueueConfig::default()).await?;
             match d.action {
                 DlqAction::List { limit } => {
                     for dl in queue.dead_letters(limit).await? {
@@ -107,21 +107,20 @@ fn in_use_hint(common: &CommonArgs) -> String {
 }
 
 /// The configured store; with `outbox` and the embedded store, also the embedded handle
-/// whose analytics outbox the caller relays.
+/// whose analytics outbox the caller relays. `config` applies to the embedded store.
 async fn open_store(
     common: &CommonArgs,
     conf: Option<&aws_config::SdkConfig>,
     metrics: Arc<Metrics>,
-    outbox: bool,
+    config: StoreConfig,
 ) -> anyhow::Result<(Arc<dyn MessageStore>, Option<EmbeddedStore>)> {
     Ok(match (common.store_kind(), conf) {
         (StoreKind::Dynamodb, Some(conf)) => {
             (Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics)), None)
         }
         _ => {
-            let config = StoreConfig { outbox, ..StoreConfig::default() };
             let store = EmbeddedStore::open_with(&data_dir(common)?.join("store.redb"), config).with_context(|| in_use_hint(common))?;
-            (Arc::new(store.clone()), outbox.then_some(store))
+            (Arc::new(store.clone()), config.outbox.then_some(store))
         }
     })
 }
@@ -130,6 +129,7 @@ async fn open_queue(
     common: &CommonArgs,
     conf: Option<&aws_config::SdkConfig>,
     metrics: Arc<Metrics>,
+    config: QueueConfig,
 ) -> anyhow::Result<Arc<dyn SpikeQueue>> {
     Ok(match (common.queue_kind(), conf) {
         (QueueKind::Sqs, Some(conf)) => {
@@ -139,9 +139,7 @@ async fn open_queue(
             })?;
             Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
         }
-        _ => Arc::new(
-            EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?,
-        ),
+        _ => Arc::new(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), config).with_context(|| in_use_hint(common))?),
     })
 }
 
@@ -314,12 +312,14 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let conf = aws_conf(common).await;
     let events_on = events_kind(&args) != EventsKind::Off;
-    let (mut store, outbox) = open_store(common, conf.as_ref(), metrics.clone(), events_on).await?;
+    let store_config = StoreConfig { outbox: events_on, cache_bytes: (args.store_cache_mib as usize) << 20, ..StoreConfig::default() };
+    let (mut store, outbox) = open_store(common, conf.as_ref(), metrics.clone(), store_config).await?;
     if let Some(latency) = args.store_latency_ms {
         tracing::warn!(?latency, "every store call is delayed (--store-latency-ms, for benchmarks)");
         store = Arc::new(sluice_core::latency::LatencyStore::new(store, latency));
     }
-    let queue = open_queue(common, conf.as_ref(), metrics.clone()).await?;
+    let queue_config = QueueConfig { cache_bytes: (args.queue_cache_mib as usize) << 20, ..QueueConfig::default() };
+    let queue = open_queue(common, conf.as_ref(), metrics.clone(), queue_config).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;
     let listeners = if roles.gateway {
