@@ -4,9 +4,10 @@
 //! An AIMD controller, as TCP's congestion window: every tick it reads the signals of the
 //! tick just ended, the interactive lane's persist latency (p99 over a short window, from
 //! [`LatencyWindow`]) and the store's throttling and conflict failures on the bulk lane.
-//! Over the target or throttled, the admitted rate is cut by a factor; otherwise, if the
-//! drain actually used most of it, it grows by a step. It never goes below a floor (the
-//! drain never starves) nor above the configured ceiling. Admission is a token bucket at the
+//! Over the target or throttled, the admitted rate is cut by a factor (at most once per
+//! latency window); otherwise, if the drain actually used most of it, it grows by a step. The
+//! target is twice what chat sees while the drain is idle, and at least the configured one.
+//! The rate never goes below a floor (the drain never starves) nor above the ceiling. Admission is a token bucket at the
 //! current rate that lends: a poller reserves a whole batch and waits out the debt, so large
 //! batches stay possible at low rates.
 
@@ -88,6 +89,8 @@ pub struct GovernorConfig {
     pub growth: f64,
     /// How often the controller runs.
     pub tick: Duration,
+    /// Least time between two cuts (about the latency window the signal is measured over).
+    pub cooldown: Duration,
 }
 
 impl Default for GovernorConfig {
@@ -100,6 +103,7 @@ impl Default for GovernorConfig {
             cut: 0.7,
             growth: 0.1,
             tick: Duration::from_millis(250),
+            cooldown: Duration::from_secs(1),
         }
     }
 }
@@ -120,6 +124,10 @@ struct State {
     refilled: Instant,
     /// Messages admitted since the last tick.
     admitted: u64,
+    /// The interactive p99 while the drain is idle (see [`Governor::target`]).
+    calm: Option<Duration>,
+    /// No other cut before this.
+    cooled_at: Option<Instant>,
 }
 
 /// The admitted rate of one worker and its controller.
@@ -131,7 +139,10 @@ pub struct Governor {
 impl Governor {
     pub fn new(config: GovernorConfig) -> Self {
         let limit = config.initial.clamp(config.floor, config.ceiling);
-        Governor { config, state: Mutex::new(State { limit, tokens: 0.0, refilled: Instant::now(), admitted: 0 }) }
+        Governor {
+            config,
+            state: Mutex::new(State { limit, tokens: 0.0, refilled: Instant::now(), admitted: 0, calm: None, cooled_at: None }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -173,17 +184,41 @@ impl Governor {
     /// (`None` when there was no chat) and the store failures (throttling, conflicts) the
     /// bulk lane met.
     pub fn adjust(&self, interactive_p99: Option<Duration>, store_failures: u64) -> Adjustment {
+        self.adjust_at(Instant::now(), interactive_p99, store_failures)
+    }
+
+    /// The interactive p99 the drain must stay under: twice what chat sees while the drain
+    /// is idle (the promise is "within 2x of calm"), and never below the configured target,
+    /// so a machine whose calm p99 is already over the target still drains.
+    pub fn target(&self) -> Duration {
+        let calm = self.lock().calm;
+        calm.map_or(self.config.target, |c| self.config.target.max(c.mul_f64(2.0)))
+    }
+
+    /// [`Governor::adjust`] at `now`.
+    pub fn adjust_at(&self, now: Instant, interactive_p99: Option<Duration>, store_failures: u64) -> Adjustment {
         let c = &self.config;
         let mut s = self.lock();
         let used = s.admitted as f64 / c.tick.as_secs_f64();
+        let idle = s.admitted == 0;
         s.admitted = 0;
+        if let (true, Some(p99)) = (idle, interactive_p99) {
+            // What chat sees without the drain: an average of idle ticks, the calm baseline.
+            s.calm = Some(s.calm.map_or(p99, |calm| calm.mul_f64(0.8) + p99.mul_f64(0.2)));
+        }
+        let target = s.calm.map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
         let from = s.limit;
         let why = match interactive_p99 {
             _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
-            Some(p99) if p99 > c.target => Some(format!("interactive p99 {:.1} ms over the {:.1} ms target", ms(p99), ms(c.target))),
+            Some(p99) if p99 > target => Some(format!("interactive p99 {:.1} ms over the {:.1} ms target", ms(p99), ms(target))),
             _ => None,
         };
         if let Some(why) = why {
+            // One cut per latency window: the signal needs that long to show the new rate.
+            if s.cooled_at.is_some_and(|t| now < t) {
+                return Adjustment::Held;
+            }
+            s.cooled_at = Some(now + c.cooldown);
             s.limit = (from * c.cut).max(c.floor);
             return if s.limit < from { Adjustment::Cut { from, to: s.limit, why } } else { Adjustment::Held };
         }

@@ -27,27 +27,60 @@ fn the_window_keeps_recent_samples_and_gives_their_p99() {
     assert_eq!(small.p99_at(t0), Some(Duration::from_millis(3)), "at most `cap` samples, the newest");
 }
 
+/// Ticks with the drain idle and chat at `p99`: the calm baseline.
+fn calm(g: &Governor, t: &mut Instant, p99_ms: u64) {
+    for _ in 0..20 {
+        *t += g.config().tick;
+        g.adjust_at(*t, Some(Duration::from_millis(p99_ms)), 0);
+    }
+}
+
+/// A tick at `t` in which the drain used its whole rate.
+fn busy(g: &Governor, t: &mut Instant, p99_ms: Option<u64>, failures: u64) -> Adjustment {
+    busy_tick(g);
+    *t += g.config().tick;
+    g.adjust_at(*t, p99_ms.map(Duration::from_millis), failures)
+}
+
 #[test]
-fn chat_over_target_cuts_and_a_calm_busy_drain_grows_back() {
+fn chat_over_target_cuts_once_per_window_and_a_calm_busy_drain_grows_back() {
     let g = Governor::new(config());
-    let cut = g.adjust(Some(Duration::from_millis(30)), 0);
+    let mut t = Instant::now();
+    calm(&g, &mut t, 2);
+    assert_eq!(g.target(), Duration::from_millis(10), "twice a calm 2 ms is under the configured 10 ms");
+    let cut = busy(&g, &mut t, Some(30), 0);
     assert!(matches!(cut, Adjustment::Cut { from, to, .. } if from == 1_000.0 && (to - 700.0).abs() < 1e-9), "{cut:?}");
-    assert!(matches!(g.adjust(None, 3), Adjustment::Cut { .. }), "store throttling cuts too");
-    busy_tick(&g);
-    assert!(matches!(g.adjust(Some(Duration::from_millis(1)), 0), Adjustment::Raised { .. }));
-    assert_eq!(g.adjust(None, 0), Adjustment::Held, "an idle drain does not grow its rate");
+    assert_eq!(busy(&g, &mut t, Some(30), 0), Adjustment::Held, "one cut per latency window");
+    t += Duration::from_secs(1);
+    assert!(matches!(busy(&g, &mut t, None, 3), Adjustment::Cut { .. }), "store throttling cuts too");
+    t += Duration::from_secs(1);
+    assert!(matches!(busy(&g, &mut t, Some(1), 0), Adjustment::Raised { .. }));
+    t += g.config().tick;
+    assert_eq!(g.adjust_at(t, None, 0), Adjustment::Held, "an idle drain does not grow its rate");
+}
+
+#[test]
+fn the_target_follows_a_slow_machines_calm() {
+    let g = Governor::new(config());
+    let mut t = Instant::now();
+    calm(&g, &mut t, 20);
+    let target = g.target();
+    assert!(target > Duration::from_millis(39) && target <= Duration::from_millis(40), "{target:?}");
+    assert!(matches!(busy(&g, &mut t, Some(35), 0), Adjustment::Raised { .. }), "35 ms is within twice a calm 20 ms");
+    assert!(matches!(busy(&g, &mut t, Some(45), 0), Adjustment::Cut { .. }));
 }
 
 #[test]
 fn the_floor_and_the_ceiling_hold() {
     let g = Governor::new(config());
+    let mut t = Instant::now();
     for _ in 0..100 {
-        g.adjust(Some(Duration::from_secs(1)), 10);
+        t += Duration::from_secs(1);
+        busy(&g, &mut t, Some(1000), 10);
     }
     assert_eq!(g.limit(), 50.0, "the drain never starves");
     for _ in 0..200 {
-        busy_tick(&g);
-        g.adjust(None, 0);
+        busy(&g, &mut t, None, 0);
     }
     assert_eq!(g.limit(), 10_000.0);
 }
@@ -67,17 +100,18 @@ proptest! {
     #[test]
     fn bounded_and_recovers(signals in proptest::collection::vec((proptest::option::of(0u64..50), 0u64..3, any::<bool>()), 1..200)) {
         let g = Governor::new(config());
-        for (p99_ms, failures, busy) in signals {
-            if busy {
+        let mut t = Instant::now();
+        for (p99_ms, failures, is_busy) in signals {
+            if is_busy {
                 busy_tick(&g);
             }
-            g.adjust(p99_ms.map(Duration::from_millis), failures);
+            t += g.config().tick;
+            g.adjust_at(t, p99_ms.map(Duration::from_millis), failures);
             prop_assert!((50.0..=10_000.0).contains(&g.limit()), "{}", g.limit());
         }
         let low = g.limit();
         for _ in 0..40 {
-            busy_tick(&g);
-            g.adjust(Some(Duration::from_millis(1)), 0);
+            busy(&g, &mut t, Some(1), 0);
         }
         prop_assert!(g.limit() >= (low * 2.0).min(10_000.0), "from {low} to {} in 10 s of calm", g.limit());
     }
