@@ -202,9 +202,17 @@ impl Governor {
         let used = s.admitted as f64 / c.tick.as_secs_f64();
         let idle = s.admitted == 0;
         s.admitted = 0;
-        if let (true, Some(p99)) = (idle, interactive_p99) {
-            // What chat sees without the drain: an average of idle ticks, the calm baseline.
-            s.calm = Some(s.calm.map_or(p99, |calm| calm.mul_f64(0.8) + p99.mul_f64(0.2)));
+        if let Some(p99) = interactive_p99 {
+            // What chat sees without the drain, as TCP Vegas keeps its base RTT: the lowest p99
+            // seen, which drifts up (2% a tick, toward the current p99) only while the drain is
+            // idle. Averaging idle ticks instead let the start of a burst (EnqueueBulk recording
+            // recipients while nothing drains yet) pass for calm.
+            s.calm = Some(match s.calm {
+                None => p99,
+                Some(calm) if p99 < calm => p99,
+                Some(calm) if idle => calm.mul_f64(1.02).min(p99),
+                Some(calm) => calm,
+            });
         }
         let target = s.calm.map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
         let from = s.limit;
