@@ -70,7 +70,8 @@ fn spike_smoke() {
     assert!(figure(&json, "baseline delivered") > 0.0);
     assert!(figure(&json, "spike send->deliver p99") > 0.0);
     assert_eq!(figure(&json, "baseline error frames"), 0.0);
-    assert_eq!(json["series"].as_array().unwrap().len(), 2);
+    let series: Vec<&str> = json["series"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(series, ["depth", "latency", "governor"], "queue depth, chat latency and the drain governor, plotted");
 }
 
 #[test]
