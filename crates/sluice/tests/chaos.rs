@@ -15,14 +15,14 @@
 
 mod common;
 
-use common::{BIN, Server, check_recipients, wait_done};
+use common::{BIN, Server, aws_env, check_recipients, wait_done};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sluice_proto::v1;
 use sluice_testkit::dynamo_faults::DynamoFaultProxy;
-use sluice_testkit::services::{RedisServer, dynamodb_url, moto_url, unique_prefix};
+use sluice_testkit::services::{RedisServer, dynamodb_url, unique_prefix};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,25 +34,6 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, String)> {
-    [
-        ("SLUICE_BACKEND", "aws".to_string()),
-        ("SLUICE_RESOURCE_PREFIX", prefix.to_string()),
-        ("SLUICE_REDIS_URL", redis_url.to_string()),
-        ("SLUICE_SQS_CLIENT_SIDE_WAIT", "true".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.to_string()),
-        ("AWS_ENDPOINT_URL_SQS", moto_url()),
-        ("AWS_ENDPOINT_URL_KINESIS", moto_url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 /// Faults the schedule injected.

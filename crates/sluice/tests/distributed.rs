@@ -6,32 +6,11 @@
 
 mod common;
 
-use common::{BIN, Server, check_recipients, wait_done};
+use common::{BIN, Server, aws_env, check_recipients, wait_done};
 use serde_json::json;
 use sluice_proto::v1;
-use sluice_testkit::services::{RedisServer, dynamodb_url, moto_url, python_with_boto3, unique_prefix};
+use sluice_testkit::services::{RedisServer, dynamodb_url, python_with_boto3, unique_prefix};
 use std::time::{Duration, Instant};
-
-/// The environment of every process: AWS endpoints of the emulators, test credentials,
-/// Redis and one resource prefix.
-fn aws_env(prefix: &str, redis_url: &str) -> Vec<(String, String)> {
-    [
-        ("SLUICE_BACKEND", "aws".to_string()),
-        ("SLUICE_RESOURCE_PREFIX", prefix.to_string()),
-        ("SLUICE_REDIS_URL", redis_url.to_string()),
-        ("SLUICE_SQS_CLIENT_SIDE_WAIT", "true".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_url()),
-        ("AWS_ENDPOINT_URL_SQS", moto_url()),
-        ("AWS_ENDPOINT_URL_KINESIS", moto_url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
 
 fn run(args: &[&str], env: &[(String, String)]) -> String {
     let out = std::process::Command::new(BIN).args(args).envs(env.iter().map(|(k, v)| (k, v))).output().unwrap();
@@ -43,7 +22,7 @@ fn run(args: &[&str], env: &[(String, String)]) -> String {
 async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart() {
     let mut redis = RedisServer::start();
     let prefix = unique_prefix("mp");
-    let env = aws_env(&prefix, &redis.url());
+    let env = aws_env(&prefix, &redis.url(), &dynamodb_url());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("secrets");
     let d = data.to_str().unwrap();

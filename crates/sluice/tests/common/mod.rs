@@ -221,6 +221,29 @@ impl Ws {
     }
 }
 
+/// The environment of every process on the distributed backends: the emulators' AWS
+/// endpoints (DynamoDB at `dynamodb`, which may be a fault proxy), test credentials, Redis and
+/// one resource prefix.
+pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, String)> {
+    let moto = sluice_testkit::services::moto_url();
+    [
+        ("SLUICE_BACKEND", "aws"),
+        ("SLUICE_RESOURCE_PREFIX", prefix),
+        ("SLUICE_REDIS_URL", redis_url),
+        ("SLUICE_SQS_CLIENT_SIDE_WAIT", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb),
+        ("AWS_ENDPOINT_URL_SQS", &moto),
+        ("AWS_ENDPOINT_URL_KINESIS", &moto),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Polls GetCampaign until `done`, failing after `limit`.
 pub async fn wait_done(g: &mut Grpc, campaign: &str, limit: Duration) -> v1::GetCampaignResponse {
     let deadline = Instant::now() + limit;
