@@ -23,21 +23,35 @@ pub use sqs::SqsQueue;
 /// The default of `SLUICE_RESOURCE_PREFIX`.
 pub const DEFAULT_PREFIX: &str = "sluice";
 
+/// The default of `SLUICE_SQS_LANES`.
+pub const DEFAULT_LANES: u32 = 4;
+
 /// Names of every AWS resource, derived from one prefix (DESIGN.md, configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub prefix: String,
+    /// FIFO queues the bulk lane is spread over by tenant (see [`SqsQueue`]).
+    pub lanes: u32,
 }
 
 impl Names {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Names { prefix: prefix.into() }
+        Names { prefix: prefix.into(), lanes: DEFAULT_LANES }
+    }
+    pub fn with_lanes(mut self, lanes: u32) -> Self {
+        self.lanes = lanes.max(1);
+        self
     }
     pub fn table(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
+    /// The first tenant lane's queue (the only one with `lanes` = 1).
     pub fn queue(&self) -> String {
-        format!("{}-bulk.fifo", self.prefix)
+        self.lane_queue(0)
+    }
+    /// The queue of tenant lane `i`: `<prefix>-bulk.fifo`, then `<prefix>-bulk-1.fifo`, ...
+    pub fn lane_queue(&self, i: u32) -> String {
+        if i == 0 { format!("{}-bulk.fifo", self.prefix) } else { format!("{}-bulk-{i}.fifo", self.prefix) }
     }
     pub fn dead_letter_queue(&self) -> String {
         format!("{}-bulk-dlq.fifo", self.prefix)

@@ -208,11 +208,11 @@ impl Default for QueueSettings {
     }
 }
 
-/// Creates the FIFO dead-letter queue, then the FIFO queue redriving to it: content-based
-/// deduplication off (the msg_id is the deduplication id), deduplication per message group
-/// and a throughput limit per group (high-throughput FIFO), 14 days of retention.
-/// Returns the queue URL and the dead-letter queue URL.
-pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: QueueSettings) -> Result<(String, String), MigrateError> {
+/// Creates the FIFO dead-letter queue, then the FIFO queue of each tenant lane redriving to
+/// it: content-based deduplication off (the msg_id is the deduplication id), deduplication
+/// per message group and a throughput limit per group (high-throughput FIFO), 14 days of
+/// retention. Returns the lane queues' URLs and the dead-letter queue URL.
+pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: QueueSettings) -> Result<(Vec<String>, String), MigrateError> {
     let fifo = |name: &str| {
         client
             .create_queue()
@@ -239,13 +239,17 @@ pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: Queue
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .ok_or_else(|| MigrateError(format!("{dlq} has no ARN")))?;
     let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": settings.max_receive_count.to_string()}).to_string();
-    let q = names.queue();
-    let url = fifo(&q)
-        .attributes(QueueAttributeName::RedrivePolicy, policy)
-        .send()
-        .await
-        .map_err(|e| err(format!("creating {q}"), aws_smithy_types::error::display::DisplayErrorContext(e)))?;
-    Ok((url.queue_url().unwrap_or_default().to_string(), dlq_url))
+    let mut urls = Vec::with_capacity(names.lanes as usize);
+    for lane in 0..names.lanes {
+        let q = names.lane_queue(lane);
+        let url = fifo(&q)
+            .attributes(QueueAttributeName::RedrivePolicy, policy.clone())
+            .send()
+            .await
+            .map_err(|e| err(format!("creating {q}"), aws_smithy_types::error::display::DisplayErrorContext(e)))?;
+        urls.push(url.queue_url().unwrap_or_default().to_string());
+    }
+    Ok((urls, dlq_url))
 }
 
 /// Creates the event stream with `shards` shards (if missing) and waits until it is ACTIVE.

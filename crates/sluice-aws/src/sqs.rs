@@ -7,6 +7,14 @@
 //! - receive: long poll (up to 10, up to 20 s) with a ReceiveRequestAttemptId, so a retried
 //!   receive returns the same messages instead of hiding them for a visibility timeout.
 //! - ack: DeleteMessageBatch; extend and release: ChangeMessageVisibilityBatch.
+//! - tenant lanes: the bulk lane is spread over `lanes` FIFO queues, a tenant's messages all
+//!   in the lane its name hashes to. SQS hands out a queue's groups roughly in arrival order,
+//!   so within one queue a small campaign waits behind every earlier one; across lanes,
+//!   receives take turns over the lanes that had messages, and probe each lane that looked
+//!   empty with a short poll at most once a second (about `lanes - 1` extra requests a second
+//!   per process while draining; idle, the pollers long-poll the lanes in turn, as with one
+//!   queue). Tenants that hash to one lane share it in arrival order, and tenant weights are
+//!   not applied here (the embedded queue applies them exactly).
 //! - dead letters: the worker's verdicts are sent to the dead-letter queue with the reason as
 //!   a message attribute, then deleted here; messages SQS moves on its own (the redrive
 //!   policy's maxReceiveCount) arrive without one. `redrive` sends them back with a fresh
@@ -49,23 +57,73 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 const ATTR_DEDUP: &str = "sluice_dedup_id";
 const ATTR_REASON: &str = "sluice_reason";
 const ATTR_RECEIVES: &str = "sluice_receive_count";
+const ATTR_TENANT: &str = "sluice_tenant";
+/// How long a lane that answered empty is skipped before it is probed again.
+const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
 /// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
 const IN_FLIGHT_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
 /// What this process received and has not settled yet: needed to dead-letter by receipt.
 struct InFlight {
+    lane: usize,
     message_id: String,
     group: String,
+    tenant: String,
     dedup_id: String,
     body_b64: String,
     receive_count: u32,
     received: Instant,
 }
 
+/// Which lane receives next, and which lanes looked empty until when.
+struct Lanes {
+    next: usize,
+    empty_until: Vec<Option<Instant>>,
+}
+
+impl Lanes {
+    /// The next lane in turn that did not look empty lately.
+    fn next_busy(&mut self, now: Instant) -> Option<usize> {
+        let n = self.empty_until.len();
+        for k in 0..n {
+            let lane = (self.next + k) % n;
+            if self.empty_until[lane].is_none_or(|t| t <= now) {
+                self.next = (lane + 1) % n;
+                return Some(lane);
+            }
+        }
+        None
+    }
+
+    /// The next lane in turn, empty or not.
+    fn next_any(&mut self) -> usize {
+        let lane = self.next;
+        self.next = (lane + 1) % self.empty_until.len();
+        lane
+    }
+
+    fn saw(&mut self, lane: usize, empty: bool) {
+        self.empty_until[lane] = empty.then(|| Instant::now() + EMPTY_LANE_PROBE);
+    }
+}
+
+/// The lane of `tenant` among `lanes` (FNV-1a: stable across processes and releases).
+pub fn lane_of(tenant: &str, lanes: usize) -> usize {
+    let h = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (h % lanes.max(1) as u64) as usize
+}
+
+/// A receipt names its lane: `<lane>|<receipt handle>`.
+fn lane_receipt(lane: usize, handle: &str) -> String {
+    format!("{lane}|{handle}")
+}
+
 /// The SQS FIFO spike queue.
 pub struct SqsQueue {
     client: Client,
-    url: String,
+    /// The queue URL of each tenant lane.
+    urls: Vec<String>,
+    lanes: Mutex<Lanes>,
     dlq_url: String,
     metrics: Arc<Metrics>,
     backoff: Backoff,
@@ -97,11 +155,15 @@ impl SqsQueue {
                 out.queue_url.ok_or_else(|| QueueError::Internal(format!("no URL for queue {name}")))
             }
         };
-        let url = url_of(names.queue()).await?;
+        let mut urls = Vec::with_capacity(names.lanes as usize);
+        for lane in 0..names.lanes.max(1) {
+            urls.push(url_of(names.lane_queue(lane)).await?);
+        }
         let dlq_url = url_of(names.dead_letter_queue()).await?;
         Ok(SqsQueue {
             client,
-            url,
+            lanes: Mutex::new(Lanes { next: 0, empty_until: vec![None; urls.len()] }),
+            urls,
             dlq_url,
             metrics,
             backoff: Backoff::default(),
@@ -119,9 +181,9 @@ impl SqsQueue {
         self
     }
 
-    /// The queue URL in use.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The queue URL of each tenant lane.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
     }
 
     fn count(&self, op: &str) {
@@ -190,15 +252,18 @@ impl SqsQueue {
         }
     }
 
-    fn entry(group: &str, dedup_id: &str, body_b64: String, original_dedup: &str) -> SendMessageBatchRequestEntry {
-        SendMessageBatchRequestEntry::builder()
+    fn entry(group: &str, dedup_id: &str, body_b64: String, original_dedup: &str, tenant: &str) -> SendMessageBatchRequestEntry {
+        let mut e = SendMessageBatchRequestEntry::builder()
             .id("0")
             .message_group_id(group)
             .message_deduplication_id(dedup_id)
             .message_body(body_b64)
-            .message_attributes(ATTR_DEDUP, string_attr(original_dedup))
-            .build()
-            .expect("entry has id and body")
+            .message_attributes(ATTR_DEDUP, string_attr(original_dedup));
+        // SQS refuses an empty attribute value; no attribute is the default tenant.
+        if !tenant.is_empty() {
+            e = e.message_attributes(ATTR_TENANT, string_attr(tenant));
+        }
+        e.build().expect("entry has id and body")
     }
 
     #[allow(deprecated)] // AttributeNames is deprecated, but older emulators know only it
@@ -304,15 +369,73 @@ impl SqsQueue {
     /// The receipts still current in this process. A receipt is stale once its message was
     /// received again; settling it would act on the newer delivery (moto, unlike SQS, even
     /// accepts old receipt handles), so stale ones are left out.
-    fn current(&self, receipts: &[Receipt]) -> Vec<String> {
+    fn current(&self, receipts: &[Receipt]) -> Vec<(usize, String)> {
         let map = self.in_flight.lock().expect("in-flight lock");
-        receipts.iter().filter(|r| map.contains_key(&r.0)).map(|r| r.0.clone()).collect()
+        receipts
+            .iter()
+            .filter_map(|r| {
+                let f = map.get(&r.0)?;
+                let (_, handle) = r.0.split_once('|')?;
+                Some((f.lane, handle.to_string()))
+            })
+            .collect()
+    }
+
+    /// Settles receipts of any lanes, one lane at a time; returns how many SQS refused.
+    async fn settle_lanes(&self, receipts: &[(usize, String)], visibility: Option<Duration>) -> Result<usize, QueueError> {
+        let mut refused = 0;
+        for (lane, url) in self.urls.iter().enumerate() {
+            let handles: Vec<String> = receipts.iter().filter(|(l, _)| *l == lane).map(|(_, h)| h.clone()).collect();
+            if !handles.is_empty() {
+                refused += self.settle(url, &handles, visibility).await?;
+            }
+        }
+        Ok(refused)
     }
 
     fn forget(&self, receipts: &[Receipt]) {
         let mut map = self.in_flight.lock().expect("in-flight lock");
         for r in receipts {
             map.remove(&r.0);
+        }
+    }
+
+    /// Receives from the lanes in turn (see the module doc): first a short poll of each lane
+    /// that had messages or is due a probe, then, when all looked empty, a wait on one lane.
+    async fn receive_lanes(&self, max: usize, wait: Duration, visibility: Duration) -> Result<(usize, Vec<Message>), QueueError> {
+        let give_up = Instant::now() + wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let busy = self.lanes.lock().expect("lanes lock").next_busy(Instant::now());
+            if let Some(lane) = busy {
+                let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
+                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                if !got.is_empty() {
+                    return Ok((lane, got));
+                }
+                continue;
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            let lane = self.lanes.lock().expect("lanes lock").next_any();
+            if left.is_zero() {
+                return Ok((lane, Vec::new()));
+            }
+            if self.client_side_wait {
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+                let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
+                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                if !got.is_empty() {
+                    return Ok((lane, got));
+                }
+            } else {
+                // Long polls wait whole seconds; a wait on one lane stops at the next probe of the others.
+                let got = self.receive_from(&self.urls[lane], max, left.min(EMPTY_LANE_PROBE), visibility).await?;
+                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                if !got.is_empty() || Instant::now() >= give_up {
+                    return Ok((lane, got));
+                }
+            }
         }
     }
 
@@ -375,14 +498,21 @@ impl SpikeQueue for SqsQueue {
         let sent = batch.len();
         // One batch keeps the order across groups too; larger sends keep it within groups.
         let lanes_used = if sent <= BATCH { 1 } else { LANES };
-        let mut lanes: Vec<Vec<SendMessageBatchRequestEntry>> = (0..lanes_used).map(|_| Vec::new()).collect();
+        // Parallel sends per (tenant lane, group hash): a group is always in one send.
+        let mut sends: HashMap<(usize, usize), Vec<SendMessageBatchRequestEntry>> = HashMap::new();
         for e in batch {
-            let lane = e.group.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % lanes_used;
-            lanes[lane].push(Self::entry(&e.group, &e.dedup_id, base64::encode(&e.body), &e.dedup_id));
+            let tenant_lane = lane_of(&e.tenant, self.urls.len());
+            let part = e.group.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % lanes_used;
+            sends.entry((tenant_lane, part)).or_default().push(Self::entry(
+                &e.group,
+                &e.dedup_id,
+                base64::encode(&e.body),
+                &e.dedup_id,
+                &e.tenant,
+            ));
         }
-        let url = self.url.clone();
-        let results: Vec<Result<(), QueueError>> = futures::stream::iter(lanes.into_iter().filter(|l| !l.is_empty()))
-            .map(|l| self.send_lane(&url, l))
+        let results: Vec<Result<(), QueueError>> = futures::stream::iter(sends)
+            .map(|((lane, _), entries)| self.send_lane(&self.urls[lane], entries))
             .buffer_unordered(LANES)
             .collect()
             .await;
@@ -391,20 +521,7 @@ impl SpikeQueue for SqsQueue {
     }
 
     async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
-        let messages = if self.client_side_wait {
-            let give_up = Instant::now() + wait;
-            let mut pause = Duration::from_millis(20);
-            loop {
-                let got = self.receive_from(&self.url, max, Duration::ZERO, visibility).await?;
-                if !got.is_empty() || Instant::now() >= give_up {
-                    break got;
-                }
-                tokio::time::sleep(pause.min(give_up.saturating_duration_since(Instant::now()))).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-        } else {
-            self.receive_from(&self.url, max, wait, visibility).await?
-        };
+        let (lane, messages) = self.receive_lanes(max, wait, visibility).await?;
         let mut map = self.in_flight.lock().expect("in-flight lock");
         // A message received again makes its earlier receipts stale.
         let again: Vec<&str> = messages.iter().filter_map(|m| m.message_id()).collect();
@@ -412,8 +529,9 @@ impl SpikeQueue for SqsQueue {
         Ok(messages
             .iter()
             .filter_map(|m| {
-                let receipt = m.receipt_handle()?.to_string();
+                let receipt = lane_receipt(lane, m.receipt_handle()?);
                 let group = system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
+                let tenant = user_attr(m, ATTR_TENANT).unwrap_or_default().to_string();
                 let receive_count =
                     system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
                 let enqueued_at_ms = system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -421,34 +539,36 @@ impl SpikeQueue for SqsQueue {
                 map.insert(
                     receipt.clone(),
                     InFlight {
+                        lane,
                         message_id: m.message_id().unwrap_or_default().to_string(),
                         group: group.clone(),
+                        tenant: tenant.clone(),
                         dedup_id: dedup_id.clone(),
                         body_b64: m.body().unwrap_or_default().to_string(),
                         receive_count,
                         received: Instant::now(),
                     },
                 );
-                Some(Delivery { receipt: Receipt(receipt), dedup_id, group, body: decode_body(m), receive_count, enqueued_at_ms })
+                Some(Delivery { receipt: Receipt(receipt), dedup_id, group, tenant, body: decode_body(m), receive_count, enqueued_at_ms })
             })
             .collect())
     }
 
     async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
         let handles = self.current(receipts);
-        self.settle(&self.url, &handles, None).await?;
+        self.settle_lanes(&handles, None).await?;
         self.forget(receipts);
         Ok(())
     }
 
     async fn extend(&self, receipts: &[Receipt], visibility: Duration) -> Result<(), QueueError> {
         let handles = self.current(receipts);
-        self.settle(&self.url, &handles, Some(visibility)).await.map(|_| ())
+        self.settle_lanes(&handles, Some(visibility)).await.map(|_| ())
     }
 
     async fn release(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
         let handles = self.current(receipts);
-        self.settle(&self.url, &handles, Some(Duration::ZERO)).await?;
+        self.settle_lanes(&handles, Some(Duration::ZERO)).await?;
         self.forget(receipts);
         Ok(())
     }
@@ -457,11 +577,11 @@ impl SpikeQueue for SqsQueue {
         let f = {
             let map = self.in_flight.lock().expect("in-flight lock");
             let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
-            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count)
+            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count, f.tenant.clone())
         };
-        let (group, dedup_id, body, receive_count) = f;
+        let (group, dedup_id, body, receive_count, tenant) = f;
         // Hold the message while it moves, which also proves the receipt is still current.
-        if self.settle(&self.url, std::slice::from_ref(&receipt.0), Some(Duration::from_secs(60))).await? > 0 {
+        if self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await? > 0 {
             self.forget(std::slice::from_ref(receipt));
             return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
         }
@@ -471,7 +591,7 @@ impl SpikeQueue for SqsQueue {
         let mut attempt = 0;
         loop {
             self.count("SendMessage");
-            let sent = self
+            let mut send = self
                 .client
                 .send_message()
                 .queue_url(&self.dlq_url)
@@ -480,9 +600,11 @@ impl SpikeQueue for SqsQueue {
                 .message_body(&body)
                 .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
                 .message_attributes(ATTR_REASON, string_attr(reason))
-                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()))
-                .send()
-                .await;
+                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()));
+            if !tenant.is_empty() {
+                send = send.message_attributes(ATTR_TENANT, string_attr(&tenant));
+            }
+            let sent = send.send().await;
             match sent {
                 Ok(_) => break,
                 Err(e) => match queue_error("SendMessage", e) {
@@ -498,7 +620,12 @@ impl SpikeQueue for SqsQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let (visible, in_flight) = self.attribute_counts(&self.url).await?;
+        let (mut visible, mut in_flight) = (0, 0);
+        for url in &self.urls {
+            let (v, f) = self.attribute_counts(url).await?;
+            visible += v;
+            in_flight += f;
+        }
         let (dead, dead_in_flight) = self.attribute_counts(&self.dlq_url).await?;
         Ok(QueueStats { visible, in_flight, dead: dead + dead_in_flight, oldest_age_ms: 0 })
     }
@@ -514,6 +641,7 @@ impl SpikeQueue for SqsQueue {
             .map(|m| DeadLetter {
                 dedup_id: dedup_of(m),
                 group: system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string(),
+                tenant: user_attr(m, ATTR_TENANT).unwrap_or_default().to_string(),
                 body: decode_body(m),
                 reason: user_attr(m, ATTR_REASON).unwrap_or("moved by the queue's redrive policy (maxReceiveCount exceeded)").to_string(),
                 receive_count: user_attr(m, ATTR_RECEIVES)
@@ -533,13 +661,41 @@ impl SpikeQueue for SqsQueue {
             let dedup = dedup_of(m);
             // A fresh deduplication id: the original may still be inside the window.
             let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, m.message_id().unwrap_or_default().as_bytes()).simple().to_string();
-            let entry = Self::entry(&group, &id, m.body().unwrap_or_default().to_string(), &dedup);
-            self.send_batch(&self.url, vec![entry]).await?;
+            let tenant = user_attr(m, ATTR_TENANT).unwrap_or_default();
+            let entry = Self::entry(&group, &id, m.body().unwrap_or_default().to_string(), &dedup, tenant);
+            self.send_batch(&self.urls[lane_of(tenant, self.urls.len())], vec![entry]).await?;
             if let Some(h) = m.receipt_handle() {
                 self.settle(&self.dlq_url, &[h.to_string()], None).await?;
             }
             moved += 1;
         }
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant's lane must not move between releases: a room's messages of one tenant in two
+    /// lanes could be drained by two workers at once.
+    #[test]
+    fn tenant_lanes_are_stable() {
+        let lanes: Vec<usize> = ["", "big", "small", "acme", "tenant-a", "tenant-b", "tenant-c"].iter().map(|t| lane_of(t, 4)).collect();
+        assert_eq!(lanes, vec![1, 1, 0, 3, 3, 2, 1]);
+        assert!((0..1000).all(|i| lane_of(&format!("t{i}"), 1) == 0));
+    }
+
+    #[test]
+    fn lanes_take_turns_and_skip_empty_ones_until_their_probe() {
+        let mut l = Lanes { next: 0, empty_until: vec![None; 3] };
+        let now = Instant::now();
+        assert_eq!((l.next_busy(now), l.next_busy(now), l.next_busy(now), l.next_busy(now)), (Some(0), Some(1), Some(2), Some(0)));
+        l.saw(1, true);
+        l.saw(2, true);
+        assert_eq!((l.next_busy(now), l.next_busy(now)), (Some(0), Some(0)));
+        l.saw(0, true);
+        assert_eq!(l.next_busy(now), None);
+        assert_eq!(l.next_busy(now + EMPTY_LANE_PROBE * 2), Some(1), "an empty lane is probed again");
     }
 }

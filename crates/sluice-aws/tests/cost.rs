@@ -75,7 +75,12 @@ async fn capacity_and_requests_per_message() {
                 sent_at_ms: 1,
                 create_members: vec![shop.clone(), r.clone()],
             };
-            Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&room), body: sluice_proto::convert::encode_queued(&m) }
+            Enqueue {
+                dedup_id: m.msg_id.clone(),
+                group: ids::queue_group(&room),
+                tenant: m.sender.clone(),
+                body: sluice_proto::convert::encode_queued(&m),
+            }
         })
         .collect();
     queue.send(batch).await.unwrap();

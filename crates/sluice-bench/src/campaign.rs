@@ -37,6 +37,7 @@ impl Campaign<'_> {
                     sender: self.sender.into(),
                     recipients: range.map(&recipient).collect(),
                     body: self.body.into(),
+                    tenant: None,
                 };
                 async move {
                     let n = g.enqueue_bulk(req).await.context("EnqueueBulk")?.into_inner().accepted;
@@ -68,7 +69,7 @@ impl Campaign<'_> {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: self.id.into() }).await?.into_inner();
+            let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: self.id.into(), tenant: None }).await?.into_inner();
             persisted.store(c.persisted, Ordering::Relaxed);
             if c.persisted + c.dead_lettered >= n {
                 if c.dead_lettered > 0 {

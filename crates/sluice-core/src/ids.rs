@@ -68,6 +68,18 @@ pub fn bulk_msg_id(campaign_id: &str, recipient: &str) -> String {
     Uuid::new_v5(&NS_BULK, key.as_bytes()).to_string()
 }
 
+/// Who a campaign belongs to, as its stores record it: `tenant/sender`, or just `sender`
+/// when the tenant is the sender (the default, and how campaigns were recorded before
+/// tenants existed). Neither id may hold a `/`, so the owner splits back.
+pub fn campaign_owner(tenant: &str, sender: &str) -> String {
+    if tenant == sender { sender.to_string() } else { format!("{tenant}/{sender}") }
+}
+
+/// The tenant of a campaign owner written by [`campaign_owner`].
+pub fn owner_tenant(owner: &str) -> &str {
+    owner.split_once('/').map_or(owner, |(t, _)| t)
+}
+
 /// A fresh random id (rooms, campaigns, sends without a client id).
 pub fn random_id() -> String {
     Uuid::new_v4().simple().to_string()

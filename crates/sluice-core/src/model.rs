@@ -163,6 +163,8 @@ pub const MAX_HISTORY_LIMIT: usize = 500;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Campaign {
     pub campaign_id: String,
+    /// Who the campaign is drained for (default: its sender); empty when not yet known.
+    pub tenant: String,
     /// Recipient entries received over all calls, repeats included.
     pub requested: u64,
     /// Distinct messages accepted into the campaign (recorded before they are enqueued).

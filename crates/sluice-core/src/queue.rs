@@ -3,6 +3,7 @@
 use crate::error::QueueError;
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A message to enqueue.
@@ -12,7 +13,41 @@ pub struct Enqueue {
     pub dedup_id: String,
     /// Messages of one group are delivered in order, one batch of the group at a time.
     pub group: String,
+    /// Who the message is drained for: tenants with backlog share the drain fairly. Empty:
+    /// the default tenant.
+    pub tenant: String,
     pub body: Bytes,
+}
+
+/// The weights of tenants in the drain's fair share (default 1 each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantWeights {
+    weights: HashMap<String, u32>,
+}
+
+impl TenantWeights {
+    /// Weights below 1 count as 1.
+    pub fn new(weights: HashMap<String, u32>) -> Self {
+        TenantWeights { weights }
+    }
+
+    /// Parses `tenant=weight` settings (the `--tenant-weight` flag).
+    pub fn parse(settings: &[String]) -> Result<Self, String> {
+        let mut weights = HashMap::new();
+        for s in settings {
+            let (t, w) = s.split_once('=').ok_or_else(|| format!("tenant weight {s:?}: expected TENANT=WEIGHT"))?;
+            let w: u32 = w.parse().map_err(|_| format!("tenant weight {s:?}: the weight must be a whole number"))?;
+            if t.is_empty() || !(1..=1000).contains(&w) {
+                return Err(format!("tenant weight {s:?}: a tenant and a weight from 1 to 1000"));
+            }
+            weights.insert(t.to_string(), w);
+        }
+        Ok(TenantWeights { weights })
+    }
+
+    pub fn of(&self, tenant: &str) -> u32 {
+        self.weights.get(tenant).copied().unwrap_or(1).max(1)
+    }
 }
 
 /// Opaque handle of one delivery of a message; valid until acked, released or expired.
@@ -25,6 +60,7 @@ pub struct Delivery {
     pub receipt: Receipt,
     pub dedup_id: String,
     pub group: String,
+    pub tenant: String,
     pub body: Bytes,
     /// How many times the message has been received, this time included.
     pub receive_count: u32,
@@ -36,6 +72,7 @@ pub struct Delivery {
 pub struct DeadLetter {
     pub dedup_id: String,
     pub group: String,
+    pub tenant: String,
     pub body: Bytes,
     pub reason: String,
     pub receive_count: u32,
@@ -64,7 +101,9 @@ pub struct QueueStats {
 ///
 /// Contract: a message sent is durable when `send` returns. A group with a message in flight
 /// is not handed out again until that message is acked, released or its visibility timeout
-/// expires, so one group is consumed by one consumer at a time, in order. A message that is
+/// expires, so one group is consumed by one consumer at a time, in order. Tenants with
+/// visible messages share receives by their weights: a tenant's small backlog is not held
+/// behind another tenant's large one (exactly on the embedded queue, per tenant lane on SQS). A message that is
 /// not acked becomes visible again after its visibility timeout, with its receive count
 /// grown (at-least-once delivery: consumers must be idempotent).
 #[async_trait]

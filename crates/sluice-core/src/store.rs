@@ -72,16 +72,16 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(all)
     }
 
-    /// Records the messages a campaign call of `sender` accepts. A campaign id belongs to the
-    /// sender that first used it: a call from another sender is refused with
+    /// Records the messages a campaign call of `owner` accepts (its tenant and sender, see
+    /// [`crate::ids::campaign_owner`]). A campaign id belongs to the owner that first used
+    /// it: a call from another tenant or sender is refused with
     /// [`StoreError::CampaignOwned`] and records nothing (its messages' ids would collide with
     /// the owner's and be dropped as duplicates). `requested` grows by `requested`,
     /// `enqueued` by the recipients not recorded before. Call before the messages are
     /// enqueued, so that `done` never turns true while one of them is still on its way; the
     /// `requested` growth lands last, so a reader never sees a call's request without its
     /// recipients.
-    async fn record_enqueued(&self, campaign_id: &str, sender: &str, requested: u64, recipients: &[String])
-    -> Result<Campaign, StoreError>;
+    async fn record_enqueued(&self, campaign_id: &str, owner: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError>;
 
     /// Records that a campaign message went to the dead-letter queue. Counted once per
     /// `msg_id`, and not at all if the message was persisted after all.

@@ -105,9 +105,10 @@ struct CampaignRec {
 }
 
 impl CampaignRec {
-    fn to_campaign(&self, id: &str) -> Campaign {
+    fn to_campaign(&self, id: &str, owner: Option<&str>) -> Campaign {
         Campaign {
             campaign_id: id.to_string(),
+            tenant: owner.map(|o| sluice_core::ids::owner_tenant(o).to_string()).unwrap_or_default(),
             requested: self.requested,
             enqueued: self.enqueued,
             persisted: self.persisted,
@@ -639,7 +640,7 @@ impl<'t> Writer<'t> {
                     }
                 }
                 self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
-                done(reply, Ok(c.to_campaign(&campaign_id)))
+                done(reply, Ok(c.to_campaign(&campaign_id, Some(&owner))))
             }
             Op::RecordDeadLetter { campaign_id, msg_id, reply } => {
                 let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
@@ -1091,7 +1092,8 @@ impl MessageStore for EmbeddedStore {
         self.read(move |txn| {
             let t = txn.open_table(CAMPAIGNS)?;
             let Some(v) = t.get(id.as_str())? else { return Ok(None) };
-            Ok(Some(decode::<CampaignRec>(v.value())?.to_campaign(&id)))
+            let owner = txn.open_table(CAMPAIGN_OWNERS)?.get(id.as_str())?.map(|o| o.value().to_string());
+            Ok(Some(decode::<CampaignRec>(v.value())?.to_campaign(&id, owner.as_deref())))
         })
         .await
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(60);
 
 fn msg(group: &str, id: &str) -> Enqueue {
-    Enqueue { dedup_id: id.into(), group: group.into(), body: Bytes::from(id.to_string()) }
+    Enqueue { dedup_id: id.into(), group: group.into(), tenant: String::new(), body: Bytes::from(id.to_string()) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,18 @@ use crate::App;
 /// Most messages handed to the queue in one `send` call by EnqueueBulk.
 const ENQUEUE_CHUNK: usize = 10_000;
 
+/// One EnqueueBulk call: a one-off message from `sender` to each recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkSend<'a> {
+    /// Empty: a fresh id is made.
+    pub campaign_id: &'a str,
+    /// Who the campaign is drained for; `None`: the sender.
+    pub tenant: Option<&'a str>,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub body: &'a str,
+}
+
 impl App {
     /// Persists an interactive message directly (no queue) and fans it out. Retrying with
     /// the same `client_msg_id` returns the original message.
@@ -166,16 +178,13 @@ impl App {
     /// Enqueues one one-off message from `sender` to each recipient's direct room and
     /// returns once all are durably enqueued. Returns the campaign id and how many messages
     /// this call accepted (recipients repeated in the call, and the sender, are skipped).
-    pub async fn enqueue_bulk(
-        &self,
-        campaign_id: &str,
-        sender: &str,
-        recipients: &[String],
-        body: &str,
-    ) -> Result<(String, u64), AppError> {
+    pub async fn enqueue_bulk(&self, bulk: BulkSend<'_>) -> Result<(String, u64), AppError> {
+        let BulkSend { campaign_id, tenant, sender, recipients, body } = bulk;
         let campaign_id = if campaign_id.is_empty() { format!("c-{}", ids::random_id()) } else { campaign_id.to_string() };
         ids::validate_user(&campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
         ids::validate_user(sender).map_err(|e| AppError::bad(format!("sender: {e}")))?;
+        let tenant = tenant.unwrap_or(sender);
+        ids::validate_user(tenant).map_err(|e| AppError::bad(format!("tenant: {e}")))?;
         self.check_body(body)?;
         if recipients.is_empty() {
             return Err(AppError::bad("recipients must not be empty"));
@@ -210,14 +219,19 @@ impl App {
                     sent_at_ms: now,
                     create_members: vec![sender.to_string(), r.clone()],
                 };
-                Enqueue { dedup_id: msg.msg_id.clone(), group: ids::queue_group(&room), body: encode_queued(&msg) }
+                Enqueue {
+                    dedup_id: msg.msg_id.clone(),
+                    group: ids::queue_group(&room),
+                    tenant: tenant.to_string(),
+                    body: encode_queued(&msg),
+                }
             })
             .collect();
         // Recorded before anything is enqueued, so the campaign cannot look done while a
         // message of this call is still on its way to the queue or the store. A call that
         // fails after this line leaves the campaign not done until the producer retries (the
         // retry records nothing new and its messages deduplicate by msg_id).
-        self.store.record_enqueued(&campaign_id, sender, recipients.len() as u64, &unique).await?;
+        self.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), recipients.len() as u64, &unique).await?;
         let mut batch = batch;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(ENQUEUE_CHUNK));
@@ -228,12 +242,15 @@ impl App {
         Ok((campaign_id, unique.len() as u64))
     }
 
-    pub async fn campaign(&self, campaign_id: &str) -> Result<Campaign, AppError> {
+    /// A campaign's progress; with `tenant`, only a campaign of that tenant.
+    pub async fn campaign(&self, campaign_id: &str, tenant: Option<&str>) -> Result<Campaign, AppError> {
         ids::validate_user(campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
-        self.store
-            .campaign(campaign_id)
-            .await?
-            .ok_or_else(|| AppError { grpc: tonic::Code::NotFound, ..AppError::bad(format!("unknown campaign {campaign_id}")) })
+        let unknown = || AppError { grpc: tonic::Code::NotFound, ..AppError::bad(format!("unknown campaign {campaign_id}")) };
+        let c = self.store.campaign(campaign_id).await?.ok_or_else(unknown)?;
+        match tenant {
+            Some(t) if t != c.tenant => Err(unknown()),
+            _ => Ok(c),
+        }
     }
 
     fn check_body(&self, body: &str) -> Result<(), AppError> {

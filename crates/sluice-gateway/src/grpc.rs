@@ -3,6 +3,7 @@
 
 use crate::App;
 use crate::auth::bearer;
+use crate::chat::BulkSend;
 use futures::Stream;
 use sluice_core::hub::{Hub, LiveEvent};
 use sluice_proto::convert;
@@ -81,14 +82,23 @@ impl ChatService for Grpc {
 
     async fn enqueue_bulk(&self, req: Request<v1::EnqueueBulkRequest>) -> Result<Response<v1::EnqueueBulkResponse>, Status> {
         let r = req.into_inner();
-        let (campaign_id, accepted) = self.app.enqueue_bulk(&r.campaign_id, &r.sender, &r.recipients, &r.body).await?;
+        let bulk = BulkSend {
+            campaign_id: &r.campaign_id,
+            tenant: r.tenant.as_deref(),
+            sender: &r.sender,
+            recipients: &r.recipients,
+            body: &r.body,
+        };
+        let (campaign_id, accepted) = self.app.enqueue_bulk(bulk).await?;
         Ok(Response::new(v1::EnqueueBulkResponse { campaign_id, accepted }))
     }
 
     async fn get_campaign(&self, req: Request<v1::GetCampaignRequest>) -> Result<Response<v1::GetCampaignResponse>, Status> {
-        let c = self.app.campaign(&req.into_inner().campaign_id).await?;
+        let r = req.into_inner();
+        let c = self.app.campaign(&r.campaign_id, r.tenant.as_deref()).await?;
         Ok(Response::new(v1::GetCampaignResponse {
             done: c.done(),
+            tenant: c.tenant,
             campaign_id: c.campaign_id,
             requested: c.requested,
             enqueued: c.enqueued,

@@ -14,7 +14,7 @@ macro_rules! queue_conformance {
         $crate::__queue_tests!($make;
             order_within_group_and_group_blocking, visibility_timeout_redelivers, release_and_extend,
             dead_letter_keeps_reason_and_redrives, deduplicates_within_window, stale_receipts_are_refused,
-            groups_never_processed_concurrently);
+            groups_never_processed_concurrently, a_small_tenant_is_not_held_behind_a_large_one);
     };
 }
 
@@ -38,7 +38,11 @@ const SHORT_WAIT: Duration = Duration::from_millis(50);
 const WAIT: Duration = Duration::from_secs(5);
 
 pub fn msg(group: &str, id: &str) -> Enqueue {
-    Enqueue { dedup_id: id.to_string(), group: group.to_string(), body: Bytes::from(format!("body of {id}")) }
+    tenant_msg("", group, id)
+}
+
+pub fn tenant_msg(tenant: &str, group: &str, id: &str) -> Enqueue {
+    Enqueue { dedup_id: id.to_string(), group: group.to_string(), tenant: tenant.to_string(), body: Bytes::from(format!("body of {id}")) }
 }
 
 pub async fn order_within_group_and_group_blocking(q: Arc<dyn SpikeQueue>) {
@@ -94,8 +98,9 @@ pub async fn release_and_extend(q: Arc<dyn SpikeQueue>) {
 }
 
 pub async fn dead_letter_keeps_reason_and_redrives(q: Arc<dyn SpikeQueue>) {
-    q.send(vec![msg("g", "poison"), msg("g", "fine")]).await.unwrap();
+    q.send(vec![tenant_msg("acme", "g", "poison"), tenant_msg("acme", "g", "fine")]).await.unwrap();
     let d = q.receive(1, WAIT, LONG).await.unwrap();
+    assert_eq!(d[0].tenant, "acme");
     q.dead_letter(&d[0].receipt, "undecodable body").await.unwrap();
     let next = q.receive(1, WAIT, LONG).await.unwrap();
     assert_eq!(next[0].dedup_id, "fine", "the group moves on past a dead letter");
@@ -104,11 +109,12 @@ pub async fn dead_letter_keeps_reason_and_redrives(q: Arc<dyn SpikeQueue>) {
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].dedup_id.as_str(), dead[0].reason.as_str(), dead[0].group.as_str()), ("poison", "undecodable body", "g"));
     assert_eq!(dead[0].body, Bytes::from("body of poison"));
+    assert_eq!(dead[0].tenant, "acme", "the tenant survives dead-lettering");
     assert_eq!(q.stats().await.unwrap().dead, 1);
     assert_eq!(q.redrive(10).await.unwrap(), 1);
     assert_eq!(q.stats().await.unwrap().dead, 0);
     let again = q.receive(1, WAIT, LONG).await.unwrap();
-    assert_eq!((again[0].dedup_id.as_str(), again[0].receive_count), ("poison", 1));
+    assert_eq!((again[0].dedup_id.as_str(), again[0].receive_count, again[0].tenant.as_str()), ("poison", 1, "acme"));
     q.ack(&[again[0].receipt.clone()]).await.unwrap();
     assert!(q.dead_letters(10).await.unwrap().is_empty());
 }
@@ -187,4 +193,23 @@ pub async fn groups_never_processed_concurrently(q: Arc<dyn SpikeQueue>) {
         let want: Vec<String> = (0..PER_GROUP).map(|i| format!("{g}-{i:03}")).collect();
         assert_eq!(ids, &want, "group {g} processed in order, each message once");
     }
+}
+
+/// A tenant that enqueues a few messages after another tenant enqueued many gets them out in
+/// its fair share, not after the other tenant's backlog.
+pub async fn a_small_tenant_is_not_held_behind_a_large_one(q: Arc<dyn SpikeQueue>) {
+    let big: Vec<Enqueue> = (0..300).map(|i| tenant_msg("big", &format!("big-{i}"), &format!("b{i}"))).collect();
+    q.send(big).await.unwrap();
+    let small: Vec<Enqueue> = (0..10).map(|i| tenant_msg("small", &format!("small-{i}"), &format!("s{i}"))).collect();
+    q.send(small).await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 310 {
+        let got = q.receive(10, WAIT, LONG).await.unwrap();
+        assert!(!got.is_empty(), "messages are left but the queue handed out none after {}", order.len());
+        q.ack(&got.iter().map(|d| d.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+        order.extend(got.into_iter().map(|d| d.tenant));
+    }
+    let last_small = order.iter().rposition(|t| t == "small").expect("small was delivered");
+    assert_eq!(order.iter().filter(|t| *t == "small").count(), 10);
+    assert!(last_small < 150, "small's last message went out at position {last_small} of 310: behind big's backlog");
 }

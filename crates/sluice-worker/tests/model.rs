@@ -250,7 +250,12 @@ fn one_offs(model: &mut Model, sender: usize, recipients: u8, cid: &str) -> Vec<
         if model.seen_msg_ids.insert(m.msg_id.clone()) {
             model.pending.push(m.clone());
         }
-        batch.push(Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(&m) });
+        batch.push(Enqueue {
+            dedup_id: m.msg_id.clone(),
+            group: ids::queue_group(&m.room),
+            tenant: m.sender.clone(),
+            body: encode_queued(&m),
+        });
     }
     batch
 }

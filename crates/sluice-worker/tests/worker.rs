@@ -56,7 +56,7 @@ fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMess
 }
 
 fn enqueue(m: &NewMessage) -> Enqueue {
-    Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), body: encode_queued(m) }
+    Enqueue { dedup_id: m.msg_id.clone(), group: ids::queue_group(&m.room), tenant: m.sender.clone(), body: encode_queued(m) }
 }
 
 /// Runs `workers` until the queue is empty (visible and in flight), then stops them.
@@ -90,7 +90,10 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_rest_persists() {
     e.store.create_room("club", &["alice".into(), "bob".into()], 1).await.unwrap();
     let good: Vec<NewMessage> = (0..5).map(|i| one_off("c1", "shop", &format!("u{i}"), "hello")).collect();
     let mut batch: Vec<Enqueue> = good.iter().map(enqueue).collect();
-    batch.insert(2, Enqueue { dedup_id: "garbage".into(), group: "g".into(), body: Bytes::from_static(b"\xff\x01not protobuf") });
+    batch.insert(
+        2,
+        Enqueue { dedup_id: "garbage".into(), group: "g".into(), tenant: String::new(), body: Bytes::from_static(b"\xff\x01not protobuf") },
+    );
     let mut stranger = one_off("c1", "mallory", "x", "spam");
     stranger.room = "club".into();
     stranger.create_members.clear();

@@ -105,6 +105,11 @@ pub struct CommonArgs {
     /// <prefix>-bulk.fifo, dead-letter queue <prefix>-bulk-dlq.fifo, stream <prefix>-events.
     #[arg(long, env = "SLUICE_RESOURCE_PREFIX", default_value = DEFAULT_RESOURCE_PREFIX)]
     pub resource_prefix: String,
+    /// FIFO queues the bulk lane is spread over by tenant on SQS (<prefix>-bulk.fifo,
+    /// <prefix>-bulk-1.fifo, ...), so that one tenant's backlog does not hold up another's.
+    /// `migrate --with-queues` creates this many; every process must use the same number.
+    #[arg(long, env = "SLUICE_SQS_LANES", default_value_t = sluice_aws::DEFAULT_LANES, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub sqs_lanes: u32,
     /// Wait for SQS messages with short polls instead of long polling. Only for emulators
     /// whose long poll breaks FIFO group blocking (moto 5.2.5); costs more requests on AWS.
     #[arg(long, env = "SLUICE_SQS_CLIENT_SIDE_WAIT")]
@@ -210,6 +215,11 @@ pub struct ServeArgs {
     /// Memory (MiB) the embedded queue may use to cache its file.
     #[arg(long, env = "SLUICE_QUEUE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_cache_mib: u32,
+    /// A tenant's share of the drain relative to others with backlog, TENANT=WEIGHT (1 to
+    /// 1000; default 1). Repeat for several tenants, or comma-separate them in the variable.
+    /// Applied by the embedded queue; SQS lanes share equally.
+    #[arg(long = "tenant-weight", env = "SLUICE_TENANT_WEIGHTS", value_delimiter = ',', value_name = "TENANT=WEIGHT")]
+    pub tenant_weights: Vec<String>,
     /// Messages per queue receive.
     #[arg(long, env = "SLUICE_WORKER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub worker_batch: u32,

@@ -115,9 +115,14 @@ async fn open_store(
     config: StoreConfig,
 ) -> anyhow::Result<(Arc<dyn MessageStore>, Option<EmbeddedStore>)> {
     Ok(match (common.store_kind(), conf) {
-        (StoreKind::Dynamodb, Some(conf)) => {
-            (Arc::new(sluice_aws::DynamoStore::from_conf(conf, &sluice_aws::Names::new(&common.resource_prefix), metrics)), None)
-        }
+        (StoreKind::Dynamodb, Some(conf)) => (
+            Arc::new(sluice_aws::DynamoStore::from_conf(
+                conf,
+                &sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes),
+                metrics,
+            )),
+            None,
+        ),
         _ => {
             let store = EmbeddedStore::open_with(&data_dir(common)?.join("store.redb"), config).with_context(|| in_use_hint(common))?;
             (Arc::new(store.clone()), config.outbox.then_some(store))
@@ -133,9 +138,9 @@ async fn open_queue(
 ) -> anyhow::Result<Arc<dyn SpikeQueue>> {
     Ok(match (common.queue_kind(), conf) {
         (QueueKind::Sqs, Some(conf)) => {
-            let names = sluice_aws::Names::new(&common.resource_prefix);
+            let names = sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes);
             let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(conf), &names, metrics).await.with_context(|| {
-                format!("cannot find the SQS queue {} (create it with `sluice migrate --backend aws --with-queues`)", names.queue())
+                format!("cannot find the SQS queues {} .. {} (create them with `sluice migrate --backend aws --with-queues` and the same --sqs-lanes)", names.queue(), names.lane_queue(names.lanes - 1))
             })?;
             Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
         }
@@ -194,7 +199,7 @@ fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: 
                 Some(c) => aws_sdk_kinesis::Client::new(c),
                 None => bail!("--events kinesis needs the AWS configuration (use it with --backend aws)"),
             };
-            let names = sluice_aws::Names::new(&args.common.resource_prefix);
+            let names = sluice_aws::Names::new(&args.common.resource_prefix).with_lanes(args.common.sqs_lanes);
             Arc::new(sluice_aws::KinesisEvents::start(client, &names, metrics.clone(), sluice_aws::kinesis::KinesisConfig::default()))
         }
     })
@@ -204,7 +209,7 @@ fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: 
 /// SQS queues and Kinesis stream).
 async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
     let common = &m.common;
-    let names = sluice_aws::Names::new(&common.resource_prefix);
+    let names = sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes);
     let conf = if common.store_kind() == StoreKind::Dynamodb || common.queue_kind() == QueueKind::Sqs || m.with_queues {
         Some(sluice_aws::sdk_config().await)
     } else {
@@ -224,8 +229,10 @@ async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
     if m.with_queues {
         let conf = conf.as_ref().expect("loaded for --with-queues");
         let settings = sluice_aws::migrate::QueueSettings { max_receive_count: m.max_receive_count, ..Default::default() };
-        let (url, dlq) = sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(conf), &names, settings).await?;
-        println!("queue {url} (dead letters: {dlq}, after {} receives)", m.max_receive_count);
+        let (urls, dlq) = sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(conf), &names, settings).await?;
+        for url in urls {
+            println!("queue {url} (dead letters: {dlq}, after {} receives)", m.max_receive_count);
+        }
         let stream = sluice_aws::migrate::stream(&aws_sdk_kinesis::Client::new(conf), &names, m.stream_shards).await?;
         println!("stream {stream}");
     } else if common.queue_kind() == QueueKind::Embedded {
@@ -318,7 +325,9 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         tracing::warn!(?latency, "every store call is delayed (--store-latency-ms, for benchmarks)");
         store = Arc::new(sluice_core::latency::LatencyStore::new(store, latency));
     }
-    let queue_config = QueueConfig { cache_bytes: (args.queue_cache_mib as usize) << 20, ..QueueConfig::default() };
+    let weights = sluice_core::queue::TenantWeights::parse(&args.tenant_weights).map_err(anyhow::Error::msg).context("--tenant-weight")?;
+    let queue_config =
+        QueueConfig { cache_bytes: (args.queue_cache_mib as usize) << 20, weights: Arc::new(weights), ..QueueConfig::default() };
     let queue = open_queue(common, conf.as_ref(), metrics.clone(), queue_config).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;

@@ -21,6 +21,7 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
             sender: "shop-42".into(),
             recipients: recipients.clone(),
             body: "20% off today".into(),
+            tenant: None,
         })
         .await
         .unwrap()
@@ -59,6 +60,7 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
             sender: "shop-42".into(),
             recipients: recipients[..100].to_vec(),
             body: "20% off today".into(),
+            tenant: None,
         })
         .await
         .unwrap()
@@ -84,9 +86,15 @@ async fn a_bulk_burst_does_not_hold_up_interactive_sends() {
     let s = Server::start(&dir.path().join("data"), &["--worker-concurrency", "1", "--worker-batch", "1"]).await;
     let mut g = s.grpc().await;
     let recipients: Vec<String> = (0..3000).map(|i| format!("u{i}")).collect();
-    g.enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "burst".into(), sender: "shop".into(), recipients, body: "flash".into() })
-        .await
-        .unwrap();
+    g.enqueue_bulk(v1::EnqueueBulkRequest {
+        campaign_id: "burst".into(),
+        sender: "shop".into(),
+        recipients,
+        body: "flash".into(),
+        tenant: None,
+    })
+    .await
+    .unwrap();
     let mut alice = s.ws("alice").await;
     let mut bob = s.ws("bob").await;
     for i in 0..5 {
@@ -94,7 +102,7 @@ async fn a_bulk_burst_does_not_hold_up_interactive_sends() {
         assert_eq!(ack["type"], "ack");
         assert_eq!(bob.recv_type("message").await["seq"], i + 1);
     }
-    let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: "burst".into() }).await.unwrap().into_inner();
+    let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: "burst".into(), tenant: None }).await.unwrap().into_inner();
     assert!(c.persisted < c.enqueued, "interactive sends completed while the bulk backlog was still draining: {c:?}");
     assert!(s.metric("sluice_queue_visible").await > 0.0 || c.persisted < c.enqueued);
 }

@@ -245,6 +245,7 @@ async fn invariants_hold_through_kills_restarts_and_injected_conflicts() {
             sender: shop.clone(),
             recipients: recipients.clone(),
             body: "chaos sale".into(),
+            tenant: None,
         })
         .await
         .unwrap()

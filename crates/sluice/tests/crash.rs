@@ -9,7 +9,7 @@ use sluice_proto::v1;
 use std::time::{Duration, Instant};
 
 async fn campaign(g: &mut Grpc, id: &str) -> v1::GetCampaignResponse {
-    g.get_campaign(v1::GetCampaignRequest { campaign_id: id.into() }).await.unwrap().into_inner()
+    g.get_campaign(v1::GetCampaignRequest { campaign_id: id.into(), tenant: None }).await.unwrap().into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,6 +33,7 @@ async fn sigkill_during_a_bulk_drain_loses_nothing() {
             sender: "brand".into(),
             recipients: recipients.clone(),
             body: "now or never".into(),
+            tenant: None,
         })
         .await
         .unwrap()

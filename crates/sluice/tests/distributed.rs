@@ -70,6 +70,7 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
             sender: shop.clone(),
             recipients: recipients.clone(),
             body: "sale".into(),
+            tenant: None,
         })
         .await
         .unwrap()
@@ -81,7 +82,7 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     // Mid-drain: SIGKILL one worker, restart Redis, start the worker again.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await.unwrap().into_inner();
+        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone(), tenant: None }).await.unwrap().into_inner();
         if c.persisted >= 200 {
             assert!(c.persisted < N as u64, "the kill must land mid-drain: {c:?}");
             break;

@@ -249,12 +249,13 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
             sender: "shop".into(),
             recipients: vec!["ok".into(), "not ok".into()],
             body: "b".into(),
+            tenant: None,
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("recipients[1]"), "{}", e.message());
-    let e = g.get_campaign(v1::GetCampaignRequest { campaign_id: "oops".into() }).await.unwrap_err();
+    let e = g.get_campaign(v1::GetCampaignRequest { campaign_id: "oops".into(), tenant: None }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "a refused call enqueued nothing");
     let e = g.create_room(v1::CreateRoomRequest { room: "general".into(), members: vec!["mallory".into()] }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
@@ -331,7 +332,13 @@ async fn rate_limits_and_slow_consumers() {
     let mut g = s.grpc().await;
     let recipients: Vec<String> = (0..11).map(|i| format!("u{i}")).collect();
     let e = g
-        .enqueue_bulk(v1::EnqueueBulkRequest { campaign_id: "big".into(), sender: "shop".into(), recipients, body: "b".into() })
+        .enqueue_bulk(v1::EnqueueBulkRequest {
+            campaign_id: "big".into(),
+            sender: "shop".into(),
+            recipients,
+            body: "b".into(),
+            tenant: None,
+        })
         .await
         .unwrap_err();
     assert!(e.code() == tonic::Code::InvalidArgument && e.message().starts_with("too_large"), "{e:?}");

@@ -19,12 +19,12 @@ const CONCURRENCY: usize = 8;
 pub(crate) async fn record_enqueued(
     store: &DynamoStore,
     campaign_id: &str,
-    sender: &str,
+    owner: &str,
     requested: u64,
     recipients: &[String],
 ) -> Result<Campaign, StoreError> {
-    // The campaign belongs to its first sender; checked before anything is recorded.
-    update_meta(store, campaign_id, sender, "SET #owner = if_not_exists(#owner, :o)", None).await?;
+    // The campaign belongs to its first owner (tenant and sender); checked before anything is recorded.
+    update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)", None).await?;
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
     let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
@@ -35,13 +35,13 @@ pub(crate) async fn record_enqueued(
     results.into_iter().collect::<Result<(), _>>()?;
     // Last, so that a call's request is never seen without its recipients (a campaign whose
     // recipients were all the sender is done as soon as its request is counted).
-    update_meta(store, campaign_id, sender, "ADD #requested :r", Some(requested)).await?;
+    update_meta(store, campaign_id, owner, "ADD #requested :r", Some(requested)).await?;
     campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
 }
 
-/// One conditional update of the campaign's META item, on the condition that `sender` owns
+/// One conditional update of the campaign's META item, on the condition that `owner` owns
 /// the campaign (or nobody does yet).
-async fn update_meta(store: &DynamoStore, campaign_id: &str, sender: &str, expr: &str, requested: Option<u64>) -> Result<(), StoreError> {
+async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: &str, requested: Option<u64>) -> Result<(), StoreError> {
     let mut update = store
         .client
         .update_item()
@@ -50,7 +50,7 @@ async fn update_meta(store: &DynamoStore, campaign_id: &str, sender: &str, expr:
         .update_expression(expr)
         .condition_expression("attribute_not_exists(#owner) OR #owner = :o")
         .expression_attribute_names("#owner", "owner")
-        .expression_attribute_values(":o", s(sender))
+        .expression_attribute_values(":o", s(owner))
         .return_consumed_capacity(ReturnConsumedCapacity::Total);
     if let Some(r) = requested {
         update = update.expression_attribute_names("#requested", "requested").expression_attribute_values(":r", n(r));
@@ -160,6 +160,7 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
     for item in &items {
         if get_s(item, "part") == Some(CAMPAIGN_META) {
             c.requested = get_u64(item, "requested");
+            c.tenant = get_s(item, "owner").map(|o| ids::owner_tenant(o).to_string()).unwrap_or_default();
         } else {
             c.enqueued += get_u64(item, "enqueued");
             c.persisted += get_u64(item, "persisted");

@@ -72,7 +72,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
                         m.sum("sluice_drained_total", &[]),
                     ));
                 }
-                if let Ok(c) = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await {
+                if let Ok(c) = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone(), tenant: None }).await {
                     let c = c.into_inner();
                     samples.lock().expect("samples").push((start.elapsed().as_secs_f64(), c.enqueued, c.persisted, c.dead_lettered));
                     persisted.store(c.persisted, Ordering::Relaxed);
@@ -106,7 +106,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     let (phases, per_second) = load.finish().await;
 
     let mut g = g.clone();
-    let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone() }).await?.into_inner();
+    let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone(), tenant: None }).await?.into_inner();
     let exact = check_counters(&mut g, &sender, run, a.messages, a.check).await?;
     let samples = samples.lock().expect("samples").clone();
     let peak_depth = samples.iter().map(|&(_, e, p, d)| e.saturating_sub(p + d)).max().unwrap_or(0);

@@ -248,7 +248,7 @@ pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, St
 pub async fn wait_done(g: &mut Grpc, campaign: &str, limit: Duration) -> v1::GetCampaignResponse {
     let deadline = Instant::now() + limit;
     loop {
-        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into() }).await.unwrap().into_inner();
+        let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into(), tenant: None }).await.unwrap().into_inner();
         if c.done {
             return c;
         }

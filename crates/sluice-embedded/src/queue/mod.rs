@@ -8,6 +8,8 @@
 //! - within a group, messages are delivered in the order they were sent;
 //! - every receive grows the message's receive count durably before the message is handed out
 //!   (so a message that crashes its consumer is seen to do so, even across restarts);
+//! - tenants with visible messages take turns by weighted deficit round robin
+//!   ([`scheduler`]), so one tenant's small campaign is not held behind another's large one;
 //! - messages with a deduplication id seen in the last `dedup_window` are accepted and dropped
 //!   (after a restart the window covers the messages still queued);
 //! - cancel-safe: an operation that writes runs to its end even when its caller is dropped,
@@ -17,16 +19,19 @@ use crate::codec::{decode, encode, queue_err};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use scheduler::Scheduler;
 use serde::{Deserialize, Serialize};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
-use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue, TenantWeights};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+mod scheduler;
 
 const Q_MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_messages");
 const Q_RECV: TableDefinition<u64, u32> = TableDefinition::new("queue_receive_counts");
@@ -36,17 +41,19 @@ const Q_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_dead_let
 const SEND_CHUNK: usize = 20_000;
 
 /// Settings of the embedded queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// How long a deduplication id is remembered (SQS: 5 minutes).
     pub dedup_window: Duration,
     /// Memory redb may use to cache the queue file's pages.
     pub cache_bytes: usize,
+    /// Shares of the drain between tenants with backlog.
+    pub weights: Arc<TenantWeights>,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { dedup_window: Duration::from_secs(300), cache_bytes: DEFAULT_QUEUE_CACHE_BYTES }
+        QueueConfig { dedup_window: Duration::from_secs(300), cache_bytes: DEFAULT_QUEUE_CACHE_BYTES, weights: Arc::default() }
     }
 }
 
@@ -60,6 +67,24 @@ struct QRec {
     group: String,
     body: Vec<u8>,
     enqueued_at_ms: i64,
+    /// Last: records written before tenants existed end before it (see [`decode_qrec`]).
+    tenant: String,
+}
+
+/// A queued message as written before tenants existed.
+#[derive(Deserialize)]
+struct QRecV1 {
+    dedup_id: String,
+    group: String,
+    body: Vec<u8>,
+    enqueued_at_ms: i64,
+}
+
+fn decode_qrec(bytes: &[u8]) -> Result<QRec, redb::Error> {
+    decode::<QRec>(bytes).or_else(|e| match decode::<QRecV1>(bytes) {
+        Ok(r) => Ok(QRec { dedup_id: r.dedup_id, group: r.group, body: r.body, enqueued_at_ms: r.enqueued_at_ms, tenant: String::new() }),
+        Err(_) => Err(e),
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,104 +96,46 @@ struct DeadRec {
     receive_count: u32,
     enqueued_at_ms: i64,
     dead_at_ms: i64,
+    /// Last, as in [`QRec`].
+    tenant: String,
 }
 
-struct Entry {
-    group: Arc<str>,
+#[derive(Deserialize)]
+struct DeadRecV1 {
+    dedup_id: String,
+    group: String,
+    body: Vec<u8>,
+    reason: String,
     receive_count: u32,
     enqueued_at_ms: i64,
-    /// Visibility deadline while in flight.
-    in_flight: Option<Instant>,
+    dead_at_ms: i64,
 }
 
-#[derive(Default)]
-struct Group {
-    pending: BTreeSet<u64>,
-    in_flight: u32,
-    in_ready: bool,
+fn decode_dead(bytes: &[u8]) -> Result<DeadRec, redb::Error> {
+    decode::<DeadRec>(bytes).or_else(|e| match decode::<DeadRecV1>(bytes) {
+        Ok(r) => Ok(DeadRec {
+            dedup_id: r.dedup_id,
+            group: r.group,
+            body: r.body,
+            reason: r.reason,
+            receive_count: r.receive_count,
+            enqueued_at_ms: r.enqueued_at_ms,
+            dead_at_ms: r.dead_at_ms,
+            tenant: String::new(),
+        }),
+        Err(_) => Err(e),
+    })
 }
 
-#[derive(Default)]
 struct State {
-    entries: BTreeMap<u64, Entry>,
-    groups: HashMap<Arc<str>, Group>,
-    ready: VecDeque<Arc<str>>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    sched: Scheduler,
     dedup: HashMap<Arc<str>, i64>,
     dedup_order: VecDeque<(i64, Arc<str>)>,
     next_seq: u64,
-    in_flight: u64,
     dead: u64,
 }
 
 impl State {
-    fn mark_ready(&mut self, group: &Arc<str>, front: bool) {
-        let g = self.groups.get_mut(group).expect("group exists");
-        if g.in_flight == 0 && !g.pending.is_empty() && !g.in_ready {
-            g.in_ready = true;
-            if front {
-                self.ready.push_front(group.clone());
-            } else {
-                self.ready.push_back(group.clone());
-            }
-        }
-    }
-
-    fn push(&mut self, seq: u64, group: &str, receive_count: u32, enqueued_at_ms: i64) {
-        let group: Arc<str> = match self.groups.get_key_value(group) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(group);
-                self.groups.insert(k.clone(), Group::default());
-                k
-            }
-        };
-        self.groups.get_mut(&group).expect("just inserted").pending.insert(seq);
-        self.entries.insert(seq, Entry { group: group.clone(), receive_count, enqueued_at_ms, in_flight: None });
-        self.mark_ready(&group, false);
-    }
-
-    /// Makes an in-flight message visible again.
-    fn unflight(&mut self, seq: u64) {
-        let Some(e) = self.entries.get_mut(&seq) else { return };
-        let Some(deadline) = e.in_flight.take() else { return };
-        self.deadlines.remove(&(deadline, seq));
-        self.in_flight -= 1;
-        let group = e.group.clone();
-        let g = self.groups.get_mut(&group).expect("group of an entry exists");
-        g.in_flight -= 1;
-        g.pending.insert(seq);
-        self.mark_ready(&group, true);
-    }
-
-    /// Removes a message (acked or dead-lettered).
-    fn remove(&mut self, seq: u64) -> bool {
-        let Some(e) = self.entries.remove(&seq) else { return false };
-        let g = self.groups.get_mut(&e.group).expect("group of an entry exists");
-        if let Some(deadline) = e.in_flight {
-            self.deadlines.remove(&(deadline, seq));
-            self.in_flight -= 1;
-            g.in_flight -= 1;
-        } else {
-            g.pending.remove(&seq);
-        }
-        if g.pending.is_empty() && g.in_flight == 0 && !g.in_ready {
-            self.groups.remove(&e.group);
-        } else {
-            self.mark_ready(&e.group, false);
-        }
-        true
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, seq)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            self.unflight(seq);
-        }
-    }
-
     fn prune_dedup(&mut self, now_ms: i64) {
         while let Some((expires, _)) = self.dedup_order.front() {
             if *expires > now_ms {
@@ -179,34 +146,6 @@ impl State {
                 self.dedup.remove(&id);
             }
         }
-    }
-
-    /// Takes up to `max` visible messages, whole groups in order, and marks them in flight.
-    fn pick(&mut self, max: usize, deadline: Instant) -> Vec<(u64, u32)> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(group) = self.ready.pop_front() else { break };
-            let Some(g) = self.groups.get_mut(&group) else { continue };
-            g.in_ready = false;
-            if g.in_flight > 0 {
-                continue;
-            }
-            if g.pending.is_empty() {
-                self.groups.remove(&group);
-                continue;
-            }
-            while out.len() < max {
-                let Some(seq) = g.pending.pop_first() else { break };
-                g.in_flight += 1;
-                let e = self.entries.get_mut(&seq).expect("pending entry exists");
-                e.receive_count += 1;
-                e.in_flight = Some(deadline);
-                self.deadlines.insert((deadline, seq));
-                out.push((seq, e.receive_count));
-            }
-            self.in_flight += g.in_flight as u64;
-        }
-        out
     }
 }
 
@@ -251,7 +190,13 @@ impl EmbeddedQueue {
     pub fn open(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         let db = Database::builder().set_cache_size(config.cache_bytes).create(path).map_err(queue_err)?;
         let txn = db.begin_write().map_err(queue_err)?;
-        let mut state = State::default();
+        let mut state = State {
+            sched: Scheduler::new(config.weights.clone()),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            next_seq: 0,
+            dead: 0,
+        };
         {
             let msgs = txn.open_table(Q_MSGS).map_err(queue_err)?;
             let recv = txn.open_table(Q_RECV).map_err(queue_err)?;
@@ -261,9 +206,9 @@ impl EmbeddedQueue {
             for entry in msgs.iter().map_err(queue_err)? {
                 let (k, v) = entry.map_err(queue_err)?;
                 let seq = k.value();
-                let rec: QRec = decode(v.value()).map_err(queue_err)?;
+                let rec = decode_qrec(v.value()).map_err(queue_err)?;
                 let count = recv.get(seq).map_err(queue_err)?.map(|c| c.value()).unwrap_or(0);
-                state.push(seq, &rec.group, count, rec.enqueued_at_ms);
+                state.sched.push(seq, &rec.group, &rec.tenant, count, rec.enqueued_at_ms);
                 if rec.enqueued_at_ms + window > now {
                     let id: Arc<str> = Arc::from(rec.dedup_id.as_str());
                     state.dedup.insert(id.clone(), rec.enqueued_at_ms + window);
@@ -341,7 +286,13 @@ impl EmbeddedQueue {
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
-                    let rec = QRec { dedup_id: m.dedup_id.clone(), group: m.group.clone(), body: m.body.to_vec(), enqueued_at_ms: now };
+                    let rec = QRec {
+                        dedup_id: m.dedup_id.clone(),
+                        group: m.group.clone(),
+                        body: m.body.to_vec(),
+                        enqueued_at_ms: now,
+                        tenant: m.tenant.clone(),
+                    };
                     (first_seq + i as u64, encode(&rec))
                 })
                 .collect();
@@ -355,7 +306,7 @@ impl EmbeddedQueue {
             .await?;
             let mut st = self.state();
             for (i, m) in chunk.iter().enumerate() {
-                st.push(first_seq + i as u64, &m.group, 0, now);
+                st.sched.push(first_seq + i as u64, &m.group, &m.tenant, 0, now);
                 let id: Arc<str> = Arc::from(m.dedup_id.as_str());
                 st.dedup.insert(id.clone(), now + window);
                 st.dedup_order.push_back((now + window, id));
@@ -386,7 +337,7 @@ impl EmbeddedQueue {
         .await?;
         let mut st = self.state();
         for seq in seqs {
-            st.remove(seq);
+            st.sched.remove(seq);
         }
         drop(st);
         self.inner.notify.notify_waiters();
@@ -407,8 +358,8 @@ impl EmbeddedQueue {
             let mut msgs = txn.open_table(Q_MSGS)?;
             let mut recv = txn.open_table(Q_RECV)?;
             let mut dead = txn.open_table(Q_DEAD)?;
-            let rec: QRec = match msgs.remove(seq)? {
-                Some(v) => decode(v.value())?,
+            let rec = match msgs.remove(seq)? {
+                Some(v) => decode_qrec(v.value())?,
                 None => return Ok(()),
             };
             recv.remove(seq)?;
@@ -420,13 +371,14 @@ impl EmbeddedQueue {
                 receive_count: count,
                 enqueued_at_ms: rec.enqueued_at_ms,
                 dead_at_ms: now_ms(),
+                tenant: rec.tenant,
             };
             dead.insert(seq, encode(&d).as_slice())?;
             Ok(())
         })
         .await?;
         let mut st = self.state();
-        if st.remove(seq) {
+        if st.sched.remove(seq) {
             st.dead += 1;
         }
         drop(st);
@@ -444,21 +396,27 @@ impl EmbeddedQueue {
                 let keys: Vec<u64> = dead.iter()?.take(limit).map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
                 let mut moved = Vec::with_capacity(keys.len());
                 for (i, k) in keys.into_iter().enumerate() {
-                    let d: DeadRec = match dead.remove(k)? {
-                        Some(v) => decode(v.value())?,
+                    let d = match dead.remove(k)? {
+                        Some(v) => decode_dead(v.value())?,
                         None => continue,
                     };
                     let seq = first_seq + i as u64;
-                    let rec = QRec { dedup_id: d.dedup_id, group: d.group.clone(), body: d.body, enqueued_at_ms: d.enqueued_at_ms };
+                    let rec = QRec {
+                        dedup_id: d.dedup_id,
+                        group: d.group.clone(),
+                        body: d.body,
+                        enqueued_at_ms: d.enqueued_at_ms,
+                        tenant: d.tenant.clone(),
+                    };
                     msgs.insert(seq, encode(&rec).as_slice())?;
-                    moved.push((seq, d.group, d.enqueued_at_ms));
+                    moved.push((seq, d.group, d.tenant, d.enqueued_at_ms));
                 }
                 Ok(moved)
             })
             .await?;
         let mut st = self.state();
-        for (seq, group, at) in &moved {
-            st.push(*seq, group, 0, *at);
+        for (seq, group, tenant, at) in &moved {
+            st.sched.push(*seq, group, tenant, 0, *at);
             st.next_seq = st.next_seq.max(seq + 1);
         }
         st.dead -= moved.len() as u64;
@@ -478,7 +436,7 @@ impl EmbeddedQueue {
                 for (seq, count) in p {
                     recv.insert(seq, count)?;
                     let v = msgs.get(seq)?.ok_or_else(|| redb::Error::Corrupted(format!("queued message {seq} missing")))?;
-                    out.push(decode::<QRec>(v.value())?);
+                    out.push(decode_qrec(v.value())?);
                 }
                 Ok(out)
             })
@@ -491,6 +449,7 @@ impl EmbeddedQueue {
                     receipt: receipt(seq, count),
                     dedup_id: rec.dedup_id,
                     group: rec.group,
+                    tenant: rec.tenant,
                     body: Bytes::from(rec.body),
                     receive_count: count,
                     enqueued_at_ms: rec.enqueued_at_ms,
@@ -499,8 +458,8 @@ impl EmbeddedQueue {
             Err(e) => {
                 let mut st = self.state();
                 for (seq, _) in picked {
-                    st.unflight(seq);
-                    if let Some(e) = st.entries.get_mut(&seq) {
+                    st.sched.unflight(seq);
+                    if let Some(e) = st.sched.entries.get_mut(&seq) {
                         e.receive_count -= 1;
                     }
                 }
@@ -516,7 +475,7 @@ impl EmbeddedQueue {
         let mut out = Vec::with_capacity(receipts.len());
         for r in receipts {
             let (seq, count) = parse_receipt(r)?;
-            if st.entries.get(&seq).is_some_and(|e| e.in_flight.is_some() && e.receive_count == count) {
+            if st.sched.entries.get(&seq).is_some_and(|e| e.in_flight.is_some() && e.receive_count == count) {
                 out.push(seq);
             }
         }
@@ -540,9 +499,9 @@ impl SpikeQueue for EmbeddedQueue {
             let (picked, next_expiry) = {
                 let mut st = self.state();
                 let now = Instant::now();
-                st.expire(now);
-                let picked = st.pick(max.max(1), now + visibility);
-                (picked, st.deadlines.first().map(|(t, _)| *t))
+                st.sched.expire(now);
+                let picked = st.sched.pick(max.max(1), now + visibility);
+                (picked, st.sched.deadlines.first().map(|(t, _)| *t))
             };
             if !picked.is_empty() {
                 return self.deliver(picked).await;
@@ -569,10 +528,10 @@ impl SpikeQueue for EmbeddedQueue {
         let mut st = self.state();
         let deadline = Instant::now() + visibility;
         for seq in self.current(&st, receipts)? {
-            let e = st.entries.get_mut(&seq).expect("current entry exists");
+            let e = st.sched.entries.get_mut(&seq).expect("current entry exists");
             let old = e.in_flight.replace(deadline).expect("current entry is in flight");
-            st.deadlines.remove(&(old, seq));
-            st.deadlines.insert((deadline, seq));
+            st.sched.deadlines.remove(&(old, seq));
+            st.sched.deadlines.insert((deadline, seq));
         }
         Ok(())
     }
@@ -581,7 +540,7 @@ impl SpikeQueue for EmbeddedQueue {
         {
             let mut st = self.state();
             for seq in self.current(&st, receipts)? {
-                st.unflight(seq);
+                st.sched.unflight(seq);
             }
         }
         self.inner.notify.notify_waiters();
@@ -596,10 +555,10 @@ impl SpikeQueue for EmbeddedQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let mut st = self.state();
-        st.expire(Instant::now());
-        let total = st.entries.len() as u64;
-        let oldest = st.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
-        Ok(QueueStats { visible: total - st.in_flight, in_flight: st.in_flight, dead: st.dead, oldest_age_ms: oldest })
+        st.sched.expire(Instant::now());
+        let total = st.sched.entries.len() as u64;
+        let oldest = st.sched.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
+        Ok(QueueStats { visible: total - st.sched.in_flight, in_flight: st.sched.in_flight, dead: st.dead, oldest_age_ms: oldest })
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -610,10 +569,11 @@ impl SpikeQueue for EmbeddedQueue {
             let mut out = Vec::new();
             for entry in t.iter().map_err(queue_err)?.take(limit) {
                 let (_, v) = entry.map_err(queue_err)?;
-                let d: DeadRec = decode(v.value()).map_err(queue_err)?;
+                let d = decode_dead(v.value()).map_err(queue_err)?;
                 out.push(DeadLetter {
                     dedup_id: d.dedup_id,
                     group: d.group,
+                    tenant: d.tenant,
                     body: Bytes::from(d.body),
                     reason: d.reason,
                     receive_count: d.receive_count,

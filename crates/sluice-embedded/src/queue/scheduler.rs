@@ -1,0 +1,373 @@
+//! The embedded queue's scheduler: which visible message goes out next. Pure state, no I/O.
+//!
+//! - Groups (a room): a group is handed out in order, as much of it as a receive and its
+//!   tenant's turn take, and not again while one of its messages is in flight.
+//! - Tenants: a ready group waits in the ready list of the tenant of its first pending
+//!   message. Tenants with ready groups take turns by deficit round robin: a turn lets a
+//!   tenant take `QUANTUM × weight` messages, and a tenant keeps its place when a receive
+//!   is full in the middle of its turn. So no tenant with work ready waits more than one
+//!   round, and over any stretch where tenants stay backlogged their shares follow their
+//!   weights.
+//! - Visibility: an in-flight message has a deadline; `expire` makes it visible again, at the
+//!   front of its tenant's ready list.
+
+use sluice_core::queue::TenantWeights;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Messages a tenant of weight 1 may take per turn.
+pub(crate) const QUANTUM: i64 = 16;
+
+pub(crate) struct Entry {
+    pub(crate) group: Arc<str>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) receive_count: u32,
+    pub(crate) enqueued_at_ms: i64,
+    /// Visibility deadline while in flight.
+    pub(crate) in_flight: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Group {
+    pending: BTreeSet<u64>,
+    in_flight: u32,
+    in_ready: bool,
+}
+
+#[derive(Default)]
+struct Tenant {
+    ready: VecDeque<Arc<str>>,
+    /// Messages the tenant may still take in its turn.
+    deficit: i64,
+    in_ring: bool,
+    /// Messages of the tenant in the queue, pending or in flight.
+    backlog: u64,
+}
+
+/// The scheduler's state.
+pub(crate) struct Scheduler {
+    pub(crate) entries: BTreeMap<u64, Entry>,
+    groups: HashMap<Arc<str>, Group>,
+    tenants: HashMap<Arc<str>, Tenant>,
+    /// Tenants with ready groups, in turn order; the front one is being served.
+    ring: VecDeque<Arc<str>>,
+    pub(crate) deadlines: BTreeSet<(Instant, u64)>,
+    weights: Arc<TenantWeights>,
+    pub(crate) in_flight: u64,
+}
+
+impl Scheduler {
+    pub(crate) fn new(weights: Arc<TenantWeights>) -> Self {
+        Scheduler {
+            entries: BTreeMap::new(),
+            groups: HashMap::new(),
+            tenants: HashMap::new(),
+            ring: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            weights,
+            in_flight: 0,
+        }
+    }
+
+    /// Messages of `tenant` in the queue, pending or in flight.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn backlog(&self, tenant: &str) -> u64 {
+        self.tenants.get(tenant).map_or(0, |t| t.backlog)
+    }
+
+    fn mark_ready(&mut self, group: &Arc<str>, front: bool) {
+        let g = self.groups.get_mut(group).expect("group exists");
+        if g.in_flight > 0 || g.in_ready {
+            return;
+        }
+        let Some(&head) = g.pending.first() else { return };
+        g.in_ready = true;
+        let tenant = self.entries[&head].tenant.clone();
+        let t = self.tenants.get_mut(&tenant).expect("tenant of an entry exists");
+        if front {
+            t.ready.push_front(group.clone());
+        } else {
+            t.ready.push_back(group.clone());
+        }
+        if !t.in_ring {
+            t.in_ring = true;
+            self.ring.push_back(tenant);
+        }
+    }
+
+    fn intern<V: Default>(map: &mut HashMap<Arc<str>, V>, key: &str) -> Arc<str> {
+        match map.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                map.insert(k.clone(), V::default());
+                k
+            }
+        }
+    }
+
+    /// Adds a visible message at the end of its group.
+    pub(crate) fn push(&mut self, seq: u64, group: &str, tenant: &str, receive_count: u32, enqueued_at_ms: i64) {
+        let group = Self::intern(&mut self.groups, group);
+        let tenant = Self::intern(&mut self.tenants, tenant);
+        self.tenants.get_mut(&tenant).expect("just interned").backlog += 1;
+        self.groups.get_mut(&group).expect("just interned").pending.insert(seq);
+        self.entries.insert(seq, Entry { group: group.clone(), tenant, receive_count, enqueued_at_ms, in_flight: None });
+        self.mark_ready(&group, false);
+    }
+
+    /// Makes an in-flight message visible again.
+    pub(crate) fn unflight(&mut self, seq: u64) {
+        let Some(e) = self.entries.get_mut(&seq) else { return };
+        let Some(deadline) = e.in_flight.take() else { return };
+        self.deadlines.remove(&(deadline, seq));
+        self.in_flight -= 1;
+        let group = e.group.clone();
+        let g = self.groups.get_mut(&group).expect("group of an entry exists");
+        g.in_flight -= 1;
+        g.pending.insert(seq);
+        self.mark_ready(&group, true);
+    }
+
+    /// Removes a message (acked or dead-lettered); false when it was not queued.
+    pub(crate) fn remove(&mut self, seq: u64) -> bool {
+        let Some(e) = self.entries.remove(&seq) else { return false };
+        let g = self.groups.get_mut(&e.group).expect("group of an entry exists");
+        if let Some(deadline) = e.in_flight {
+            self.deadlines.remove(&(deadline, seq));
+            self.in_flight -= 1;
+            g.in_flight -= 1;
+        } else {
+            g.pending.remove(&seq);
+        }
+        if g.pending.is_empty() && g.in_flight == 0 && !g.in_ready {
+            self.groups.remove(&e.group);
+        } else {
+            self.mark_ready(&e.group, false);
+        }
+        let t = self.tenants.get_mut(&e.tenant).expect("tenant of an entry exists");
+        t.backlog -= 1;
+        if t.backlog == 0 && !t.in_ring {
+            self.tenants.remove(&e.tenant);
+        }
+        true
+    }
+
+    /// Makes every message whose visibility ended by `now` visible again.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.unflight(seq);
+        }
+    }
+
+    /// Takes up to `max` visible messages, tenants by deficit round robin and each group in
+    /// order, marks them in flight until `deadline` and returns their seqs and receive counts.
+    pub(crate) fn pick(&mut self, max: usize, deadline: Instant) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(name) = self.ring.front().cloned() else { break };
+            let t = self.tenants.get_mut(&name).expect("a tenant in the ring exists");
+            if t.deficit == 0 {
+                t.deficit = QUANTUM * i64::from(self.weights.of(&name));
+            }
+            while t.deficit > 0 && out.len() < max {
+                let Some(group) = t.ready.pop_front() else { break };
+                let Some(g) = self.groups.get_mut(&group) else { continue };
+                g.in_ready = false;
+                if g.in_flight > 0 {
+                    continue;
+                }
+                if g.pending.is_empty() {
+                    self.groups.remove(&group);
+                    continue;
+                }
+                while out.len() < max && t.deficit > 0 {
+                    let Some(seq) = g.pending.pop_first() else { break };
+                    g.in_flight += 1;
+                    let e = self.entries.get_mut(&seq).expect("pending entry exists");
+                    e.receive_count += 1;
+                    e.in_flight = Some(deadline);
+                    self.deadlines.insert((deadline, seq));
+                    self.in_flight += 1;
+                    t.deficit -= 1;
+                    out.push((seq, e.receive_count));
+                }
+            }
+            if t.ready.is_empty() {
+                // Out of work: leaves the ring and forgets its turn (a deficit is not banked).
+                self.ring.pop_front();
+                t.in_ring = false;
+                t.deficit = 0;
+                if t.backlog == 0 {
+                    self.tenants.remove(&name);
+                }
+            } else if t.deficit == 0 {
+                self.ring.rotate_left(1);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn weights(pairs: &[(&str, u32)]) -> Arc<TenantWeights> {
+        Arc::new(TenantWeights::new(pairs.iter().map(|(t, w)| (t.to_string(), *w)).collect()))
+    }
+
+    /// Receives `max` at a time and acks at once, until `n` messages went out; returns the tenants in order.
+    fn drain(s: &mut Scheduler, max: usize, n: usize) -> Vec<Arc<str>> {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut order = Vec::new();
+        while order.len() < n {
+            let picked = s.pick(max, far);
+            if picked.is_empty() {
+                break;
+            }
+            for (seq, _) in picked {
+                order.push(s.entries[&seq].tenant.clone());
+                assert!(s.remove(seq));
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn a_small_tenant_behind_a_large_one_goes_out_in_the_first_round() {
+        let mut s = Scheduler::new(weights(&[]));
+        for i in 0..10_000u64 {
+            s.push(i, &format!("a{i}"), "big", 0, 0);
+        }
+        for i in 0..20u64 {
+            s.push(10_000 + i, &format!("b{i}"), "small", 0, 0);
+        }
+        let order = drain(&mut s, 10, 60);
+        let small_done = order.iter().rposition(|t| &**t == "small").unwrap();
+        // Two turns of each: 16 + 16 + 16 + 4.
+        assert!(small_done < 2 * QUANTUM as usize + 20, "small finished at {small_done}: {order:?}");
+        assert_eq!(order.iter().filter(|t| &***t == "small").count(), 20);
+    }
+
+    #[test]
+    fn a_group_stays_in_order_and_is_never_out_twice() {
+        let mut s = Scheduler::new(weights(&[]));
+        for i in 0..6u64 {
+            s.push(i, "room", if i % 2 == 0 { "a" } else { "b" }, 0, 0);
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        let first = s.pick(2, far);
+        assert_eq!(first.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(s.pick(10, far).is_empty(), "the group is in flight");
+        s.remove(0);
+        assert!(s.pick(10, far).is_empty(), "one message of the group is still in flight");
+        s.unflight(1);
+        let again = s.pick(10, far);
+        assert_eq!(again.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(again[0].1, 2, "the receive count grows");
+    }
+
+    /// Queues `spec` (weight, messages, groups per tenant) before any is received: tenant after
+    /// tenant, or interleaved.
+    fn queued(spec: &[(u32, usize, usize)], interleave: bool) -> (Scheduler, Vec<String>, Arc<TenantWeights>) {
+        let names: Vec<String> = (0..spec.len()).map(|i| format!("t{i}")).collect();
+        let w = weights(&names.iter().zip(spec).map(|(n, (w, _, _))| (n.as_str(), *w)).collect::<Vec<_>>());
+        let mut s = Scheduler::new(w.clone());
+        let mut seq = 0u64;
+        let longest = spec.iter().map(|(_, n, _)| *n).max().unwrap_or(0);
+        let mut order: Vec<(usize, usize)> = (0..longest).flat_map(|k| (0..spec.len()).map(move |i| (i, k))).collect();
+        if !interleave {
+            order.sort();
+        }
+        for (i, k) in order {
+            let (_, n, groups) = spec[i];
+            if k < n {
+                s.push(seq, &format!("{}-g{}", names[i], k % groups), &names[i], 0, 0);
+                seq += 1;
+            }
+        }
+        (s, names, w)
+    }
+
+    proptest! {
+        /// Every message goes out exactly once, each group in order, and a tenant with ready work
+        /// is served within one round: between its turns the others take at most their own turns.
+        #[test]
+        fn no_tenant_with_backlog_starves(
+            spec in prop::collection::vec((1u32..5, 1usize..300, 1usize..6), 1..6),
+            max in 1usize..40,
+            interleave: bool,
+        ) {
+            let (mut s, names, w) = queued(&spec, interleave);
+            let total: usize = spec.iter().map(|(_, n, _)| n).sum();
+            let round: i64 = names.iter().map(|n| QUANTUM * i64::from(w.of(n))).sum();
+            let far = Instant::now() + Duration::from_secs(3600);
+            let mut per_group_last: HashMap<Arc<str>, u64> = HashMap::new();
+            // Messages handed to others while the tenant was in the ring and not served.
+            let mut waited: HashMap<String, i64> = HashMap::new();
+            let mut out = 0usize;
+            while out < total {
+                let picked = s.pick(max, far);
+                prop_assert!(!picked.is_empty(), "messages are left but none was handed out");
+                for (sq, count) in picked {
+                    prop_assert_eq!(count, 1);
+                    let e = &s.entries[&sq];
+                    let last = per_group_last.insert(e.group.clone(), sq);
+                    prop_assert!(last.is_none_or(|l| l < sq), "group out of order");
+                    for n in &names {
+                        if **n == *e.tenant {
+                            waited.insert(n.clone(), 0);
+                        } else if s.tenants.get(n.as_str()).is_some_and(|t| t.in_ring) {
+                            let wt = waited.entry(n.clone()).or_default();
+                            *wt += 1;
+                            prop_assert!(*wt <= round, "{n} waited {wt} messages with work ready (a round is {round})");
+                        }
+                    }
+                    prop_assert!(s.remove(sq));
+                    out += 1;
+                }
+            }
+            prop_assert!(s.entries.is_empty());
+            prop_assert!(s.tenants.is_empty() && s.ring.is_empty() && s.groups.is_empty(), "nothing is left behind");
+            prop_assert!(s.pick(max, far).is_empty());
+        }
+
+        /// Tenants whose backlog is in many groups (one-offs: a room each) share receives by
+        /// their weights while all of them have backlog.
+        #[test]
+        fn backlogged_tenants_share_by_weight(
+            spec in prop::collection::vec((1u32..5, 50usize..400), 2..6),
+            max in 1usize..40,
+        ) {
+            let spec: Vec<(u32, usize, usize)> = spec.into_iter().map(|(w, n)| (w, n, n)).collect();
+            let (mut s, names, w) = queued(&spec, false);
+            let far = Instant::now() + Duration::from_secs(3600);
+            let mut served: HashMap<String, i64> = HashMap::new();
+            while names.iter().all(|n| s.backlog(n) > 0) {
+                for (sq, _) in s.pick(max, far) {
+                    *served.entry(s.entries[&sq].tenant.to_string()).or_default() += 1;
+                    prop_assert!(s.remove(sq));
+                }
+                if names.iter().any(|n| s.backlog(n) == 0) {
+                    break; // the last receive may give a tenant more once another ran out
+                }
+                // Normalised by weight, no two tenants are more than a turn apart.
+                let slack = QUANTUM;
+                for a in &names {
+                    for b in &names {
+                        let (wa, wb) = (i64::from(w.of(a)), i64::from(w.of(b)));
+                        let (sa, sb) = (served.get(a).copied().unwrap_or(0), served.get(b).copied().unwrap_or(0));
+                        prop_assert!(sa * wb <= sb * wa + slack * wa * wb, "{a} (w {wa}) took {sa}, {b} (w {wb}) took {sb}");
+                    }
+                }
+            }
+        }
+    }
+}
