@@ -60,6 +60,28 @@ pub enum Scenario {
     /// Chat and campaigns for a long time: whether the server's memory plateaus (its slope),
     /// and chat latency over the whole run.
     Soak(SoakArgs),
+    /// Tenant fairness: a large campaign of one tenant, then small ones of two others, and
+    /// how long the small ones take behind the large one's backlog.
+    Fairness(FairnessArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FairnessArgs {
+    /// One-off messages of tenant A's campaign, enqueued first.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub large: u64,
+    /// One-off messages of each of tenants B and C, enqueued once A's are accepted.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub small: u64,
+    /// Seconds between A's last accepted call and B's and C's first.
+    #[arg(long, default_value_t = 1.0)]
+    pub gap_secs: f64,
+    /// Recipients per EnqueueBulk call.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk: u32,
+    /// EnqueueBulk calls in flight.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
 }
 
 #[derive(Debug, Clone, Args)]

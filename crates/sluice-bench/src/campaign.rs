@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 /// One campaign: its id, who sends it and the body every recipient gets.
 pub struct Campaign<'a> {
     pub id: &'a str,
+    /// `None`: the sender's own tenant.
+    pub tenant: Option<&'a str>,
     pub sender: &'a str,
     pub body: &'a str,
 }
@@ -37,7 +39,7 @@ impl Campaign<'_> {
                     sender: self.sender.into(),
                     recipients: range.map(&recipient).collect(),
                     body: self.body.into(),
-                    tenant: None,
+                    tenant: self.tenant.map(str::to_string),
                 };
                 async move {
                     let n = g.enqueue_bulk(req).await.context("EnqueueBulk")?.into_inner().accepted;

@@ -119,6 +119,18 @@ fn cost_smoke() {
 }
 
 #[test]
+fn fairness_smoke() {
+    let out = tempfile::tempdir().unwrap();
+    let json = bench(&["fairness", "--large", "3000", "--small", "50", "--chunk", "500", "--gap-secs", "0.2"], out.path());
+    assert_eq!(figure(&json, "dead-lettered"), 0.0);
+    assert!(figure(&json, "B: first EnqueueBulk to last persisted") > 0.0);
+    assert!(figure(&json, "C: first EnqueueBulk to last persisted") > 0.0);
+    assert!(figure(&json, "A: whole campaign, first EnqueueBulk to last persisted") > 0.0);
+    let series: Vec<&str> = json["series"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(series, ["drain"], "per-tenant drain, plotted");
+}
+
+#[test]
 fn refuses_a_bad_scenario_argument() {
     let out = std::process::Command::new(BIN).args(["bench", "scaling", "--latency-ms", "10-5"]).output().unwrap();
     assert!(!out.status.success());

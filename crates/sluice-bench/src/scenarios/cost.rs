@@ -130,7 +130,7 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
 async fn one_offs(server: &Server, n: u32, run: &str) -> anyhow::Result<()> {
     let mut g = server.grpc().await?;
     let (id, sender) = (format!("{run}-cost"), format!("{run}-shop"));
-    let c = Campaign { id: &id, sender: &sender, body: "Spring sale: 20% off everything until Sunday" };
+    let c = Campaign { id: &id, tenant: None, sender: &sender, body: "Spring sale: 20% off everything until Sunday" };
     c.enqueue(&g, n as u64, |i| format!("{run}-r{i}"), 10_000, 1, &AtomicU64::new(0)).await?;
     let (poll, limit) = (Duration::from_millis(200), Duration::from_secs(600));
     c.wait_persisted(&mut g, n as u64, poll, limit, &AtomicU64::new(0), || server.log_tail()).await

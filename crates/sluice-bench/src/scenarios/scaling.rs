@@ -80,7 +80,7 @@ async fn drain(server: &Server, messages: u64, campaign: &str) -> anyhow::Result
     let progress = Progress::start("scaling", move || format!("persisted {}", shown.load(Ordering::Relaxed)));
     let start = Instant::now();
     let sender = format!("{campaign}-shop");
-    let c = Campaign { id: campaign, sender: &sender, body: "Spring sale" };
+    let c = Campaign { id: campaign, tenant: None, sender: &sender, body: "Spring sale" };
     c.enqueue(&g, messages, |i| format!("{campaign}-r{i}"), CHUNK, 4, &AtomicU64::new(0)).await?;
     c.wait_persisted(&mut g, messages, Duration::from_millis(20), Duration::from_secs(600), &persisted, || server.log_tail()).await?;
     drop(progress);

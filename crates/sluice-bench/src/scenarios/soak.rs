@@ -48,7 +48,7 @@ pub async fn run(server: &Server, a: &SoakArgs, run: &str) -> anyhow::Result<Rep
         if Instant::now() >= next_campaign {
             let id = format!("{run}-soak-{}", campaigns.len());
             let first = campaigns.len() as u64 * a.campaign_size;
-            let c = Campaign { id: &id, sender: &sender, body: BODY };
+            let c = Campaign { id: &id, tenant: None, sender: &sender, body: BODY };
             c.enqueue(&g, a.campaign_size, |i| format!("{run}-p{}", (first + i) % a.pool), 10_000, 2, &accepted).await?;
             campaigns.push(id);
             next_campaign += every;
@@ -64,7 +64,7 @@ pub async fn run(server: &Server, a: &SoakArgs, run: &str) -> anyhow::Result<Rep
     let mut g = g.clone();
     let persisted = AtomicU64::new(0);
     for id in &campaigns {
-        let c = Campaign { id, sender: &sender, body: BODY };
+        let c = Campaign { id, tenant: None, sender: &sender, body: BODY };
         c.wait_persisted(&mut g, a.campaign_size, Duration::from_millis(200), Duration::from_secs(600), &persisted, || server.log_tail())
             .await?;
     }

@@ -85,7 +85,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
         })
     };
     let g = server.grpc().await?;
-    let c = Campaign { id: &campaign, sender: &sender, body: BODY };
+    let c = Campaign { id: &campaign, tenant: None, sender: &sender, body: BODY };
     c.enqueue(&g, a.messages, |i| format!("{run}-s{i}"), a.chunk as u64, a.parallel as usize, &accepted).await?;
     let enqueue_secs = start.elapsed().as_secs_f64();
     let limit = Duration::from_secs(120 + a.messages / 1000);
