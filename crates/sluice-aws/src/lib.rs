@@ -56,6 +56,10 @@ impl Names {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}-bulk-dlq.fifo", self.prefix)
     }
+    /// Where messages of a paused tenant or campaign wait (see `SpikeQueue::hold`).
+    pub fn held_queue(&self) -> String {
+        format!("{}-bulk-held.fifo", self.prefix)
+    }
     pub fn stream(&self) -> String {
         format!("{}-events", self.prefix)
     }

@@ -208,8 +208,9 @@ impl Default for QueueSettings {
     }
 }
 
-/// Creates the FIFO dead-letter queue, then the FIFO queue of each tenant lane redriving to
-/// it: content-based deduplication off (the msg_id is the deduplication id), deduplication
+/// Creates the FIFO dead-letter queue, the FIFO queue of held messages (no redrive: a pause
+/// may last any time), then the FIFO queue of each tenant lane redriving to the dead-letter
+/// queue: content-based deduplication off (the msg_id is the deduplication id), deduplication
 /// per message group and a throughput limit per group (high-throughput FIFO), 14 days of
 /// retention. Returns the lane queues' URLs and the dead-letter queue URL.
 pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: QueueSettings) -> Result<(Vec<String>, String), MigrateError> {
@@ -239,6 +240,8 @@ pub async fn queues(client: &aws_sdk_sqs::Client, names: &Names, settings: Queue
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .ok_or_else(|| MigrateError(format!("{dlq} has no ARN")))?;
     let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": settings.max_receive_count.to_string()}).to_string();
+    let held = names.held_queue();
+    fifo(&held).send().await.map_err(|e| err(format!("creating {held}"), aws_smithy_types::error::display::DisplayErrorContext(e)))?;
     let mut urls = Vec::with_capacity(names.lanes as usize);
     for lane in 0..names.lanes {
         let q = names.lane_queue(lane);

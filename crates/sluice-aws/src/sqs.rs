@@ -58,6 +58,10 @@ const ATTR_DEDUP: &str = "sluice_dedup_id";
 const ATTR_REASON: &str = "sluice_reason";
 const ATTR_RECEIVES: &str = "sluice_receive_count";
 const ATTR_TENANT: &str = "sluice_tenant";
+/// The hold key and the original group of a held message (its group in the held queue is
+/// the hold key).
+const ATTR_HOLD: &str = "sluice_hold";
+const ATTR_GROUP: &str = "sluice_group";
 /// How long a lane that answered empty is skipped before it is probed again.
 const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
 /// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
@@ -113,6 +117,13 @@ pub fn lane_of(tenant: &str, lanes: usize) -> usize {
     (h % lanes.max(1) as u64) as usize
 }
 
+/// Where [`SqsQueue::move_out`] moves a message.
+#[derive(Clone, Copy)]
+enum Aside<'a> {
+    Dead { reason: &'a str },
+    Held { key: &'a str },
+}
+
 /// A receipt names its lane: `<lane>|<receipt handle>`.
 fn lane_receipt(lane: usize, handle: &str) -> String {
     format!("{lane}|{handle}")
@@ -125,6 +136,7 @@ pub struct SqsQueue {
     urls: Vec<String>,
     lanes: Mutex<Lanes>,
     dlq_url: String,
+    held_url: String,
     metrics: Arc<Metrics>,
     backoff: Backoff,
     in_flight: Mutex<HashMap<String, InFlight>>,
@@ -160,7 +172,9 @@ impl SqsQueue {
             urls.push(url_of(names.lane_queue(lane)).await?);
         }
         let dlq_url = url_of(names.dead_letter_queue()).await?;
+        let held_url = url_of(names.held_queue()).await?;
         Ok(SqsQueue {
+            held_url,
             client,
             lanes: Mutex::new(Lanes { next: 0, empty_until: vec![None; urls.len()] }),
             urls,
@@ -400,6 +414,60 @@ impl SqsQueue {
         }
     }
 
+    /// Moves an in-flight message to the dead-letter queue or the held queue, then deletes it
+    /// from its lane.
+    async fn move_out(&self, receipt: &Receipt, to: Aside<'_>) -> Result<(), QueueError> {
+        let f = {
+            let map = self.in_flight.lock().expect("in-flight lock");
+            let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
+            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count, f.tenant.clone())
+        };
+        let (group, dedup_id, body, receive_count, tenant) = f;
+        // Keep the message invisible while it moves, which also proves the receipt is still current.
+        if self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await? > 0 {
+            self.forget(std::slice::from_ref(receipt));
+            return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
+        }
+        // One id per delivery: a retry of this call is deduplicated, a later move of the same
+        // message (after a redrive or a release) is not.
+        let move_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, receipt.0.as_bytes()).simple().to_string();
+        let mut attempt = 0;
+        loop {
+            self.count("SendMessage");
+            let mut send = self
+                .client
+                .send_message()
+                .message_deduplication_id(&move_id)
+                .message_body(&body)
+                .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
+                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()));
+            send = match to {
+                Aside::Dead { reason } => {
+                    send.queue_url(&self.dlq_url).message_group_id(&group).message_attributes(ATTR_REASON, string_attr(reason))
+                }
+                Aside::Held { key } => send
+                    .queue_url(&self.held_url)
+                    .message_group_id(key)
+                    .message_attributes(ATTR_HOLD, string_attr(key))
+                    .message_attributes(ATTR_GROUP, string_attr(&group)),
+            };
+            if !tenant.is_empty() {
+                send = send.message_attributes(ATTR_TENANT, string_attr(&tenant));
+            }
+            match send.send().await {
+                Ok(_) => break,
+                Err(e) => match queue_error("SendMessage", e) {
+                    e @ QueueError::Unavailable(_) => {
+                        self.pause(attempt, &e.to_string()).await?;
+                        attempt += 1;
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
+        self.ack(std::slice::from_ref(receipt)).await
+    }
+
     /// Receives from the lanes in turn (see the module doc): first a short poll of each lane
     /// that had messages or is due a probe, then, when all looked empty, a wait on one lane.
     async fn receive_lanes(&self, max: usize, wait: Duration, visibility: Duration) -> Result<(usize, Vec<Message>), QueueError> {
@@ -574,49 +642,41 @@ impl SpikeQueue for SqsQueue {
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
-        let f = {
-            let map = self.in_flight.lock().expect("in-flight lock");
-            let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
-            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count, f.tenant.clone())
-        };
-        let (group, dedup_id, body, receive_count, tenant) = f;
-        // Hold the message while it moves, which also proves the receipt is still current.
-        if self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await? > 0 {
-            self.forget(std::slice::from_ref(receipt));
-            return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
-        }
-        // One dead-letter id per delivery: a retry of this call is deduplicated, a later
-        // dead-lettering of the same message (after a redrive) is not.
-        let dl_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, receipt.0.as_bytes()).simple().to_string();
-        let mut attempt = 0;
-        loop {
-            self.count("SendMessage");
-            let mut send = self
-                .client
-                .send_message()
-                .queue_url(&self.dlq_url)
-                .message_group_id(&group)
-                .message_deduplication_id(&dl_id)
-                .message_body(&body)
-                .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
-                .message_attributes(ATTR_REASON, string_attr(reason))
-                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()));
-            if !tenant.is_empty() {
-                send = send.message_attributes(ATTR_TENANT, string_attr(&tenant));
+        self.move_out(receipt, Aside::Dead { reason }).await
+    }
+
+    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
+        self.move_out(receipt, Aside::Held { key }).await
+    }
+
+    async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
+        // In the held queue a key is a message group: a receive hands out one group's
+        // messages, and while they are in flight, no more of that group. So each other key
+        // costs about one receive, and its messages stay in flight until the scan ends.
+        let mut moved = 0;
+        let mut others: Vec<String> = Vec::new();
+        while moved < limit {
+            let got = self.receive_from(&self.held_url, (limit - moved).min(BATCH), Duration::ZERO, Duration::from_secs(60)).await?;
+            if got.is_empty() {
+                break;
             }
-            let sent = send.send().await;
-            match sent {
-                Ok(_) => break,
-                Err(e) => match queue_error("SendMessage", e) {
-                    e @ QueueError::Unavailable(_) => {
-                        self.pause(attempt, &e.to_string()).await?;
-                        attempt += 1;
-                    }
-                    e => return Err(e),
-                },
+            for m in &got {
+                let Some(handle) = m.receipt_handle() else { continue };
+                if user_attr(m, ATTR_HOLD) != Some(key) {
+                    others.push(handle.to_string());
+                    continue;
+                }
+                let tenant = user_attr(m, ATTR_TENANT).unwrap_or_default();
+                let group = user_attr(m, ATTR_GROUP).unwrap_or_default();
+                let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, m.message_id().unwrap_or_default().as_bytes()).simple().to_string();
+                let entry = Self::entry(group, &id, m.body().unwrap_or_default().to_string(), &dedup_of(m), tenant);
+                self.send_batch(&self.urls[lane_of(tenant, self.urls.len())], vec![entry]).await?;
+                self.settle(&self.held_url, &[handle.to_string()], None).await?;
+                moved += 1;
             }
         }
-        self.ack(std::slice::from_ref(receipt)).await
+        self.settle(&self.held_url, &others, Some(Duration::ZERO)).await?;
+        Ok(moved)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -627,7 +687,8 @@ impl SpikeQueue for SqsQueue {
             in_flight += f;
         }
         let (dead, dead_in_flight) = self.attribute_counts(&self.dlq_url).await?;
-        Ok(QueueStats { visible, in_flight, dead: dead + dead_in_flight, oldest_age_ms: 0 })
+        let (held, held_in_flight) = self.attribute_counts(&self.held_url).await?;
+        Ok(QueueStats { visible, in_flight, dead: dead + dead_in_flight, held: held + held_in_flight, oldest_age_ms: 0 })
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -2,6 +2,7 @@
 //! for a remote one (DynamoDB answers a transaction in about 5-10 ms) in benchmarks of worker
 //! scaling. `sluice serve --store-latency-ms MIN-MAX` turns it on; it is never on by default.
 
+use crate::control::{Control, Controls, Scope};
 use crate::error::StoreError;
 use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use crate::store::{Membership, MessageStore};
@@ -117,6 +118,14 @@ impl MessageStore for LatencyStore {
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         self.wait().await;
         self.inner.campaign(campaign_id).await
+    }
+    async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.set_control(scope, control).await
+    }
+    async fn controls(&self) -> Result<Controls, StoreError> {
+        self.wait().await;
+        self.inner.controls().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

@@ -7,11 +7,13 @@
 //!   queue, sessions/fan-out, analytics sink), each method documenting its contract.
 //! - [`frames`]: the WebSocket client contract v1 (JSON frames) and [`error::ErrorCode`].
 //! - [`fanout`]: what happens after a message or read commits (live pushes, analytics).
+//! - [`control`]: the operator's pause, resume and rate of the drain, a tenant or a campaign.
 //! - [`governor`]: the drain governor (AIMD on interactive latency and store throttling).
 //! - [`limits`]: per-user and per-address rate limits and leases shared by every gateway.
 //! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
 
 pub mod backoff;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod fanout;

@@ -93,6 +93,8 @@ pub struct QueueStats {
     pub visible: u64,
     pub in_flight: u64,
     pub dead: u64,
+    /// Messages held by an operator's pause.
+    pub held: u64,
     /// Age of the oldest message not yet acked, in ms (0 when empty).
     pub oldest_age_ms: u64,
 }
@@ -135,4 +137,13 @@ pub trait SpikeQueue: Send + Sync + 'static {
 
     /// Moves up to `limit` dead letters back to the queue (receive count reset); returns how many.
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError>;
+
+    /// Moves an in-flight message to the held area under `key` (an operator's pause of the
+    /// key's scope). It keeps its group, tenant and body, and waits there, durably and
+    /// without being received, until [`SpikeQueue::release_held`] of its key.
+    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError>;
+
+    /// Moves up to `limit` messages held under `key` back to the queue (receive count reset),
+    /// in the order they were held; returns how many.
+    async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError>;
 }

@@ -1,6 +1,7 @@
 //! The message store port: messages with per-room seq, rooms and members, inbox rows with
 //! unread counters, per-user totals and campaign progress.
 
+use crate::control::{Control, Controls, Scope};
 use crate::error::StoreError;
 use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, MAX_INBOX_LIMIT, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use async_trait::async_trait;
@@ -89,6 +90,12 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// A campaign's progress.
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError>;
+
+    /// Sets the operator's control of `scope`, durably; the default control removes it.
+    async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError>;
+
+    /// Every control in force (strongly consistent: a control set before is seen).
+    async fn controls(&self) -> Result<Controls, StoreError>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -26,6 +26,7 @@ use crate::codec::{decode, encode, store_err};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::model::{
     Campaign, HistoryQuery, Inbox, InboxPage, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
@@ -61,6 +62,8 @@ const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::
 const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
 const CAMPAIGN_OWNERS: TableDefinition<&str, &str> = TableDefinition::new("campaign_owners");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Operator controls of the drain: scope key -> control.
+const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drain_controls");
 /// The key in `meta` of the counters' version.
 const COUNTERS_VERSION: &str = "counters_version";
 
@@ -1094,6 +1097,44 @@ impl MessageStore for EmbeddedStore {
             let Some(v) = t.get(id.as_str())? else { return Ok(None) };
             let owner = txn.open_table(CAMPAIGN_OWNERS)?.get(id.as_str())?.map(|o| o.value().to_string());
             Ok(Some(decode::<CampaignRec>(v.value())?.to_campaign(&id, owner.as_deref())))
+        })
+        .await
+    }
+
+    async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
+        // Rare and tiny: written beside the writer thread (redb serializes write transactions).
+        let (db, key) = (self.inner.db.clone(), scope.key());
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(store_err)?;
+            {
+                let mut t = txn.open_table(CONTROLS).map_err(store_err)?;
+                if control.is_default() {
+                    t.remove(key.as_str()).map_err(store_err)?;
+                } else {
+                    t.insert(key.as_str(), encode(&control).as_slice()).map_err(store_err)?;
+                }
+            }
+            txn.commit().map_err(store_err)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    async fn controls(&self) -> Result<Controls, StoreError> {
+        self.read(|txn| {
+            let t = match txn.open_table(CONTROLS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Controls::default()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut entries = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if let Some(scope) = Scope::parse(k.value()) {
+                    entries.push((scope, decode::<Control>(v.value())?));
+                }
+            }
+            Ok(Controls { entries })
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! Fault-injecting wrappers around any backend, for failure tests.
 
 use async_trait::async_trait;
+use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::{QueueError, StoreError};
 use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
@@ -75,6 +76,12 @@ impl SpikeQueue for FaultyQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(limit).await
     }
+    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
+        self.inner.hold(receipt, key).await
+    }
+    async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
+        self.inner.release_held(key, limit).await
+    }
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
         self.inner.redrive(limit).await
     }
@@ -141,6 +148,12 @@ impl MessageStore for FaultyStore {
     }
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         self.inner.campaign(campaign_id).await
+    }
+    async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
+        self.inner.set_control(scope, control).await
+    }
+    async fn controls(&self) -> Result<Controls, StoreError> {
+        self.inner.controls().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

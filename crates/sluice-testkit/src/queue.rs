@@ -14,7 +14,8 @@ macro_rules! queue_conformance {
         $crate::__queue_tests!($make;
             order_within_group_and_group_blocking, visibility_timeout_redelivers, release_and_extend,
             dead_letter_keeps_reason_and_redrives, deduplicates_within_window, stale_receipts_are_refused,
-            groups_never_processed_concurrently, a_small_tenant_is_not_held_behind_a_large_one);
+            groups_never_processed_concurrently, a_small_tenant_is_not_held_behind_a_large_one,
+            held_messages_wait_until_released_by_key);
     };
 }
 
@@ -212,4 +213,52 @@ pub async fn a_small_tenant_is_not_held_behind_a_large_one(q: Arc<dyn SpikeQueue
     let last_small = order.iter().rposition(|t| t == "small").expect("small was delivered");
     assert_eq!(order.iter().filter(|t| *t == "small").count(), 10);
     assert!(last_small < 150, "small's last message went out at position {last_small} of 310: behind big's backlog");
+}
+
+/// A paused scope's messages are moved aside under its key, are not received while held, and
+/// come back (receive count reset, tenant and group kept) when their key is released.
+pub async fn held_messages_wait_until_released_by_key(q: Arc<dyn SpikeQueue>) {
+    q.send(vec![
+        tenant_msg("acme", "r1", "a1"),
+        tenant_msg("acme", "r2", "a2"),
+        tenant_msg("globex", "r3", "g1"),
+        tenant_msg("acme", "r4", "a3"),
+    ])
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let batch = q.receive(10, WAIT, LONG).await.unwrap();
+        assert!(!batch.is_empty());
+        got.extend(batch);
+    }
+    got.sort_by(|a, b| a.dedup_id.cmp(&b.dedup_id));
+    for d in &got {
+        let key = if d.tenant == "acme" { "tenant:acme" } else { "tenant:globex" };
+        q.hold(&d.receipt, key).await.unwrap();
+    }
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight, stats.held), (0, 0, 4), "{stats:?}");
+    assert!(q.receive(10, SHORT_WAIT, LONG).await.unwrap().is_empty(), "held messages are not received");
+    assert_eq!(q.release_held("tenant:nobody", 10).await.unwrap(), 0);
+    assert_eq!(q.release_held("tenant:acme", 10).await.unwrap(), 3);
+    assert_eq!(q.stats().await.unwrap().held, 1);
+    let mut back = Vec::new();
+    while back.len() < 3 {
+        let batch = q.receive(10, WAIT, LONG).await.unwrap();
+        assert!(!batch.is_empty(), "released messages are received again");
+        back.extend(batch);
+    }
+    back.sort_by(|a, b| a.dedup_id.cmp(&b.dedup_id));
+    let seen: Vec<(&str, &str, &str, u32)> =
+        back.iter().map(|d| (d.dedup_id.as_str(), d.group.as_str(), d.tenant.as_str(), d.receive_count)).collect();
+    assert_eq!(seen, vec![("a1", "r1", "acme", 1), ("a2", "r2", "acme", 1), ("a3", "r4", "acme", 1)]);
+    assert_eq!(back[0].body, Bytes::from("body of a1"));
+    q.ack(&back.iter().map(|d| d.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+    assert!(q.receive(10, SHORT_WAIT, LONG).await.unwrap().is_empty(), "globex is still held");
+    assert_eq!(q.release_held("tenant:globex", 10).await.unwrap(), 1);
+    let g = q.receive(10, WAIT, LONG).await.unwrap();
+    assert_eq!((g.len(), g[0].dedup_id.as_str()), (1, "g1"));
+    q.ack(&[g[0].receipt.clone()]).await.unwrap();
+    assert_eq!(q.stats().await.unwrap().held, 0);
 }

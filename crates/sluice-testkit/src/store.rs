@@ -1,5 +1,6 @@
 //! The message store conformance suite (DESIGN.md invariants 1-3 and the data model).
 
+use sluice_core::control::{Control, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::ids;
 use sluice_core::model::{HistoryQuery, InboxPage, MessageKind, NewMessage};
@@ -16,7 +17,8 @@ macro_rules! store_conformance {
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
-            reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters);
+            reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters,
+            drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant);
     };
 }
 
@@ -442,4 +444,36 @@ pub async fn growing_rooms_keep_exact_counters(store: Arc<dyn MessageStore>) {
     assert_eq!(inbox.total_unread, inbox.rooms.iter().map(|r| r.unread).sum::<u64>());
     let row = inbox.rooms.iter().find(|r| r.room == room).unwrap();
     assert_eq!((row.unread, row.read_seq, row.last_seq), (1, 7, 9));
+}
+
+pub async fn drain_controls_are_kept_and_removed(s: Arc<dyn MessageStore>) {
+    assert!(s.controls().await.unwrap().entries.is_empty());
+    let paused = Control { paused: true, rate: None };
+    let (acme, spring) = (Scope::Tenant("acme".into()), Scope::Campaign("spring".into()));
+    s.set_control(&acme, paused).await.unwrap();
+    s.set_control(&spring, paused).await.unwrap();
+    s.set_control(&Scope::Drain, Control { paused: false, rate: Some(250.5) }).await.unwrap();
+    let c = s.controls().await.unwrap();
+    assert_eq!(c.entries.len(), 3, "{c:?}");
+    assert_eq!(c.drain(), Control { paused: false, rate: Some(250.5) });
+    assert_eq!(c.paused_scope("acme", Some("other")), Some(acme.clone()));
+    assert_eq!(c.paused_scope("globex", Some("spring")), Some(spring.clone()));
+    // Setting the default removes a control; setting another value replaces it.
+    s.set_control(&acme, Control::default()).await.unwrap();
+    s.set_control(&spring, Control { paused: false, rate: Some(10.0) }).await.unwrap();
+    let c = s.controls().await.unwrap();
+    assert_eq!(c.paused_scope("acme", Some("spring")), None);
+    assert_eq!(c.entries.len(), 2, "{c:?}");
+    s.set_control(&Scope::Drain, Control::default()).await.unwrap();
+    s.set_control(&spring, Control::default()).await.unwrap();
+    assert!(s.controls().await.unwrap().entries.is_empty());
+}
+
+pub async fn a_campaign_knows_its_tenant(s: Arc<dyn MessageStore>) {
+    s.record_enqueued("c1", &ids::campaign_owner("acme", "mailer"), 1, &users(&["ann"])).await.unwrap();
+    s.record_enqueued("c2", &ids::campaign_owner("shop", "shop"), 1, &users(&["ann"])).await.unwrap();
+    assert_eq!(s.campaign("c1").await.unwrap().unwrap().tenant, "acme");
+    assert_eq!(s.campaign("c2").await.unwrap().unwrap().tenant, "shop");
+    let err = s.record_enqueued("c1", &ids::campaign_owner("globex", "mailer"), 1, &users(&["bob"])).await.unwrap_err();
+    assert!(matches!(err, StoreError::CampaignOwned { .. }), "{err:?}");
 }

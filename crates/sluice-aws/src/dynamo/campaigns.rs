@@ -6,6 +6,7 @@ use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_er
 use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, campaign_shard, get_s, get_u64, key, marker_expiry, n, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
+use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::ids;
 use sluice_core::model::Campaign;
@@ -168,4 +169,62 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
         }
     }
     Ok(Some(c))
+}
+
+/// The partition of the campaigns table that holds the operator's drain controls (`~` is
+/// no character of a campaign id); its sort key is the scope's key.
+const CONTROLS_PARTITION: &str = "~controls";
+
+pub(crate) async fn set_control(store: &DynamoStore, scope: &Scope, control: Control) -> Result<(), StoreError> {
+    let k = key(&[("campaign_id", s(CONTROLS_PARTITION)), ("part", s(scope.key()))]);
+    if control.is_default() {
+        let out = store
+            .client
+            .delete_item()
+            .table_name(&store.t.campaigns)
+            .set_key(Some(k))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| store_error("DeleteItem", e))?;
+        account(&store.metrics, "DeleteItem", Capacity::Write, out.consumed_capacity());
+        return Ok(());
+    }
+    let mut item = k;
+    item.insert("paused".into(), n(u8::from(control.paused)));
+    if let Some(rate) = control.rate {
+        item.insert("rate".into(), n(rate));
+    }
+    let out = store
+        .client
+        .put_item()
+        .table_name(&store.t.campaigns)
+        .set_item(Some(item))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .map_err(|e| store_error("PutItem", e))?;
+    account(&store.metrics, "PutItem", Capacity::Write, out.consumed_capacity());
+    Ok(())
+}
+
+pub(crate) async fn controls(store: &DynamoStore) -> Result<Controls, StoreError> {
+    let q = store
+        .client
+        .query()
+        .table_name(&store.t.campaigns)
+        .key_condition_expression("#c = :c")
+        .expression_attribute_names("#c", "campaign_id")
+        .expression_attribute_values(":c", s(CONTROLS_PARTITION))
+        .consistent_read(true);
+    let items = store.query_all(q, None).await?;
+    let entries = items
+        .iter()
+        .filter_map(|item| {
+            let scope = Scope::parse(get_s(item, "part")?)?;
+            let rate = item.get("rate").and_then(|v| v.as_n().ok()).and_then(|r| r.parse::<f64>().ok());
+            Some((scope, Control { paused: get_u64(item, "paused") == 1, rate }))
+        })
+        .collect();
+    Ok(Controls { entries })
 }

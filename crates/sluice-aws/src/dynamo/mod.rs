@@ -36,6 +36,7 @@ use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnConsumedCapacity, Transac
 use call::{Capacity, TxFailure, account, classify_tx, store_error};
 use items::{Item, RoomMeta, key, s};
 use sluice_core::backoff::Backoff;
+use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
@@ -313,6 +314,14 @@ impl MessageStore for DynamoStore {
 
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         campaigns::campaign(self, campaign_id).await
+    }
+
+    async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
+        campaigns::set_control(self, scope, control).await
+    }
+
+    async fn controls(&self) -> Result<Controls, StoreError> {
+        campaigns::controls(self).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -36,6 +36,8 @@ mod scheduler;
 const Q_MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_messages");
 const Q_RECV: TableDefinition<u64, u32> = TableDefinition::new("queue_receive_counts");
 const Q_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_dead_letters");
+/// Messages held by an operator's pause: (hold key, seq) -> the queued message.
+const Q_HELD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_held");
 
 /// Largest number of messages written in one transaction by `send`.
 const SEND_CHUNK: usize = 20_000;
@@ -133,6 +135,7 @@ struct State {
     dedup_order: VecDeque<(i64, Arc<str>)>,
     next_seq: u64,
     dead: u64,
+    held: u64,
 }
 
 impl State {
@@ -196,11 +199,20 @@ impl EmbeddedQueue {
             dedup_order: VecDeque::new(),
             next_seq: 0,
             dead: 0,
+            held: 0,
         };
         {
             let msgs = txn.open_table(Q_MSGS).map_err(queue_err)?;
             let recv = txn.open_table(Q_RECV).map_err(queue_err)?;
             let dead = txn.open_table(Q_DEAD).map_err(queue_err)?;
+            let held = txn.open_table(Q_HELD).map_err(queue_err)?;
+            state.held = held.len().map_err(queue_err)?;
+            let last_held = held
+                .iter()
+                .map_err(queue_err)?
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .try_fold(0u64, |m, s| s.map(|s| m.max(s)))
+                .map_err(queue_err)?;
             let now = now_ms();
             let window = config.dedup_window.as_millis() as i64;
             for entry in msgs.iter().map_err(queue_err)? {
@@ -218,7 +230,7 @@ impl EmbeddedQueue {
             state.dedup_order.make_contiguous().sort();
             let last_msg = msgs.last().map_err(queue_err)?.map(|(k, _)| k.value()).unwrap_or(0);
             let last_dead = dead.last().map_err(queue_err)?.map(|(k, _)| k.value()).unwrap_or(0);
-            state.next_seq = last_msg.max(last_dead) + 1;
+            state.next_seq = last_msg.max(last_dead).max(last_held) + 1;
             state.dead = dead.len().map_err(queue_err)?;
         }
         txn.commit().map_err(queue_err)?;
@@ -425,6 +437,68 @@ impl EmbeddedQueue {
         Ok(moved.len())
     }
 
+    async fn hold_now(&self, r: Receipt, key: String) -> Result<(), QueueError> {
+        let seq = {
+            let st = self.state();
+            *self
+                .current(&st, std::slice::from_ref(&r))?
+                .first()
+                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
+        };
+        let moved = self
+            .write(move |txn| {
+                let mut msgs = txn.open_table(Q_MSGS)?;
+                let mut recv = txn.open_table(Q_RECV)?;
+                let mut held = txn.open_table(Q_HELD)?;
+                let Some(v) = msgs.remove(seq)? else { return Ok(false) };
+                recv.remove(seq)?;
+                held.insert((key.as_str(), seq), v.value())?;
+                Ok(true)
+            })
+            .await?;
+        let mut st = self.state();
+        if st.sched.remove(seq) && moved {
+            st.held += 1;
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn release_held_now(&self, key: String, limit: usize) -> Result<usize, QueueError> {
+        let _guard = self.inner.send_lock.lock().await;
+        let first_seq = self.state().next_seq;
+        let moved = self
+            .write(move |txn| {
+                let mut held = txn.open_table(Q_HELD)?;
+                let mut msgs = txn.open_table(Q_MSGS)?;
+                let keys: Vec<u64> = held
+                    .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
+                    .take(limit)
+                    .map(|e| e.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?;
+                let mut moved = Vec::with_capacity(keys.len());
+                for (i, old) in keys.into_iter().enumerate() {
+                    let Some(v) = held.remove((key.as_str(), old))? else { continue };
+                    let rec = decode_qrec(v.value())?;
+                    let seq = first_seq + i as u64;
+                    msgs.insert(seq, encode(&rec).as_slice())?;
+                    moved.push((seq, rec.group, rec.tenant, rec.enqueued_at_ms));
+                }
+                Ok(moved)
+            })
+            .await?;
+        let mut st = self.state();
+        for (seq, group, tenant, at) in &moved {
+            st.sched.push(*seq, group, tenant, 0, *at);
+            st.next_seq = st.next_seq.max(seq + 1);
+        }
+        st.held -= moved.len() as u64;
+        drop(st);
+        self.inner.notify.notify_waiters();
+        Ok(moved.len())
+    }
+
     /// Writes receive counts and reads bodies for messages just picked.
     async fn deliver(&self, picked: Vec<(u64, u32)>) -> Result<Vec<Delivery>, QueueError> {
         let p = picked.clone();
@@ -558,7 +632,13 @@ impl SpikeQueue for EmbeddedQueue {
         st.sched.expire(Instant::now());
         let total = st.sched.entries.len() as u64;
         let oldest = st.sched.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
-        Ok(QueueStats { visible: total - st.sched.in_flight, in_flight: st.sched.in_flight, dead: st.dead, oldest_age_ms: oldest })
+        Ok(QueueStats {
+            visible: total - st.sched.in_flight,
+            in_flight: st.sched.in_flight,
+            dead: st.dead,
+            held: st.held,
+            oldest_age_ms: oldest,
+        })
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -589,5 +669,15 @@ impl SpikeQueue for EmbeddedQueue {
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
         let this = self.clone();
         detached(async move { this.redrive_now(limit).await }).await
+    }
+
+    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
+        let (this, r, key) = (self.clone(), receipt.clone(), key.to_string());
+        detached(async move { this.hold_now(r, key).await }).await
+    }
+
+    async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
+        let (this, key) = (self.clone(), key.to_string());
+        detached(async move { this.release_held_now(key, limit).await }).await
     }
 }
