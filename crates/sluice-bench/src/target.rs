@@ -38,6 +38,14 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Grpc = ChatServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// A gRPC client of the server at `addr`, calling with the service token.
+pub async fn connect(addr: std::net::SocketAddr, service_token: &str) -> anyhow::Result<Grpc> {
+    let channel =
+        Channel::from_shared(format!("http://{addr}"))?.connect().await.with_context(|| format!("cannot connect to gRPC at {addr}"))?;
+    let bearer = Bearer(format!("Bearer {service_token}").parse()?);
+    Ok(ChatServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
 /// How to start a server: the `sluice` program, extra arguments and environment.
 pub struct Launch<'a> {
     pub program: &'a Path,
@@ -136,9 +144,7 @@ impl Target {
     }
 
     pub async fn grpc(&self) -> anyhow::Result<Grpc> {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))?.connect().await.context("gRPC connect")?;
-        let bearer = Bearer(format!("Bearer {}", self.service_token).parse()?);
-        Ok(ChatServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+        connect(self.grpc, &self.service_token).await
     }
 
     /// Every sample of `/metrics`, keyed by name and labels as exposed

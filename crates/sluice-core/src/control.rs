@@ -9,6 +9,11 @@
 //! message, and survives restarts of every process.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How often workers read the controls: a pause takes effect within about this long (plus
+/// the batches in hand).
+pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// What a control applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

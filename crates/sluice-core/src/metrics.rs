@@ -47,6 +47,14 @@ pub struct Metrics {
     pub drain_cuts: IntCounter,
     /// Bulk-lane store calls that failed retryably (throttling, conflicts), as the governor counts them.
     pub bulk_store_failures: IntCounter,
+    /// Queue messages acked after commit, by tenant (tenants are companies: a bounded set).
+    pub tenant_drained: IntCounterVec,
+    /// Queue messages moved to the held area by an operator's pause.
+    pub held: IntCounter,
+    /// Spike queue: messages in the held area.
+    pub queue_held: IntGauge,
+    /// 1 while an operator has paused the whole drain.
+    pub drain_paused: IntGauge,
 }
 
 impl Metrics {
@@ -112,6 +120,13 @@ impl Metrics {
                 "bulk_store_failures_total",
                 "Bulk-lane store calls that failed retryably (throttling, conflicts)"
             )),
+            tenant_drained: reg!(IntCounterVec::new(
+                Opts::new("tenant_drained_total", "Queue messages acked after commit, by tenant"),
+                &["tenant"]
+            )),
+            held: reg!(IntCounter::new("held_total", "Queue messages moved aside by an operator's pause of their tenant or campaign")),
+            queue_held: reg!(IntGauge::new("queue_held", "Spike queue: messages held by an operator's pause")),
+            drain_paused: reg!(IntGauge::new("drain_paused", "1 while an operator has paused the whole drain")),
             events_written: reg!(IntCounter::new("analytics_events_written_total", "Analytics events written to the sink")),
             registry,
         }

@@ -5,6 +5,7 @@ use crate::App;
 use crate::auth::bearer;
 use crate::chat::BulkSend;
 use futures::Stream;
+use sluice_core::control::{Control, Scope};
 use sluice_core::hub::{Hub, LiveEvent};
 use sluice_proto::convert;
 use sluice_proto::v1::chat_service_server::{ChatService, ChatServiceServer};
@@ -95,7 +96,8 @@ impl ChatService for Grpc {
 
     async fn get_campaign(&self, req: Request<v1::GetCampaignRequest>) -> Result<Response<v1::GetCampaignResponse>, Status> {
         let r = req.into_inner();
-        let c = self.app.campaign(&r.campaign_id, r.tenant.as_deref()).await?;
+        let s = self.app.campaign_status(&r.campaign_id, r.tenant.as_deref()).await?;
+        let c = s.campaign;
         Ok(Response::new(v1::GetCampaignResponse {
             done: c.done(),
             tenant: c.tenant,
@@ -104,6 +106,24 @@ impl ChatService for Grpc {
             enqueued: c.enqueued,
             persisted: c.persisted,
             dead_lettered: c.dead_lettered,
+            state: s.state.into(),
+            rate: s.rate,
+            eta_secs: s.eta_secs,
+        }))
+    }
+
+    async fn set_drain_control(&self, req: Request<v1::SetDrainControlRequest>) -> Result<Response<v1::DrainControl>, Status> {
+        let r = req.into_inner();
+        let scope = scope_from(r.scope)?;
+        let c = self.app.set_control(scope.clone(), r.paused, r.rate).await?;
+        Ok(Response::new(control_to(&scope, c)))
+    }
+
+    async fn get_drain_controls(&self, _: Request<v1::GetDrainControlsRequest>) -> Result<Response<v1::GetDrainControlsResponse>, Status> {
+        let (controls, held) = self.app.drain_controls().await?;
+        Ok(Response::new(v1::GetDrainControlsResponse {
+            controls: controls.entries.iter().map(|(s, c)| control_to(s, *c)).collect(),
+            held,
         }))
     }
 
@@ -213,4 +233,24 @@ fn event(ev: &LiveEvent) -> Option<v1::Event> {
         LiveEvent::Typing { .. } => return None,
     };
     Some(v1::Event { event: Some(e) })
+}
+
+fn scope_from(scope: Option<v1::DrainScope>) -> Result<Scope, Status> {
+    use v1::drain_scope::Scope as S;
+    match scope.and_then(|s| s.scope) {
+        Some(S::Drain(_)) => Ok(Scope::Drain),
+        Some(S::Tenant(t)) => Ok(Scope::Tenant(t)),
+        Some(S::CampaignId(c)) => Ok(Scope::Campaign(c)),
+        None => Err(Status::invalid_argument("bad_frame: scope: one of drain, tenant or campaign_id is required")),
+    }
+}
+
+fn control_to(scope: &Scope, c: Control) -> v1::DrainControl {
+    use v1::drain_scope::Scope as S;
+    let scope = match scope {
+        Scope::Drain => S::Drain(true),
+        Scope::Tenant(t) => S::Tenant(t.clone()),
+        Scope::Campaign(c) => S::CampaignId(c.clone()),
+    };
+    v1::DrainControl { scope: Some(v1::DrainScope { scope: Some(scope) }), paused: c.paused, rate: c.rate }
 }

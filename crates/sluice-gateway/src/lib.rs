@@ -4,6 +4,7 @@
 //! - [`ws`]: the WebSocket contract v1, one session per socket.
 //! - [`grpc`]: `sluice.v1.ChatService` for internal services and the bulk scheduler.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and a small browser demo at `/`.
+//! - [`control`]: the operator's pause, resume and rate of the drain; campaign state and ETA.
 //! - [`auth`]: user JWTs and the service token; [`error`]: one error type for both transports.
 //!
 //! The gateway is stateless: sessions live in the hub, data in the store and queue, so any
@@ -11,6 +12,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod control;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -101,6 +103,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub limits: Limits,
+    /// Each campaign's last read, for its rate in GetCampaign.
+    pub campaign_rates: control::CampaignRates,
     /// Cancelled on shutdown: sessions close with 1001, streams end.
     pub shutdown: CancellationToken,
 }

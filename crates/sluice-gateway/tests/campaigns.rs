@@ -1,6 +1,7 @@
 //! Campaign accounting through the gateway's own operations (`App::enqueue_bulk`), on the
 //! embedded backends, with a queue that can hold sends at the door.
 
+use sluice_core::control::Scope;
 use sluice_core::events::NoEvents;
 use sluice_core::fanout::Fanout;
 use sluice_core::metrics::Metrics;
@@ -20,14 +21,19 @@ fn bulk<'a>(campaign_id: &'a str, sender: &'a str, recipients: &'a [String], bod
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     app: Arc<App>,
     queue: Arc<FaultyQueue>,
     worker: Worker,
 }
 
 fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
+    env_in(tempfile::tempdir().unwrap())
+}
+
+/// The backends on the files in `dir`: a second `Env` on the same dir after the first is
+/// dropped is a restart.
+fn env_in(dir: tempfile::TempDir) -> Env {
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
     let inner = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
     let queue = Arc::new(FaultyQueue::new(inner));
@@ -43,10 +49,11 @@ fn env() -> Env {
         metrics: metrics.clone(),
         auth: Auth::new(b"campaign-test-secret-campaign-test", "svc"),
         limits: Limits::default(),
+        campaign_rates: Default::default(),
         shutdown: CancellationToken::new(),
     });
     let backends = Backends { store, queue: queue.clone(), fanout, limiter: Arc::new(sluice_core::limits::LocalLimiter::new()), metrics };
-    Env { _dir: dir, app, queue, worker: Worker::new(backends, WorkerConfig::default()) }
+    Env { dir, app, queue, worker: Worker::new(backends, WorkerConfig::default()) }
 }
 
 /// Persists everything queued right now.
@@ -151,4 +158,104 @@ async fn a_campaign_belongs_to_its_tenant() {
     assert_eq!((c.tenant.as_str(), c.requested, c.enqueued, c.persisted, c.done()), ("acme", 4, 2, 2, true));
     assert_eq!(e.app.campaign("sale", Some("globex")).await.unwrap_err().grpc, tonic::Code::NotFound);
     assert_eq!(e.app.campaign("sale", None).await.unwrap().tenant, "acme");
+}
+
+/// Pausing a campaign holds its messages (the other tenant's campaign drains), the pause and
+/// the held messages survive a restart, and a resume drains the campaign exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_campaign_is_held_across_a_restart_and_drains_once_resumed() {
+    let (a_users, b_users) = (users(&["ann", "bob", "cid"]), users(&["dan", "eve"]));
+    let e = env();
+    let paused = Scope::Campaign("a".into());
+    e.app.set_control(paused.clone(), Some(true), None).await.unwrap();
+    e.worker.refresh_controls().await;
+    e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("a", "shop-a", &a_users, "from a") }).await.unwrap();
+    e.app.enqueue_bulk(BulkSend { tenant: Some("globex"), ..bulk("b", "shop-b", &b_users, "from b") }).await.unwrap();
+    drain(&e).await;
+    let a = e.app.campaign_status("a", None).await.unwrap();
+    assert_eq!((a.state, a.campaign.persisted, a.eta_secs), ("paused", 0, None));
+    assert_eq!(e.app.campaign_status("b", None).await.unwrap().state, "done", "another tenant's campaign drains");
+    assert_eq!(e.queue.stats().await.unwrap().held, 3);
+
+    let dir = e.dir;
+    drop((e.app, e.worker, e.queue));
+    let e = env_in(dir);
+    e.worker.refresh_controls().await;
+    drain(&e).await;
+    assert_eq!(e.app.campaign_status("a", None).await.unwrap().state, "paused", "the pause survives a restart");
+    assert_eq!(e.queue.stats().await.unwrap().held, 3, "the held messages too");
+    assert_eq!(e.app.drain_controls().await.unwrap().1, 3);
+
+    let c = e.app.set_control(paused.clone(), Some(false), None).await.unwrap();
+    assert!(!c.paused);
+    // A worker that sees the resume sends the held messages back.
+    e.worker.refresh_controls().await;
+    eventually("the held messages are released", || async { e.queue.stats().await.unwrap().held == 0 }).await;
+    assert_eq!(e.app.release_held(&paused).await, 0, "nothing is left to release");
+    drain(&e).await;
+    let a = e.app.campaign_status("a", None).await.unwrap();
+    assert_eq!((a.state, a.campaign.persisted, a.campaign.dead_lettered), ("done", 3, 0));
+    for u in ["ann", "bob", "cid"] {
+        assert_eq!(e.app.inbox(u, None, None).await.unwrap().total_unread, 1, "{u} got campaign a once");
+    }
+    assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty(), "a resumed campaign leaves no control behind");
+}
+
+/// A rate belongs to the whole drain; tenants and campaigns are paused, not rated. Bad
+/// scopes and rates are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_controls_refuse_what_they_cannot_apply() {
+    let e = env();
+    let err = e.app.set_control(Scope::Tenant("acme".into()), None, Some(10.0)).await.unwrap_err();
+    assert_eq!(err.grpc, tonic::Code::InvalidArgument, "{}", err.message);
+    assert_eq!(e.app.set_control(Scope::Drain, None, Some(-1.0)).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
+    assert_eq!(e.app.set_control(Scope::Drain, None, Some(f64::NAN)).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
+    assert_eq!(e.app.set_control(Scope::Tenant("a b".into()), Some(true), None).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
+    assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty());
+    let c = e.app.set_control(Scope::Drain, None, Some(500.0)).await.unwrap();
+    assert_eq!((c.paused, c.rate), (false, Some(500.0)));
+    let c = e.app.set_control(Scope::Drain, Some(true), None).await.unwrap();
+    assert_eq!((c.paused, c.rate), (true, Some(500.0)), "pausing keeps the rate");
+    let c = e.app.set_control(Scope::Drain, Some(false), Some(0.0)).await.unwrap();
+    assert_eq!((c.paused, c.rate), (false, None), "rate 0 removes it");
+    assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty());
+}
+
+/// Waits up to 30 s for `check`; panics with `what` otherwise.
+async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within 30 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With workers running: while the whole drain is paused nothing is received; a paused
+/// tenant's messages are held, not persisted; its resume drains them, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_workers_follow_drain_and_tenant_pauses() {
+    let Env { dir: _dir, app, queue, worker } = env();
+    let worker = Arc::new(worker);
+    app.set_control(Scope::Drain, Some(true), None).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(shutdown.clone()));
+    let recipients = users(&["ann", "bob", "cid"]);
+    app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("t1", "shop", &recipients, "hi") }).await.unwrap();
+    tokio::time::sleep(3 * sluice_core::control::REFRESH).await;
+    let s = queue.stats().await.unwrap();
+    assert_eq!((s.visible, s.in_flight, s.held), (3, 0, 0), "a paused drain receives nothing");
+    assert_eq!(app.campaign_status("t1", None).await.unwrap().state, "paused");
+
+    app.set_control(Scope::Tenant("acme".into()), Some(true), None).await.unwrap();
+    app.set_control(Scope::Drain, Some(false), None).await.unwrap();
+    eventually("the paused tenant's messages are held", || async { queue.stats().await.unwrap().held == 3 }).await;
+    assert_eq!(app.campaign("t1", None).await.unwrap().persisted, 0);
+
+    app.set_control(Scope::Tenant("acme".into()), Some(false), None).await.unwrap();
+    eventually("the resumed tenant's campaign is done", || async { app.campaign("t1", None).await.unwrap().done() }).await;
+    let c = app.campaign("t1", None).await.unwrap();
+    assert_eq!((c.persisted, c.dead_lettered), (3, 0));
+    assert_eq!(queue.stats().await.unwrap().held, 0);
+    shutdown.cancel();
+    run.await.unwrap();
 }

@@ -67,6 +67,7 @@ async fn gateway() -> Gateway {
         metrics: Arc::new(Metrics::new()),
         auth: Auth::new(b"live-test-secret-live-test-secret", "svc"),
         limits: Limits::default(),
+        campaign_rates: Default::default(),
         shutdown: shutdown.clone(),
     });
     app.create_room("club", &["alice".into(), "bob".into()]).await.unwrap();

@@ -17,11 +17,17 @@
 //! acked only after its commit, so a crash between commit and ack means a redelivery, which
 //! the store recognises by msg_id (invariant 2).
 //!
+//! Operator controls ([`sluice_core::control`]), read from the store every second: while the
+//! whole drain is paused the pollers receive nothing; an operator's drain rate caps the
+//! fleet's budget; a message of a paused tenant or campaign is moved to the queue's held
+//! area under its scope's key instead of being persisted (a resume releases it).
+//!
 //! Shutdown: on cancellation the pollers stop receiving, finish the batch in hand (persist,
 //! ack) and return; nothing unpersisted is acked.
 
 use futures::future::join_all;
 use sluice_core::backoff::Backoff;
+use sluice_core::control::{Controls, Scope};
 use sluice_core::fanout::{Fanout, Ticket};
 use sluice_core::governor::{Adjustment, Governor, GovernorConfig, INTERACTIVE_P99_KEY};
 use sluice_core::limits::Limiter;
@@ -29,13 +35,14 @@ use sluice_core::metrics::Metrics;
 use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
 use sluice_core::store::MessageStore;
 use sluice_proto::convert::decode_queued;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The lending bucket of the fleet's drain budget in the limits port.
 const FLEET_BUDGET_KEY: &str = "drain:fleet";
+use sluice_core::control::REFRESH as CONTROL_REFRESH;
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -93,18 +100,66 @@ pub struct Worker {
     governor: Governor,
     /// Retryable store failures of the bulk lane since the governor's last tick.
     store_failures: AtomicU64,
+    /// The operator's controls as last read.
+    controls: RwLock<Arc<Controls>>,
 }
 
 impl Worker {
     pub fn new(b: Backends, config: WorkerConfig) -> Self {
-        Worker { governor: Governor::new(config.governor), b, config, store_failures: AtomicU64::new(0) }
+        Worker { governor: Governor::new(config.governor), b, config, store_failures: AtomicU64::new(0), controls: RwLock::default() }
+    }
+
+    fn controls(&self) -> Arc<Controls> {
+        self.controls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the operator's controls; on failure the last ones read stay in force.
+    pub async fn refresh_controls(&self) {
+        match self.b.store.controls().await {
+            Ok(c) => {
+                self.b.metrics.drain_paused.set(i64::from(c.drain().paused));
+                let before = std::mem::replace(&mut *self.controls.write().unwrap_or_else(|p| p.into_inner()), Arc::new(c.clone()));
+                // A message this worker held on its last view, after the resume was set,
+                // would wait for good: whoever sees a resume releases the scope's messages.
+                for (scope, _) in before.entries.iter().filter(|(s, ctl)| ctl.paused && *s != Scope::Drain) {
+                    if !c.entries.iter().any(|(s, ctl)| s == scope && ctl.paused) {
+                        let (queue, key) = (self.b.queue.clone(), scope.key());
+                        tokio::spawn(async move {
+                            while let Ok(n) = queue.release_held(&key, 10_000).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the drain controls; the last ones read stay in force"),
+        }
+    }
+
+    async fn watch_controls(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(CONTROL_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.refresh_controls().await,
+            }
+        }
     }
 
     /// Runs the pollers until `shutdown` is cancelled and their batches are finished.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // A pause in force when the worker starts holds from its first receive.
+        self.refresh_controls().await;
         let control = {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.govern(s).await })
+        };
+        let controls = {
+            let (w, s) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move { w.watch_controls(s).await })
         };
         let pollers = (0..self.config.concurrency.max(1)).map(|_| {
             let (w, s) = (self.clone(), shutdown.clone());
@@ -116,6 +171,7 @@ impl Worker {
             }
         }
         control.abort();
+        controls.abort();
     }
 
     /// The drain governor's control loop: every tick, the signals of the tick just ended set
@@ -157,6 +213,12 @@ impl Worker {
         let backoff = Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(5), max_attempts: u32::MAX };
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            if self.controls().drain().paused {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(CONTROL_REFRESH) => continue,
+                }
+            }
             // No more than about a tick of the admitted rate at a time.
             let max = self.governor.batch_hint(self.config.batch_size);
             let received = tokio::select! {
@@ -201,7 +263,14 @@ impl Worker {
     /// How long `n` more messages wait for the fleet's budget (none when there is no budget,
     /// or the limits backend cannot be reached: the worker's own governor still holds).
     async fn fleet_wait(&self, n: u64) -> Duration {
-        let Some(rate) = self.config.fleet_rate else { return Duration::ZERO };
+        let operator = self.controls().drain().rate;
+        let rate = match (self.config.fleet_rate, operator) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(r) => r,
+                None => return Duration::ZERO,
+            },
+        };
         let burst = rate * self.governor.config().tick.as_secs_f64();
         self.b.limiter.lend(FLEET_BUDGET_KEY, n, rate, burst).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "fleet drain budget unavailable; only this worker's governor limits the drain");
@@ -212,6 +281,7 @@ impl Worker {
     /// Processes one received batch; false when something failed in a retryable way.
     pub async fn process(&self, batch: Vec<Delivery>) -> bool {
         let m = &self.b.metrics;
+        let controls = self.controls();
         let mut work = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
         for d in batch {
@@ -219,6 +289,14 @@ impl Worker {
                 Ok(msg) if d.receive_count > self.config.max_receives => {
                     let reason = format!("received {} times without completing", d.receive_count);
                     self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                }
+                Ok(msg) if let Some(scope) = controls.paused_scope(tenant_of(&d, &msg), msg.campaign_id.as_deref()) => {
+                    match self.b.queue.hold(&d.receipt, &scope.key()).await {
+                        Ok(()) => m.held.inc(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, %scope, "cannot hold a message of a paused scope; it returns after its visibility timeout")
+                        }
+                    }
                 }
                 Ok(msg) => {
                     work.push(d);
@@ -248,12 +326,14 @@ impl Worker {
             }
         };
         let mut acks = Vec::with_capacity(work.len());
+        let mut tenants = Vec::with_capacity(work.len());
         let mut done = Vec::with_capacity(work.len());
         let mut all_ok = true;
         for (((d, msg), r), ticket) in work.iter().zip(&messages).zip(results).zip(tickets) {
             match r {
                 Ok(p) => {
                     acks.push(d.receipt.clone());
+                    tenants.push(tenant_of(d, msg));
                     done.push((p, ticket));
                 }
                 Err(e) if e.is_retryable() => {
@@ -271,6 +351,9 @@ impl Worker {
             all_ok = false;
         } else {
             m.drained.inc_by(acks.len() as u64);
+            for t in tenants {
+                m.tenant_drained.with_label_values(&[t]).inc();
+            }
         }
         for (p, ticket) in done {
             if p.duplicate {
@@ -336,6 +419,12 @@ impl Worker {
     }
 }
 
+/// The tenant a queued message is drained for: messages queued before tenants existed
+/// belong to their sender, as their campaigns do.
+fn tenant_of<'a>(d: &'a Delivery, msg: &'a sluice_core::model::NewMessage) -> &'a str {
+    if d.tenant.is_empty() { &msg.sender } else { &d.tenant }
+}
+
 /// Publishes the queue's depth, in-flight count, age of the oldest message and dead-letter
 /// depth to metrics every `every`, until cancelled.
 pub async fn watch_queue(queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
@@ -350,6 +439,7 @@ pub async fn watch_queue(queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, ever
             metrics.queue_in_flight.set(s.in_flight as i64);
             metrics.queue_oldest_age_seconds.set(s.oldest_age_ms as f64 / 1000.0);
             metrics.dead_letter_depth.set(s.dead as i64);
+            metrics.queue_held.set(s.held as i64);
         }
     }
 }

@@ -34,6 +34,11 @@ pub enum Command {
     Token(TokenArgs),
     /// Inspect or redrive the dead-letter queue (embedded: while the server is stopped).
     Dlq(DlqArgs),
+    /// Pause, resume or set the rate of the drain, or pause and resume one tenant's or one
+    /// campaign's, on a running server (over gRPC with the service token). Durable.
+    Drain(DrainArgs),
+    /// Pause, resume or show one campaign on a running server (`drain ... --campaign`).
+    Campaign(CampaignArgs),
     /// Run a benchmark scenario with real clients; results go to docs/benchmarks/.
     Bench(sluice_bench::BenchArgs),
 }
@@ -291,5 +296,63 @@ pub enum DlqAction {
     Redrive {
         #[arg(long, default_value_t = 1_000_000)]
         limit: usize,
+    },
+}
+
+/// How the control commands reach a running server.
+#[derive(Debug, Clone, Args)]
+pub struct ControlTarget {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The gRPC address of a running gateway.
+    #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub target: ControlTarget,
+    /// Apply to this tenant's campaigns only.
+    #[arg(long, global = true, conflicts_with = "campaign")]
+    pub tenant: Option<String>,
+    /// Apply to this campaign only.
+    #[arg(long, global = true)]
+    pub campaign: Option<String>,
+    #[command(subcommand)]
+    pub action: DrainAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DrainAction {
+    /// Stop draining (held messages stay queued, durably) until resumed.
+    Pause,
+    /// Drain again; a tenant's or campaign's held messages go back to the queue.
+    Resume,
+    /// Most messages per second for the whole drain, across every worker (0: no operator rate).
+    Rate { msgs_per_sec: f64 },
+    /// Print every control in force and how many messages pauses hold.
+    Status,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CampaignArgs {
+    #[command(flatten)]
+    pub target: ControlTarget,
+    #[command(subcommand)]
+    pub action: CampaignAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CampaignAction {
+    Pause {
+        campaign_id: String,
+    },
+    Resume {
+        campaign_id: String,
+    },
+    /// Progress, state, rate and ETA, as JSON.
+    Status {
+        campaign_id: String,
     },
 }

@@ -16,7 +16,10 @@ pub mod config;
 pub mod secrets;
 
 use anyhow::{Context, bail};
-use config::{Backend, Cli, Command, CommonArgs, DlqAction, EventsKind, HubKind, MigrateArgs, QueueKind, ServeArgs, StoreKind};
+use config::{
+    Backend, CampaignAction, Cli, Command, CommonArgs, ControlTarget, DlqAction, DrainAction, EventsKind, HubKind, MigrateArgs, QueueKind,
+    ServeArgs, StoreKind,
+};
 use sluice_core::events::{EventSink, NoEvents};
 use sluice_core::fanout::Fanout;
 use sluice_core::governor::GovernorConfig;
@@ -27,6 +30,7 @@ use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig, StoreConfig};
 use sluice_gateway::{App, Auth, Limits};
+use sluice_proto::v1::{self, drain_scope};
 use sluice_redis::{RedisHub, RedisHubConfig, RedisLimiter};
 use sluice_worker::{Backends, Worker, WorkerConfig};
 use std::sync::Arc;
@@ -68,6 +72,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(b) => {
             let program = std::env::current_exe().context("cannot find the sluice program to start servers")?;
             sluice_bench::run(b, &program).await
+        }
+        Command::Drain(d) => {
+            let scope = match (d.tenant, d.campaign) {
+                (Some(t), _) => drain_scope::Scope::Tenant(t),
+                (_, Some(c)) => drain_scope::Scope::CampaignId(c),
+                _ => drain_scope::Scope::Drain(true),
+            };
+            let (paused, rate) = match d.action {
+                DrainAction::Pause => (Some(true), None),
+                DrainAction::Resume => (Some(false), None),
+                DrainAction::Rate { msgs_per_sec } => (None, Some(msgs_per_sec)),
+                DrainAction::Status => return print_controls(&d.target).await,
+            };
+            set_control(&d.target, scope, paused, rate).await
+        }
+        Command::Campaign(c) => {
+            let (id, paused) = match c.action {
+                CampaignAction::Pause { campaign_id } => (campaign_id, true),
+                CampaignAction::Resume { campaign_id } => (campaign_id, false),
+                CampaignAction::Status { campaign_id } => {
+                    let mut g = control_client(&c.target).await?;
+                    let s = g.get_campaign(v1::GetCampaignRequest { campaign_id, tenant: None }).await?.into_inner();
+                    let line = serde_json::json!({
+                        "campaign_id": s.campaign_id, "tenant": s.tenant, "state": s.state, "requested": s.requested,
+                        "enqueued": s.enqueued, "persisted": s.persisted, "dead_lettered": s.dead_lettered,
+                        "rate": s.rate, "eta_secs": s.eta_secs,
+                    });
+                    println!("{line}");
+                    return Ok(());
+                }
+            };
+            set_control(&c.target, drain_scope::Scope::CampaignId(id), Some(paused), None).await
         }
         Command::Dlq(d) => {
             let metrics = Arc::new(Metrics::new());
@@ -390,6 +426,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 metrics,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(&args),
+                campaign_rates: Default::default(),
                 shutdown: shutdown.clone(),
             });
             let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
@@ -423,4 +460,40 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     }
     events.flush().await;
     served
+}
+
+async fn control_client(t: &ControlTarget) -> anyhow::Result<sluice_bench::target::Grpc> {
+    let s = secrets::load(&t.common.data_dir, t.common.jwt_secret.as_deref(), t.common.service_token.as_deref())?;
+    sluice_bench::target::connect(t.grpc_addr, &s.service_token).await
+}
+
+fn scope_text(s: Option<&v1::DrainScope>) -> String {
+    match s.and_then(|s| s.scope.as_ref()) {
+        Some(drain_scope::Scope::Tenant(t)) => format!("tenant {t}"),
+        Some(drain_scope::Scope::CampaignId(c)) => format!("campaign {c}"),
+        _ => "drain".into(),
+    }
+}
+
+async fn set_control(t: &ControlTarget, scope: drain_scope::Scope, paused: Option<bool>, rate: Option<f64>) -> anyhow::Result<()> {
+    let mut g = control_client(t).await?;
+    let req = v1::SetDrainControlRequest { scope: Some(v1::DrainScope { scope: Some(scope) }), paused, rate };
+    let c = g.set_drain_control(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    let rate = c.rate.map_or("none".into(), |r| format!("{r} msg/s"));
+    println!("{}: {}, rate {rate}", scope_text(c.scope.as_ref()), if c.paused { "paused" } else { "running" });
+    Ok(())
+}
+
+async fn print_controls(t: &ControlTarget) -> anyhow::Result<()> {
+    let mut g = control_client(t).await?;
+    let r = g.get_drain_controls(v1::GetDrainControlsRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    if r.controls.is_empty() {
+        println!("no controls: the whole drain runs");
+    }
+    for c in &r.controls {
+        let rate = c.rate.map_or("none".into(), |r| format!("{r} msg/s"));
+        println!("{}: {}, rate {rate}", scope_text(c.scope.as_ref()), if c.paused { "paused" } else { "running" });
+    }
+    println!("held messages: {}", r.held);
+    Ok(())
 }
