@@ -55,6 +55,12 @@ pub struct Metrics {
     pub queue_held: IntGauge,
     /// 1 while an operator has paused the whole drain.
     pub drain_paused: IntGauge,
+    /// Bytes of queued messages EnqueueBulk calls hold in memory right now, and the most
+    /// ever held (bounded by the chunking, whatever recipients x body a call brings).
+    pub enqueue_bytes_held: IntGauge,
+    pub enqueue_bytes_peak: IntGauge,
+    /// EnqueueBulk calls refused in whole or part by a tenant's queue quota.
+    pub quota_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -126,6 +132,12 @@ impl Metrics {
             )),
             held: reg!(IntCounter::new("held_total", "Queue messages moved aside by an operator's pause of their tenant or campaign")),
             queue_held: reg!(IntGauge::new("queue_held", "Spike queue: messages held by an operator's pause")),
+            enqueue_bytes_held: reg!(IntGauge::new("enqueue_bytes_held", "Bytes of queued messages EnqueueBulk calls hold in memory")),
+            enqueue_bytes_peak: reg!(IntGauge::new(
+                "enqueue_bytes_peak",
+                "The most bytes of queued messages EnqueueBulk calls held at once"
+            )),
+            quota_refusals: reg!(IntCounter::new("quota_refusals_total", "EnqueueBulk calls refused in whole or part by a tenant quota")),
             drain_paused: reg!(IntGauge::new("drain_paused", "1 while an operator has paused the whole drain")),
             events_written: reg!(IntCounter::new("analytics_events_written_total", "Analytics events written to the sink")),
             registry,

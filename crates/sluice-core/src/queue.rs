@@ -138,6 +138,12 @@ pub trait SpikeQueue: Send + Sync + 'static {
     /// Moves up to `limit` dead letters back to the queue (receive count reset); returns how many.
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError>;
 
+    /// Messages of `tenant` in the queue (visible or in flight), when the backend counts them
+    /// per tenant; `None` when it cannot tell (SQS lanes are shared by tenants).
+    async fn tenant_backlog(&self, _tenant: &str) -> Result<Option<u64>, QueueError> {
+        Ok(None)
+    }
+
     /// Moves an in-flight message to the held area under `key` (an operator's pause of the
     /// key's scope). It keeps its group, tenant and body, and waits there, durably and
     /// without being received, until [`SpikeQueue::release_held`] of its key.

@@ -20,6 +20,8 @@ use crate::App;
 
 /// Most messages handed to the queue in one `send` call by EnqueueBulk.
 const ENQUEUE_CHUNK: usize = 10_000;
+/// Most bytes of queued messages one EnqueueBulk call builds before handing them over.
+pub const ENQUEUE_CHUNK_BYTES: usize = 8 << 20;
 
 /// One EnqueueBulk call: a one-off message from `sender` to each recipient.
 #[derive(Debug, Clone, Copy)]
@@ -197,49 +199,115 @@ impl App {
             )));
         }
         let mut seen = HashSet::with_capacity(recipients.len());
-        let mut unique = Vec::with_capacity(recipients.len());
+        // The distinct recipients, each with the number of request entries up to and
+        // including it (what a caller refused part way resends from).
+        let mut unique: Vec<(String, usize)> = Vec::with_capacity(recipients.len());
         for (i, r) in recipients.iter().enumerate() {
             ids::validate_user(r).map_err(|e| AppError::bad(format!("recipients[{i}]: {e}")))?;
             if r != sender && seen.insert(r.as_str()) {
-                unique.push(r.clone());
+                unique.push((r.clone(), i + 1));
             }
         }
+        drop(seen);
+        let quota = self.quota_room(tenant, unique.len()).await?;
+        let refused = quota.map(|room| unique.split_off(room.min(unique.len())));
+        // Request entries this call covers: all, or those before the first refused recipient.
+        let entries = match refused.as_ref().and_then(|r| r.first()) {
+            Some((_, upto)) => upto - 1,
+            None => recipients.len(),
+        };
+        let accepted: Vec<String> = unique.into_iter().map(|(r, _)| r).collect();
+        if !accepted.is_empty() || refused.as_ref().is_none_or(|r| r.is_empty()) {
+            // Recorded before anything is enqueued, so the campaign cannot look done while a
+            // message of this call is still on its way to the queue or the store. A call that
+            // fails after this line leaves the campaign not done until the producer retries (the
+            // retry records nothing new and its messages deduplicate by msg_id).
+            self.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), entries as u64, &accepted).await?;
+            self.enqueue_chunks(&campaign_id, tenant, sender, body, &accepted).await?;
+        }
+        match refused {
+            Some(r) if !r.is_empty() => {
+                self.metrics.quota_refusals.inc();
+                let mut e = AppError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "tenant {tenant} is at its queue quota of {}: accepted {} messages (the first {entries} recipient entries); send the other {} entries again once the queue drains",
+                        self.limits.tenant_quota,
+                        accepted.len(),
+                        recipients.len() - entries
+                    ),
+                );
+                e.metadata = vec![
+                    ("sluice-campaign-id", campaign_id),
+                    ("sluice-accepted", accepted.len().to_string()),
+                    ("sluice-accepted-entries", entries.to_string()),
+                ];
+                Err(e)
+            }
+            _ => Ok((campaign_id, accepted.len() as u64)),
+        }
+    }
+
+    /// How many more messages `tenant` may queue now, when a quota applies and the queue
+    /// counts per tenant (`None`: no limit).
+    async fn quota_room(&self, tenant: &str, wanted: usize) -> Result<Option<usize>, AppError> {
+        let quota = self.limits.tenant_quota;
+        if quota == 0 || wanted == 0 {
+            return Ok(None);
+        }
+        let Some(backlog) = self.queue.tenant_backlog(tenant).await? else { return Ok(None) };
+        Ok(Some(quota.saturating_sub(backlog).min(wanted as u64) as usize))
+    }
+
+    /// Queues one message per recipient, built and sent a chunk at a time: what a call holds
+    /// in memory is bounded by [`ENQUEUE_CHUNK`] and [`ENQUEUE_CHUNK_BYTES`], whatever its
+    /// recipients x body.
+    async fn enqueue_chunks(
+        &self,
+        campaign_id: &str,
+        tenant: &str,
+        sender: &str,
+        body: &str,
+        recipients: &[String],
+    ) -> Result<(), AppError> {
         let now = now_ms();
-        let batch: Vec<Enqueue> = unique
-            .iter()
-            .map(|r| {
+        let mut rest = recipients;
+        while !rest.is_empty() {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some((r, tail)) = rest.split_first() {
+                if batch.len() == ENQUEUE_CHUNK || (!batch.is_empty() && bytes >= ENQUEUE_CHUNK_BYTES) {
+                    break;
+                }
+                rest = tail;
                 let room = ids::dm_room(sender, r);
                 let msg = NewMessage {
-                    msg_id: ids::bulk_msg_id(&campaign_id, r),
+                    msg_id: ids::bulk_msg_id(campaign_id, r),
                     room: room.clone(),
                     sender: sender.to_string(),
                     body: body.to_string(),
                     kind: MessageKind::OneOff,
-                    campaign_id: Some(campaign_id.clone()),
+                    campaign_id: Some(campaign_id.to_string()),
                     sent_at_ms: now,
                     create_members: vec![sender.to_string(), r.clone()],
                 };
-                Enqueue {
+                let e = Enqueue {
                     dedup_id: msg.msg_id.clone(),
                     group: ids::queue_group(&room),
                     tenant: tenant.to_string(),
                     body: encode_queued(&msg),
-                }
-            })
-            .collect();
-        // Recorded before anything is enqueued, so the campaign cannot look done while a
-        // message of this call is still on its way to the queue or the store. A call that
-        // fails after this line leaves the campaign not done until the producer retries (the
-        // retry records nothing new and its messages deduplicate by msg_id).
-        self.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), recipients.len() as u64, &unique).await?;
-        let mut batch = batch;
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(ENQUEUE_CHUNK));
-            let out = self.queue.send(batch).await?;
-            self.metrics.enqueued.inc_by(out.enqueued as u64);
-            batch = rest;
+                };
+                bytes += e.body.len();
+                batch.push(e);
+            }
+            let held = &self.metrics.enqueue_bytes_held;
+            held.add(bytes as i64);
+            self.metrics.enqueue_bytes_peak.set(self.metrics.enqueue_bytes_peak.get().max(held.get()));
+            let out = self.queue.send(batch).await;
+            held.sub(bytes as i64);
+            self.metrics.enqueued.inc_by(out?.enqueued as u64);
         }
-        Ok((campaign_id, unique.len() as u64))
+        Ok(())
     }
 
     /// A campaign's progress; with `tenant`, only a campaign of that tenant.

@@ -10,6 +10,8 @@ pub struct AppError {
     pub message: String,
     /// The gRPC status code (finer than `code` where gRPC has a better one).
     pub grpc: tonic::Code,
+    /// Facts for the caller as gRPC metadata (for example how much of a call was accepted).
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl AppError {
@@ -22,7 +24,7 @@ impl AppError {
             ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
         };
-        AppError { code, message: message.into(), grpc }
+        AppError { code, message: message.into(), grpc, metadata: Vec::new() }
     }
 
     pub fn bad(message: impl Into<String>) -> Self {
@@ -75,6 +77,12 @@ impl From<HubError> for AppError {
 
 impl From<AppError> for tonic::Status {
     fn from(e: AppError) -> Self {
-        tonic::Status::new(e.grpc, format!("{}: {}", e.code.as_str(), e.message))
+        let mut status = tonic::Status::new(e.grpc, format!("{}: {}", e.code.as_str(), e.message));
+        for (k, v) in e.metadata {
+            if let Ok(v) = v.parse() {
+                status.metadata_mut().insert(k, v);
+            }
+        }
+        status
     }
 }

@@ -55,6 +55,10 @@ pub struct Limits {
     pub outbound_buffer: usize,
     /// Recipients in one EnqueueBulk call.
     pub max_bulk_recipients: usize,
+    /// Messages one tenant may have in the queue; beyond it EnqueueBulk accepts what fits and
+    /// answers RESOURCE_EXHAUSTED. 0: no quota. Enforced where the queue counts per tenant
+    /// (the embedded queue).
+    pub tenant_quota: u64,
     /// Members in one CreateRoom/AddMembers call.
     pub max_room_members: usize,
     /// Rooms in one `resume` frame.
@@ -80,6 +84,7 @@ impl Default for Limits {
             handshake_rate_per_ip: 20.0,
             outbound_buffer: 1024,
             max_bulk_recipients: 100_000,
+            tenant_quota: 0,
             max_room_members: 10_000,
             max_resume_rooms: 1_000,
             idle_timeout: Duration::from_secs(90),

@@ -79,6 +79,9 @@ impl SpikeQueue for FaultyQueue {
     async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
         self.inner.hold(receipt, key).await
     }
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.tenant_backlog(tenant).await
+    }
     async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
         self.inner.release_held(key, limit).await
     }

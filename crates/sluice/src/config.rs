@@ -211,6 +211,12 @@ pub struct ServeArgs {
     /// Recipients accepted in one EnqueueBulk call.
     #[arg(long, env = "SLUICE_MAX_BULK_RECIPIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]
     pub max_bulk_recipients: u32,
+    /// Messages one tenant may have waiting in the queue (0: no quota). Beyond it EnqueueBulk
+    /// accepts what fits and answers RESOURCE_EXHAUSTED with the accepted count (metadata
+    /// `sluice-accepted`, `sluice-accepted-entries`). Enforced on the embedded queue, which
+    /// counts per tenant; SQS lanes do not.
+    #[arg(long, env = "SLUICE_TENANT_QUOTA", default_value_t = 0)]
+    pub tenant_quota: u64,
     /// Concurrent queue pollers of the worker role (the bulk lane's concurrency budget).
     #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,

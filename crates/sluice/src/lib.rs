@@ -289,6 +289,7 @@ fn limits(a: &ServeArgs) -> Limits {
         handshake_rate_per_ip: a.handshake_rate_per_ip as f64,
         outbound_buffer: a.outbound_buffer as usize,
         max_bulk_recipients: a.max_bulk_recipients as usize,
+        tenant_quota: a.tenant_quota,
         allowed_origins: a.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect(),
         ..Limits::default()
     }

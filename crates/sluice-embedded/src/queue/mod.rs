@@ -671,6 +671,10 @@ impl SpikeQueue for EmbeddedQueue {
         detached(async move { this.redrive_now(limit).await }).await
     }
 
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
+        Ok(Some(self.state().sched.backlog(tenant)))
+    }
+
     async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
         let (this, r, key) = (self.clone(), receipt.clone(), key.to_string());
         detached(async move { this.hold_now(r, key).await }).await

@@ -71,7 +71,6 @@ impl Scheduler {
     }
 
     /// Messages of `tenant` in the queue, pending or in flight.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn backlog(&self, tenant: &str) -> u64 {
         self.tenants.get(tenant).map_or(0, |t| t.backlog)
     }
