@@ -93,7 +93,7 @@ impl Report {
         let args: Vec<String> = std::env::args().skip(1).collect();
         Report {
             scenario: scenario.into(),
-            command: format!("sluice {}", args.join(" ")),
+            command: format!("sluice {}", redact(&args).join(" ")),
             finished_at: String::new(),
             machine: Machine::this(),
             params,
@@ -292,5 +292,34 @@ mod tests {
         assert_eq!(&png[1..4], b"PNG");
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("unit.json")).unwrap()).unwrap();
         assert_eq!(json["figures"][1]["met"], false);
+    }
+}
+
+/// The command line with the values of secret flags replaced, so reports can be published.
+fn redact(args: &[String]) -> Vec<String> {
+    const SECRET: [&str; 2] = ["--jwt-secret", "--service-token"];
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("***".to_string());
+            hide_next = false;
+        } else if let Some((flag, _)) = a.split_once('=').filter(|(f, _)| SECRET.contains(f)) {
+            out.push(format!("{flag}=***"));
+        } else {
+            hide_next = SECRET.contains(&a.as_str());
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn secret_flags_are_hidden() {
+        let args: Vec<String> =
+            ["bench", "spike", "--jwt-secret", "s1", "--service-token=s2", "--grpc", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(super::redact(&args).join(" "), "bench spike --jwt-secret *** --service-token=*** --grpc x");
     }
 }

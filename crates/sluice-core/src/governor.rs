@@ -3,7 +3,9 @@
 //!
 //! An AIMD controller, as TCP's congestion window: every tick it reads the signals of the
 //! tick just ended, the interactive lane's persist latency (p99 over a short window, from
-//! [`LatencyWindow`]) and the store's throttling and conflict failures on the bulk lane.
+//! [`LatencyWindow`]), the store's throttling and conflict failures on the bulk lane, and,
+//! where chat and the drain share a process, the runtime's lag (how late a short timer
+//! fires: the time every task waits for a core, which persist latency alone does not see).
 //! Over the target or throttled, the admitted rate is cut by a factor (at most once per
 //! latency window); otherwise, if the drain actually used most of it, it grows by a step. The
 //! target is twice what chat sees while the drain is idle, and at least the configured one.
@@ -83,6 +85,9 @@ pub struct GovernorConfig {
     pub initial: f64,
     /// Interactive persist p99 the drain must not push chat above.
     pub target: Duration,
+    /// Runtime lag p99 the drain must not push above (the least target; twice the calm lag
+    /// when that is more).
+    pub lag_target: Duration,
     /// The factor a cut multiplies the rate by.
     pub cut: f64,
     /// Growth per tick, as a share of the current rate (at least `floor`).
@@ -100,6 +105,7 @@ impl Default for GovernorConfig {
             floor: 50.0,
             initial: 2_000.0,
             target: Duration::from_millis(10),
+            lag_target: Duration::from_millis(4),
             cut: 0.7,
             growth: 0.1,
             tick: Duration::from_millis(250),
@@ -126,6 +132,8 @@ struct State {
     admitted: u64,
     /// The interactive p99 while the drain is idle (see [`Governor::target`]).
     calm: Option<Duration>,
+    /// The runtime lag p99 while the drain is idle.
+    calm_lag: Option<Duration>,
     /// No other cut before this.
     cooled_at: Option<Instant>,
 }
@@ -141,7 +149,15 @@ impl Governor {
         let limit = config.initial.clamp(config.floor, config.ceiling);
         Governor {
             config,
-            state: Mutex::new(State { limit, tokens: 0.0, refilled: Instant::now(), admitted: 0, calm: None, cooled_at: None }),
+            state: Mutex::new(State {
+                limit,
+                tokens: 0.0,
+                refilled: Instant::now(),
+                admitted: 0,
+                calm: None,
+                calm_lag: None,
+                cooled_at: None,
+            }),
         }
     }
 
@@ -197,28 +213,34 @@ impl Governor {
 
     /// [`Governor::adjust`] at `now`.
     pub fn adjust_at(&self, now: Instant, interactive_p99: Option<Duration>, store_failures: u64) -> Adjustment {
+        self.adjust_with_lag_at(now, interactive_p99, None, store_failures)
+    }
+
+    /// [`Governor::adjust_at`] with the runtime lag p99 of the process chat shares with the
+    /// drain (`None`: not watched).
+    pub fn adjust_with_lag_at(
+        &self,
+        now: Instant,
+        interactive_p99: Option<Duration>,
+        lag_p99: Option<Duration>,
+        store_failures: u64,
+    ) -> Adjustment {
         let c = &self.config;
         let mut s = self.lock();
         let used = s.admitted as f64 / c.tick.as_secs_f64();
         let idle = s.admitted == 0;
         s.admitted = 0;
-        if let Some(p99) = interactive_p99 {
-            // What chat sees without the drain, as TCP Vegas keeps its base RTT: the lowest p99
-            // seen, which drifts up (2% a tick, toward the current p99) only while the drain is
-            // idle. Averaging idle ticks instead let the start of a burst (EnqueueBulk recording
-            // recipients while nothing drains yet) pass for calm.
-            s.calm = Some(match s.calm {
-                None => p99,
-                Some(calm) if p99 < calm => p99,
-                Some(calm) if idle => calm.mul_f64(1.02).min(p99),
-                Some(calm) => calm,
-            });
-        }
+        s.calm = calm(s.calm, interactive_p99, idle);
+        s.calm_lag = calm(s.calm_lag, lag_p99, idle);
         let target = s.calm.map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
+        let lag_target = s.calm_lag.map_or(c.lag_target, |calm| c.lag_target.max(calm.mul_f64(2.0)));
         let from = s.limit;
-        let why = match interactive_p99 {
+        let why = match (interactive_p99, lag_p99) {
             _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
-            Some(p99) if p99 > target => Some(format!("interactive p99 {:.1} ms over the {:.1} ms target", ms(p99), ms(target))),
+            (Some(p99), _) if p99 > target => Some(format!("interactive p99 {:.1} ms over the {:.1} ms target", ms(p99), ms(target))),
+            (_, Some(lag)) if lag > lag_target => {
+                Some(format!("runtime lag p99 {:.1} ms over the {:.1} ms target", ms(lag), ms(lag_target)))
+            }
             _ => None,
         };
         if let Some(why) = why {
@@ -237,6 +259,34 @@ impl Governor {
         }
         s.limit = (from + (from * c.growth).max(c.floor)).min(c.ceiling);
         Adjustment::Raised { to: s.limit }
+    }
+}
+
+/// What a latency signal is without the drain, as TCP Vegas keeps its base RTT: the lowest
+/// p99 seen, which drifts up (2% a tick, toward the current p99) only while the drain is
+/// idle. Averaging idle ticks instead let the start of a burst (EnqueueBulk recording
+/// recipients while nothing drains yet) pass for calm.
+fn calm(before: Option<Duration>, now: Option<Duration>, idle: bool) -> Option<Duration> {
+    let Some(p99) = now else { return before };
+    Some(match before {
+        None => p99,
+        Some(calm) if p99 < calm => p99,
+        Some(calm) if idle => calm.mul_f64(1.02).min(p99),
+        Some(calm) => calm,
+    })
+}
+
+/// Samples the runtime's lag until `shutdown`: a timer of `every` is set again and again,
+/// and how much later than asked each one fires goes to `window`. The lag is the time a
+/// ready task waits for a worker thread: high when the cores are busy.
+pub async fn sample_runtime_lag(window: &LatencyWindow, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let asked = tokio::time::Instant::now() + every;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(asked) => {}
+        }
+        window.record(tokio::time::Instant::now().saturating_duration_since(asked));
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Interactive persist latencies of the last second: the signal the drain governor of a
     /// worker in this process reads.
     pub interactive_persist: crate::governor::LatencyWindow,
+    /// How late short timers fire on this process's runtime, over the last second (sampled
+    /// where chat and the drain share the process): the governor's CPU signal.
+    pub runtime_lag: crate::governor::LatencyWindow,
+    pub runtime_lag_p99_seconds: prometheus::Gauge,
     /// The drain governor's admitted rate (messages/s) in this process's worker.
     pub drain_limit: prometheus::Gauge,
     /// The interactive persist p99 the governor saw at its last tick, in seconds.
@@ -116,6 +120,11 @@ impl Metrics {
                 &["service", "reason"]
             )),
             interactive_persist: crate::governor::LatencyWindow::new(std::time::Duration::from_secs(1), 4096),
+            runtime_lag: crate::governor::LatencyWindow::new(std::time::Duration::from_secs(1), 4096),
+            runtime_lag_p99_seconds: reg!(prometheus::Gauge::new(
+                "runtime_lag_p99_seconds",
+                "How late short timers fire on the runtime, p99 over the last second (where chat and the drain share a process)"
+            )),
             drain_limit: reg!(prometheus::Gauge::new("drain_limit", "Bulk messages per second the drain governor admits")),
             interactive_persist_p99_seconds: reg!(prometheus::Gauge::new(
                 "interactive_persist_p99_seconds",

@@ -43,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 /// The lending bucket of the fleet's drain budget in the limits port.
 const FLEET_BUDGET_KEY: &str = "drain:fleet";
 use sluice_core::control::REFRESH as CONTROL_REFRESH;
+/// How often the runtime lag is sampled (a timer this short fires late as soon as the
+/// runtime's threads are busy).
+const LAG_SAMPLE: Duration = Duration::from_millis(5);
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -64,6 +67,9 @@ pub struct WorkerConfig {
     /// Most bulk messages per second for all workers together (a budget shared through the
     /// limits port); `None`: no fleet budget.
     pub fleet_rate: Option<f64>,
+    /// Whether the governor watches this process's runtime lag: on where chat is served by
+    /// the same process (its cores are chat's), off in a worker-only process.
+    pub watch_runtime_lag: bool,
 }
 
 impl Default for WorkerConfig {
@@ -77,6 +83,7 @@ impl Default for WorkerConfig {
             max_body_bytes: 64 * 1024,
             governor: GovernorConfig::default(),
             fleet_rate: None,
+            watch_runtime_lag: false,
         }
     }
 }
@@ -161,6 +168,10 @@ impl Worker {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.watch_controls(s).await })
         };
+        let lag = self.config.watch_runtime_lag.then(|| {
+            let (w, s) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move { sluice_core::governor::sample_runtime_lag(&w.b.metrics.runtime_lag, LAG_SAMPLE, s).await })
+        });
         let pollers = (0..self.config.concurrency.max(1)).map(|_| {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.poll(s).await })
@@ -172,6 +183,9 @@ impl Worker {
         }
         control.abort();
         controls.abort();
+        if let Some(lag) = lag {
+            lag.abort();
+        }
     }
 
     /// The drain governor's control loop: every tick, the signals of the tick just ended set
@@ -189,9 +203,10 @@ impl Worker {
             // This process's chat, and the worst gateway's anywhere (a reading lapses with its gateway).
             let remote = self.b.limiter.highest(INTERACTIVE_P99_KEY).await.ok().flatten().map(|ms| Duration::from_secs_f64(ms / 1000.0));
             let p99 = m.interactive_persist.p99().max(remote);
+            let lag = if self.config.watch_runtime_lag { m.runtime_lag.p99() } else { None };
             let failures = self.store_failures.swap(0, Ordering::Relaxed);
             let before = self.governor.limit();
-            if let Adjustment::Cut { to, why, .. } = self.governor.adjust(p99, failures) {
+            if let Adjustment::Cut { to, why, .. } = self.governor.adjust_with_lag_at(std::time::Instant::now(), p99, lag, failures) {
                 m.drain_cuts.inc();
                 // A log line per large step, not per tick.
                 if to < 0.5 * last_logged {
@@ -206,6 +221,7 @@ impl Worker {
             }
             m.drain_limit.set(limit);
             m.interactive_persist_p99_seconds.set(p99.map_or(0.0, |d| d.as_secs_f64()));
+            m.runtime_lag_p99_seconds.set(lag.map_or(0.0, |d| d.as_secs_f64()));
         }
     }
 

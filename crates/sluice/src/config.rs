@@ -250,6 +250,11 @@ pub struct ServeArgs {
     /// bulk rate is cut.
     #[arg(long, env = "SLUICE_INTERACTIVE_P99_TARGET_MS", default_value_t = 10.0)]
     pub interactive_p99_target_ms: f64,
+    /// Where gateway and worker share a process (`serve`): the runtime lag p99 (ms, how late
+    /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or twice the
+    /// lag while the drain is idle when that is more. 0: not watched.
+    #[arg(long, env = "SLUICE_RUNTIME_LAG_TARGET_MS", default_value_t = 4.0)]
+    pub runtime_lag_target_ms: f64,
     /// Visibility timeout of received queue messages, in seconds.
     #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     pub visibility_timeout_secs: u64,

@@ -306,6 +306,7 @@ fn worker_config(a: &ServeArgs) -> WorkerConfig {
             ceiling: if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 },
             floor: (a.drain_floor as f64).min(if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 }),
             target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
+            lag_target: Duration::from_secs_f64(a.runtime_lag_target_ms.max(0.1) / 1000.0),
             ..GovernorConfig::default()
         },
         fleet_rate: (a.fleet_drain_rate > 0).then_some(a.fleet_drain_rate as f64),
@@ -410,7 +411,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
                 limiter: limiter.clone(),
                 metrics: metrics.clone(),
             },
-            worker_config(&args),
+            WorkerConfig { watch_runtime_lag: roles.gateway && args.runtime_lag_target_ms > 0.0, ..worker_config(&args) },
         ));
         tokio::spawn(sluice_worker::watch_queue(queue.clone(), metrics.clone(), Duration::from_secs(1), shutdown.clone()));
         tokio::spawn(worker.run(shutdown.clone()))

@@ -116,3 +116,44 @@ proptest! {
         prop_assert!(g.limit() >= (low * 2.0).min(10_000.0), "from {low} to {} in 10 s of calm", g.limit());
     }
 }
+
+#[test]
+fn runtime_lag_over_twice_its_calm_cuts_even_when_persists_are_fast() {
+    let g = Governor::new(config());
+    let mut t = Instant::now();
+    let ms = Duration::from_millis;
+    for _ in 0..20 {
+        t += g.config().tick;
+        g.adjust_with_lag_at(t, Some(ms(2)), Some(ms(3)), 0);
+    }
+    // Calm lag 3 ms: the target is 6 ms (above the configured least, 4 ms).
+    busy_tick(&g);
+    t += g.config().tick;
+    assert!(matches!(g.adjust_with_lag_at(t, Some(ms(2)), Some(ms(5)), 0), Adjustment::Raised { .. }), "5 ms is within twice the calm");
+    t += Duration::from_secs(1);
+    busy_tick(&g);
+    let cut = g.adjust_with_lag_at(t, Some(ms(2)), Some(ms(9)), 0);
+    assert!(matches!(&cut, Adjustment::Cut { why, .. } if why.contains("runtime lag")), "{cut:?}");
+    t += Duration::from_secs(1);
+    busy_tick(&g);
+    assert!(
+        matches!(g.adjust_with_lag_at(t, Some(ms(2)), None, 0), Adjustment::Raised { .. }),
+        "no lag reading: persist latency alone decides"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_sampler_records_how_late_timers_fire() {
+    let w = std::sync::Arc::new(LatencyWindow::new(Duration::from_secs(5), 1000));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = {
+        let (w, stop) = (w.clone(), stop.clone());
+        tokio::spawn(async move { sample_runtime_lag(&w, Duration::from_millis(2), stop).await })
+    };
+    // Block one of the two runtime threads and the sampler's timers fire late.
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(w.p99().is_some(), "samples were taken");
+}
