@@ -36,10 +36,16 @@ pub async fn run(server: &Server, a: &FairnessArgs, run: &str) -> anyhow::Result
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let persisted: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let start = Instant::now();
+    let peak_rss = Arc::new(AtomicU64::new(server.rss_bytes().unwrap_or(0)));
     let monitor = {
-        let (mut g, ids, samples, persisted) = (server.grpc().await?, ids.clone(), samples.clone(), persisted.clone());
+        let (mut g, ids, samples, persisted, peak) =
+            (server.grpc().await?, ids.clone(), samples.clone(), persisted.clone(), peak_rss.clone());
+        let pid = server.pid();
         tokio::spawn(async move {
             loop {
+                if let Some(rss) = pid.and_then(crate::target::rss_of) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
                 let mut row = [0u64; 3];
                 for (i, id) in ids.iter().enumerate() {
                     let tenant = Some(TENANTS[i].to_string());
@@ -115,6 +121,9 @@ pub async fn run(server: &Server, a: &FairnessArgs, run: &str) -> anyhow::Result
     report.figure("A: whole campaign, first EnqueueBulk to last persisted", all_done, "s", None);
     report.figure("A: time to enqueue", large_accepted, "s", None);
     report.figure("dead-lettered", dead as f64, "messages", Some(Target::AtMost(0.0)));
+    if let Some(rss) = Some(peak_rss.load(Ordering::Relaxed)).filter(|r| *r > 0) {
+        report.figure("server peak resident memory", rss as f64 / (1 << 20) as f64, "MiB", None);
+    }
     report.figure(
         "B and C behind A first come first served (A's backlog / A's drain rate), for comparison",
         (a.large - a_before) as f64 / a_at_small_start.max(1.0),

@@ -19,7 +19,7 @@ use crate::codec::{decode, encode, queue_err};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use scheduler::Scheduler;
+use scheduler::{Scheduler, name_key};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
@@ -131,8 +131,10 @@ fn decode_dead(bytes: &[u8]) -> Result<DeadRec, redb::Error> {
 
 struct State {
     sched: Scheduler,
-    dedup: HashMap<Arc<str>, i64>,
-    dedup_order: VecDeque<(i64, Arc<str>)>,
+    /// Deduplication ids of the window by their 128-bit key ([`name_key`]), with when they
+    /// leave it; a million of them during a spike, so no copy of the id is kept.
+    dedup: HashMap<u128, i64>,
+    dedup_order: VecDeque<(i64, u128)>,
     next_seq: u64,
     dead: u64,
     held: u64,
@@ -222,8 +224,8 @@ impl EmbeddedQueue {
                 let count = recv.get(seq).map_err(queue_err)?.map(|c| c.value()).unwrap_or(0);
                 state.sched.push(seq, &rec.group, &rec.tenant, count, rec.enqueued_at_ms);
                 if rec.enqueued_at_ms + window > now {
-                    let id: Arc<str> = Arc::from(rec.dedup_id.as_str());
-                    state.dedup.insert(id.clone(), rec.enqueued_at_ms + window);
+                    let id = name_key(&rec.dedup_id);
+                    state.dedup.insert(id, rec.enqueued_at_ms + window);
                     state.dedup_order.push_back((rec.enqueued_at_ms + window, id));
                 }
             }
@@ -280,7 +282,8 @@ impl EmbeddedQueue {
                 if m.group.is_empty() || m.dedup_id.is_empty() {
                     return Err(QueueError::Invalid("group and dedup_id are required".into()));
                 }
-                if st.dedup.contains_key(m.dedup_id.as_str()) || !seen.insert(m.dedup_id.clone()) {
+                let id = name_key(&m.dedup_id);
+                if st.dedup.contains_key(&id) || !seen.insert(id) {
                     outcome.duplicates += 1;
                     continue;
                 }
@@ -319,8 +322,8 @@ impl EmbeddedQueue {
             let mut st = self.state();
             for (i, m) in chunk.iter().enumerate() {
                 st.sched.push(first_seq + i as u64, &m.group, &m.tenant, 0, now);
-                let id: Arc<str> = Arc::from(m.dedup_id.as_str());
-                st.dedup.insert(id.clone(), now + window);
+                let id = name_key(&m.dedup_id);
+                st.dedup.insert(id, now + window);
                 st.dedup_order.push_back((now + window, id));
             }
             outcome.enqueued += chunk.len();

@@ -12,32 +12,38 @@
 //!   front of its tenant's ready list.
 
 use sluice_core::queue::TenantWeights;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Messages a tenant of weight 1 may take per turn.
 pub(crate) const QUANTUM: i64 = 16;
 
+/// One queued message. Compact on purpose: a spike keeps a million of these in memory
+/// (groups and tenants are slots of their own tables, see [`Scheduler`]).
 pub(crate) struct Entry {
-    pub(crate) group: Arc<str>,
-    pub(crate) tenant: Arc<str>,
+    group: u32,
+    tenant: u32,
     pub(crate) receive_count: u32,
     pub(crate) enqueued_at_ms: i64,
     /// Visibility deadline while in flight.
     pub(crate) in_flight: Option<Instant>,
 }
 
-#[derive(Default)]
 struct Group {
-    pending: BTreeSet<u64>,
+    /// The 128-bit hash of the group's name (see [`name_key`]), to unmap it when empty.
+    key: u128,
+    /// Visible messages, ascending (one-offs: one each; the inline room covers two).
+    pending: SmallVec<[u64; 2]>,
     in_flight: u32,
     in_ready: bool,
 }
 
-#[derive(Default)]
 struct Tenant {
-    ready: VecDeque<Arc<str>>,
+    name: Arc<str>,
+    ready: VecDeque<u32>,
     /// Messages the tenant may still take in its turn.
     deficit: i64,
     in_ring: bool,
@@ -45,13 +51,70 @@ struct Tenant {
     backlog: u64,
 }
 
+/// A 128-bit key of a name: groups and deduplication ids are looked up by it instead of
+/// keeping a copy of every room id and message id (two SipHashes with different salts: a
+/// collision, which would make two rooms share one group's order or drop a message as a
+/// duplicate of another, is about as likely as a random UUID repeating).
+pub(crate) fn name_key(name: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        name.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+/// Slots reused through a free list.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab { slots: Vec::new(), free: Vec::new() }
+    }
+
+    fn insert(&mut self, v: T) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(v);
+                i
+            }
+            None => {
+                self.slots.push(Some(v));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, i: u32) -> Option<T> {
+        let v = self.slots.get_mut(i as usize)?.take();
+        if v.is_some() {
+            self.free.push(i);
+        }
+        v
+    }
+
+    fn get(&self, i: u32) -> Option<&T> {
+        self.slots.get(i as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        self.slots.get_mut(i as usize)?.as_mut()
+    }
+}
+
 /// The scheduler's state.
 pub(crate) struct Scheduler {
     pub(crate) entries: BTreeMap<u64, Entry>,
-    groups: HashMap<Arc<str>, Group>,
-    tenants: HashMap<Arc<str>, Tenant>,
+    groups: Slab<Group>,
+    group_ids: HashMap<u128, u32>,
+    tenants: Slab<Tenant>,
+    tenant_ids: HashMap<Arc<str>, u32>,
     /// Tenants with ready groups, in turn order; the front one is being served.
-    ring: VecDeque<Arc<str>>,
+    ring: VecDeque<u32>,
     pub(crate) deadlines: BTreeSet<(Instant, u64)>,
     weights: Arc<TenantWeights>,
     pub(crate) in_flight: u64,
@@ -61,8 +124,10 @@ impl Scheduler {
     pub(crate) fn new(weights: Arc<TenantWeights>) -> Self {
         Scheduler {
             entries: BTreeMap::new(),
-            groups: HashMap::new(),
-            tenants: HashMap::new(),
+            groups: Slab::new(),
+            group_ids: HashMap::new(),
+            tenants: Slab::new(),
+            tenant_ids: HashMap::new(),
             ring: VecDeque::new(),
             deadlines: BTreeSet::new(),
             weights,
@@ -72,22 +137,22 @@ impl Scheduler {
 
     /// Messages of `tenant` in the queue, pending or in flight.
     pub(crate) fn backlog(&self, tenant: &str) -> u64 {
-        self.tenants.get(tenant).map_or(0, |t| t.backlog)
+        self.tenant_ids.get(tenant).and_then(|&t| self.tenants.get(t)).map_or(0, |t| t.backlog)
     }
 
-    fn mark_ready(&mut self, group: &Arc<str>, front: bool) {
+    fn mark_ready(&mut self, group: u32, front: bool) {
         let g = self.groups.get_mut(group).expect("group exists");
         if g.in_flight > 0 || g.in_ready {
             return;
         }
         let Some(&head) = g.pending.first() else { return };
         g.in_ready = true;
-        let tenant = self.entries[&head].tenant.clone();
-        let t = self.tenants.get_mut(&tenant).expect("tenant of an entry exists");
+        let tenant = self.entries[&head].tenant;
+        let t = self.tenants.get_mut(tenant).expect("tenant of an entry exists");
         if front {
-            t.ready.push_front(group.clone());
+            t.ready.push_front(group);
         } else {
-            t.ready.push_back(group.clone());
+            t.ready.push_back(group);
         }
         if !t.in_ring {
             t.in_ring = true;
@@ -95,25 +160,52 @@ impl Scheduler {
         }
     }
 
-    fn intern<V: Default>(map: &mut HashMap<Arc<str>, V>, key: &str) -> Arc<str> {
-        match map.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(key);
-                map.insert(k.clone(), V::default());
-                k
-            }
+    fn group_id(&mut self, name: &str) -> u32 {
+        let key = name_key(name);
+        if let Some(&g) = self.group_ids.get(&key) {
+            return g;
+        }
+        let g = self.groups.insert(Group { key, pending: SmallVec::new(), in_flight: 0, in_ready: false });
+        self.group_ids.insert(key, g);
+        g
+    }
+
+    fn tenant_id(&mut self, name: &str) -> u32 {
+        if let Some(&t) = self.tenant_ids.get(name) {
+            return t;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let t = self.tenants.insert(Tenant { name: name.clone(), ready: VecDeque::new(), deficit: 0, in_ring: false, backlog: 0 });
+        self.tenant_ids.insert(name, t);
+        t
+    }
+
+    fn drop_group_if_idle(&mut self, group: u32) {
+        let g = self.groups.get(group).expect("group exists");
+        if g.pending.is_empty() && g.in_flight == 0 && !g.in_ready {
+            let key = g.key;
+            self.groups.remove(group);
+            self.group_ids.remove(&key);
+        }
+    }
+
+    fn drop_tenant_if_idle(&mut self, tenant: u32) {
+        let t = self.tenants.get(tenant).expect("tenant exists");
+        if t.backlog == 0 && !t.in_ring {
+            let name = t.name.clone();
+            self.tenants.remove(tenant);
+            self.tenant_ids.remove(&name);
         }
     }
 
     /// Adds a visible message at the end of its group.
     pub(crate) fn push(&mut self, seq: u64, group: &str, tenant: &str, receive_count: u32, enqueued_at_ms: i64) {
-        let group = Self::intern(&mut self.groups, group);
-        let tenant = Self::intern(&mut self.tenants, tenant);
-        self.tenants.get_mut(&tenant).expect("just interned").backlog += 1;
-        self.groups.get_mut(&group).expect("just interned").pending.insert(seq);
-        self.entries.insert(seq, Entry { group: group.clone(), tenant, receive_count, enqueued_at_ms, in_flight: None });
-        self.mark_ready(&group, false);
+        let group = self.group_id(group);
+        let tenant = self.tenant_id(tenant);
+        self.tenants.get_mut(tenant).expect("just made").backlog += 1;
+        insert_sorted(&mut self.groups.get_mut(group).expect("just made").pending, seq);
+        self.entries.insert(seq, Entry { group, tenant, receive_count, enqueued_at_ms, in_flight: None });
+        self.mark_ready(group, false);
     }
 
     /// Makes an in-flight message visible again.
@@ -122,34 +214,28 @@ impl Scheduler {
         let Some(deadline) = e.in_flight.take() else { return };
         self.deadlines.remove(&(deadline, seq));
         self.in_flight -= 1;
-        let group = e.group.clone();
-        let g = self.groups.get_mut(&group).expect("group of an entry exists");
+        let group = e.group;
+        let g = self.groups.get_mut(group).expect("group of an entry exists");
         g.in_flight -= 1;
-        g.pending.insert(seq);
-        self.mark_ready(&group, true);
+        insert_sorted(&mut g.pending, seq);
+        self.mark_ready(group, true);
     }
 
     /// Removes a message (acked or dead-lettered); false when it was not queued.
     pub(crate) fn remove(&mut self, seq: u64) -> bool {
         let Some(e) = self.entries.remove(&seq) else { return false };
-        let g = self.groups.get_mut(&e.group).expect("group of an entry exists");
+        let g = self.groups.get_mut(e.group).expect("group of an entry exists");
         if let Some(deadline) = e.in_flight {
             self.deadlines.remove(&(deadline, seq));
             self.in_flight -= 1;
             g.in_flight -= 1;
-        } else {
-            g.pending.remove(&seq);
+        } else if let Some(i) = g.pending.iter().position(|&p| p == seq) {
+            g.pending.remove(i);
         }
-        if g.pending.is_empty() && g.in_flight == 0 && !g.in_ready {
-            self.groups.remove(&e.group);
-        } else {
-            self.mark_ready(&e.group, false);
-        }
-        let t = self.tenants.get_mut(&e.tenant).expect("tenant of an entry exists");
-        t.backlog -= 1;
-        if t.backlog == 0 && !t.in_ring {
-            self.tenants.remove(&e.tenant);
-        }
+        self.mark_ready(e.group, false);
+        self.drop_group_if_idle(e.group);
+        self.tenants.get_mut(e.tenant).expect("tenant of an entry exists").backlog -= 1;
+        self.drop_tenant_if_idle(e.tenant);
         true
     }
 
@@ -168,24 +254,26 @@ impl Scheduler {
     pub(crate) fn pick(&mut self, max: usize, deadline: Instant) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(name) = self.ring.front().cloned() else { break };
-            let t = self.tenants.get_mut(&name).expect("a tenant in the ring exists");
+            let Some(&tid) = self.ring.front() else { break };
+            let t = self.tenants.get_mut(tid).expect("a tenant in the ring exists");
             if t.deficit == 0 {
-                t.deficit = QUANTUM * i64::from(self.weights.of(&name));
+                t.deficit = QUANTUM * i64::from(self.weights.of(&t.name));
             }
             while t.deficit > 0 && out.len() < max {
-                let Some(group) = t.ready.pop_front() else { break };
-                let Some(g) = self.groups.get_mut(&group) else { continue };
+                let Some(gid) = t.ready.pop_front() else { break };
+                let Some(g) = self.groups.get_mut(gid) else { continue };
                 g.in_ready = false;
                 if g.in_flight > 0 {
                     continue;
                 }
                 if g.pending.is_empty() {
-                    self.groups.remove(&group);
+                    let key = g.key;
+                    self.groups.remove(gid);
+                    self.group_ids.remove(&key);
                     continue;
                 }
-                while out.len() < max && t.deficit > 0 {
-                    let Some(seq) = g.pending.pop_first() else { break };
+                while out.len() < max && t.deficit > 0 && !g.pending.is_empty() {
+                    let seq = g.pending.remove(0);
                     g.in_flight += 1;
                     let e = self.entries.get_mut(&seq).expect("pending entry exists");
                     e.receive_count += 1;
@@ -201,14 +289,42 @@ impl Scheduler {
                 self.ring.pop_front();
                 t.in_ring = false;
                 t.deficit = 0;
-                if t.backlog == 0 {
-                    self.tenants.remove(&name);
-                }
+                self.drop_tenant_if_idle(tid);
             } else if t.deficit == 0 {
                 self.ring.rotate_left(1);
             }
         }
         out
+    }
+
+    #[cfg(test)]
+    fn tenant_of(&self, seq: u64) -> Arc<str> {
+        self.tenants.get(self.entries[&seq].tenant).expect("tenant").name.clone()
+    }
+
+    #[cfg(test)]
+    fn group_of(&self, seq: u64) -> u32 {
+        self.entries[&seq].group
+    }
+
+    #[cfg(test)]
+    fn tenant_in_ring(&self, name: &str) -> bool {
+        self.tenant_ids.get(name).and_then(|&t| self.tenants.get(t)).is_some_and(|t| t.in_ring)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.tenant_ids.is_empty() && self.ring.is_empty() && self.group_ids.is_empty()
+    }
+}
+
+fn insert_sorted(pending: &mut SmallVec<[u64; 2]>, seq: u64) {
+    match pending.last() {
+        Some(&last) if last > seq => {
+            let i = pending.partition_point(|&p| p < seq);
+            pending.insert(i, seq);
+        }
+        _ => pending.push(seq),
     }
 }
 
@@ -232,7 +348,7 @@ mod tests {
                 break;
             }
             for (seq, _) in picked {
-                order.push(s.entries[&seq].tenant.clone());
+                order.push(s.tenant_of(seq));
                 assert!(s.remove(seq));
             }
         }
@@ -308,7 +424,7 @@ mod tests {
             let total: usize = spec.iter().map(|(_, n, _)| n).sum();
             let round: i64 = names.iter().map(|n| QUANTUM * i64::from(w.of(n))).sum();
             let far = Instant::now() + Duration::from_secs(3600);
-            let mut per_group_last: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut per_group_last: HashMap<u32, u64> = HashMap::new();
             // Messages handed to others while the tenant was in the ring and not served.
             let mut waited: HashMap<String, i64> = HashMap::new();
             let mut out = 0usize;
@@ -317,13 +433,13 @@ mod tests {
                 prop_assert!(!picked.is_empty(), "messages are left but none was handed out");
                 for (sq, count) in picked {
                     prop_assert_eq!(count, 1);
-                    let e = &s.entries[&sq];
-                    let last = per_group_last.insert(e.group.clone(), sq);
+                    let tenant = s.tenant_of(sq);
+                    let last = per_group_last.insert(s.group_of(sq), sq);
                     prop_assert!(last.is_none_or(|l| l < sq), "group out of order");
                     for n in &names {
-                        if **n == *e.tenant {
+                        if **n == *tenant {
                             waited.insert(n.clone(), 0);
-                        } else if s.tenants.get(n.as_str()).is_some_and(|t| t.in_ring) {
+                        } else if s.tenant_in_ring(n) {
                             let wt = waited.entry(n.clone()).or_default();
                             *wt += 1;
                             prop_assert!(*wt <= round, "{n} waited {wt} messages with work ready (a round is {round})");
@@ -333,8 +449,7 @@ mod tests {
                     out += 1;
                 }
             }
-            prop_assert!(s.entries.is_empty());
-            prop_assert!(s.tenants.is_empty() && s.ring.is_empty() && s.groups.is_empty(), "nothing is left behind");
+            prop_assert!(s.is_empty(), "nothing is left behind");
             prop_assert!(s.pick(max, far).is_empty());
         }
 
@@ -351,7 +466,7 @@ mod tests {
             let mut served: HashMap<String, i64> = HashMap::new();
             while names.iter().all(|n| s.backlog(n) > 0) {
                 for (sq, _) in s.pick(max, far) {
-                    *served.entry(s.entries[&sq].tenant.to_string()).or_default() += 1;
+                    *served.entry(s.tenant_of(sq).to_string()).or_default() += 1;
                     prop_assert!(s.remove(sq));
                 }
                 if names.iter().any(|n| s.backlog(n) == 0) {
