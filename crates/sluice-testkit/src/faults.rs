@@ -92,16 +92,29 @@ impl SpikeQueue for FaultyQueue {
 
 /// A store whose next `fail_persists` persist calls, and next `fail_dead_letter_records`
 /// campaign dead-letter records, fail as unavailable without writing (as if the process died
-/// at that point).
+/// at that point); while `down` is set, persists and pings fail (an outage).
 pub struct FaultyStore {
     pub inner: Arc<dyn MessageStore>,
     pub fail_persists: AtomicU32,
     pub fail_dead_letter_records: AtomicU32,
+    pub down: std::sync::atomic::AtomicBool,
+    /// Persist calls made while down.
+    pub persists_while_down: AtomicU32,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn MessageStore>) -> Self {
-        FaultyStore { inner, fail_persists: AtomicU32::new(0), fail_dead_letter_records: AtomicU32::new(0) }
+        FaultyStore {
+            inner,
+            fail_persists: AtomicU32::new(0),
+            fail_dead_letter_records: AtomicU32::new(0),
+            down: Default::default(),
+            persists_while_down: AtomicU32::new(0),
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
     }
 }
 
@@ -120,6 +133,10 @@ impl MessageStore for FaultyStore {
         self.inner.membership(room, user).await
     }
     async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        if self.is_down() {
+            self.persists_while_down.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
         if take(&self.fail_persists) {
             return Err(StoreError::Unavailable("injected persist failure".into()));
         }
@@ -159,6 +176,9 @@ impl MessageStore for FaultyStore {
         self.inner.controls().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.is_down() {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
         self.inner.ping().await
     }
 }

@@ -12,8 +12,16 @@
 //!
 //! Failures: an undecodable or invalid message, or one the store refuses for good (unknown
 //! room, sender not a member), goes to the dead-letter queue with its reason, and the rest of
-//! its batch goes on (invariant 7). A retryable failure releases the message for redelivery;
-//! after `max_receives` deliveries it is dead-lettered with the last reason. A message is
+//! its batch goes on (invariant 7). A message the store failed retryably (throttled,
+//! conflicting) is not at fault either: it comes back after a visibility that doubles with
+//! each delivery (1 s, 2 s, ... up to a minute), and those deliveries do not count toward
+//! `max_receives`, which dead-letters only a message whose deliveries end without any verdict
+//! (one that crashes its worker). (The worker remembers the deferrals it made; a message
+//! deferred by several workers can still reach SQS's own maxReceiveCount.)
+//! A store that fails as a whole (the call, not single messages) is not the messages' fault:
+//! the batch waits out its visibility, and the pollers stop receiving and probe the store
+//! (ping) with growing pauses until it answers, so an outage of any length grows no receive
+//! count and dead-letters nothing. A message is
 //! acked only after its commit, so a crash between commit and ack means a redelivery, which
 //! the store recognises by msg_id (invariant 2).
 //!
@@ -43,6 +51,10 @@ use tokio_util::sync::CancellationToken;
 /// The lending bucket of the fleet's drain budget in the limits port.
 const FLEET_BUDGET_KEY: &str = "drain:fleet";
 use sluice_core::control::REFRESH as CONTROL_REFRESH;
+/// Pauses between probes of a store that failed as a whole.
+const STORE_PROBE: Backoff = Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(15), max_attempts: u32::MAX };
+/// Longest visibility a retryable failure gives a message before its next delivery.
+const RETRY_VISIBILITY_CAP: Duration = Duration::from_secs(60);
 /// How often the runtime lag is sampled (a timer this short fires late as soon as the
 /// runtime's threads are busy).
 const LAG_SAMPLE: Duration = Duration::from_millis(5);
@@ -109,11 +121,58 @@ pub struct Worker {
     store_failures: AtomicU64,
     /// The operator's controls as last read.
     controls: RwLock<Arc<Controls>>,
+    /// Set when the store failed as a whole: the pollers probe it instead of receiving.
+    store_down: std::sync::atomic::AtomicBool,
+    /// Deliveries this worker gave back for a retryable store failure, by msg_id: they do not
+    /// count toward `max_receives`. Bounded: the oldest are forgotten first.
+    deferred: std::sync::Mutex<Deferred>,
+}
+
+/// See [`Worker::deferred`].
+#[derive(Default)]
+struct Deferred {
+    counts: std::collections::HashMap<String, u32>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Messages whose deferrals a worker remembers.
+const DEFERRED_CAP: usize = 100_000;
+
+impl Deferred {
+    fn add(&mut self, msg_id: &str) {
+        let n = self.counts.entry(msg_id.to_string()).or_insert_with(|| {
+            self.order.push_back(msg_id.to_string());
+            0
+        });
+        *n += 1;
+        while self.order.len() > DEFERRED_CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.counts.remove(&old);
+            }
+        }
+    }
+
+    fn of(&self, msg_id: &str) -> u32 {
+        self.counts.get(msg_id).copied().unwrap_or(0)
+    }
+
+    fn forget(&mut self, msg_id: &str) {
+        // Its place in `order` goes when it reaches the front.
+        self.counts.remove(msg_id);
+    }
 }
 
 impl Worker {
     pub fn new(b: Backends, config: WorkerConfig) -> Self {
-        Worker { governor: Governor::new(config.governor), b, config, store_failures: AtomicU64::new(0), controls: RwLock::default() }
+        Worker {
+            governor: Governor::new(config.governor),
+            b,
+            config,
+            store_failures: AtomicU64::new(0),
+            controls: RwLock::default(),
+            store_down: Default::default(),
+            deferred: Default::default(),
+        }
     }
 
     fn controls(&self) -> Arc<Controls> {
@@ -228,7 +287,27 @@ impl Worker {
     async fn poll(&self, shutdown: CancellationToken) {
         let backoff = Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(5), max_attempts: u32::MAX };
         let mut failures = 0u32;
+        let mut probes = 0u32;
         while !shutdown.is_cancelled() {
+            if self.store_down.load(Ordering::Relaxed) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(STORE_PROBE.delay(probes).unwrap_or(STORE_PROBE.cap)) => {}
+                }
+                match self.b.store.ping().await {
+                    Ok(()) => {
+                        if self.store_down.swap(false, Ordering::Relaxed) {
+                            tracing::info!("the store answers again; draining");
+                        }
+                        probes = 0;
+                    }
+                    Err(e) => {
+                        probes = probes.saturating_add(1);
+                        tracing::debug!(error = %e, "the store is still down");
+                        continue;
+                    }
+                }
+            }
             if self.controls().drain().paused {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -302,7 +381,7 @@ impl Worker {
         let mut messages = Vec::with_capacity(batch.len());
         for d in batch {
             match decode_queued(&d.body, self.config.max_body_bytes) {
-                Ok(msg) if d.receive_count > self.config.max_receives => {
+                Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.config.max_receives => {
                     let reason = format!("received {} times without completing", d.receive_count);
                     self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
                 }
@@ -331,13 +410,19 @@ impl Worker {
         timer.observe_duration();
         let results = match outcome {
             Ok(r) => r,
-            Err(e) => {
-                if e.is_retryable() {
-                    self.store_failures.fetch_add(1, Ordering::Relaxed);
-                    m.bulk_store_failures.inc();
+            Err(e) if e.is_retryable() => {
+                // The store failed as a whole: not these messages' fault. They wait out their
+                // visibility (no quick redelivery), and the pollers probe the store.
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+                m.bulk_store_failures.inc();
+                if !self.store_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, n = work.len(), "the store failed; receiving stops until it answers");
                 }
+                return false;
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, n = work.len(), "persist failed; releasing the batch");
-                self.retry_later(&work, &messages, &e.to_string()).await;
+                self.give_back(&work, &messages, &e.to_string()).await;
                 return false;
             }
         };
@@ -349,6 +434,7 @@ impl Worker {
             match r {
                 Ok(p) => {
                     acks.push(d.receipt.clone());
+                    self.deferred_lock().forget(&msg.msg_id);
                     tenants.push(tenant_of(d, msg));
                     done.push((p, ticket));
                 }
@@ -400,18 +486,50 @@ impl Worker {
         }
     }
 
+    fn deferred_lock(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deferrals(&self, msg_id: &str) -> u32 {
+        self.deferred_lock().of(msg_id)
+    }
+
+    /// Gives messages back after a retryable failure (throttling, conflicts: the store's
+    /// state, not the message's fault): each comes back after a visibility that doubles with
+    /// its deliveries, so a throttling store is not hammered with the same messages.
     async fn retry_later(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
-        let mut release = Vec::new();
+        let mut later: std::collections::BTreeMap<Duration, Vec<Receipt>> = std::collections::BTreeMap::new();
+        {
+            let mut deferred = self.deferred_lock();
+            for (d, msg) in work.iter().zip(messages) {
+                deferred.add(&msg.msg_id);
+                later.entry(retry_visibility(d.receive_count)).or_default().push(d.receipt.clone());
+            }
+        }
+        tracing::debug!(n = work.len(), reason, "retryable store failure; the messages come back later");
+        self.come_back(later).await;
+    }
+
+    /// Gives messages back after a failure that may be theirs (a whole batch failing for no
+    /// retryable reason): after `max_receives` deliveries they are dead-lettered.
+    async fn give_back(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
+        let mut later: std::collections::BTreeMap<Duration, Vec<Receipt>> = std::collections::BTreeMap::new();
         for (d, msg) in work.iter().zip(messages) {
             if d.receive_count >= self.config.max_receives {
                 let reason = format!("gave up after {} deliveries: {reason}", d.receive_count);
                 self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
             } else {
-                release.push(d.receipt.clone());
+                later.entry(retry_visibility(d.receive_count)).or_default().push(d.receipt.clone());
             }
         }
-        if let Err(e) = self.b.queue.release(&release).await {
-            tracing::warn!(error = %e, "release failed; messages return after their visibility timeout");
+        self.come_back(later).await;
+    }
+
+    async fn come_back(&self, later: std::collections::BTreeMap<Duration, Vec<Receipt>>) {
+        for (visibility, receipts) in later {
+            if let Err(e) = self.b.queue.extend(&receipts, visibility).await {
+                tracing::warn!(error = %e, "could not set the retry visibility; messages return after their visibility timeout");
+            }
         }
     }
 
@@ -433,6 +551,12 @@ impl Worker {
         }
         self.b.metrics.dead_lettered.inc();
     }
+}
+
+/// How long a message stays invisible after its `receive_count`-th delivery failed
+/// retryably: 1 s, 2 s, 4 s, ... up to [`RETRY_VISIBILITY_CAP`].
+fn retry_visibility(receive_count: u32) -> Duration {
+    Duration::from_secs(1u64 << receive_count.saturating_sub(1).min(6)).min(RETRY_VISIBILITY_CAP)
 }
 
 /// The tenant a queued message is drained for: messages queued before tenants existed

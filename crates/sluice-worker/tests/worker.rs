@@ -187,14 +187,15 @@ async fn retryable_store_failures_are_retried_then_dead_lettered() {
     }
     assert!(e.queue.dead_letters(10).await.unwrap().is_empty());
 
-    // A store that never recovers: after max_receives deliveries, the dead-letter queue.
+    // A store that answers pings but fails every persist of this message: after
+    // max_receives deliveries, the dead-letter queue.
     faulty.fail_persists.store(u32::MAX, Ordering::SeqCst);
     let m = one_off("c3", "shop", "late", "never");
     e.queue.send(vec![enqueue(&m)]).await.unwrap();
     drain(vec![worker(store, e.queue.clone(), e.metrics.clone(), config())], &e.queue).await;
     let dead = e.queue.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("gave up after 3 deliveries"), "{}", dead[0].reason);
+    assert!(dead[0].reason.contains("received 4 times without completing"), "{}", dead[0].reason);
     let c = e.store.campaign("c3").await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered), (10, 1));
 }
@@ -297,4 +298,40 @@ async fn a_slow_gateway_elsewhere_cuts_the_drain() {
     running.await.unwrap();
     assert!(e.metrics.drain_cuts.get() > 0, "the far gateway's latency cut the drain");
     assert_eq!(e.metrics.drain_limit.get(), 100.0, "down to the floor and no further");
+}
+
+/// Issue 15.3: a store outage is not the messages' fault. The pollers stop receiving and
+/// probe the store; nothing is dead-lettered however long it lasts, receive counts do not
+/// climb, and everything drains once the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_dead_letters_nothing_and_drains_after() {
+    let e = env();
+    let faulty = Arc::new(FaultyStore::new(e.store.clone()));
+    faulty.down.store(true, Ordering::SeqCst);
+    let msgs: Vec<NewMessage> = (0..30).map(|i| one_off("c7", "shop", &format!("u{i}"), "later")).collect();
+    e.store.record_enqueued("c7", "shop", 30, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    let store: Arc<dyn MessageStore> = faulty.clone();
+    let w = worker(store, e.queue.clone(), e.metrics.clone(), config());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone()));
+    // Ten visibility timeouts (max_receives is 3): before, every message was dead-lettered by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tried = faulty.persists_while_down.load(Ordering::SeqCst);
+    assert!(tried >= 1, "the worker met the outage");
+    assert!(tried <= 4 * 2, "the pollers stopped receiving during the outage ({tried} persist calls)");
+    assert!(e.queue.dead_letters(100).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
+    faulty.down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !e.store.campaign("c7").await.unwrap().unwrap().done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the campaign drains once the store answers");
+    stop.cancel();
+    run.await.unwrap();
+    let c = e.store.campaign("c7").await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.dead_lettered), (30, 0));
+    assert!(e.queue.dead_letters(100).await.unwrap().is_empty());
 }
