@@ -62,6 +62,8 @@ const ATTR_TENANT: &str = "sluice_tenant";
 /// the hold key).
 const ATTR_HOLD: &str = "sluice_hold";
 const ATTR_GROUP: &str = "sluice_group";
+/// Most receives one scan of the dead-letter queue for adoptable letters makes.
+const ADOPT_SCAN_RECEIVES: usize = 100;
 /// How long a lane that answered empty is skipped before it is probed again.
 const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
 /// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
@@ -140,6 +142,8 @@ pub struct SqsQueue {
     metrics: Arc<Metrics>,
     backoff: Backoff,
     in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Dead letters offered for adoption and not yet marked, by receipt handle.
+    adoptable: Mutex<HashMap<String, Message>>,
     client_side_wait: bool,
 }
 
@@ -182,6 +186,7 @@ impl SqsQueue {
             metrics,
             backoff: Backoff::default(),
             in_flight: Mutex::new(HashMap::new()),
+            adoptable: Mutex::new(HashMap::new()),
             client_side_wait: false,
         })
     }
@@ -553,6 +558,21 @@ fn dedup_of(m: &Message) -> String {
     user_attr(m, ATTR_DEDUP).or_else(|| system_attr(m, MessageSystemAttributeName::MessageDeduplicationId)).unwrap_or_default().to_string()
 }
 
+fn dead_letter_of(m: &Message) -> DeadLetter {
+    DeadLetter {
+        dedup_id: dedup_of(m),
+        group: system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string(),
+        tenant: user_attr(m, ATTR_TENANT).unwrap_or_default().to_string(),
+        body: decode_body(m),
+        reason: user_attr(m, ATTR_REASON).unwrap_or("moved by the queue's redrive policy (maxReceiveCount exceeded)").to_string(),
+        receive_count: user_attr(m, ATTR_RECEIVES)
+            .or_else(|| system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        dead_at_ms: system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0),
+    }
+}
+
 fn decode_body(m: &Message) -> Bytes {
     Bytes::from(base64::decode(m.body().unwrap_or_default()).unwrap_or_else(|_| m.body().unwrap_or_default().as_bytes().to_vec()))
 }
@@ -697,21 +717,82 @@ impl SpikeQueue for SqsQueue {
         let messages = self.dlq_messages(limit, Duration::from_secs(30)).await?;
         let handles: Vec<String> = messages.iter().filter_map(|m| m.receipt_handle().map(str::to_string)).collect();
         self.settle(&self.dlq_url, &handles, Some(Duration::ZERO)).await?;
-        Ok(messages
-            .iter()
-            .map(|m| DeadLetter {
-                dedup_id: dedup_of(m),
-                group: system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string(),
-                tenant: user_attr(m, ATTR_TENANT).unwrap_or_default().to_string(),
-                body: decode_body(m),
-                reason: user_attr(m, ATTR_REASON).unwrap_or("moved by the queue's redrive policy (maxReceiveCount exceeded)").to_string(),
-                receive_count: user_attr(m, ATTR_RECEIVES)
-                    .or_else(|| system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-                dead_at_ms: system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0),
-            })
-            .collect())
+        Ok(messages.iter().map(dead_letter_of).collect())
+    }
+
+    async fn own_max_receives(&self) -> Result<Option<u32>, QueueError> {
+        self.count("GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.urls[0])
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| queue_error("GetQueueAttributes", e))?;
+        let policy = out.attributes.unwrap_or_default().remove(&QueueAttributeName::RedrivePolicy);
+        Ok(policy.and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok()).and_then(|v| match &v["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }))
+    }
+
+    async fn adoptable_dead_letters(&self, limit: usize) -> Result<Vec<(DeadLetter, Receipt)>, QueueError> {
+        // A dead letter without a reason was moved by SQS itself. Receiving hands out one
+        // group's messages at a time and holds them, so the scan ends when the queue has shown
+        // all it has; the adopted ones are offered, the others made visible again.
+        let mut out = Vec::new();
+        let mut others = Vec::new();
+        for _ in 0..ADOPT_SCAN_RECEIVES {
+            if out.len() >= limit {
+                break;
+            }
+            let got = self.receive_from(&self.dlq_url, (limit - out.len()).min(BATCH), Duration::ZERO, Duration::from_secs(60)).await?;
+            if got.is_empty() {
+                break;
+            }
+            let mut adoptable = self.adoptable.lock().expect("adoptable lock");
+            for m in got {
+                let Some(handle) = m.receipt_handle().map(str::to_string) else { continue };
+                if user_attr(&m, ATTR_REASON).is_some() {
+                    others.push(handle);
+                } else {
+                    out.push((dead_letter_of(&m), Receipt(handle.clone())));
+                    adoptable.insert(handle, m);
+                }
+            }
+        }
+        self.settle(&self.dlq_url, &others, Some(Duration::ZERO)).await?;
+        Ok(out)
+    }
+
+    async fn mark_adopted(&self, receipts: &[Receipt], reason: &str) -> Result<(), QueueError> {
+        for r in receipts {
+            let Some(m) = self.adoptable.lock().expect("adoptable lock").remove(&r.0) else { continue };
+            let group = system_attr(&m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
+            let receives = system_attr(&m, MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or("0").to_string();
+            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("adopted {}", m.message_id().unwrap_or_default()).as_bytes())
+                .simple()
+                .to_string();
+            let mut send = self
+                .client
+                .send_message()
+                .queue_url(&self.dlq_url)
+                .message_group_id(group)
+                .message_deduplication_id(id)
+                .message_body(m.body().unwrap_or_default())
+                .message_attributes(ATTR_DEDUP, string_attr(&dedup_of(&m)))
+                .message_attributes(ATTR_REASON, string_attr(reason))
+                .message_attributes(ATTR_RECEIVES, string_attr(&receives));
+            if let Some(t) = user_attr(&m, ATTR_TENANT) {
+                send = send.message_attributes(ATTR_TENANT, string_attr(t));
+            }
+            self.count("SendMessage");
+            send.send().await.map_err(|e| queue_error("SendMessage", e))?;
+            self.settle(&self.dlq_url, std::slice::from_ref(&r.0), None).await?;
+        }
+        Ok(())
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {

@@ -144,6 +144,25 @@ pub trait SpikeQueue: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The receives after which the queue moves a message to the dead-letter queue by itself
+    /// (SQS: the redrive policy's maxReceiveCount); `None` when it never does.
+    async fn own_max_receives(&self) -> Result<Option<u32>, QueueError> {
+        Ok(None)
+    }
+
+    /// Up to `limit` dead letters the queue moved by itself, not yet adopted. Each stays
+    /// hidden from other callers for a while; [`SpikeQueue::mark_adopted`] marks it (with a
+    /// reason) once its campaign has counted it, else it is offered again later.
+    async fn adoptable_dead_letters(&self, _limit: usize) -> Result<Vec<(DeadLetter, Receipt)>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// Marks dead letters from [`SpikeQueue::adoptable_dead_letters`] as adopted, keeping
+    /// `reason`; they stay in the dead-letter queue.
+    async fn mark_adopted(&self, _receipts: &[Receipt], _reason: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Moves an in-flight message to the held area under `key` (an operator's pause of the
     /// key's scope). It keeps its group, tenant and body, and waits there, durably and
     /// without being received, until [`SpikeQueue::release_held`] of its key.

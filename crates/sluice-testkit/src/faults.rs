@@ -82,6 +82,15 @@ impl SpikeQueue for FaultyQueue {
     async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
         self.inner.tenant_backlog(tenant).await
     }
+    async fn own_max_receives(&self) -> Result<Option<u32>, QueueError> {
+        self.inner.own_max_receives().await
+    }
+    async fn adoptable_dead_letters(&self, limit: usize) -> Result<Vec<(DeadLetter, Receipt)>, QueueError> {
+        self.inner.adoptable_dead_letters(limit).await
+    }
+    async fn mark_adopted(&self, receipts: &[Receipt], reason: &str) -> Result<(), QueueError> {
+        self.inner.mark_adopted(receipts, reason).await
+    }
     async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
         self.inner.release_held(key, limit).await
     }

@@ -51,6 +51,12 @@ use tokio_util::sync::CancellationToken;
 /// The lending bucket of the fleet's drain budget in the limits port.
 const FLEET_BUDGET_KEY: &str = "drain:fleet";
 use sluice_core::control::REFRESH as CONTROL_REFRESH;
+/// Control ticks between two looks for dead letters the queue moved by itself.
+const ADOPT_EVERY_TICKS: u64 = 30;
+/// Dead letters adopted per look.
+const ADOPT_BATCH: usize = 1_000;
+/// The reason an adopted dead letter keeps.
+pub const ADOPTED_REASON: &str = "moved by the queue after its own maxReceiveCount receives (counted by a worker)";
 /// Pauses between probes of a store that failed as a whole.
 const STORE_PROBE: Backoff = Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(15), max_attempts: u32::MAX };
 /// Longest visibility a retryable failure gives a message before its next delivery.
@@ -126,6 +132,8 @@ pub struct Worker {
     /// Deliveries this worker gave back for a retryable store failure, by msg_id: they do not
     /// count toward `max_receives`. Bounded: the oldest are forgotten first.
     deferred: std::sync::Mutex<Deferred>,
+    /// `max_receives` in force: the configured one, or one below the queue's own limit.
+    max_receives: std::sync::atomic::AtomicU32,
 }
 
 /// See [`Worker::deferred`].
@@ -165,6 +173,7 @@ impl Deferred {
 impl Worker {
     pub fn new(b: Backends, config: WorkerConfig) -> Self {
         Worker {
+            max_receives: std::sync::atomic::AtomicU32::new(config.max_receives),
             governor: Governor::new(config.governor),
             b,
             config,
@@ -207,18 +216,83 @@ impl Worker {
     async fn watch_controls(&self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(CONTROL_REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => self.refresh_controls().await,
             }
+            if ticks % ADOPT_EVERY_TICKS == 0 {
+                self.adopt_dead_letters().await;
+            }
+            ticks += 1;
         }
+    }
+
+    fn max_receives(&self) -> u32 {
+        self.max_receives.load(Ordering::Relaxed)
+    }
+
+    /// A queue that dead-letters by itself after its own count of receives (SQS's redrive
+    /// policy) must not do so before this worker would: the worker's verdict carries the
+    /// reason and counts the campaign. A `max_receives` at or above the queue's is lowered.
+    /// Returns the `max_receives` in force.
+    pub async fn check_max_receives(&self) -> u32 {
+        match self.b.queue.own_max_receives().await {
+            Ok(Some(own)) if self.max_receives() >= own => {
+                let lowered = own.saturating_sub(1).max(1);
+                tracing::error!(
+                    max_receives = self.max_receives(),
+                    queue_max_receive_count = own,
+                    using = lowered,
+                    "--max-receives must be below the queue's maxReceiveCount; lowered"
+                );
+                self.max_receives.store(lowered, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the queue's own receive limit"),
+        }
+        self.max_receives()
+    }
+
+    /// Counts the dead letters the queue moved by itself for their campaigns, then marks them
+    /// adopted; returns how many. One that cannot be counted now is offered again later.
+    pub async fn adopt_dead_letters(&self) -> usize {
+        let letters = match self.b.queue.adoptable_dead_letters(ADOPT_BATCH).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for dead letters the queue moved");
+                return 0;
+            }
+        };
+        let mut adopted = Vec::with_capacity(letters.len());
+        for (letter, receipt) in letters {
+            if let Ok(msg) = decode_queued(&letter.body, usize::MAX)
+                && let Some(cid) = msg.campaign_id.as_deref()
+                && let Err(e) = self.b.store.record_dead_letter(cid, &msg.msg_id).await
+            {
+                tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter the queue moved; it is offered again later");
+                continue;
+            }
+            adopted.push(receipt);
+        }
+        if adopted.is_empty() {
+            return 0;
+        }
+        if let Err(e) = self.b.queue.mark_adopted(&adopted, ADOPTED_REASON).await {
+            tracing::warn!(error = %e, "could not mark adopted dead letters; they are offered (and counted, idempotently) again");
+            return 0;
+        }
+        tracing::warn!(n = adopted.len(), "counted dead letters the queue moved by itself");
+        self.b.metrics.dead_lettered.inc_by(adopted.len() as u64);
+        adopted.len()
     }
 
     /// Runs the pollers until `shutdown` is cancelled and their batches are finished.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // A pause in force when the worker starts holds from its first receive.
         self.refresh_controls().await;
+        self.check_max_receives().await;
         let control = {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.govern(s).await })
@@ -381,7 +455,7 @@ impl Worker {
         let mut messages = Vec::with_capacity(batch.len());
         for d in batch {
             match decode_queued(&d.body, self.config.max_body_bytes) {
-                Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.config.max_receives => {
+                Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
                     let reason = format!("received {} times without completing", d.receive_count);
                     self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
                 }
@@ -515,7 +589,7 @@ impl Worker {
     async fn give_back(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
         let mut later: std::collections::BTreeMap<Duration, Vec<Receipt>> = std::collections::BTreeMap::new();
         for (d, msg) in work.iter().zip(messages) {
-            if d.receive_count >= self.config.max_receives {
+            if d.receive_count >= self.max_receives() {
                 let reason = format!("gave up after {} deliveries: {reason}", d.receive_count);
                 self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
             } else {
