@@ -310,14 +310,18 @@ pub enum DlqAction {
     },
 }
 
-/// How the control commands reach a running server.
+/// How the control commands reach a running server (the options go anywhere on the line).
 #[derive(Debug, Clone, Args)]
 pub struct ControlTarget {
-    #[command(flatten)]
-    pub common: CommonArgs,
     /// The gRPC address of a running gateway.
-    #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, global = true, env = "SLUICE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+    /// The server's service token. Default: the one generated into the data dir.
+    #[arg(long, global = true, env = "SLUICE_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+    /// The data dir whose secrets hold the service token, when it is not given.
+    #[arg(long, global = true, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -465,8 +465,11 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
 }
 
 async fn control_client(t: &ControlTarget) -> anyhow::Result<sluice_bench::target::Grpc> {
-    let s = secrets::load(&t.common.data_dir, t.common.jwt_secret.as_deref(), t.common.service_token.as_deref())?;
-    sluice_bench::target::connect(t.grpc_addr, &s.service_token).await
+    let token = match &t.service_token {
+        Some(token) => token.clone(),
+        None => secrets::stored_service_token(&t.data_dir)?,
+    };
+    sluice_bench::target::connect(t.grpc_addr, &token).await
 }
 
 fn scope_text(s: Option<&v1::DrainScope>) -> String {

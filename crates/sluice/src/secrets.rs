@@ -40,6 +40,16 @@ pub fn load(data_dir: &Path, jwt_secret: Option<&str>, service_token: Option<&st
     })
 }
 
+/// The service token stored in `data_dir`, without generating one (a client of a running
+/// server must find that server's token, not make a new one).
+pub fn stored_service_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(FILE);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("no secrets at {} (pass the server's --data-dir, or --service-token / SLUICE_SERVICE_TOKEN)", path.display())
+    })?;
+    Ok(serde_json::from_slice::<Secrets>(&bytes).with_context(|| format!("{} is not valid", path.display()))?.service_token)
+}
+
 /// Creates `path` with `bytes` atomically (a temporary file hard-linked into place), so
 /// a crash never leaves a half-written secrets file; an existing file wins.
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 fn control(s: &Server, args: &[&str]) -> String {
     let grpc = s.grpc.to_string();
-    let mut all = vec![args[0], "--data-dir", s.data_dir.to_str().unwrap(), "--grpc-addr", &grpc];
-    all.extend(&args[1..]);
+    // The options may follow the action.
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", s.data_dir.to_str().unwrap(), "--grpc-addr", &grpc]);
     cli(&all)
 }
 
