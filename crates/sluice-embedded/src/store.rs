@@ -43,6 +43,8 @@ pub const MAX_GROUP: usize = 4096;
 pub const BULK_SLICE: usize = 64;
 /// Messages per operation a large bulk batch is split into (rooms are never split).
 const BULK_CHUNK: usize = 32;
+/// Recipients per operation a large campaign record is split into.
+const RECORD_CHUNK: usize = 1024;
 /// How long after the last interactive operation the bulk lane stays limited to
 /// [`BULK_SLICE`] per commit.
 const INTERACTIVE_RECENT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -1081,8 +1083,27 @@ impl MessageStore for EmbeddedStore {
         requested: u64,
         recipients: &[String],
     ) -> Result<Campaign, StoreError> {
-        let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), recipients.to_vec());
-        self.submit(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply }).await
+        if recipients.len() <= RECORD_CHUNK {
+            let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), recipients.to_vec());
+            return self.submit(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply }).await;
+        }
+        // Many recipients go in slices, queued together in the bulk lane (so in order): a
+        // commit that interactive operations wait behind records one slice, not 100,000
+        // rows. The request lands alone, once every slice committed, so a reader never sees
+        // a call's request without its recipients.
+        let _permit = self.admit(true, recipients.len()).await?;
+        let mut replies = Vec::new();
+        for slice in recipients.chunks(RECORD_CHUNK) {
+            let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), slice.to_vec());
+            replies.push(self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested: 0, recipients, reply })?);
+        }
+        for rx in replies {
+            rx.await.map_err(|_| writer_stopped())??;
+        }
+        let (campaign_id, owner) = (campaign_id.to_string(), sender.to_string());
+        self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients: Vec::new(), reply })?
+            .await
+            .map_err(|_| writer_stopped())?
     }
 
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {

@@ -180,6 +180,9 @@ impl App {
     /// Enqueues one one-off message from `sender` to each recipient's direct room and
     /// returns once all are durably enqueued. Returns the campaign id and how many messages
     /// this call accepted (recipients repeated in the call, and the sender, are skipped).
+    /// A tenant at its queue quota gets what fits accepted and a `rate_limited` error
+    /// (RESOURCE_EXHAUSTED) whose metadata says how many messages and request entries were
+    /// accepted; the caller sends the other entries again later.
     pub async fn enqueue_bulk(&self, bulk: BulkSend<'_>) -> Result<(String, u64), AppError> {
         let BulkSend { campaign_id, tenant, sender, recipients, body } = bulk;
         let campaign_id = if campaign_id.is_empty() { format!("c-{}", ids::random_id()) } else { campaign_id.to_string() };

@@ -476,4 +476,12 @@ pub async fn a_campaign_knows_its_tenant(s: Arc<dyn MessageStore>) {
     assert_eq!(s.campaign("c2").await.unwrap().unwrap().tenant, "shop");
     let err = s.record_enqueued("c1", &ids::campaign_owner("globex", "mailer"), 1, &users(&["bob"])).await.unwrap_err();
     assert!(matches!(err, StoreError::CampaignOwned { .. }), "{err:?}");
+    // A large call (recorded in slices by some stores) is refused as a whole too.
+    let many: Vec<String> = (0..3000).map(|i| format!("m{i}")).collect();
+    let c = s.record_enqueued("big", &ids::campaign_owner("acme", "mailer"), 3000, &many).await.unwrap();
+    assert_eq!((c.requested, c.enqueued), (3000, 3000));
+    let err = s.record_enqueued("big", &ids::campaign_owner("globex", "mailer"), 3000, &many).await.unwrap_err();
+    assert!(matches!(err, StoreError::CampaignOwned { .. }), "{err:?}");
+    let c = s.campaign("big").await.unwrap().unwrap();
+    assert_eq!((c.requested, c.enqueued, c.tenant.as_str()), (3000, 3000, "acme"), "the refused call recorded nothing");
 }

@@ -21,9 +21,11 @@
 //! A store that fails as a whole (the call, not single messages) is not the messages' fault:
 //! the batch waits out its visibility, and the pollers stop receiving and probe the store
 //! (ping) with growing pauses until it answers, so an outage of any length grows no receive
-//! count and dead-letters nothing. A message is
-//! acked only after its commit, so a crash between commit and ack means a redelivery, which
-//! the store recognises by msg_id (invariant 2).
+//! count and dead-letters nothing. Dead letters a queue moves by itself (SQS's redrive
+//! policy) are adopted every 30 s: counted for their campaign and given a reason.
+//!
+//! A message is acked only after its commit, so a crash between commit and ack means a
+//! redelivery, which the store recognises by msg_id (invariant 2).
 //!
 //! Operator controls ([`sluice_core::control`]), read from the store every second: while the
 //! whole drain is paused the pollers receive nothing; an operator's drain rate caps the
@@ -35,7 +37,7 @@
 
 use futures::future::join_all;
 use sluice_core::backoff::Backoff;
-use sluice_core::control::{Controls, Scope};
+use sluice_core::control::{Controls, REFRESH as CONTROL_REFRESH, Scope};
 use sluice_core::fanout::{Fanout, Ticket};
 use sluice_core::governor::{Adjustment, Governor, GovernorConfig, INTERACTIVE_P99_KEY};
 use sluice_core::limits::Limiter;
@@ -50,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The lending bucket of the fleet's drain budget in the limits port.
 const FLEET_BUDGET_KEY: &str = "drain:fleet";
-use sluice_core::control::REFRESH as CONTROL_REFRESH;
 /// Control ticks between two looks for dead letters the queue moved by itself.
 const ADOPT_EVERY_TICKS: u64 = 30;
 /// Dead letters adopted per look.

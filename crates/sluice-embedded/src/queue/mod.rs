@@ -1,7 +1,8 @@
 //! The embedded spike queue: a durable FIFO queue with message groups, SQS FIFO semantics.
 //!
-//! Messages, their receive counts and the dead letters live in a redb file; which message is
-//! in flight until when lives in memory (after a crash every message is visible again, as an
+//! Messages, their receive counts, the dead letters and the messages held by an operator's
+//! pause (by hold key) live in a redb file; which message is in flight until when lives in
+//! memory, in a compact index (about 200 bytes a queued message) (after a crash every message is visible again, as an
 //! SQS visibility timeout would make it). Semantics:
 //! - a group with a message in flight is not handed out until that message is acked,
 //!   released, dead-lettered or its visibility timeout expires;
