@@ -53,6 +53,8 @@ pub struct Metrics {
     pub bulk_store_failures: IntCounter,
     /// Queue messages acked after commit, by tenant (tenants are companies: a bounded set).
     pub tenant_drained: IntCounterVec,
+    /// Messages in the queue by tenant, where the queue counts them (the embedded queue).
+    pub tenant_backlog: prometheus::IntGaugeVec,
     /// Queue messages moved to the held area by an operator's pause.
     pub held: IntCounter,
     /// Spike queue: messages in the held area.
@@ -137,6 +139,10 @@ impl Metrics {
             )),
             tenant_drained: reg!(IntCounterVec::new(
                 Opts::new("tenant_drained_total", "Queue messages acked after commit, by tenant"),
+                &["tenant"]
+            )),
+            tenant_backlog: reg!(prometheus::IntGaugeVec::new(
+                Opts::new("tenant_backlog", "Messages in the queue by tenant (embedded queue)"),
                 &["tenant"]
             )),
             held: reg!(IntCounter::new("held_total", "Queue messages moved aside by an operator's pause of their tenant or campaign")),

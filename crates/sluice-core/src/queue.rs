@@ -144,6 +144,12 @@ pub trait SpikeQueue: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Every tenant with messages in the queue and how many (visible or in flight), when the
+    /// backend counts per tenant; empty when it cannot tell.
+    async fn tenant_backlogs(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        Ok(Vec::new())
+    }
+
     /// The receives after which the queue moves a message to the dead-letter queue by itself
     /// (SQS: the redrive policy's maxReceiveCount); `None` when it never does.
     async fn own_max_receives(&self) -> Result<Option<u32>, QueueError> {

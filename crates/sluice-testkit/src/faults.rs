@@ -82,6 +82,9 @@ impl SpikeQueue for FaultyQueue {
     async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
         self.inner.tenant_backlog(tenant).await
     }
+    async fn tenant_backlogs(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        self.inner.tenant_backlogs().await
+    }
     async fn own_max_receives(&self) -> Result<Option<u32>, QueueError> {
         self.inner.own_max_receives().await
     }

@@ -640,8 +640,9 @@ fn tenant_of<'a>(d: &'a Delivery, msg: &'a sluice_core::model::NewMessage) -> &'
     if d.tenant.is_empty() { &msg.sender } else { &d.tenant }
 }
 
-/// Publishes the queue's depth, in-flight count, age of the oldest message and dead-letter
-/// depth to metrics every `every`, until cancelled.
+/// Publishes the queue's depth, in-flight count, age of the oldest message, dead-letter and
+/// held depth, and the backlog per tenant (where the queue counts it) to metrics every
+/// `every`, until cancelled.
 pub async fn watch_queue(queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -655,6 +656,13 @@ pub async fn watch_queue(queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, ever
             metrics.queue_oldest_age_seconds.set(s.oldest_age_ms as f64 / 1000.0);
             metrics.dead_letter_depth.set(s.dead as i64);
             metrics.queue_held.set(s.held as i64);
+        }
+        if let Ok(backlogs) = queue.tenant_backlogs().await {
+            // Tenants whose backlog is gone leave the metric.
+            metrics.tenant_backlog.reset();
+            for (tenant, n) in backlogs {
+                metrics.tenant_backlog.with_label_values(&[&tenant]).set(n as i64);
+            }
         }
     }
 }

@@ -679,6 +679,10 @@ impl SpikeQueue for EmbeddedQueue {
         Ok(Some(self.state().sched.backlog(tenant)))
     }
 
+    async fn tenant_backlogs(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        Ok(self.state().sched.backlogs())
+    }
+
     async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
         let (this, r, key) = (self.clone(), receipt.clone(), key.to_string());
         detached(async move { this.hold_now(r, key).await }).await

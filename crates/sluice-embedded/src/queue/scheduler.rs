@@ -140,6 +140,11 @@ impl Scheduler {
         self.tenant_ids.get(tenant).and_then(|&t| self.tenants.get(t)).map_or(0, |t| t.backlog)
     }
 
+    /// Every tenant with messages and its backlog.
+    pub(crate) fn backlogs(&self) -> Vec<(String, u64)> {
+        self.tenants.slots.iter().flatten().filter(|t| t.backlog > 0).map(|t| (t.name.to_string(), t.backlog)).collect()
+    }
+
     fn mark_ready(&mut self, group: u32, front: bool) {
         let g = self.groups.get_mut(group).expect("group exists");
         if g.in_flight > 0 || g.in_ready {
@@ -369,6 +374,27 @@ mod tests {
         // Two turns of each: 16 + 16 + 16 + 4.
         assert!(small_done < 2 * QUANTUM as usize + 20, "small finished at {small_done}: {order:?}");
         assert_eq!(order.iter().filter(|t| &***t == "small").count(), 20);
+    }
+
+    #[test]
+    fn backlogs_count_pending_and_in_flight_messages_per_tenant() {
+        let mut s = Scheduler::new(weights(&[]));
+        for i in 0..5u64 {
+            s.push(i, &format!("g{i}"), if i < 3 { "a" } else { "b" }, 0, 0);
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        let picked = s.pick(2, far);
+        let mut b = s.backlogs();
+        b.sort();
+        assert_eq!(b, vec![("a".to_string(), 3), ("b".to_string(), 2)], "in flight still counts");
+        for (seq, _) in picked {
+            s.remove(seq);
+        }
+        assert_eq!(s.backlogs().iter().map(|(_, n)| n).sum::<u64>(), 3);
+        for seq in 0..5 {
+            s.remove(seq);
+        }
+        assert!(s.backlogs().is_empty(), "a tenant without messages is gone");
     }
 
     #[test]
