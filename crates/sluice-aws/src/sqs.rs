@@ -17,8 +17,13 @@
 //!   not applied here (the embedded queue applies them exactly).
 //! - dead letters: the worker's verdicts are sent to the dead-letter queue with the reason as
 //!   a message attribute, then deleted here; messages SQS moves on its own (the redrive
-//!   policy's maxReceiveCount) arrive without one. `redrive` sends them back with a fresh
-//!   deduplication id (the original may still be inside the 5-minute window).
+//!   policy's maxReceiveCount) arrive without one, and are offered for adoption (a worker
+//!   counts them for their campaign, then they are sent again with a reason). `redrive`
+//!   sends dead letters back with a fresh deduplication id (the original may still be inside
+//!   the 5-minute window).
+//! - held messages (an operator's pause of a tenant or campaign) go to the held queue with
+//!   the hold key as their group; a release scans it, one group at a time, and sends the
+//!   key's messages back to their lane.
 //!
 //! Bodies are the protobuf `sluice.v1.QueuedMessage`, base64 encoded (SQS bodies are text).
 //! SQS does not say which sends it dropped as duplicates, so `SendOutcome::duplicates` counts
@@ -744,6 +749,8 @@ impl SpikeQueue for SqsQueue {
         // all it has; the adopted ones are offered, the others made visible again.
         let mut out = Vec::new();
         let mut others = Vec::new();
+        // Offers of an earlier scan that were never marked have expired with their receipts.
+        self.adoptable.lock().expect("adoptable lock").clear();
         for _ in 0..ADOPT_SCAN_RECEIVES {
             if out.len() >= limit {
                 break;
