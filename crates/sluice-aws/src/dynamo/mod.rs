@@ -24,6 +24,7 @@
 mod call;
 mod campaigns;
 mod items;
+mod members;
 mod persist;
 mod reads;
 mod rooms;
@@ -41,8 +42,7 @@ use sluice_core::error::StoreError;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
 use sluice_core::store::{Membership, MessageStore};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Rooms up to this many members keep an unread counter per recipient; larger rooms compute
 /// unread from read positions (see the module docs).
@@ -81,8 +81,8 @@ pub struct DynamoStore {
     token_ns: uuid::Uuid,
     metrics: Arc<Metrics>,
     backoff: Backoff,
-    /// Members of large rooms by room, with the members_version they were read at.
-    members_cache: Mutex<HashMap<String, (u64, Arc<Vec<String>>)>>,
+    /// Members of large rooms, read from the by-room index (bounded, and trusted briefly).
+    members_cache: members::MembersCache,
 }
 
 impl DynamoStore {
@@ -93,7 +93,7 @@ impl DynamoStore {
             token_ns: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("sluice-dynamodb:{}", names.prefix).as_bytes()),
             metrics,
             backoff: Backoff { base: std::time::Duration::from_millis(10), cap: std::time::Duration::from_secs(1), max_attempts: 10 },
-            members_cache: Mutex::new(HashMap::new()),
+            members_cache: members::MembersCache::default(),
         }
     }
 

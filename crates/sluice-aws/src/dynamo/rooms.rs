@@ -265,10 +265,8 @@ impl DynamoStore {
         if !meta.large {
             return Ok(Arc::new(meta.members.clone()));
         }
-        if let Some((v, m)) = self.members_cache.lock().expect("cache lock").get(room)
-            && *v == meta.members_version
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.members_cache.get(room, meta.members_version, std::time::Instant::now()) {
+            return Ok(m);
         }
         let q = self
             .client
@@ -282,7 +280,7 @@ impl DynamoStore {
         members.sort();
         members.dedup();
         let members = Arc::new(members);
-        self.members_cache.lock().expect("cache lock").insert(room.to_string(), (meta.members_version, members.clone()));
+        self.members_cache.insert(room, meta.members_version, members.clone(), std::time::Instant::now());
         Ok(members)
     }
 }
