@@ -69,6 +69,8 @@ const ATTR_HOLD: &str = "sluice_hold";
 const ATTR_GROUP: &str = "sluice_group";
 /// Most receives one scan of the dead-letter queue for adoptable letters makes.
 const ADOPT_SCAN_RECEIVES: usize = 100;
+/// A dead-letter queue whose depth did not move is scanned again after this long anyway.
+const ADOPT_FULL_SCAN_EVERY: Duration = Duration::from_secs(600);
 /// How long a lane that answered empty is skipped before it is probed again.
 const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
 /// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
@@ -149,6 +151,8 @@ pub struct SqsQueue {
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// Dead letters offered for adoption and not yet marked, by receipt handle.
     adoptable: Mutex<HashMap<String, Message>>,
+    /// When the last adoption scan found nothing, and the dead-letter depth it saw.
+    last_adopt_scan: Mutex<Option<(Instant, u64)>>,
     client_side_wait: bool,
 }
 
@@ -192,6 +196,7 @@ impl SqsQueue {
             backoff: Backoff::default(),
             in_flight: Mutex::new(HashMap::new()),
             adoptable: Mutex::new(HashMap::new()),
+            last_adopt_scan: Mutex::new(None),
             client_side_wait: false,
         })
     }
@@ -746,7 +751,20 @@ impl SpikeQueue for SqsQueue {
     async fn adoptable_dead_letters(&self, limit: usize) -> Result<Vec<(DeadLetter, Receipt)>, QueueError> {
         // A dead letter without a reason was moved by SQS itself. Receiving hands out one
         // group's messages at a time and holds them, so the scan ends when the queue has shown
-        // all it has; the adopted ones are offered, the others made visible again.
+        // all it has; the adopted ones are offered, the others made visible again. A scan
+        // costs a receive per ten letters, so it runs only when the dead-letter queue's depth
+        // moved since a scan that left nothing to adopt (and every ten minutes regardless).
+        let (visible, in_flight) = self.attribute_counts(&self.dlq_url).await?;
+        let depth = visible + in_flight;
+        {
+            let last = self.last_adopt_scan.lock().expect("adopt scan lock");
+            if let Some((at, seen)) = *last
+                && seen == depth
+                && at.elapsed() < ADOPT_FULL_SCAN_EVERY
+            {
+                return Ok(Vec::new());
+            }
+        }
         let mut out = Vec::new();
         let mut others = Vec::new();
         // Offers of an earlier scan that were never marked have expired with their receipts.
@@ -771,6 +789,9 @@ impl SpikeQueue for SqsQueue {
             }
         }
         self.settle(&self.dlq_url, &others, Some(Duration::ZERO)).await?;
+        // Offered letters will be re-sent with a reason: only a scan that found none is a
+        // baseline to skip the next ones against.
+        *self.last_adopt_scan.lock().expect("adopt scan lock") = out.is_empty().then(|| (Instant::now(), depth));
         Ok(out)
     }
 
