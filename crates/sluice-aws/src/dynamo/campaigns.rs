@@ -3,7 +3,7 @@
 
 use super::DynamoStore;
 use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
-use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, campaign_shard, get_s, get_u64, key, marker_expiry, n, s, update};
+use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_s, get_u64, key, marker_expiry, n, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
 use sluice_core::control::{Control, Controls, Scope};
@@ -144,7 +144,8 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
     }
 }
 
-pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+/// Every item of one partition of the campaigns table, strongly consistent.
+async fn partition(store: &DynamoStore, campaign_id: &str) -> Result<Vec<Item>, StoreError> {
     let q = store
         .client
         .query()
@@ -153,7 +154,11 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
         .expression_attribute_names("#c", "campaign_id")
         .expression_attribute_values(":c", s(campaign_id))
         .consistent_read(true);
-    let items = store.query_all(q, None).await?;
+    store.query_all(q, None).await
+}
+
+pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
+    let items = partition(store, campaign_id).await?;
     if items.is_empty() {
         return Ok(None);
     }
@@ -209,15 +214,7 @@ pub(crate) async fn set_control(store: &DynamoStore, scope: &Scope, control: Con
 }
 
 pub(crate) async fn controls(store: &DynamoStore) -> Result<Controls, StoreError> {
-    let q = store
-        .client
-        .query()
-        .table_name(&store.t.campaigns)
-        .key_condition_expression("#c = :c")
-        .expression_attribute_names("#c", "campaign_id")
-        .expression_attribute_values(":c", s(CONTROLS_PARTITION))
-        .consistent_read(true);
-    let items = store.query_all(q, None).await?;
+    let items = partition(store, CONTROLS_PARTITION).await?;
     let entries = items
         .iter()
         .filter_map(|item| {

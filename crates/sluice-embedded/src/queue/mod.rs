@@ -130,6 +130,9 @@ fn decode_dead(bytes: &[u8]) -> Result<DeadRec, redb::Error> {
     })
 }
 
+/// A message written back into the queue: its new seq, group, tenant and first enqueue time.
+type Requeued = (u64, String, String, i64);
+
 struct State {
     sched: Scheduler,
     /// Deduplication ids of the window by their 128-bit key ([`name_key`]), with when they
@@ -362,13 +365,7 @@ impl EmbeddedQueue {
 
     async fn dead_letter_now(&self, r: Receipt, reason: String) -> Result<(), QueueError> {
         let r = &r;
-        let seq = {
-            let st = self.state();
-            *self
-                .current(&st, std::slice::from_ref(r))?
-                .first()
-                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
-        };
+        let seq = self.current_seq(r)?;
         let count = parse_receipt(r)?.1;
         self.write(move |txn| {
             let mut msgs = txn.open_table(Q_MSGS)?;
@@ -430,25 +427,11 @@ impl EmbeddedQueue {
                 Ok(moved)
             })
             .await?;
-        let mut st = self.state();
-        for (seq, group, tenant, at) in &moved {
-            st.sched.push(*seq, group, tenant, 0, *at);
-            st.next_seq = st.next_seq.max(seq + 1);
-        }
-        st.dead -= moved.len() as u64;
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(moved.len())
+        Ok(self.requeue(&moved, |st| &mut st.dead))
     }
 
     async fn hold_now(&self, r: Receipt, key: String) -> Result<(), QueueError> {
-        let seq = {
-            let st = self.state();
-            *self
-                .current(&st, std::slice::from_ref(&r))?
-                .first()
-                .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))?
-        };
+        let seq = self.current_seq(&r)?;
         let moved = self
             .write(move |txn| {
                 let mut msgs = txn.open_table(Q_MSGS)?;
@@ -492,15 +475,31 @@ impl EmbeddedQueue {
                 Ok(moved)
             })
             .await?;
+        Ok(self.requeue(&moved, |st| &mut st.held))
+    }
+
+    /// The seq of the message `r` is the current delivery of.
+    fn current_seq(&self, r: &Receipt) -> Result<u64, QueueError> {
+        let st = self.state();
+        self.current(&st, std::slice::from_ref(r))?
+            .first()
+            .copied()
+            .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))
+    }
+
+    /// Makes messages just written back into the queue (from the dead letters or the held
+    /// area) visible, each with a receive count of 0, and takes them off the count of the
+    /// area they left; returns how many.
+    fn requeue(&self, moved: &[Requeued], area: impl FnOnce(&mut State) -> &mut u64) -> usize {
         let mut st = self.state();
-        for (seq, group, tenant, at) in &moved {
+        for (seq, group, tenant, at) in moved {
             st.sched.push(*seq, group, tenant, 0, *at);
             st.next_seq = st.next_seq.max(seq + 1);
         }
-        st.held -= moved.len() as u64;
+        *area(&mut st) -= moved.len() as u64;
         drop(st);
         self.inner.notify.notify_waiters();
-        Ok(moved.len())
+        moved.len()
     }
 
     /// Writes receive counts and reads bodies for messages just picked.
