@@ -120,3 +120,125 @@ async fn the_same_message_twice_inside_and_outside_the_token_window() {
     let inbox = store.inbox(&b).await.unwrap();
     assert_eq!((inbox.rooms[0].unread, inbox.total_unread), (2, 2), "one increment per message");
 }
+
+/// Issue 15.7: a committed transaction whose answer is lost (every SDK attempt) is retried by
+/// the store with the room moved on, which DynamoDB answers with IdempotentParameterMismatch.
+/// The call that committed it must still report it as its own commit, with the recipients'
+/// counters to push, not as a duplicate nobody announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_reported_as_this_calls_own() {
+    let (client, names) = common::fresh_tables("lost", None).await;
+    let proxy = DynamoFaultProxy::start(&sluice_testkit::services::dynamodb_url(), 0.0).await;
+    let backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(20), max_attempts: 20 };
+    let store = DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, Arc::new(Metrics::new())).with_backoff(backoff);
+    let tag = ids::random_id();
+    let (a, b) = (format!("a-{tag}"), format!("b-{tag}"));
+    let room = format!("lost-{tag}");
+    store.create_room(&room, &[a.clone(), b.clone()], 1).await.unwrap();
+    // More lost answers than the SDK's own attempts, so the store's retry meets the mismatch.
+    proxy.lose_answers(5);
+    let p = store.persist(vec![chat(&room, &a, "once")]).await.unwrap().pop().unwrap().unwrap();
+    assert!(proxy.counts.transactions.load(Ordering::Relaxed) >= 2, "the answer was lost and the call retried");
+    assert_eq!((p.message.seq, p.duplicate), (1, false), "this call committed it");
+    assert_eq!(p.unread.iter().map(|u| (u.user.as_str(), u.unread)).collect::<Vec<_>>(), vec![(b.as_str(), 1)], "the counter to push");
+    // A producer retry later is a duplicate, and nothing was written twice.
+    let again = store.persist(vec![chat(&room, &a, "once")]).await.unwrap().pop().unwrap().unwrap();
+    assert!(again.duplicate);
+    let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
+    assert_eq!(everything(&direct, &room).await.len(), 1);
+    assert_eq!(direct.inbox(&b).await.unwrap().total_unread, 1);
+}
+
+/// Issue 15.1: eight workers persist one campaign at once on the contention-faithful proxy,
+/// where a transaction touching an item another transaction holds is cancelled and each
+/// transaction holds its items as long as one on DynamoDB takes. Every message persists, none
+/// gives up, and the counters are exact: no item is shared by all of a campaign's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_workers_on_one_campaign_do_not_cancel_each_other() {
+    use sluice_testkit::dynamo_faults::Unkindness;
+    let (client, names) = common::fresh_tables("camp8", None).await;
+    let unkind = Unkindness { hold: Duration::from_millis(15), ..Unkindness::default() };
+    let proxy = DynamoFaultProxy::start_with(&sluice_testkit::services::dynamodb_url(), unkind).await;
+    let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
+    let tag = ids::random_id();
+    let (cid, shop) = (format!("camp-{tag}"), format!("shop-{tag}"));
+    const WORKERS: usize = 8;
+    const PER_WORKER: usize = 48;
+    let recipients: Vec<String> = (0..WORKERS * PER_WORKER).map(|i| format!("r{i}-{tag}")).collect();
+    direct.record_enqueued(&cid, &shop, recipients.len() as u64, &recipients).await.unwrap();
+    let one_off = |r: &str| sluice_core::model::NewMessage {
+        msg_id: ids::bulk_msg_id(&cid, r),
+        room: ids::dm_room(&shop, r),
+        sender: shop.clone(),
+        body: "sale".into(),
+        kind: sluice_core::model::MessageKind::OneOff,
+        campaign_id: Some(cid.clone()),
+        sent_at_ms: 5,
+        create_members: vec![shop.clone(), r.to_string()],
+    };
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        // The worker's default retry schedule: what gives up on DynamoDB gives up here.
+        let store = DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, Arc::new(Metrics::new()));
+        let batch: Vec<_> = recipients[w * PER_WORKER..(w + 1) * PER_WORKER].iter().map(|r| one_off(r)).collect();
+        tasks.push(tokio::spawn(async move { store.persist(batch).await.unwrap() }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        failed.extend(t.await.unwrap().into_iter().filter_map(Result::err));
+    }
+    let by_table = proxy.counts.conflicts_by_table();
+    eprintln!("item conflicts by table: {by_table:?}");
+    assert!(failed.is_empty(), "{} messages gave up: {:?}", failed.len(), failed.first());
+    let c = direct.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered, c.done()), (384, 384, 0, true), "{c:?}");
+    // Delivered again (a worker died before its ack): nothing counts twice.
+    let again = direct.persist(recipients[..10].iter().map(|r| one_off(r)).collect()).await.unwrap();
+    assert!(again.iter().all(|r| r.as_ref().is_ok_and(|p| p.duplicate)));
+    assert_eq!(direct.campaign(&cid).await.unwrap().unwrap().persisted, 384);
+}
+
+/// A campaign message committed by a delivery that could not count it (the campaigns table
+/// throttled every counting transaction, as if the worker died between commit and count) is
+/// answered as a failure; its redelivery counts it once and announces it, and a dead letter of
+/// such a message counts it as persisted, since no delivery comes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_campaign_message_is_counted_by_its_next_delivery() {
+    let (client, names) = common::fresh_tables("uncounted", None).await;
+    let proxy = DynamoFaultProxy::start(&sluice_testkit::services::dynamodb_url(), 0.0).await;
+    let backoff = Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(5), max_attempts: 3 };
+    let store = DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, Arc::new(Metrics::new())).with_backoff(backoff);
+    let tag = ids::random_id();
+    let (cid, shop) = (format!("camp-{tag}"), format!("shop-{tag}"));
+    let rs: Vec<String> = (0..2).map(|i| format!("r{i}-{tag}")).collect();
+    store.record_enqueued(&cid, &shop, 2, &rs).await.unwrap();
+    let one_off = |r: &str| sluice_core::model::NewMessage {
+        msg_id: ids::bulk_msg_id(&cid, r),
+        room: ids::dm_room(&shop, r),
+        sender: shop.clone(),
+        body: "sale".into(),
+        kind: sluice_core::model::MessageKind::OneOff,
+        campaign_id: Some(cid.clone()),
+        sent_at_ms: 5,
+        create_members: vec![shop.clone(), r.to_string()],
+    };
+    proxy.throttle_table(Some(&names.table("campaigns")));
+    let out = store.persist(vec![one_off(&rs[0]), one_off(&rs[1])]).await.unwrap();
+    assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.is_retryable())), "committed, not counted: {out:?}");
+    proxy.throttle_table(None);
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.done()), (0, false));
+
+    let again = store.persist(vec![one_off(&rs[0])]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!((again.message.seq, again.duplicate), (1, false), "announced by the delivery that counted it");
+    assert_eq!(again.unread.len(), 1, "with the recipient's counter to push");
+    let third = store.persist(vec![one_off(&rs[0])]).await.unwrap().pop().unwrap().unwrap();
+    assert!(third.duplicate);
+    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, &rs[1])).await.unwrap();
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered, c.done()), (2, 2, 0, true), "{c:?}");
+    let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
+    for r in &rs {
+        assert_eq!(everything(&direct, &ids::dm_room(&shop, r)).await.len(), 1);
+    }
+}

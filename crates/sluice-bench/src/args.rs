@@ -176,6 +176,31 @@ pub struct ScalingArgs {
     /// Messages per queue receive (SQS returns at most 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
+    /// `embedded`: one `serve` whose worker has n pollers, on the embedded store with
+    /// --latency-ms added. `aws`: n `serve` processes, each with one poller, on one SQS queue
+    /// and DynamoDB (give --dynamodb-url the unkind proxy with --hold-ms for DynamoDB's
+    /// transaction latency and conflicts; --latency-ms is not used).
+    #[arg(long, value_enum, default_value_t = ScalingBackend::Embedded)]
+    pub backend: ScalingBackend,
+    #[command(flatten)]
+    pub emulators: EmulatorArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalingBackend {
+    Embedded,
+    Aws,
+}
+
+/// Where DynamoDB and SQS/Kinesis are, for scenarios on the AWS backends.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// DynamoDB endpoint (DynamoDB Local behind the unkind proxy); `scripts/with-test-services.sh` sets it.
+    #[arg(long, env = "SLUICE_TEST_DYNAMODB_URL")]
+    pub dynamodb_url: Option<String>,
+    /// SQS and Kinesis endpoint (moto server); `scripts/with-test-services.sh` sets it.
+    #[arg(long, env = "SLUICE_TEST_MOTO_URL")]
+    pub moto_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -186,10 +211,6 @@ pub struct CostArgs {
     /// Interactive messages (WebSocket sends in two-member rooms) to measure.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub interactive: u32,
-    /// DynamoDB endpoint (DynamoDB Local); `scripts/with-test-services.sh` sets it.
-    #[arg(long, env = "SLUICE_TEST_DYNAMODB_URL")]
-    pub dynamodb_url: Option<String>,
-    /// SQS and Kinesis endpoint (moto server); `scripts/with-test-services.sh` sets it.
-    #[arg(long, env = "SLUICE_TEST_MOTO_URL")]
-    pub moto_url: Option<String>,
+    #[command(flatten)]
+    pub emulators: EmulatorArgs,
 }

@@ -223,7 +223,7 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => self.refresh_controls().await,
             }
-            if ticks % ADOPT_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(ADOPT_EVERY_TICKS) {
                 self.adopt_dead_letters().await;
             }
             ticks += 1;

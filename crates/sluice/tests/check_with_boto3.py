@@ -6,6 +6,7 @@ CHECK_RECIPIENTS (how many), and the AWS_* endpoint variables of the test run.
 """
 
 import json
+import time
 import os
 
 import boto3
@@ -53,13 +54,20 @@ persisted = sum(int(p.get("persisted", {"N": "0"})["N"]) for p in parts)
 enqueued = sum(int(p.get("enqueued", {"N": "0"})["N"]) for p in parts)
 assert persisted == expected and enqueued == expected, (persisted, enqueued)
 
-# The queue drained and nothing went to the dead-letter queue.
-depth = {}
-for name in (f"{prefix}-bulk.fifo", f"{prefix}-bulk-dlq.fifo"):
-    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
-    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    assert attrs["FifoQueue"] == "true" and attrs.get("ContentBasedDeduplication") == "false", attrs
-    depth[name] = int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+# The queue drained and nothing went to the dead-letter queue. A campaign is done once every
+# message is persisted and counted; a message a killed worker persisted but never acknowledged
+# leaves the queue only when its visibility times out and a worker sees the duplicate, so wait.
+deadline = time.monotonic() + 180
+while True:
+    depth = {}
+    for name in (f"{prefix}-bulk.fifo", f"{prefix}-bulk-dlq.fifo"):
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attrs["FifoQueue"] == "true" and attrs.get("ContentBasedDeduplication") == "false", attrs
+        depth[name] = int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    if all(d == 0 for d in depth.values()) or time.monotonic() > deadline:
+        break
+    time.sleep(1)
 assert all(d == 0 for d in depth.values()), depth
 
 print(json.dumps({"room": room, "unread": row["unread"]["N"], "persisted": persisted, "queues": depth}))

@@ -76,6 +76,9 @@ pub(crate) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static,
             let msg = e.err().message().unwrap_or("");
             if THROTTLING.contains(&code) || code == "InternalServerError" || code == "ServiceUnavailable" {
                 StoreError::Unavailable(format!("DynamoDB {op}: {code}: {msg}"))
+            } else if code == "TransactionConflictException" {
+                // A standard write to an item that a transaction in flight holds.
+                StoreError::Conflict(format!("DynamoDB {op}: {code}: {msg}"))
             } else if code == "ResourceNotFoundException" {
                 StoreError::Internal(format!("DynamoDB {op}: {msg} (create the tables with `sluice migrate --backend aws`)"))
             } else {

@@ -1,9 +1,9 @@
 //! Campaign progress: enqueued recipients recorded on their msg_id markers, counters spread
 //! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
 
-use super::DynamoStore;
+use super::{DynamoStore, persist};
 use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
-use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_s, get_u64, key, marker_expiry, n, s, update};
+use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
 use sluice_core::control::{Control, Controls, Scope};
@@ -133,8 +133,15 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
         ];
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
-            // Persisted after all, or counted already: nothing to count.
-            Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => return Ok(()),
+            // Persisted after all, or counted already. A message persisted by a delivery that
+            // never counted it is counted as persisted here, since no delivery will come again.
+            Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => {
+                let campaign = campaign_id.to_string();
+                return match persist::marker(store, msg_id).await?.uncounted(Some(&campaign), msg_id) {
+                    Some(u) => persist::count_persisted(store, vec![u]).await,
+                    None => Ok(()),
+                };
+            }
             Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
             Err(TxFailure::Retryable(_)) => {}
             Err(e) => return Err(super::rooms::tx_error(e)),
@@ -163,16 +170,20 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
         return Ok(None);
     }
     let mut c = Campaign { campaign_id: campaign_id.to_string(), ..Campaign::default() };
+    // A shard may hold a negative count: a redrive takes its dead letter back from whichever
+    // shard its counting transaction picked.
+    let (mut enqueued, mut persisted, mut dead) = (0i64, 0i64, 0i64);
     for item in &items {
         if get_s(item, "part") == Some(CAMPAIGN_META) {
             c.requested = get_u64(item, "requested");
             c.tenant = get_s(item, "owner").map(|o| ids::owner_tenant(o).to_string()).unwrap_or_default();
         } else {
-            c.enqueued += get_u64(item, "enqueued");
-            c.persisted += get_u64(item, "persisted");
-            c.dead_lettered += get_u64(item, "dead_lettered");
+            enqueued += get_i64(item, "enqueued");
+            persisted += get_i64(item, "persisted");
+            dead += get_i64(item, "dead_lettered");
         }
     }
+    (c.enqueued, c.persisted, c.dead_lettered) = (enqueued.max(0) as u64, persisted.max(0) as u64, dead.max(0) as u64);
     Ok(Some(c))
 }
 

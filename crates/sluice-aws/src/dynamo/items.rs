@@ -9,10 +9,12 @@
 //!   `member_of` = room on rows of large rooms (the sparse `by-room` index lists their
 //!   members). The user's total is the row `room = "#total"`: total_unread (over small rooms),
 //!   version, and `large_rooms` (string set) naming the large rooms whose unread is computed.
-//! - msgids: `msg_id`; room and seq once persisted; `enq` once enqueued for a campaign;
-//!   `dead` while dead-lettered; `expires_at` (TTL).
+//! - msgids: `msg_id`; room, seq and `by` (the nonce of the persisting call) once persisted;
+//!   `counted` once counted for its campaign (`undead` if it was counted dead-lettered
+//!   before); `enq` once enqueued for a campaign; `dead` while dead-lettered; `expires_at` (TTL).
 //! - campaigns: `campaign_id`, `part`: `#meta` (requested) and shards `p00`.. (enqueued,
-//!   persisted, dead_lettered), so concurrent workers rarely touch the same item.
+//!   persisted, dead_lettered), written by batch transactions (recording recipients, counting
+//!   persisted messages) and per dead letter, never by a message's own transaction.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use std::collections::HashMap;

@@ -2,7 +2,8 @@
 //!
 //! Every message commits in one TransactWriteItems: the message item with the room's next
 //! seq, the room item (seq and version, under an optimistic lock), the msg_id marker (the
-//! idempotency condition), each recipient's inbox row and total, and the campaign shard.
+//! idempotency condition), and each recipient's inbox row and total. Campaign counters are
+//! counted after, a batch at a time, exactly once per marker (see [`persist`]).
 //! The ClientRequestToken is derived from the msg_id, so a replay within 10 minutes is
 //! answered by DynamoDB itself; after that the marker's condition fails and the original is
 //! returned. Cancellations are read reason by reason: a moved room version is re-read at once,

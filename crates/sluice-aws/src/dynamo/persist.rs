@@ -1,8 +1,20 @@
 //! Persisting messages: one TransactWriteItems per message (see the module docs of
-//! [`super`] for the items it writes and how cancellations are read).
+//! [`super`] for the items it writes and how cancellations are read), then, for campaign
+//! messages, one counting transaction per campaign and batch.
+//!
+//! Campaign counters stay out of the message transaction: every message of a campaign would
+//! otherwise touch one of a few shared counter items, and on DynamoDB a transaction touching an
+//! item that another one holds is cancelled, so concurrent workers would mostly cancel each
+//! other. The marker of a committed campaign message carries `by` (the persisting call's
+//! nonce) but no `counted`; the counting transaction sets `counted` on up to 99 markers on the
+//! condition that it is not set yet, and adds their number to one shard, so each message is
+//! counted exactly once however often it is redelivered. A message committed but not counted
+//! (the counting failed, or the worker died in between) is answered as a failure and counted
+//! by its redelivery, which also announces it, since no delivery announced it before.
 
 use super::call::TxFailure;
-use super::items::{CAMPAIGN_META, Item, RoomMeta, TOTAL_SK, campaign_shard, get_s, get_u64, key, marker_expiry, n, put, s, update};
+use super::call::drop_failed_conditions;
+use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, update};
 use super::{DynamoStore, PERSIST_CONCURRENCY, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use futures::StreamExt;
@@ -16,6 +28,20 @@ const PREVIEW_CHARS: usize = 100;
 /// A room whose version keeps moving under us is retried this often before giving up.
 const MAX_ROOM_RACES: u32 = 200;
 
+/// Markers counted per counting transaction (plus one shard item).
+const COUNT_CHUNK: usize = 99;
+
+/// A campaign message committed but not yet counted for its campaign.
+#[derive(Debug, Clone)]
+pub(crate) struct Uncounted {
+    pub(crate) campaign: String,
+    pub(crate) msg_id: String,
+    /// It was counted as dead-lettered before its redrive: the count moves to persisted.
+    pub(crate) undead: bool,
+}
+
+type Outcome = Result<(Persisted, Option<Uncounted>), StoreError>;
+
 pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -> Vec<Result<Persisted, StoreError>> {
     // Rooms in parallel, each room's messages in the order given.
     let mut by_room: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
@@ -24,7 +50,7 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
     }
     let groups: Vec<Vec<usize>> = by_room.into_values().collect();
     let batch = &batch;
-    let done: Vec<Vec<(usize, Result<Persisted, StoreError>)>> = futures::stream::iter(groups)
+    let done: Vec<Vec<(usize, Outcome)>> = futures::stream::iter(groups)
         .map(|idx| async move {
             let mut out = Vec::with_capacity(idx.len());
             let mut failed: Option<StoreError> = None;
@@ -47,35 +73,148 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
         .collect()
         .await;
     let mut results: Vec<Option<Result<Persisted, StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    let mut uncounted: std::collections::HashMap<String, Vec<(usize, Uncounted)>> = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, r) in done.into_iter().flatten() {
-        results[i] = Some(r);
+        results[i] = Some(r.map(|(mut p, u)| {
+            if let Some(u) = u {
+                if seen.insert(u.msg_id.clone()) {
+                    uncounted.entry(u.campaign.clone()).or_default().push((i, u));
+                } else {
+                    // Given twice in one batch: counted and announced once.
+                    p = Persisted { duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new(), ..p };
+                }
+            }
+            p
+        }));
+    }
+    let counted: Vec<(Vec<usize>, Result<(), StoreError>)> = futures::stream::iter(uncounted.into_values())
+        .map(|entries| async move {
+            let (idx, entries): (Vec<usize>, Vec<Uncounted>) = entries.into_iter().unzip();
+            (idx, count_persisted(store, entries).await)
+        })
+        .buffer_unordered(PERSIST_CONCURRENCY)
+        .collect()
+        .await;
+    for (idx, r) in counted {
+        if let Err(e) = r {
+            // Committed but not counted: its redelivery counts it (and announces it).
+            for i in idx {
+                results[i] = Some(Err(e.clone()));
+            }
+        }
     }
     results.into_iter().map(|r| r.expect("every message has a result")).collect()
 }
 
+/// Counts committed campaign messages (all of one campaign) once each: the markers already
+/// counted drop out of the transaction, which is then tried again.
+pub(crate) async fn count_persisted(store: &DynamoStore, entries: Vec<Uncounted>) -> Result<(), StoreError> {
+    for chunk in entries.chunks(COUNT_CHUNK) {
+        let mut chunk = chunk.to_vec();
+        let mut attempt = 0;
+        while let Some(first) = chunk.first() {
+            let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
+            let undead = chunk.iter().filter(|u| u.undead).count() as i64;
+            let mut items: Vec<TransactWriteItem> = chunk
+                .iter()
+                .map(|u| {
+                    update(
+                        &store.t.msgids,
+                        key(&[("msg_id", s(&u.msg_id))]),
+                        "SET #counted = :one",
+                        Some("attribute_exists(#seq) AND attribute_not_exists(#counted)"),
+                        vec![(":one", n(1))],
+                    )
+                })
+                .collect();
+            let (expr, values) = if undead > 0 {
+                ("ADD #persisted :k, #dead_lettered :minus", vec![(":k", n(chunk.len())), (":minus", n(-undead))])
+            } else {
+                ("ADD #persisted :k", vec![(":k", n(chunk.len()))])
+            };
+            items.push(update(&store.t.campaigns, key(&[("campaign_id", s(&first.campaign)), ("part", s(shard))]), expr, None, values));
+            match store.transact(items, None).await {
+                Ok(()) => break,
+                Err(TxFailure::Cancelled(reasons)) => {
+                    if !drop_failed_conditions(&mut chunk, &reasons) {
+                        store.metrics.conflicts.inc();
+                        store.pause(attempt, &format!("counting persisted campaign messages: {reasons:?}")).await?;
+                        attempt += 1;
+                    }
+                }
+                Err(TxFailure::Retryable(why)) => {
+                    store.pause(attempt, &why).await?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(super::rooms::tx_error(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the marker of a msg_id says.
-enum Marker {
-    Persisted { room: String, seq: u64 },
+pub(crate) enum Marker {
+    Persisted {
+        room: String,
+        seq: u64,
+        /// The nonce of the call that committed it (absent on markers older than counting
+        /// outside the message transaction, whose campaign counted them in it).
+        by: Option<u64>,
+        counted: bool,
+        undead: bool,
+    },
     DeadLettered,
     Absent,
 }
 
-async fn marker(store: &DynamoStore, msg_id: &str) -> Result<Marker, StoreError> {
+impl Marker {
+    /// The campaign message committed and still to be counted, if this marker is one.
+    pub(crate) fn uncounted(&self, campaign: Option<&String>, msg_id: &str) -> Option<Uncounted> {
+        match (self, campaign) {
+            (Marker::Persisted { by: Some(_), counted: false, undead, .. }, Some(c)) => {
+                Some(Uncounted { campaign: c.clone(), msg_id: msg_id.to_string(), undead: *undead })
+            }
+            _ => None,
+        }
+    }
+}
+
+pub(crate) async fn marker(store: &DynamoStore, msg_id: &str) -> Result<Marker, StoreError> {
     let Some(item) = store.get(&store.t.msgids, key(&[("msg_id", s(msg_id))])).await? else { return Ok(Marker::Absent) };
     Ok(match get_s(&item, "room") {
-        Some(room) if item.contains_key("seq") => Marker::Persisted { room: room.to_string(), seq: get_u64(&item, "seq") },
+        Some(room) if item.contains_key("seq") => Marker::Persisted {
+            room: room.to_string(),
+            seq: get_u64(&item, "seq"),
+            by: item.contains_key("by").then(|| get_u64(&item, "by")),
+            counted: item.contains_key("counted"),
+            undead: item.contains_key("undead"),
+        },
         _ if item.contains_key("dead") => Marker::DeadLettered,
         _ => Marker::Absent,
     })
 }
 
-async fn duplicate(store: &DynamoStore, room: &str, seq: u64) -> Result<Persisted, StoreError> {
+/// The answer for a message its marker says is persisted: a duplicate, unless this call
+/// committed it (its answer was lost) or no delivery finished it (a campaign message not yet
+/// counted), in which case it is announced now as if just committed.
+async fn already_persisted(store: &DynamoStore, m: &NewMessage, marker: Marker, nonce: u64) -> Outcome {
+    let uncounted = marker.uncounted(m.campaign_id.as_ref(), &m.msg_id);
+    let Marker::Persisted { room, seq, by, .. } = marker else { unreachable!("only persisted markers are answered") };
     let message = store
-        .message_at(room, seq)
+        .message_at(&room, seq)
         .await?
         .ok_or_else(|| StoreError::Internal(format!("msg_id marker points at {room}/{seq}, which is missing")))?;
+    if by == Some(nonce) || uncounted.is_some() {
+        let meta = store.room_meta(&room).await?.ok_or_else(|| StoreError::UnknownRoom(room.clone()))?;
+        let recipients: Vec<&String> =
+            if meta.large { Vec::new() } else { meta.members.iter().filter(|u| **u != message.sender).collect() };
+        let persisted = committed(store, message, &meta, recipients).await?;
+        return Ok((persisted, uncounted));
+    }
     store.metrics.duplicates.inc();
-    Ok(Persisted { message: Arc::new(message), duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new() })
+    Ok((Persisted { message: Arc::new(message), duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new() }, None))
 }
 
 /// Where each kind of item sits in the transaction, to read its cancellation reason.
@@ -83,7 +222,9 @@ const ROOM_ITEM: usize = 0;
 const MARKER_ITEM: usize = 2;
 const SENDER_ITEM: usize = 3;
 
-async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Result<Persisted, StoreError> {
+async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
+    // Marks this call's commit, so a commit whose answer was lost is known as ours.
+    let nonce = rand::random::<u64>() >> 12;
     let mut token_generation = 0u32;
     let mut after_dead_letter = false;
     let mut attempt = 0u32;
@@ -103,15 +244,18 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Result<Persisted, S
         let seq = meta.last_seq + 1;
         let now = sluice_core::now_ms();
         let recipients: Vec<&String> = if meta.large { Vec::new() } else { meta.members.iter().filter(|u| **u != m.sender).collect() };
-        let items = transaction(store, m, &meta, seq, now, &recipients, after_dead_letter);
+        let items = transaction(store, m, &meta, seq, now, &recipients, (after_dead_letter, nonce));
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
         match store.transact(items, Some(token)).await {
-            Ok(()) => return committed(store, m, &meta, seq, recipients).await,
+            Ok(()) => {
+                let uncounted = m.campaign_id.as_ref().map(|c| Uncounted { campaign: c.clone(), msg_id: m.msg_id.clone(), undead: after_dead_letter });
+                return Ok((committed(store, stored(m, seq), &meta, recipients).await?, uncounted));
+            }
             Err(TxFailure::Cancelled(reasons)) => {
                 let failed = |i: usize| reasons.get(i).is_some_and(|r| r == "ConditionalCheckFailed");
                 if failed(MARKER_ITEM) {
                     match marker(store, &m.msg_id).await? {
-                        Marker::Persisted { room, seq } => return duplicate(store, &room, seq).await,
+                        p @ Marker::Persisted { .. } => return already_persisted(store, m, p, nonce).await,
                         Marker::DeadLettered => after_dead_letter = true,
                         Marker::Absent => after_dead_letter = false,
                     }
@@ -120,8 +264,12 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Result<Persisted, S
                 if meta.large && failed(SENDER_ITEM) {
                     return Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() });
                 }
-                if failed(ROOM_ITEM) {
-                    // Another message (or a membership change) committed first: read again.
+                let contended = reasons.iter().any(|r| r == "TransactionConflict")
+                    && !reasons.iter().any(|r| r != "TransactionConflict" && r != "None");
+                if failed(ROOM_ITEM) || contended {
+                    // Another message (or a membership change) committed first, or another
+                    // transaction holds one of our items (the room's, a recipient's total):
+                    // contention of a busy room or user, not store trouble. Read again.
                     store.metrics.conflicts.inc();
                     races += 1;
                     if races > MAX_ROOM_RACES {
@@ -142,8 +290,9 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Result<Persisted, S
                 return Err(StoreError::Internal(format!("transaction for {} cancelled: {reasons:?}", m.msg_id)));
             }
             Err(TxFailure::IdempotentMismatch) => match marker(store, &m.msg_id).await? {
-                // Committed by an earlier attempt with the same token: already done.
-                Marker::Persisted { room, seq } => return duplicate(store, &room, seq).await,
+                // Committed by an earlier attempt with the same token (perhaps this call's,
+                // whose answer was lost).
+                p @ Marker::Persisted { .. } => return already_persisted(store, m, p, nonce).await,
                 // The token belongs to an attempt that never committed: take a fresh one.
                 _ => token_generation += 1,
             },
@@ -163,7 +312,7 @@ fn transaction(
     seq: u64,
     now: i64,
     recipients: &[&String],
-    after_dead_letter: bool,
+    (after_dead_letter, nonce): (bool, u64),
 ) -> Vec<TransactWriteItem> {
     let t = &store.t;
     let room_key = || key(&[("room", s(&m.room))]);
@@ -187,16 +336,16 @@ fn transaction(
     }
     items.push(put(&t.messages, msg, Some("attribute_not_exists(#seq)")));
     let (marker_expr, marker_cond) = if after_dead_letter {
-        ("SET #room = :room, #seq = :seq, #expires_at = :exp REMOVE #dead", "attribute_not_exists(#seq) AND #dead = :one")
+        ("SET #room = :room, #seq = :seq, #by = :by, #undead = :one, #expires_at = :exp REMOVE #dead", "attribute_not_exists(#seq) AND #dead = :one")
     } else {
-        ("SET #room = :room, #seq = :seq, #expires_at = :exp", "attribute_not_exists(#seq) AND attribute_not_exists(#dead)")
+        ("SET #room = :room, #seq = :seq, #by = :by, #expires_at = :exp", "attribute_not_exists(#seq) AND attribute_not_exists(#dead)")
     };
     items.push(update(
         &t.msgids,
         key(&[("msg_id", s(&m.msg_id))]),
         marker_expr,
         Some(marker_cond),
-        vec![(":room", s(&m.room)), (":seq", n(seq)), (":exp", n(marker_expiry(now))), (":one", n(1))],
+        vec![(":room", s(&m.room)), (":seq", n(seq)), (":by", n(nonce)), (":exp", n(marker_expiry(now))), (":one", n(1))],
     ));
     let row_key = |u: &str| key(&[("user", s(u)), ("room", s(&m.room))]);
     if meta.large {
@@ -235,29 +384,12 @@ fn transaction(
             ));
         }
     }
-    if let Some(c) = &m.campaign_id {
-        let (expr, values) = if after_dead_letter {
-            ("ADD #persisted :one, #dead_lettered :minus", vec![(":one", n(1)), (":minus", n(-1))])
-        } else {
-            ("ADD #persisted :one", vec![(":one", n(1))])
-        };
-        items.push(update(&t.campaigns, key(&[("campaign_id", s(c)), ("part", s(campaign_shard(&m.msg_id)))]), expr, None, values));
-    }
     debug_assert!(items.len() <= 100, "a small room fits one transaction");
-    debug_assert_ne!(campaign_shard(&m.msg_id), CAMPAIGN_META);
     items
 }
 
-/// The result of a committed message, with the recipients' counters read back (small
-/// rooms; large rooms compute unread on read and push none).
-async fn committed(
-    store: &DynamoStore,
-    m: &NewMessage,
-    meta: &RoomMeta,
-    seq: u64,
-    recipients: Vec<&String>,
-) -> Result<Persisted, StoreError> {
-    let message = StoredMessage {
+fn stored(m: &NewMessage, seq: u64) -> StoredMessage {
+    StoredMessage {
         room: m.room.clone(),
         seq,
         msg_id: m.msg_id.clone(),
@@ -266,18 +398,23 @@ async fn committed(
         kind: m.kind,
         campaign_id: m.campaign_id.clone(),
         sent_at_ms: m.sent_at_ms,
-    };
-    let members = store.members_of(&m.room, meta).await?;
+    }
+}
+
+/// The result of a committed message, with the recipients' counters read back (small
+/// rooms; large rooms compute unread on read and push none).
+async fn committed(store: &DynamoStore, message: StoredMessage, meta: &RoomMeta, recipients: Vec<&String>) -> Result<Persisted, StoreError> {
+    let members = store.members_of(&message.room, meta).await?;
     let users: Vec<String> = recipients.into_iter().cloned().collect();
     let unread = if users.is_empty() {
         Vec::new()
     } else {
-        let counters = reads::counters(store, &m.room, &users).await?;
+        let counters = reads::counters(store, &message.room, &users).await?;
         users
             .into_iter()
             .map(|user| {
                 let (unread, total_unread, version) = counters.get(&user).copied().unwrap_or((0, 0, 0));
-                UnreadUpdate { user, room: m.room.clone(), unread, total_unread, version }
+                UnreadUpdate { user, room: message.room.clone(), unread, total_unread, version }
             })
             .collect()
     };

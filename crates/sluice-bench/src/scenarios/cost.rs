@@ -34,39 +34,9 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
     if target.http.is_some() {
         bail!("cost starts its own server on the emulators; it cannot use --http/--grpc");
     }
-    let (Some(dynamodb), Some(moto)) = (&a.dynamodb_url, &a.moto_url) else {
-        bail!(
-            "cost needs DynamoDB Local and moto: run it as `scripts/with-test-services.sh sluice bench cost` \
-             (or give --dynamodb-url and --moto-url)"
-        );
-    };
     let prefix = format!("bench{run}").replace('-', "");
-    let env: Vec<(String, String)> = [
-        ("SLUICE_BACKEND", "aws"),
-        ("SLUICE_HUB", "local"),
-        ("SLUICE_RESOURCE_PREFIX", prefix.as_str()),
-        ("SLUICE_SQS_CLIENT_SIDE_WAIT", "true"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.as_str()),
-        ("AWS_ENDPOINT_URL_SQS", moto.as_str()),
-        ("AWS_ENDPOINT_URL_KINESIS", moto.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let dir = tempfile::tempdir()?;
-    let out = tokio::process::Command::new(program)
-        .args(["migrate", "--with-queues", "--data-dir"])
-        .arg(dir.path())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!("sluice migrate failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let env = super::emulators::env(&a.emulators, &prefix, "cost")?;
+    super::emulators::migrate(program, &env).await?;
     let server = Server::start(Launch { program, args: vec![], env }, &target.server_args).await?;
     let mut report = Report::new("cost", serde_json::json!({"one_off": a.one_off, "interactive": a.interactive}));
 

@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod cost;
+pub mod emulators;
 pub mod fairness;
 pub mod interactive;
 pub mod scaling;
