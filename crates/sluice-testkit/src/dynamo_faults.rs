@@ -195,6 +195,18 @@ struct Touch {
     units: f64,
 }
 
+/// The items of a transaction in flight, released when dropped.
+struct Held<'a> {
+    proxy: &'a Proxy,
+    touches: &'a [Touch],
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.proxy.release(self.touches);
+    }
+}
+
 /// A partition's budget: a token bucket holding at most one second of units.
 struct Bucket {
     tokens: f64,
@@ -325,10 +337,12 @@ impl Proxy {
             }
             held.extend(touches.iter().map(|t| t.item.clone()));
         }
+        // Released however this call ends, also when its caller goes away mid-call (a killed
+        // process): a transaction that never answers must not hold its items forever.
+        let _held = Held { proxy: self, touches: &touches };
         // Only the items written are charged; a condition check reads.
         let charged: Vec<(usize, f64)> = touches.iter().enumerate().filter(|(_, t)| t.units > 0.0).map(|(i, t)| (i, 2.0 * t.units)).collect();
         if let Some(victim) = self.charge(&touches, &charged) {
-            self.release(&touches);
             self.counts.partition_throttles.fetch_add(1, Ordering::Relaxed);
             return cancelled(n, &[victim], "ThrottlingError", "Throughput exceeds the current capacity of your table or index.");
         }
@@ -337,7 +351,7 @@ impl Proxy {
         }
         self.counts.transactions.fetch_add(1, Ordering::Relaxed);
         let resp = self.forward(headers, path, bytes).await;
-        self.release(&touches);
+        drop(_held);
         if resp.status().is_success() {
             self.note_written(&touches);
             if self.counts.lose.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {

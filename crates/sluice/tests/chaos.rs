@@ -169,7 +169,10 @@ impl Client {
                     break;
                 }
                 // A store or hub failure under the faults: the same id is sent again later.
-                Ok(Some(f)) if f["type"] == "error" && f["ref"] == id.as_str() => break,
+                Ok(Some(f)) if f["type"] == "error" && f["ref"] == id.as_str() => {
+                    eprintln!("chaos: {} got {f}", self.user);
+                    break;
+                }
                 _ => {}
             }
         }

@@ -247,12 +247,18 @@ pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, St
 /// Polls GetCampaign until `done`, failing after `limit`.
 pub async fn wait_done(g: &mut Grpc, campaign: &str, limit: Duration) -> v1::GetCampaignResponse {
     let deadline = Instant::now() + limit;
+    let mut shown = Instant::now();
     loop {
         let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.into(), tenant: None }).await.unwrap().into_inner();
         if c.done {
             return c;
         }
         assert!(Instant::now() < deadline, "campaign not done in {limit:?}: {c:?}");
+        if shown.elapsed() > Duration::from_secs(10) {
+            // What a run that dies at the harness's time limit leaves in its log.
+            eprintln!("waiting for campaign {campaign}: {c:?}");
+            shown = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
