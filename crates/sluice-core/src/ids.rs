@@ -53,6 +53,7 @@ pub fn dm_members(room: &str) -> Option<[String; 2]> {
 
 const NS_CHAT: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0001);
 const NS_BULK: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0002);
+const NS_CALL: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0003);
 
 /// The message id of an interactive send: the same sender, room and client message id always
 /// give the same id, so a retried send is recognised as the same message.
@@ -66,6 +67,18 @@ pub fn chat_msg_id(sender: &str, room: &str, client_msg_id: &str) -> String {
 pub fn bulk_msg_id(campaign_id: &str, recipient: &str) -> String {
     let key = format!("{}\n{}", campaign_id, recipient);
     Uuid::new_v5(&NS_BULK, key.as_bytes()).to_string()
+}
+
+/// The key under which a store remembers that it counted one EnqueueBulk call's request
+/// entries (`requested`) for the recipients it accepted: a retry of the same call has the same
+/// key and is not counted twice. Starts with `~`, which no message id or user id holds.
+pub fn enqueue_call_key(campaign_id: &str, requested: u64, recipients: &[String]) -> String {
+    let mut key = format!("{campaign_id}\n{requested}");
+    for r in recipients {
+        key.push('\n');
+        key.push_str(r);
+    }
+    format!("~call:{}", Uuid::new_v5(&NS_CALL, key.as_bytes()).simple())
 }
 
 /// Who a campaign belongs to, as its stores record it: `tenant/sender`, or just `sender`

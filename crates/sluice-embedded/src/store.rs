@@ -18,7 +18,8 @@
 //! - `msg_ids`: msg_id → (room, seq), the idempotency index
 //! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
 //! - `totals`: user → total unread
-//! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress
+//! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress (the
+//!   recipients table also keeps each counted EnqueueBulk call's `~call:` key)
 //! - `campaign_owners`: campaign → the sender it belongs to
 //! - `meta`: `counters_version`, the store-wide version of unread counters
 
@@ -28,6 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
+use sluice_core::ids;
 use sluice_core::model::{
     Campaign, HistoryQuery, Inbox, InboxPage, InboxRoom, MessageKind, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
 };
@@ -181,6 +183,8 @@ enum Op {
         owner: String,
         requested: u64,
         recipients: Vec<String>,
+        /// The call's key ([`ids::enqueue_call_key`]), counted once when `requested` > 0.
+        call: String,
         reply: Reply<Campaign>,
     },
     RecordDeadLetter {
@@ -628,7 +632,7 @@ impl<'t> Writer<'t> {
                 let r = self.mark_read(&user, &room, from, to, became_read, now_ms)?;
                 done(reply, r)
             }
-            Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply } => {
+            Op::RecordEnqueued { campaign_id, owner, requested, recipients, call, reply } => {
                 let owned_by_sender = self.campaign_owners.get(campaign_id.as_str())?.map(|o| o.value() == owner);
                 match owned_by_sender {
                     Some(false) => return Ok(done(reply, Err(StoreError::CampaignOwned { campaign_id }))),
@@ -638,7 +642,10 @@ impl<'t> Writer<'t> {
                     }
                 }
                 let mut c = self.campaign_rec(&campaign_id)?;
-                c.requested += requested;
+                // A retried call's request is counted once (its key sits beside the recipients).
+                if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() {
+                    c.requested += requested;
+                }
                 for r in &recipients {
                     if self.campaign_recipients.insert((campaign_id.as_str(), r.as_str()), ())?.is_none() {
                         c.enqueued += 1;
@@ -1083,9 +1090,10 @@ impl MessageStore for EmbeddedStore {
         requested: u64,
         recipients: &[String],
     ) -> Result<Campaign, StoreError> {
+        let call = ids::enqueue_call_key(campaign_id, requested, recipients);
         if recipients.len() <= RECORD_CHUNK {
             let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), recipients.to_vec());
-            return self.submit(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients, reply }).await;
+            return self.submit(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients, call, reply }).await;
         }
         // Many recipients go in slices, queued together in the bulk lane (so in order): a
         // commit that interactive operations wait behind records one slice, not 100,000
@@ -1095,13 +1103,14 @@ impl MessageStore for EmbeddedStore {
         let mut replies = Vec::new();
         for slice in recipients.chunks(RECORD_CHUNK) {
             let (campaign_id, owner, recipients) = (campaign_id.to_string(), sender.to_string(), slice.to_vec());
-            replies.push(self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested: 0, recipients, reply })?);
+            let call = String::new();
+            replies.push(self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested: 0, recipients, call, reply })?);
         }
         for rx in replies {
             rx.await.map_err(|_| writer_stopped())??;
         }
         let (campaign_id, owner) = (campaign_id.to_string(), sender.to_string());
-        self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients: Vec::new(), reply })?
+        self.send_op(|reply| Op::RecordEnqueued { campaign_id, owner, requested, recipients: Vec::new(), call, reply })?
             .await
             .map_err(|_| writer_stopped())?
     }

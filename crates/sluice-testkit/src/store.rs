@@ -343,6 +343,9 @@ pub async fn campaign_progress(store: Arc<dyn MessageStore>) {
     assert_eq!((c.requested, c.enqueued, c.persisted), (4, 3, 0));
     let c = store.record_enqueued(&cid, &shop, 2, &users(&["r3", "r4"])).await.unwrap();
     assert_eq!((c.requested, c.enqueued), (6, 4), "a recipient repeated across calls counts once");
+    // The same call again (its answer was lost, the producer retries): counted once.
+    let c = store.record_enqueued(&cid, &shop, 2, &users(&["r3", "r4"])).await.unwrap();
+    assert_eq!((c.requested, c.enqueued), (6, 4), "a retried call counts its request once");
     // The id belongs to its first sender: another sender's call records nothing.
     let thief = store.record_enqueued(&cid, "other-shop", 2, &users(&["r5"])).await;
     assert!(matches!(thief, Err(StoreError::CampaignOwned { .. })), "{thief:?}");

@@ -3,7 +3,7 @@
 
 use super::{DynamoStore, persist};
 use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
-use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, s, update};
+use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, put, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
 use sluice_core::control::{Control, Controls, Scope};
@@ -25,7 +25,7 @@ pub(crate) async fn record_enqueued(
     recipients: &[String],
 ) -> Result<Campaign, StoreError> {
     // The campaign belongs to its first owner (tenant and sender); checked before anything is recorded.
-    update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)", None).await?;
+    update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)").await?;
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
     let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
@@ -36,14 +36,48 @@ pub(crate) async fn record_enqueued(
     results.into_iter().collect::<Result<(), _>>()?;
     // Last, so that a call's request is never seen without its recipients (a campaign whose
     // recipients were all the sender is done as soon as its request is counted).
-    update_meta(store, campaign_id, owner, "ADD #requested :r", Some(requested)).await?;
+    count_request(store, campaign_id, owner, requested, &ids::enqueue_call_key(campaign_id, requested, recipients)).await?;
     campaign(store, campaign_id).await?.ok_or_else(|| StoreError::Internal(format!("campaign {campaign_id} vanished")))
+}
+
+/// Adds a call's request entries to the campaign once: the call's key goes into the msgids
+/// table (with a marker's TTL) in the same transaction, on the condition that it is new, so a
+/// retried EnqueueBulk (its answer lost, or refused part way) does not count twice.
+async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requested: u64, call: &str) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        let mut marker = key(&[("msg_id", s(call))]);
+        marker.insert("campaign_id".into(), s(campaign_id));
+        marker.insert("expires_at".into(), n(marker_expiry(sluice_core::now_ms())));
+        let items = vec![
+            put(&store.t.msgids, marker, Some("attribute_not_exists(#msg_id)")),
+            update(
+                &store.t.campaigns,
+                key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))]),
+                "ADD #requested :r",
+                Some("attribute_not_exists(#owner) OR #owner = :o"),
+                vec![(":r", n(requested)), (":o", s(owner))],
+            ),
+        ];
+        match store.transact(items, None).await {
+            Ok(()) => return Ok(()),
+            Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => return Ok(()),
+            Err(TxFailure::Cancelled(r)) if r.get(1).is_some_and(|c| c == "ConditionalCheckFailed") => {
+                return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
+            }
+            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
+            Err(TxFailure::Retryable(_)) => {}
+            Err(e) => return Err(super::rooms::tx_error(e)),
+        }
+        store.pause(attempt, "counting a campaign's request").await?;
+        attempt += 1;
+    }
 }
 
 /// One conditional update of the campaign's META item, on the condition that `owner` owns
 /// the campaign (or nobody does yet).
-async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: &str, requested: Option<u64>) -> Result<(), StoreError> {
-    let mut update = store
+async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: &str) -> Result<(), StoreError> {
+    let update = store
         .client
         .update_item()
         .table_name(&store.t.campaigns)
@@ -53,9 +87,6 @@ async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: 
         .expression_attribute_names("#owner", "owner")
         .expression_attribute_values(":o", s(owner))
         .return_consumed_capacity(ReturnConsumedCapacity::Total);
-    if let Some(r) = requested {
-        update = update.expression_attribute_names("#requested", "requested").expression_attribute_values(":r", n(r));
-    }
     let out = match update.send().await {
         Ok(out) => out,
         Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {

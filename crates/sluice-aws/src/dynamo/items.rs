@@ -12,6 +12,7 @@
 //! - msgids: `msg_id`; room, seq and `by` (the nonce of the persisting call) once persisted;
 //!   `counted` once counted for its campaign (`undead` if it was counted dead-lettered
 //!   before); `enq` once enqueued for a campaign; `dead` while dead-lettered; `expires_at` (TTL).
+//!   Items `~call:...` record an EnqueueBulk call whose request was counted.
 //! - campaigns: `campaign_id`, `part`: `#meta` (requested) and shards `p00`.. (enqueued,
 //!   persisted, dead_lettered), written by batch transactions (recording recipients, counting
 //!   persisted messages) and per dead letter, never by a message's own transaction.

@@ -127,7 +127,7 @@ async fn run_aws(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
         for s in servers {
             s.stop().await;
         }
-        let per = |reason: &str| m.sum("sluice_aws_retryable_errors_total", &["service=\"dynamodb\"", &format!("reason=\"{reason}\"")]) / messages as f64;
+        let per = |reason: &str| (m.sum("sluice_aws_retryable_errors_total", &["service=\"dynamodb\"", &format!("reason=\"{reason}\"")]) / messages as f64).max(0.0);
         let conflict = per("TransactionConflict");
         let throttled = per("ThrottlingError") + per("throttled_or_unavailable");
         let transactions = m.sum("sluice_aws_requests_total", &["service=\"dynamodb\"", "op=\"TransactWriteItems\""]) / messages as f64;
