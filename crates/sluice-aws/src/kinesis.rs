@@ -3,9 +3,14 @@
 //! `emit` only puts events in a bounded buffer (a full buffer drops them, counted in
 //! `sluice_analytics_events_dropped_total`), so persistence never waits for Kinesis. A
 //! background task sends the buffer with PutRecords, up to 500 records or 5 MiB a call, each
-//! record a protobuf `sluice.v1.AnalyticsEvent` with the room as partition key (one room's
-//! events stay in order on one shard). Records the stream refused (throttling, internal
-//! failure) are sent again alone, with backoff, a bounded number of times.
+//! record a protobuf `sluice.v1.AnalyticsEvent` with the room as partition key.
+//!
+//! One room's events reach the stream in order. Kinesis may refuse some records of a call and
+//! write the others (a shard over its limits), so a call carries at most one record per room:
+//! a refused record keeps its place at the head of its room's records and goes again, with
+//! backoff, before any later one of its room (a bounded number of times, then it is dropped
+//! and counted). The price is a room's event rate: one per call, about 20-50 a second on
+//! Kinesis (a shard takes 1,000 records a second, so a room never had more than that).
 
 use crate::Names;
 use async_trait::async_trait;
@@ -15,6 +20,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sluice_core::backoff::Backoff;
 use sluice_core::events::{AnalyticsEvent, EventSink};
 use sluice_core::metrics::Metrics;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -78,95 +84,135 @@ struct Sender {
     config: KinesisConfig,
 }
 
+/// A record waiting for its PutRecords call.
+struct Pending {
+    key: String,
+    entry: PutRecordsRequestEntry,
+    size: usize,
+    /// Calls that refused it so far.
+    refusals: u32,
+    at: tokio::time::Instant,
+}
+
 impl Sender {
     async fn run(self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut pending: Vec<PutRecordsRequestEntry> = Vec::new();
-        let mut bytes = 0;
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closed = false;
+        let mut failing = 0u32;
         loop {
-            let cmd = if pending.is_empty() {
+            if queue.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if closed {
+                    return;
+                }
                 match rx.recv().await {
-                    Some(c) => c,
+                    Some(c) => take(c, &mut queue, &mut flushes),
                     None => return,
                 }
+            }
+            // Let a call fill up for a linger from its oldest record's arrival (records left
+            // over from the last call go at once), unless a flush waits.
+            let linger = queue.front().map_or_else(tokio::time::Instant::now, |p| p.at) + self.config.linger;
+            while !closed && queue.len() < MAX_RECORDS && flushes.is_empty() {
+                match tokio::time::timeout_at(linger, rx.recv()).await {
+                    Ok(Some(c)) => take(c, &mut queue, &mut flushes),
+                    Ok(None) => closed = true,
+                    Err(_) => break,
+                }
+            }
+            if self.call(&mut queue).await {
+                failing = 0;
             } else {
-                match tokio::time::timeout(self.config.linger, rx.recv()).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => {
-                        self.put(std::mem::take(&mut pending)).await;
-                        return;
+                // Refused records (or the whole call) wait with backoff, new events queue up.
+                let delay = self.config.backoff.delay(failing).unwrap_or(self.config.backoff.cap);
+                failing += 1;
+                let until = tokio::time::Instant::now() + delay;
+                while !closed {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(c)) => take(c, &mut queue, &mut flushes),
+                        Ok(None) => closed = true,
+                        Err(_) => break,
                     }
-                    Err(_) => {
-                        self.put(std::mem::take(&mut pending)).await;
-                        bytes = 0;
-                        continue;
-                    }
-                }
-            };
-            match cmd {
-                Cmd::Event(e) => {
-                    let data = sluice_proto::convert::encode_event(&e);
-                    let size = data.len() + partition_key(&e).len();
-                    if pending.len() == MAX_RECORDS || bytes + size > MAX_BYTES {
-                        self.put(std::mem::take(&mut pending)).await;
-                        bytes = 0;
-                    }
-                    bytes += size;
-                    pending.push(
-                        PutRecordsRequestEntry::builder()
-                            .data(Blob::new(data))
-                            .partition_key(partition_key(&e))
-                            .build()
-                            .expect("record has data and key"),
-                    );
-                }
-                Cmd::Flush(done) => {
-                    self.put(std::mem::take(&mut pending)).await;
-                    bytes = 0;
-                    let _ = done.send(());
                 }
             }
         }
     }
 
-    /// One PutRecords, then only the refused records again, until all are in or the
-    /// retries are used up.
-    async fn put(&self, mut records: Vec<PutRecordsRequestEntry>) {
-        let mut attempt = 0;
-        while !records.is_empty() {
-            self.metrics.aws_requests.with_label_values(&["kinesis", "PutRecords"]).inc();
-            let out = self.client.put_records().stream_name(&self.stream).set_records(Some(records.clone())).send().await;
-            match out {
-                Ok(out) if out.failed_record_count().unwrap_or(0) == 0 => {
-                    self.metrics.events_written.inc_by(records.len() as u64);
-                    return;
-                }
-                Ok(out) => {
-                    let results = out.records();
-                    let mut kept = Vec::new();
-                    for (r, res) in records.into_iter().zip(results) {
-                        if let Some(code) = res.error_code() {
-                            self.metrics.aws_retryable.with_label_values(&["kinesis", code]).inc();
-                            kept.push(r);
-                        } else {
-                            self.metrics.events_written.inc();
-                        }
-                    }
-                    records = kept;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "PutRecords failed");
-                }
+    /// One PutRecords call of the first record of each room in the queue (its later records
+    /// wait for the next call), up to Kinesis's limits. Written records leave the queue,
+    /// refused ones keep their place, so a room's records reach the stream in order whatever
+    /// Kinesis refuses. False when anything was refused.
+    async fn call(&self, queue: &mut VecDeque<Pending>) -> bool {
+        let mut busy: HashSet<&str> = HashSet::new();
+        let (mut picked, mut bytes) = (Vec::new(), 0);
+        for (i, p) in queue.iter().enumerate() {
+            if picked.len() == MAX_RECORDS {
+                break;
             }
-            match self.config.backoff.delay(attempt) {
-                Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    tracing::warn!(dropped = records.len(), stream = %self.stream, "analytics records dropped after retries");
-                    self.metrics.events_dropped.inc_by(records.len() as u64);
-                    return;
-                }
+            // Whether sent now or left for lack of room, the room's later records wait.
+            if busy.insert(p.key.as_str()) && bytes + p.size <= MAX_BYTES {
+                bytes += p.size;
+                picked.push(i);
             }
-            attempt += 1;
         }
+        let records: Vec<PutRecordsRequestEntry> = picked.iter().map(|&i| queue[i].entry.clone()).collect();
+        self.metrics.aws_requests.with_label_values(&["kinesis", "PutRecords"]).inc();
+        let refused: Vec<bool> = match self.client.put_records().stream_name(&self.stream).set_records(Some(records)).send().await {
+            Ok(out) => {
+                let results = out.records();
+                picked
+                    .iter()
+                    .enumerate()
+                    .map(|(j, _)| match results.get(j).map(|r| r.error_code()) {
+                        Some(None) => false,
+                        Some(Some(code)) => {
+                            self.metrics.aws_retryable.with_label_values(&["kinesis", code]).inc();
+                            true
+                        }
+                        None => true,
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "PutRecords failed");
+                vec![true; picked.len()]
+            }
+        };
+        let mut done: Vec<usize> = Vec::new();
+        for (&i, &r) in picked.iter().zip(&refused) {
+            if !r {
+                self.metrics.events_written.inc();
+                done.push(i);
+                continue;
+            }
+            let p = &mut queue[i];
+            p.refusals += 1;
+            if self.config.backoff.delay(p.refusals - 1).is_none() {
+                tracing::warn!(stream = %self.stream, room = %p.key, "an analytics record dropped after retries");
+                self.metrics.events_dropped.inc();
+                done.push(i);
+            }
+        }
+        for i in done.into_iter().rev() {
+            queue.remove(i);
+        }
+        !refused.iter().any(|r| *r)
+    }
+}
+
+fn take(cmd: Cmd, queue: &mut VecDeque<Pending>, flushes: &mut Vec<oneshot::Sender<()>>) {
+    match cmd {
+        Cmd::Event(e) => {
+            let data = sluice_proto::convert::encode_event(&e);
+            let key = partition_key(&e).to_string();
+            let size = data.len() + key.len();
+            let entry = PutRecordsRequestEntry::builder().data(Blob::new(data)).partition_key(&key).build().expect("record has data and key");
+            queue.push_back(Pending { key, entry, size, refusals: 0, at: tokio::time::Instant::now() });
+        }
+        Cmd::Flush(done) => flushes.push(done),
     }
 }
 

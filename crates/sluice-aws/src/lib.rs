@@ -71,7 +71,20 @@ impl Default for Names {
     }
 }
 
-/// Loads the shared SDK configuration from the standard chain (environment, profile, IMDS).
+/// Loads the shared SDK configuration from the standard chain (environment, profile, IMDS),
+/// with [`timeouts`]: the SDK's own defaults let a call that never answers hang forever.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts()).load().await
+}
+
+/// Timeouts of every AWS call: 3 s to connect, 25 s per attempt (an SQS long poll waits up to
+/// 20 s), 60 s in all. A hung call fails and is retried like any other failure instead of
+/// holding a batch's visibility (and its rooms' message groups) forever. The DynamoDB store
+/// tightens them for its own calls ([`DynamoStore::from_conf`]).
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(25))
+        .operation_timeout(std::time::Duration::from_secs(60))
+        .build()
 }

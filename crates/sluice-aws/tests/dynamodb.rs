@@ -242,3 +242,31 @@ async fn a_committed_campaign_message_is_counted_by_its_next_delivery() {
         assert_eq!(everything(&direct, &ids::dm_room(&shop, r)).await.len(), 1);
     }
 }
+
+/// Issue 15.8: a DynamoDB endpoint that accepts connections and never answers. A store built
+/// the way the binary builds it fails the call (retryable) once its timeouts run out, instead
+/// of hanging and holding a batch's visibility forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_never_answers_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "sluice-tests"))
+        .endpoint_url(format!("http://{addr}"))
+        .timeout_config(sluice_aws::timeouts())
+        .load()
+        .await;
+    let store = DynamoStore::from_conf(&conf, &sluice_aws::Names::new("blackhole"), Arc::new(Metrics::new()));
+    let limit = sluice_aws::dynamo::CALL_TIMEOUT + Duration::from_secs(30);
+    let r = tokio::time::timeout(limit, store.room("any")).await.expect("the call ends by itself");
+    let err = r.unwrap_err();
+    assert!(err.is_retryable() && err.to_string().contains("DynamoDB"), "{err}");
+    held.abort();
+}

@@ -14,6 +14,7 @@
 pub mod dynamo_faults;
 pub mod faults;
 pub mod hub;
+pub mod kinesis_faults;
 pub mod limits;
 pub mod queue;
 pub mod services;

@@ -49,6 +49,11 @@ use std::sync::Arc;
 /// unread from read positions (see the module docs).
 pub const SMALL_ROOM_MAX_MEMBERS: usize = 40;
 
+/// How long one attempt of a DynamoDB call may take (a transaction of 100 items takes well
+/// under a second), and a call with the SDK's retries.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Rooms persisted at once by one `persist` call (messages of one room go in order).
 const PERSIST_CONCURRENCY: usize = 32;
 
@@ -98,9 +103,16 @@ impl DynamoStore {
         }
     }
 
-    /// The store on the client built from the standard AWS configuration chain.
+    /// The store on a client built from the shared SDK configuration, with DynamoDB's own
+    /// timeouts: [`ATTEMPT_TIMEOUT`] per attempt and [`CALL_TIMEOUT`] in all.
     pub fn from_conf(conf: &aws_config::SdkConfig, names: &Names, metrics: Arc<Metrics>) -> Self {
-        Self::new(Client::new(conf), names, metrics)
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(CALL_TIMEOUT)
+            .build();
+        let client = Client::from_conf(aws_sdk_dynamodb::config::Builder::from(conf).timeout_config(timeouts).build());
+        Self::new(client, names, metrics)
     }
 
     /// The table names in use.
