@@ -270,3 +270,40 @@ async fn a_call_that_never_answers_times_out() {
     assert!(err.is_retryable() && err.to_string().contains("DynamoDB"), "{err}");
     held.abort();
 }
+
+/// Issue 15.4: the `by-room` index lags the table (here by 1.5 s, behind the unkind proxy).
+/// Members added to a large room are missing from an index read made at once; that read must
+/// not be trusted (the room's member count says it is short), so the first message after the
+/// index caught up is pushed to them, not only one five seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_missed_by_a_lagging_index_get_the_next_push() {
+    use sluice_testkit::dynamo_faults::Unkindness;
+    let lag = Duration::from_millis(1500);
+    let (client, names) = common::fresh_tables("lag", None).await;
+    let proxy = DynamoFaultProxy::start_with(&sluice_testkit::services::dynamodb_url(), Unkindness { index_lag: lag, ..Unkindness::default() }).await;
+    let metrics = Arc::new(Metrics::new());
+    let store = DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, metrics.clone());
+    let tag = ids::random_id();
+    let room = format!("big-{tag}");
+    let members: Vec<String> = (0..45).map(|i| format!("m{i:02}-{tag}")).collect();
+    let created = store.create_room(&room, &members, 1).await.unwrap();
+    assert_eq!(created.members.len(), 45);
+    // A safe retry of the creation while the index still lags is recognised as the same room.
+    assert_eq!(store.create_room(&room, &members, 1).await.unwrap().members.len(), 45);
+    tokio::time::sleep(lag).await;
+    let p = store.persist(vec![chat(&room, &members[0], "warm")]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(p.members.len(), 45, "the index caught up with the creation");
+
+    let joined = vec![format!("new1-{tag}"), format!("new2-{tag}")];
+    let r = store.add_members(&room, &joined, 2).await.unwrap();
+    assert_eq!(r.members.len(), 47, "AddMembers answers with the members just added");
+    let early = store.persist(vec![chat(&room, &members[0], "early")]).await.unwrap().pop().unwrap().unwrap();
+    assert!(proxy.counts.hidden_from_index.load(Ordering::Relaxed) > 0, "the index lagged");
+    assert!(!early.members.contains(&joined[0]), "a read made at once misses them (the index lags)");
+    assert!(metrics.members_index_lagging.get() > 0, "and is known to be short");
+    tokio::time::sleep(lag).await;
+    let later = store.persist(vec![chat(&room, &members[0], "later")]).await.unwrap().pop().unwrap().unwrap();
+    assert!(joined.iter().all(|u| later.members.contains(u)), "pushed once the index caught up: {:?}", later.members.len());
+    let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
+    assert_eq!(direct.inbox(&joined[0]).await.unwrap().rooms[0].unread, 2, "their unread never depended on the index");
+}

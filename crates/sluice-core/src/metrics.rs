@@ -22,6 +22,8 @@ pub struct Metrics {
     pub drained: IntCounter,
     pub conflicts: IntCounter,
     pub retries: IntCounter,
+    /// Reads of a large room's members from a lagging index (fewer than the room's count).
+    pub members_index_lagging: IntCounter,
     pub fanout_failures: IntCounter,
     pub events_dropped: IntCounter,
     /// AWS API calls, by service and operation (the request count behind the bill).
@@ -100,6 +102,10 @@ impl Metrics {
             drained: reg!(IntCounter::new("drained_total", "Queue messages acked after commit (drain rate = rate of this)")),
             conflicts: reg!(IntCounter::new("conflicts_total", "Optimistic-lock conflicts")),
             retries: reg!(IntCounter::new("retries_total", "Retried store or queue calls")),
+            members_index_lagging: reg!(IntCounter::new(
+                "members_index_lagging_total",
+                "Reads of a large room's members that found fewer than the room counts (a lagging index)"
+            )),
             fanout_failures: reg!(IntCounter::new("fanout_failures_total", "Live pushes the hub failed to deliver")),
             events_dropped: reg!(IntCounter::new(
                 "analytics_events_dropped_total",

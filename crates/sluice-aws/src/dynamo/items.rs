@@ -3,7 +3,7 @@
 //! - messages: `room` (S), `seq` (N); msg_id, sender, body, kind, campaign_id?, sent_at.
 //! - rooms: `room`; last_seq, version (bumped by every change), members_version (bumped by
 //!   membership changes), created_at, and either `members` (string set, small rooms) or
-//!   `large` = true with members kept only as inbox rows.
+//!   `large` = true and `member_count` with members kept only as inbox rows.
 //! - inbox: `user`, `room`; read_seq, last_seq, unread (small rooms) or own_after (large
 //!   rooms: the user's own messages after read_seq), version, preview, updated_at, and
 //!   `member_of` = room on rows of large rooms (the sparse `by-room` index lists their
@@ -143,6 +143,9 @@ pub(crate) struct RoomMeta {
     pub(crate) large: bool,
     /// Sorted; empty for large rooms.
     pub(crate) members: Vec<String>,
+    /// How many members a large room has (absent on rooms made large before it was kept): an
+    /// index read that finds fewer is lagging.
+    pub(crate) member_count: Option<u64>,
 }
 
 impl RoomMeta {
@@ -154,6 +157,7 @@ impl RoomMeta {
             created_at_ms: get_i64(item, "created_at"),
             large: get_bool(item, "large"),
             members: get_ss(item, "members"),
+            member_count: item.contains_key("member_count").then(|| get_u64(item, "member_count")),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The members of large rooms, as read from the eventually consistent `by-room` index.
 //!
 //! A read made right after AddMembers or a conversion may miss the members just added (the
-//! index lags the table), so an entry is trusted only for [`MEMBERS_TTL`] even when the room's
-//! `members_version` has not moved: a member missed by a lagging read gets live pushes a few
+//! index lags the table). Such a read finds fewer members than the room item's `member_count`
+//! and is never cached (the next message reads again); a read of a room without a count (made
+//! large before the count was kept) is trusted only for [`MEMBERS_TTL`] even when the room's
+//! `members_version` has not moved, so a member missed by a lagging read gets live pushes a few
 //! seconds later instead of never. The cache holds at most [`MEMBERS_CACHE_ROOMS`] rooms; the
 //! least recently read go first.
 

@@ -52,8 +52,11 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
     }
     loop {
         if let Some(meta) = store.room_meta(room).await? {
-            let existing = store.members_of(room, &meta).await?;
-            return if *existing == members {
+            let (existing, complete) = store.read_members(room, &meta).await?;
+            // A read of a large room's lagging index may still miss some members.
+            let same = *existing == members
+                || (!complete && meta.member_count == Some(members.len() as u64) && existing.iter().all(|u| members.binary_search(u).is_ok()));
+            return if same {
                 Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms })
             } else {
                 Err(StoreError::RoomExists(room.to_string()))
@@ -84,6 +87,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
             transact_retrying(store, items).await?;
         }
         meta.insert("large".into(), aws_sdk_dynamodb::types::AttributeValue::Bool(true));
+        meta.insert("member_count".into(), n(members.len()));
         match store.transact(vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))], None).await {
             Ok(()) => return Ok(Room { room: room.to_string(), members, last_seq: 0, created_at_ms: now_ms }),
             Err(TxFailure::Cancelled(_)) => continue,
@@ -128,7 +132,11 @@ pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[Stri
         match result {
             Ok(()) => {
                 let meta = store.room_meta(room).await?.ok_or_else(|| StoreError::UnknownRoom(room.to_string()))?;
-                let members = store.members_of(room, &meta).await?.to_vec();
+                let mut members = store.members_of(room, &meta).await?.to_vec();
+                // The index may not list those just added yet; they are members all the same.
+                members.extend(new);
+                members.sort();
+                members.dedup();
                 return Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms });
             }
             Err(TxFailure::Cancelled(reasons))
@@ -160,6 +168,14 @@ async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[S
                 .map(|u| put(&store.t.inbox, new_row(u, room, meta.last_seq, true, now_ms), Some("attribute_not_exists(#room)")))
                 .collect();
             items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
+            // Counted with the rows, so a read of the lagging index can be recognised.
+            items.push(update(
+                &store.t.rooms,
+                key(&[("room", s(room))]),
+                "ADD #member_count :k",
+                Some("attribute_exists(#room)"),
+                vec![(":k", n(chunk.len()))],
+            ));
             match store.transact(items, None).await {
                 Ok(()) => break,
                 Err(TxFailure::Cancelled(reasons)) => {
@@ -205,9 +221,14 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
     let mut items = vec![update(
         &store.t.rooms,
         key(&[("room", s(room))]),
-        "SET #large = :t, #version = #version + :one, #members_version = #members_version + :one REMOVE #members",
+        "SET #large = :t, #member_count = :count, #version = #version + :one, #members_version = #members_version + :one REMOVE #members",
         Some("#version = :v"),
-        vec![(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true)), (":one", n(1)), (":v", n(meta.version))],
+        vec![
+            (":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true)),
+            (":count", n(members.len())),
+            (":one", n(1)),
+            (":v", n(meta.version)),
+        ],
     )];
     for item in &rows {
         let user = get_s(item, "user").unwrap_or_default().to_string();
@@ -258,15 +279,23 @@ pub(crate) fn tx_error(f: TxFailure) -> StoreError {
 
 impl DynamoStore {
     /// The sorted members of a room: inline for small rooms; for large rooms from the
-    /// `by-room` index, cached until members_version changes. The index is eventually
-    /// consistent, so a member added a moment ago may miss a live push (never a message:
-    /// history and unread do not depend on this list).
+    /// `by-room` index (see [`Self::read_members`]). A member added a moment ago may miss a
+    /// live push (never a message: history and unread do not depend on this list).
     pub(crate) async fn members_of(&self, room: &str, meta: &RoomMeta) -> Result<Arc<Vec<String>>, StoreError> {
+        Ok(self.read_members(room, meta).await?.0)
+    }
+
+    /// The sorted members of a room, and whether the list is complete. A large room's come
+    /// from the eventually consistent `by-room` index: a read that finds fewer than the room's
+    /// `member_count` is lagging (members added a moment ago are missing) and is not cached,
+    /// so the next message reads again; a complete read is cached until members_version
+    /// changes (and for a few seconds at most, see [`super::members`]).
+    pub(crate) async fn read_members(&self, room: &str, meta: &RoomMeta) -> Result<(Arc<Vec<String>>, bool), StoreError> {
         if !meta.large {
-            return Ok(Arc::new(meta.members.clone()));
+            return Ok((Arc::new(meta.members.clone()), true));
         }
         if let Some(m) = self.members_cache.get(room, meta.members_version, std::time::Instant::now()) {
-            return Ok(m);
+            return Ok((m, true));
         }
         let q = self
             .client
@@ -279,8 +308,13 @@ impl DynamoStore {
         let mut members: Vec<String> = self.query_all(q, None).await?.iter().filter_map(|i| get_s(i, "user").map(str::to_string)).collect();
         members.sort();
         members.dedup();
+        let complete = meta.member_count.is_none_or(|c| members.len() as u64 >= c);
         let members = Arc::new(members);
-        self.members_cache.insert(room, meta.members_version, members.clone(), std::time::Instant::now());
-        Ok(members)
+        if complete {
+            self.members_cache.insert(room, meta.members_version, members.clone(), std::time::Instant::now());
+        } else {
+            self.metrics.members_index_lagging.inc();
+        }
+        Ok((members, complete))
     }
 }
