@@ -37,11 +37,32 @@ use tokio_util::task::AbortOnDropHandle;
 /// Capacity of the local firehose channel of service subscribers.
 const FIREHOSE_CAPACITY: usize = 16_384;
 
+/// A client for `url`: `redis://host:port[/db]`, or `rediss://` for TLS (ElastiCache with
+/// encryption in transit, ElastiCache Serverless), whose certificate must chain to `tls_ca`
+/// (PEM) when given, else to the public web roots compiled in.
+pub fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, HubError> {
+    if url.starts_with("rediss://") {
+        // rustls needs a crypto provider chosen for the process; two are linked in (through
+        // the AWS SDK), so name one unless the program did.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+    match tls_ca {
+        Some(ca) if url.starts_with("rediss://") => {
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) };
+            redis::Client::build_with_tls(url, certs).map_err(unavailable)
+        }
+        Some(_) => Err(HubError::Unavailable("a Redis TLS CA was given for a URL without TLS: use rediss://".into())),
+        None => redis::Client::open(url).map_err(unavailable),
+    }
+}
+
 /// Settings of a Redis hub.
 #[derive(Debug, Clone)]
 pub struct RedisHubConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to (default: public roots).
+    pub tls_ca: Option<Vec<u8>>,
     /// Prefix of every key and channel (`SLUICE_RESOURCE_PREFIX`).
     pub prefix: String,
     /// How long a registration lives without a refresh.
@@ -54,6 +75,7 @@ impl RedisHubConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisHubConfig {
             url: url.into(),
+            tls_ca: None,
             prefix: "sluice".into(),
             session_ttl: Duration::from_secs(60),
             command_timeout: Duration::from_secs(2),
@@ -99,7 +121,7 @@ impl RedisHub {
     /// Connects to Redis (fails fast when it cannot be reached) and starts the subscriber and
     /// the registry heartbeat.
     pub async fn connect(config: RedisHubConfig) -> Result<Self, HubError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let client = client(&config.url, config.tls_ca.as_deref())?;
         let cm_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout))

@@ -97,9 +97,10 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Connects to `url` (fails fast when Redis cannot be reached).
-    pub async fn connect(url: &str, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+    /// Connects to `url` (`rediss://` with an optional CA as for [`crate::client`]; fails fast
+    /// when Redis cannot be reached).
+    pub async fn connect(url: &str, tls_ca: Option<&[u8]>, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
+        let client = crate::client(url, tls_ca)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(command_timeout))
             .set_response_timeout(Some(command_timeout))

@@ -26,7 +26,7 @@ mod hub_suite {
 
 async fn limiter() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
     let server = RedisServer::start();
-    let l = sluice_redis::RedisLimiter::connect(&server.url(), "t", Duration::from_secs(2)).await.expect("redis limiter connects");
+    let l = sluice_redis::RedisLimiter::connect(&server.url(), None, "t", Duration::from_secs(2)).await.expect("redis limiter connects");
     (Arc::new(l), Box::new(server))
 }
 
@@ -102,4 +102,41 @@ async fn live_delivery_resumes_after_a_redis_restart() {
     };
     assert!(matches!(&*delivered, LiveEvent::Typing { room, .. } if room.starts_with("after-")));
     assert_eq!(b.online(&["bob".into()]).await.unwrap(), vec![true]);
+}
+
+/// Over TLS (`rediss://`, as ElastiCache with encryption in transit and ElastiCache
+/// Serverless need): the same suites, against a redis-server serving TLS with a certificate
+/// the client is told to trust.
+async fn hub_tls() -> (Arc<dyn Hub>, Guard) {
+    let server = RedisServer::start_tls();
+    let config = RedisHubConfig { prefix: "t".into(), tls_ca: server.tls_ca(), ..RedisHubConfig::new(server.url()) };
+    let hub = RedisHub::connect(config).await.expect("redis hub connects over TLS");
+    (Arc::new(hub), Box::new(server))
+}
+
+mod hub_suite_tls {
+    sluice_testkit::hub_conformance!(super::hub_tls);
+}
+
+async fn limiter_tls() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
+    let server = RedisServer::start_tls();
+    let ca = server.tls_ca();
+    let l = sluice_redis::RedisLimiter::connect(&server.url(), ca.as_deref(), "t", Duration::from_secs(2)).await.expect("limiter connects over TLS");
+    (Arc::new(l), Box::new(server))
+}
+
+mod limiter_suite_tls {
+    sluice_testkit::limiter_conformance!(super::limiter_tls);
+}
+
+/// The server's certificate is checked: without its CA (only the public roots) the
+/// connection is refused, and a CA given for a plain URL is a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_is_verified() {
+    let server = RedisServer::start_tls();
+    let untrusted = RedisHub::connect(RedisHubConfig::new(server.url())).await;
+    assert!(untrusted.is_err(), "a self-signed certificate is not trusted by default");
+    let plain = RedisHubConfig { tls_ca: server.tls_ca(), ..RedisHubConfig::new("redis://127.0.0.1:1") };
+    let err = RedisHub::connect(plain).await.err().expect("refused");
+    assert!(err.to_string().contains("rediss://"), "{err}");
 }

@@ -20,19 +20,48 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// A TLS port with a self-signed certificate made for this server.
+struct Tls {
+    port: u16,
+    ca_pem: Vec<u8>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None };
+        let mut s = RedisServer { port: free_port(), child: None, tls: None };
         s.spawn();
         s
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts a server that also serves TLS, with a self-signed certificate for 127.0.0.1
+    /// made here (as ElastiCache with encryption in transit does, with its own certificate).
+    pub fn start_tls() -> RedisServer {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("a certificate");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca_pem = cert.cert.pem().into_bytes();
+        std::fs::write(dir.path().join("cert.pem"), &ca_pem).expect("write the certificate");
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("write the key");
+        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls { port: free_port(), ca_pem, dir }) };
+        s.spawn();
+        s
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://127.0.0.1:<tls port>` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some(t) => format!("rediss://127.0.0.1:{}", t.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The certificate (PEM) a TLS server's clients must trust.
+    pub fn tls_ca(&self) -> Option<Vec<u8>> {
+        self.tls.as_ref().map(|t| t.ca_pem.clone())
     }
 
     fn spawn(&mut self) {
@@ -40,6 +69,21 @@ impl RedisServer {
         let child = Command::new("timeout")
             .args(["--kill-after=5", MAX_LIFETIME_SECS, &bin])
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(self.tls.as_ref().map(|t| {
+                let file = |name: &str| t.dir.path().join(name).to_string_lossy().into_owned();
+                vec![
+                    "--tls-port".to_string(),
+                    t.port.to_string(),
+                    "--tls-cert-file".into(),
+                    file("cert.pem"),
+                    "--tls-key-file".into(),
+                    file("key.pem"),
+                    "--tls-ca-cert-file".into(),
+                    file("cert.pem"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            }).unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

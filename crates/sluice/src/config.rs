@@ -103,9 +103,13 @@ pub struct CommonArgs {
     /// Sessions, presence and fan-out. Default: from --backend.
     #[arg(long, env = "SLUICE_HUB", value_enum)]
     pub hub: Option<HubKind>,
-    /// Redis for the redis hub, `redis://host:port[/db]`.
+    /// Redis for the redis hub, `redis://host:port[/db]`, or `rediss://...` for TLS.
     #[arg(long, env = "SLUICE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// A CA certificate (PEM file) that a `rediss://` server's certificate must chain to.
+    /// Default: the public web roots (what ElastiCache's certificates chain to).
+    #[arg(long, env = "SLUICE_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
     /// Prefix of every AWS resource and Redis key: tables <prefix>-messages etc., queue
     /// <prefix>-bulk.fifo, dead-letter queue <prefix>-bulk-dlq.fifo, stream <prefix>-events.
     #[arg(long, env = "SLUICE_RESOURCE_PREFIX", default_value = DEFAULT_RESOURCE_PREFIX)]

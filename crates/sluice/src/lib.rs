@@ -190,13 +190,20 @@ async fn open_limiter(common: &CommonArgs) -> anyhow::Result<Arc<dyn Limiter>> {
         HubKind::Local => Arc::new(LocalLimiter::new()),
         HubKind::Redis => {
             let url = common.redis_url.clone().context("per-user limits need SLUICE_REDIS_URL (--redis-url)")?;
+            let ca = redis_tls_ca(common)?;
             Arc::new(
-                RedisLimiter::connect(&url, &common.resource_prefix, Duration::from_secs(2))
+                RedisLimiter::connect(&url, ca.as_deref(), &common.resource_prefix, Duration::from_secs(2))
                     .await
                     .context("cannot connect to Redis (--redis-url)")?,
             )
         }
     })
+}
+
+/// The CA certificate `--redis-tls-ca` names, read.
+fn redis_tls_ca(common: &CommonArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &common.redis_tls_ca else { return Ok(None) };
+    Ok(Some(std::fs::read(path).with_context(|| format!("cannot read --redis-tls-ca {}", path.display()))?))
 }
 
 async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
@@ -205,7 +212,7 @@ async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
         HubKind::Redis => {
             let url =
                 common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
-            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), ..RedisHubConfig::new(url) };
+            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), tls_ca: redis_tls_ca(common)?, ..RedisHubConfig::new(url) };
             Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
         }
     })
