@@ -12,7 +12,9 @@
 //!   subscribers.
 //! - failure: commands go through a reconnecting [`ConnectionManager`]; the subscriber
 //!   reconnects with backoff, resubscribes and re-registers every local user, so live
-//!   delivery resumes after a Redis restart. Events published while Redis was away are not
+//!   delivery resumes after a Redis restart. A subscription that goes silent (a half-open
+//!   connection reports no error) is found by a canary this node publishes to its own channel
+//!   every `subscription_check`, and replaced. Events published while Redis was away are not
 //!   replayed: clients recover them by seq (`resume`).
 //!
 //! [`RedisLimiter`] keeps per-user and per-address rate limits and leases in Redis
@@ -46,14 +48,28 @@ pub fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, HubErro
         // the AWS SDK), so name one unless the program did.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
     match tls_ca {
         Some(ca) if url.starts_with("rediss://") => {
             let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) };
-            redis::Client::build_with_tls(url, certs).map_err(unavailable)
+            redis::Client::build_with_tls(info, certs).map_err(unavailable)
         }
         Some(_) => Err(HubError::Unavailable("a Redis TLS CA was given for a URL without TLS: use rediss://".into())),
-        None => redis::Client::open(url).map_err(unavailable),
+        None => redis::Client::open(info).map_err(unavailable),
     }
+}
+
+/// Keepalive probes after 10 s idle (every 5 s, 3 times) and, on Linux, at most 15 s for sent
+/// data to be acknowledged: a connection whose peer vanished (a NAT or load balancer dropped
+/// it) fails within about half a minute instead of never.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3);
+    let settings = redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(Duration::from_secs(15));
+    settings
 }
 
 /// Settings of a Redis hub.
@@ -69,6 +85,10 @@ pub struct RedisHubConfig {
     pub session_ttl: Duration,
     /// Timeout of one Redis command.
     pub command_timeout: Duration,
+    /// How often the subscription is proven alive: a canary published to this node's own
+    /// channel must come back within three of these, or the subscription is replaced (a
+    /// half-open connection delivers nothing and reports no error).
+    pub subscription_check: Duration,
 }
 
 impl RedisHubConfig {
@@ -79,6 +99,7 @@ impl RedisHubConfig {
             prefix: "sluice".into(),
             session_ttl: Duration::from_secs(60),
             command_timeout: Duration::from_secs(2),
+            subscription_check: Duration::from_secs(5),
         }
     }
 }
@@ -99,12 +120,18 @@ struct EnvelopeRef<'a> {
 struct Inner {
     node: String,
     config: RedisHubConfig,
-    conn: ConnectionManager,
+    /// Commands; replaced when the subscription check finds the path to Redis silent (a
+    /// manager reconnects on errors, never on a connection that only stopped answering).
+    conn: std::sync::RwLock<ConnectionManager>,
+    client: redis::Client,
+    cm_config: ConnectionManagerConfig,
     local: LocalConnections,
     firehose: broadcast::Sender<Arc<LiveEvent>>,
     /// Orders registry writes: a heartbeat's snapshot of local users must not re-register a
     /// user whose removal ran in between.
     registry: tokio::sync::Mutex<()>,
+    /// Subscriptions replaced because they went silent.
+    subscriptions_replaced: std::sync::atomic::AtomicU64,
 }
 
 /// Sessions and fan-out across gateways through Redis.
@@ -127,15 +154,18 @@ impl RedisHub {
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(cm_config).await.map_err(unavailable)?;
+        let conn = client.get_connection_manager_with_config(cm_config.clone()).await.map_err(unavailable)?;
         let node = format!("{:016x}", rand_node());
         let inner = Arc::new(Inner {
             node,
             config,
-            conn,
+            conn: std::sync::RwLock::new(conn),
+            client: client.clone(),
+            cm_config,
             local: LocalConnections::new(),
             firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
             registry: tokio::sync::Mutex::new(()),
+            subscriptions_replaced: std::sync::atomic::AtomicU64::new(0),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), client, Some(ready_tx))));
@@ -148,6 +178,11 @@ impl RedisHub {
     /// This process's node id in the registry.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Subscriptions replaced so far because they went silent.
+    pub fn subscriptions_replaced(&self) -> u64 {
+        self.inner.subscriptions_replaced.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -185,7 +220,7 @@ impl Inner {
             pipe.zadd(&key, &self.node, expires).ignore();
             pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -201,7 +236,7 @@ impl Inner {
         if self.local.is_connected(user) {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         redis::cmd("ZREM").arg(self.sess_key(user)).arg(&self.node).query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -212,7 +247,7 @@ impl Inner {
         for u in users {
             pipe.cmd("ZRANGEBYSCORE").arg(self.sess_key(u)).arg(now).arg("+inf");
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         pipe.query_async(&mut conn).await.map_err(unavailable)
     }
 
@@ -266,10 +301,35 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                     let _ = r.send(());
                 }
                 let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                let check = inner.config.subscription_check;
+                let mut tick = tokio::time::interval(check);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut heard = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else {
+                                tracing::warn!("redis subscription lost; reconnecting");
+                                break;
+                            };
+                            heard = tokio::time::Instant::now();
+                            if msg.get_payload_bytes() != CANARY {
+                                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                            }
+                        }
+                        _ = tick.tick() => {
+                            if heard.elapsed() > check * 3 {
+                                inner.metrics_subscription_replaced();
+                                tracing::warn!("redis subscription silent (a half-open connection?); reconnecting");
+                                // The canary went out on the command connection, which may be
+                                // the silent one.
+                                inner.replace_commands().await;
+                                break;
+                            }
+                            inner.send_canary().await;
+                        }
+                    }
                 }
-                tracing::warn!("redis subscription lost; reconnecting");
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "redis subscribe failed"),
             Err(_) => tracing::warn!("redis subscribe timed out"),
@@ -277,6 +337,38 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
         let delay = backoff.delay(attempt).unwrap_or(backoff.cap).max(Duration::from_millis(20));
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// What a canary carries: not JSON, so no envelope is ever taken for one.
+const CANARY: &[u8] = b"canary";
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Connects the commands afresh (after the subscription check found Redis silent).
+    async fn replace_commands(&self) {
+        let fresh = tokio::time::timeout(self.config.command_timeout * 2, self.client.get_connection_manager_with_config(self.cm_config.clone())).await;
+        match fresh {
+            Ok(Ok(conn)) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn,
+            Ok(Err(e)) => tracing::warn!(error = %e, "reconnecting redis commands failed"),
+            Err(_) => tracing::warn!("reconnecting redis commands timed out"),
+        }
+    }
+
+    /// Publishes a canary to this node's own channel, through the command connection.
+    async fn send_canary(&self) {
+        let mut conn = self.conn();
+        let sent = redis::cmd("PUBLISH").arg(self.node_channel(&self.node)).arg(CANARY).query_async::<i64>(&mut conn).await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "subscription canary not sent");
+        }
+    }
+
+    fn metrics_subscription_replaced(&self) {
+        self.subscriptions_replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -333,7 +425,7 @@ impl Hub for RedisHub {
             }
         }
         pipe.publish(inner.firehose_channel(), serde_json::to_vec(&*event).expect("events serialize")).ignore();
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -346,7 +438,7 @@ impl Hub for RedisHub {
     }
 
     async fn ping(&self) -> Result<(), HubError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(unavailable)
     }
 }

@@ -140,3 +140,33 @@ async fn a_tls_server_is_verified() {
     let err = RedisHub::connect(plain).await.err().expect("refused");
     assert!(err.to_string().contains("rediss://"), "{err}");
 }
+
+/// Issue 15.8: a subscription whose connection goes half-open (open, carrying nothing, no
+/// error: a NAT or load balancer dropped it) stops cross-gateway delivery silently. The
+/// hub's canary finds it and subscribes again, so delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_subscription_is_found_and_replaced() {
+    let server = RedisServer::start();
+    let proxy = sluice_testkit::tcp_proxy::TcpProxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let config = RedisHubConfig {
+        prefix: "half".into(),
+        subscription_check: Duration::from_millis(300),
+        ..RedisHubConfig::new(format!("redis://{}", proxy.addr))
+    };
+    let a = RedisHub::connect(config).await.expect("hub behind the proxy connects");
+    let b = hub_on(&server, "half").await;
+    let mut on_a = a.connect("ann", 64).await.unwrap();
+    b.publish(&["ann".into()], typing("before")).await.unwrap();
+    assert_eq!(recv(&mut on_a).await.as_deref(), Some("before"));
+
+    proxy.freeze();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        b.publish(&["ann".into()], typing("after")).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), on_a.events.recv()).await {
+            Ok(Some(e)) if matches!(e.as_ref(), LiveEvent::Typing { room, .. } if room == "after") => break,
+            _ => assert!(Instant::now() < deadline, "live delivery never resumed after the subscription went half-open"),
+        }
+    }
+    assert!(a.subscriptions_replaced() >= 1, "the silent subscription was replaced");
+}

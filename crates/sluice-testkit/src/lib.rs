@@ -19,6 +19,7 @@ pub mod limits;
 pub mod queue;
 pub mod services;
 pub mod store;
+pub mod tcp_proxy;
 
 use std::any::Any;
 
