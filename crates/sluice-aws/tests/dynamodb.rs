@@ -307,3 +307,29 @@ async fn members_missed_by_a_lagging_index_get_the_next_push() {
     let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
     assert_eq!(direct.inbox(&joined[0]).await.unwrap().rooms[0].unread, 2, "their unread never depended on the index");
 }
+
+/// Issue 15.2: eight EnqueueBulk calls of one campaign record at once on the contention proxy
+/// (each transaction holding its items as long as on DynamoDB): none fails for meeting
+/// another's transaction on the campaign's items, and the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_one_campaign_all_record() {
+    use sluice_testkit::dynamo_faults::Unkindness;
+    let (_, names) = common::fresh_tables("calls8", None).await;
+    let unkind = Unkindness { hold: Duration::from_millis(15), ..Unkindness::default() };
+    let proxy = DynamoFaultProxy::start_with(&sluice_testkit::services::dynamodb_url(), unkind).await;
+    let store = Arc::new(DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, Arc::new(Metrics::new())));
+    let tag = ids::random_id();
+    let (cid, shop) = (format!("camp-{tag}"), format!("shop-{tag}"));
+    let mut calls = Vec::new();
+    for c in 0..8 {
+        let (store, cid, shop) = (store.clone(), cid.clone(), shop.clone());
+        let recipients: Vec<String> = (0..150).map(|i| format!("r{c}-{i}-{tag}")).collect();
+        calls.push(tokio::spawn(async move { store.record_enqueued(&cid, &shop, 150, &recipients).await }));
+    }
+    for call in calls {
+        call.await.unwrap().expect("every call records");
+    }
+    let c = store.campaign(&cid).await.unwrap().unwrap();
+    assert_eq!((c.requested, c.enqueued), (1200, 1200));
+    eprintln!("item conflicts by table: {:?}", proxy.counts.conflicts_by_table());
+}

@@ -20,6 +20,12 @@ pub(crate) fn reason_is_retryable(code: &str) -> bool {
     code == "TransactionConflict" || THROTTLING.contains(&code)
 }
 
+/// True when a cancellation was only for items other transactions held (contention, not
+/// store trouble: retried at once with a little jitter rather than with backoff).
+pub(crate) fn only_contention(reasons: &[String]) -> bool {
+    reasons.iter().any(|r| r == "TransactionConflict") && reasons.iter().all(|r| r == "TransactionConflict" || r == "None")
+}
+
 /// Drops the entries of `chunk` whose item (at the same index of a cancelled transaction)
 /// failed its condition; true when any was dropped.
 pub(crate) fn drop_failed_conditions<T>(chunk: &mut Vec<T>, reasons: &[String]) -> bool {

@@ -2,7 +2,7 @@
 //! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
 
 use super::{DynamoStore, persist};
-use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
+use super::call::{Capacity, TxFailure, account, drop_failed_conditions, only_contention, store_error};
 use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, put, s, update};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
@@ -28,8 +28,8 @@ pub(crate) async fn record_enqueued(
     update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)").await?;
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
-    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks.into_iter().enumerate())
-        .map(|(i, chunk)| record_chunk(store, campaign_id, i, chunk))
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks)
+        .map(|chunk| record_chunk(store, campaign_id, chunk))
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -44,7 +44,7 @@ pub(crate) async fn record_enqueued(
 /// table (with a marker's TTL) in the same transaction, on the condition that it is new, so a
 /// retried EnqueueBulk (its answer lost, or refused part way) does not count twice.
 async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requested: u64, call: &str) -> Result<(), StoreError> {
-    let mut attempt = 0;
+    let (mut attempt, mut races) = (0, 0);
     loop {
         let mut marker = key(&[("msg_id", s(call))]);
         marker.insert("campaign_id".into(), s(campaign_id));
@@ -65,6 +65,11 @@ async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requ
             Err(TxFailure::Cancelled(r)) if r.get(1).is_some_and(|c| c == "ConditionalCheckFailed") => {
                 return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
             }
+            Err(TxFailure::Cancelled(r)) if only_contention(&r) => {
+                races += 1;
+                store.contended(races, "counting a campaign's request").await?;
+                continue;
+            }
             Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
             Err(TxFailure::Retryable(_)) => {}
             Err(e) => return Err(super::rooms::tx_error(e)),
@@ -75,37 +80,50 @@ async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requ
 }
 
 /// One conditional update of the campaign's META item, on the condition that `owner` owns
-/// the campaign (or nobody does yet).
+/// the campaign (or nobody does yet). Retried while another call's transaction holds the
+/// item (TransactionConflictException) or DynamoDB throttles.
 async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: &str) -> Result<(), StoreError> {
-    let update = store
-        .client
-        .update_item()
-        .table_name(&store.t.campaigns)
-        .set_key(Some(key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))])))
-        .update_expression(expr)
-        .condition_expression("attribute_not_exists(#owner) OR #owner = :o")
-        .expression_attribute_names("#owner", "owner")
-        .expression_attribute_values(":o", s(owner))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total);
-    let out = match update.send().await {
-        Ok(out) => out,
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-            return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
+    let mut attempt = 0;
+    loop {
+        let update = store
+            .client
+            .update_item()
+            .table_name(&store.t.campaigns)
+            .set_key(Some(key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))])))
+            .update_expression(expr)
+            .condition_expression("attribute_not_exists(#owner) OR #owner = :o")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":o", s(owner))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        match update.send().await {
+            Ok(out) => {
+                account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
+                store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
+                return Ok(());
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
+            }
+            Err(e) => match store_error("UpdateItem", e) {
+                e @ (StoreError::Conflict(_) | StoreError::Unavailable(_)) => {
+                    account(&store.metrics, "UpdateItem", Capacity::Write, []);
+                    store.pause(attempt, &e.to_string()).await?;
+                    attempt += 1;
+                }
+                e => return Err(e),
+            },
         }
-        Err(e) => return Err(store_error("UpdateItem", e)),
-    };
-    account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
-    store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
-    Ok(())
+    }
 }
 
 /// Marks each recipient's message as enqueued (once ever) and counts the new ones, in one
 /// transaction; recipients recorded before are dropped from the chunk and it is tried again.
-async fn record_chunk(store: &DynamoStore, campaign_id: &str, index: usize, mut chunk: Vec<String>) -> Result<(), StoreError> {
-    let shard = format!("p{:02}", index as u32 % CAMPAIGN_SHARDS);
+async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<String>) -> Result<(), StoreError> {
     let expires = marker_expiry(sluice_core::now_ms());
-    let mut attempt = 0;
+    let (mut attempt, mut races) = (0, 0);
     while !chunk.is_empty() {
+        // A shard of its own each try: concurrent calls of one campaign rarely meet on one.
+        let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
         let mut items: Vec<_> = chunk
             .iter()
             .map(|r| {
@@ -128,7 +146,13 @@ async fn record_chunk(store: &DynamoStore, campaign_id: &str, index: usize, mut 
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
             Err(TxFailure::Cancelled(reasons)) => {
-                if !drop_failed_conditions(&mut chunk, &reasons) {
+                if drop_failed_conditions(&mut chunk, &reasons) {
+                    continue;
+                }
+                if only_contention(&reasons) {
+                    races += 1;
+                    store.contended(races, "recording enqueued recipients").await?;
+                } else {
                     store.pause(attempt, &format!("recording enqueued recipients: {reasons:?}")).await?;
                     attempt += 1;
                 }

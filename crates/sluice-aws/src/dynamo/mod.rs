@@ -54,6 +54,9 @@ pub const SMALL_ROOM_MAX_MEMBERS: usize = 40;
 pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Tries of a transaction that keeps meeting contention before it gives up.
+const MAX_RACES: u32 = 200;
+
 /// Rooms persisted at once by one `persist` call (messages of one room go in order).
 const PERSIST_CONCURRENCY: usize = 32;
 
@@ -131,6 +134,21 @@ impl DynamoStore {
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// Waits before the `races`-th retry of a transaction that met contention (other
+    /// transactions holding its items): at once twice, then a full-jitter wait of up to 64 ms;
+    /// gives up after [`MAX_RACES`].
+    async fn contended(&self, races: u32, what: &str) -> Result<(), StoreError> {
+        self.metrics.conflicts.inc();
+        if races > MAX_RACES {
+            return Err(StoreError::Conflict(format!("{what}: still contended after {MAX_RACES} tries")));
+        }
+        if races > 2 {
+            let ceiling = std::time::Duration::from_millis(1 << races.min(6));
+            tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
+        }
+        Ok(())
     }
 
     /// Sleeps before retry `attempt`, or gives up with a retryable conflict error.

@@ -13,7 +13,7 @@
 //! by its redelivery, which also announces it, since no delivery announced it before.
 
 use super::call::TxFailure;
-use super::call::drop_failed_conditions;
+use super::call::{drop_failed_conditions, only_contention};
 use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, update};
 use super::{DynamoStore, PERSIST_CONCURRENCY, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
@@ -21,12 +21,9 @@ use futures::StreamExt;
 use sluice_core::error::StoreError;
 use sluice_core::model::{NewMessage, Persisted, StoredMessage, UnreadUpdate};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Characters of the body kept as the inbox preview.
 const PREVIEW_CHARS: usize = 100;
-/// A room whose version keeps moving under us is retried this often before giving up.
-const MAX_ROOM_RACES: u32 = 200;
 
 /// Markers counted per counting transaction (plus one shard item).
 const COUNT_CHUNK: usize = 99;
@@ -112,7 +109,7 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
 pub(crate) async fn count_persisted(store: &DynamoStore, entries: Vec<Uncounted>) -> Result<(), StoreError> {
     for chunk in entries.chunks(COUNT_CHUNK) {
         let mut chunk = chunk.to_vec();
-        let mut attempt = 0;
+        let (mut attempt, mut races) = (0, 0);
         while let Some(first) = chunk.first() {
             let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
             let undead = chunk.iter().filter(|u| u.undead).count() as i64;
@@ -137,8 +134,14 @@ pub(crate) async fn count_persisted(store: &DynamoStore, entries: Vec<Uncounted>
             match store.transact(items, None).await {
                 Ok(()) => break,
                 Err(TxFailure::Cancelled(reasons)) => {
-                    if !drop_failed_conditions(&mut chunk, &reasons) {
-                        store.metrics.conflicts.inc();
+                    if drop_failed_conditions(&mut chunk, &reasons) {
+                        continue;
+                    }
+                    if only_contention(&reasons) {
+                        // Another batch held the shard (the next try picks another).
+                        races += 1;
+                        store.contended(races, "counting persisted campaign messages").await?;
+                    } else {
                         store.pause(attempt, &format!("counting persisted campaign messages: {reasons:?}")).await?;
                         attempt += 1;
                     }
@@ -264,21 +267,12 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
                 if meta.large && failed(SENDER_ITEM) {
                     return Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() });
                 }
-                let contended = reasons.iter().any(|r| r == "TransactionConflict")
-                    && !reasons.iter().any(|r| r != "TransactionConflict" && r != "None");
-                if failed(ROOM_ITEM) || contended {
+                if failed(ROOM_ITEM) || only_contention(&reasons) {
                     // Another message (or a membership change) committed first, or another
                     // transaction holds one of our items (the room's, a recipient's total):
                     // contention of a busy room or user, not store trouble. Read again.
-                    store.metrics.conflicts.inc();
                     races += 1;
-                    if races > MAX_ROOM_RACES {
-                        return Err(StoreError::Conflict(format!("room {} kept changing", m.room)));
-                    }
-                    if races > 2 {
-                        let ceiling = Duration::from_millis(1 << races.min(6));
-                        tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
-                    }
+                    store.contended(races, &format!("room {}", m.room)).await?;
                     continue;
                 }
                 if reasons.iter().any(|r| super::call::reason_is_retryable(r)) {
