@@ -6,6 +6,7 @@
 # Local does not. The command sees
 #   SLUICE_TEST_DYNAMODB_URL  http://127.0.0.1:<port> (the unkind proxy to DynamoDB Local, in memory)
 #   SLUICE_TEST_DYNAMODB_LOCAL_URL  DynamoDB Local itself
+#   SLUICE_TEST_KINESIS_URL   moto behind a proxy that refuses 10% of each PutRecords call's records
 #   SLUICE_TEST_MOTO_URL      http://127.0.0.1:<port> (moto server)
 #   SLUICE_TEST_PYTHON        a Python with boto3, for tests that check our data with AWS's own SDK
 # Every server is also wrapped in `timeout`, so none outlives a run that was killed.
@@ -20,7 +21,9 @@ pids=()
 stop() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -s "$logs/unkind.log" ]; then cat "$logs/unkind.log" >&2; fi
+  for log in unkind unkind-kinesis; do
+    if [ -s "$logs/$log.log" ]; then cat "$logs/$log.log" >&2; fi
+  done
   rm -rf "$logs"
 }
 trap stop EXIT
@@ -60,17 +63,23 @@ pids+=($!)
 wait_http "DynamoDB Local" "http://127.0.0.1:$ddb_port" "$logs/dynamodb.log" "${pids[0]}"
 wait_http "moto server" "http://127.0.0.1:$moto_port/moto-api/" "$logs/moto.log" "${pids[1]}"
 
-cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb
+cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb --bin sluice-unkind-kinesis
 target_dir=$(cargo metadata --locked --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 proxy_port=$(free_port)
 "$target_dir/debug/sluice-unkind-dynamodb" --upstream "http://127.0.0.1:$ddb_port" --port "$proxy_port" --max-secs $max_life \
   >"$logs/unkind.log" 2>&1 &
 pids+=($!)
 wait_http "the unkind DynamoDB proxy" "http://127.0.0.1:$proxy_port" "$logs/unkind.log" "${pids[2]}"
+kinesis_port=$(free_port)
+"$target_dir/debug/sluice-unkind-kinesis" --upstream "http://127.0.0.1:$moto_port" --port "$kinesis_port" --max-secs $max_life \
+  >"$logs/unkind-kinesis.log" 2>&1 &
+pids+=($!)
+wait_http "the unkind Kinesis proxy" "http://127.0.0.1:$kinesis_port/moto-api/" "$logs/unkind-kinesis.log" "${pids[3]}"
 echo "==> DynamoDB Local on 127.0.0.1:$ddb_port behind the unkind proxy on 127.0.0.1:$proxy_port, moto server on 127.0.0.1:$moto_port" >&2
 
 export SLUICE_TEST_DYNAMODB_URL="http://127.0.0.1:$proxy_port"
 export SLUICE_TEST_DYNAMODB_LOCAL_URL="http://127.0.0.1:$ddb_port"
+export SLUICE_TEST_KINESIS_URL="http://127.0.0.1:$kinesis_port"
 export SLUICE_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export SLUICE_TEST_PYTHON="$services/moto/bin/python"
 "$@"

@@ -201,6 +201,10 @@ pub struct EmulatorArgs {
     /// SQS and Kinesis endpoint (moto server); `scripts/with-test-services.sh` sets it.
     #[arg(long, env = "SLUICE_TEST_MOTO_URL")]
     pub moto_url: Option<String>,
+    /// Kinesis endpoint when not --moto-url (`scripts/with-test-services.sh` sets it to moto
+    /// behind a proxy refusing part of each PutRecords call).
+    #[arg(long, env = "SLUICE_TEST_KINESIS_URL")]
+    pub kinesis_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

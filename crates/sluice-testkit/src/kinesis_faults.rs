@@ -2,7 +2,8 @@
 //! Kinesis does when a shard is over its limits: a share of the records is answered with
 //! `ProvisionedThroughputExceededException` (and never reaches moto) while the rest of the
 //! same call is written. moto itself always writes every record. Everything else is forwarded
-//! unchanged.
+//! unchanged. It runs in a test's process ([`KinesisFaultProxy::start`]) or as the
+//! `sluice-unkind-kinesis` binary in front of the whole suite (scripts/with-test-services.sh).
 
 use axum::Router;
 use axum::body::Body;
@@ -38,6 +39,12 @@ impl KinesisFaultProxy {
     /// Proxies to `upstream` (moto, `http://127.0.0.1:port`), failing a `rate` share of the
     /// records of every PutRecords call.
     pub async fn start(upstream: &str, rate: f64) -> KinesisFaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::serve(listener, upstream, rate)
+    }
+
+    /// Serves on `listener` (for the standalone binary, which picks its own port).
+    pub fn serve(listener: tokio::net::TcpListener, upstream: &str, rate: f64) -> KinesisFaultProxy {
         let counts = Arc::new(KinesisFaultCounts::default());
         counts.rate.store(rate.to_bits(), Ordering::Relaxed);
         let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -46,7 +53,6 @@ impl KinesisFaultProxy {
             let (client, upstream, counts) = state.clone();
             async move { handle(req, &client, &upstream, &counts).await }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -138,6 +138,12 @@ fn service_url(var: &str, what: &str) -> String {
     }
 }
 
+/// The Kinesis endpoint of this test run: moto behind a proxy that refuses part of each
+/// PutRecords call, as Kinesis does.
+pub fn kinesis_url() -> String {
+    service_url("SLUICE_TEST_KINESIS_URL", "Kinesis (moto behind the unkind proxy)")
+}
+
 /// The endpoint of the DynamoDB Local started for this test run.
 pub fn dynamodb_url() -> String {
     service_url("SLUICE_TEST_DYNAMODB_URL", "DynamoDB Local")

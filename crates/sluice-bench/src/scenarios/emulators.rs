@@ -24,7 +24,7 @@ pub fn env(a: &EmulatorArgs, prefix: &str, scenario: &str) -> anyhow::Result<Vec
         ("AWS_EC2_METADATA_DISABLED", "true"),
         ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.as_str()),
         ("AWS_ENDPOINT_URL_SQS", moto.as_str()),
-        ("AWS_ENDPOINT_URL_KINESIS", moto.as_str()),
+        ("AWS_ENDPOINT_URL_KINESIS", a.kinesis_url.as_deref().unwrap_or(moto)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
