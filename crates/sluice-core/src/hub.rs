@@ -52,8 +52,10 @@ pub trait Hub: Send + Sync + 'static {
     /// connected, and to firehose subscribers. Never blocks on a slow connection.
     async fn publish(&self, targets: &[String], event: LiveEvent) -> Result<(), HubError>;
 
-    /// Every event published, for service subscribers. Lagging receivers see `Lagged`.
-    fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>>;
+    /// Every event published from now on, for service subscribers (returns once events are
+    /// flowing: a distributed hub may first have to subscribe). Lagging receivers see
+    /// `Lagged`.
+    async fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>>;
 
     /// Which of `users` have at least one live connection.
     async fn online(&self, users: &[String]) -> Result<Vec<bool>, HubError>;

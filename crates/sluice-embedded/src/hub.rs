@@ -44,7 +44,7 @@ impl Hub for LocalHub {
         Ok(())
     }
 
-    fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+    async fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.firehose.subscribe()
     }
 

@@ -162,7 +162,7 @@ impl ChatService for Grpc {
         let (tx, rx) = mpsc::channel::<Result<v1::Event, Status>>(64);
         let app = self.app.clone();
         if user.is_empty() {
-            let mut fire = app.hub.firehose();
+            let mut fire = app.hub.firehose().await;
             tokio::spawn(async move {
                 loop {
                     let ev = tokio::select! {

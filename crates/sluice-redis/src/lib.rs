@@ -9,7 +9,8 @@
 //! - fan-out: `publish` delivers to local connections directly, looks up the other targets'
 //!   nodes in one pipeline and sends each node one `PUBLISH <prefix>:node:<node>` with the
 //!   users it should deliver to. Every event also goes to `<prefix>:firehose` for service
-//!   subscribers.
+//!   subscribers; a node subscribes to that channel only while one of its own service
+//!   subscribers listens (so gateways nobody streams from do not receive every event).
 //! - failure: commands go through a reconnecting [`ConnectionManager`]; the subscriber
 //!   reconnects with backoff, resubscribes and re-registers every local user, so live
 //!   delivery resumes after a Redis restart. A subscription that goes silent (a half-open
@@ -132,6 +133,11 @@ struct Inner {
     registry: tokio::sync::Mutex<()>,
     /// Subscriptions replaced because they went silent.
     subscriptions_replaced: std::sync::atomic::AtomicU64,
+    /// Whether this node is subscribed to the firehose channel: only while a local service
+    /// subscriber listens, so gateways nobody streams from do not receive every event.
+    firehose_on: tokio::sync::watch::Sender<bool>,
+    /// Wakes the subscriber when a local firehose listener arrives.
+    firehose_wanted: tokio::sync::Notify,
 }
 
 /// Sessions and fan-out across gateways through Redis.
@@ -166,6 +172,8 @@ impl RedisHub {
             firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
             registry: tokio::sync::Mutex::new(()),
             subscriptions_replaced: std::sync::atomic::AtomicU64::new(0),
+            firehose_on: tokio::sync::watch::channel(false).0,
+            firehose_wanted: tokio::sync::Notify::new(),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), client, Some(ready_tx))));
@@ -279,15 +287,16 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(inner.node_channel(&inner.node)).await?;
-            pubsub.subscribe(inner.firehose_channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(inner.config.command_timeout * 2, session).await {
-            Ok(Ok(mut pubsub)) => {
+            Ok(Ok(pubsub)) => {
                 if attempt > 0 {
                     tracing::info!("redis subscription restored");
                 }
                 attempt = 0;
+                let (mut sink, mut messages) = pubsub.split();
+                inner.firehose_on.send_replace(false);
                 // The command connection may still be reconnecting after a Redis restart:
                 // retry briefly rather than leave users unroutable until the next heartbeat.
                 for retry in 0..20 {
@@ -300,12 +309,26 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
-                let mut messages = pubsub.on_message();
                 let check = inner.config.subscription_check;
                 let mut tick = tokio::time::interval(check);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut heard = tokio::time::Instant::now();
                 loop {
+                    // Follow the local firehose listeners: subscribed while there are any.
+                    let wanted = inner.firehose.receiver_count() > 0;
+                    if wanted != *inner.firehose_on.borrow() {
+                        let channel = inner.firehose_channel();
+                        let done = if wanted { sink.subscribe(channel).await } else { sink.unsubscribe(channel).await };
+                        match done {
+                            Ok(()) => {
+                                inner.firehose_on.send_replace(wanted);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "redis firehose (un)subscribe failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
                     tokio::select! {
                         msg = messages.next() => {
                             let Some(msg) = msg else {
@@ -317,6 +340,7 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                                 inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
                             }
                         }
+                        _ = inner.firehose_wanted.notified() => {}
                         _ = tick.tick() => {
                             if heard.elapsed() > check * 3 {
                                 inner.metrics_subscription_replaced();
@@ -330,6 +354,7 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                         }
                     }
                 }
+                inner.firehose_on.send_replace(false);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "redis subscribe failed"),
             Err(_) => tracing::warn!("redis subscribe timed out"),
@@ -429,8 +454,13 @@ impl Hub for RedisHub {
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
-    fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
-        self.inner.firehose.subscribe()
+    async fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        let rx = self.inner.firehose.subscribe();
+        let mut on = self.inner.firehose_on.subscribe();
+        self.inner.firehose_wanted.notify_one();
+        // Until the subscription is in place, events of other gateways would be missed.
+        let _ = tokio::time::timeout(self.inner.config.command_timeout * 2, on.wait_for(|on| *on)).await;
+        rx
     }
 
     async fn online(&self, users: &[String]) -> Result<Vec<bool>, HubError> {

@@ -54,7 +54,7 @@ async fn a_user_on_gateway_a_receives_what_gateway_b_publishes() {
     let mut alice_on_a = a.connect("alice", 16).await.unwrap();
     let mut alice_on_b = b.connect("alice", 16).await.unwrap();
     let mut bob_on_b = b.connect("bob", 16).await.unwrap();
-    let mut fire_a = a.firehose();
+    let mut fire_a = a.firehose().await;
     assert_eq!(b.online(&["alice".into(), "carol".into()]).await.unwrap(), vec![true, false]);
 
     b.publish(&["alice".into()], typing("from-b")).await.unwrap();
@@ -169,4 +169,35 @@ async fn a_half_open_subscription_is_found_and_replaced() {
         }
     }
     assert!(a.subscriptions_replaced() >= 1, "the silent subscription was replaced");
+}
+
+/// Issue 15.8: a gateway subscribes to the firehose (every event, with bodies) only while one
+/// of its own service subscribers listens, and leaves it when the last one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_firehose_is_subscribed_only_while_someone_listens() {
+    let server = RedisServer::start();
+    let config = RedisHubConfig { prefix: "fh".into(), subscription_check: Duration::from_millis(200), ..RedisHubConfig::new(server.url()) };
+    let hub = RedisHub::connect(config).await.unwrap();
+    let other = hub_on(&server, "fh").await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let listeners = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let (_, n): (String, u64) = redis::cmd("PUBSUB").arg("NUMSUB").arg("fh:firehose").query_async(&mut conn).await.unwrap();
+            n
+        }
+    };
+    assert_eq!(listeners(&mut conn).await, 0, "nobody streams: no gateway receives the firehose");
+    let mut fire = hub.firehose().await;
+    assert_eq!(listeners(&mut conn).await, 1);
+    other.publish(&["nobody".into()], typing("seen")).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), fire.recv()).await.unwrap().unwrap();
+    assert!(matches!(&*e, LiveEvent::Typing { room, .. } if room == "seen"), "another gateway's event on the firehose");
+    drop(fire);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listeners(&mut conn).await != 0 {
+        assert!(Instant::now() < deadline, "the firehose was never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -75,7 +75,7 @@ pub async fn slow_connections_are_cut_off(hub: Arc<dyn Hub>) {
 
 pub async fn presence_and_firehose(hub: Arc<dyn Hub>) {
     let (on, off) = (user("on"), user("off"));
-    let mut fire = hub.firehose();
+    let mut fire = hub.firehose().await;
     let c = hub.connect(&on, 4).await.unwrap();
     assert_eq!(hub.online(&[on.clone(), off.clone()]).await.unwrap(), vec![true, false]);
     hub.publish(std::slice::from_ref(&off), typing("fire", "x")).await.unwrap();

@@ -26,7 +26,7 @@ impl Hub for Recorder {
         }
         Ok(())
     }
-    fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+    async fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         broadcast::channel(1).1
     }
     async fn online(&self, users: &[String]) -> Result<Vec<bool>, HubError> {
