@@ -85,7 +85,10 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
             p
         }));
     }
-    let counted: Vec<(Vec<usize>, Result<(), StoreError>)> = futures::stream::iter(uncounted.into_values())
+    // One counting transaction per chunk of a campaign's messages; a chunk that fails fails
+    // only its own messages.
+    let chunks = uncounted.into_values().flat_map(|entries| entries.chunks(COUNT_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>());
+    let counted: Vec<(Vec<usize>, Result<(), StoreError>)> = futures::stream::iter(chunks)
         .map(|entries| async move {
             let (idx, entries): (Vec<usize>, Vec<Uncounted>) = entries.into_iter().unzip();
             (idx, count_persisted(store, entries).await)
