@@ -112,6 +112,10 @@ impl Sender {
                     Some(c) => take(c, &mut queue, &mut flushes),
                     None => return,
                 }
+                if queue.is_empty() {
+                    // A flush with nothing to send: answered at the top.
+                    continue;
+                }
             }
             // Let a call fill up for a linger from its oldest record's arrival (records left
             // over from the last call go at once), unless a flush waits.
@@ -123,6 +127,14 @@ impl Sender {
                     Err(_) => break,
                 }
             }
+            // Everything already waiting joins the queue (up to the buffer's size), so one
+            // busy room's backlog never keeps other rooms' events out of a call.
+            while queue.len() < self.config.buffer {
+                match rx.try_recv() {
+                    Ok(c) => take(c, &mut queue, &mut flushes),
+                    Err(_) => break,
+                }
+            }
             if self.call(&mut queue).await {
                 failing = 0;
             } else {
@@ -130,13 +142,16 @@ impl Sender {
                 let delay = self.config.backoff.delay(failing).unwrap_or(self.config.backoff.cap);
                 failing += 1;
                 let until = tokio::time::Instant::now() + delay;
-                while !closed {
+                // Take new events meanwhile, up to the buffer's size (the channel holds as many
+                // again; beyond that `emit` drops and counts them).
+                while !closed && queue.len() < self.config.buffer {
                     match tokio::time::timeout_at(until, rx.recv()).await {
                         Ok(Some(c)) => take(c, &mut queue, &mut flushes),
                         Ok(None) => closed = true,
                         Err(_) => break,
                     }
                 }
+                tokio::time::sleep_until(until).await;
             }
         }
     }

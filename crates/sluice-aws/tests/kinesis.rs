@@ -135,3 +135,23 @@ async fn a_full_buffer_drops_events_without_blocking() {
     assert_eq!(metrics.events_dropped.get(), 990, "all but the buffer's 10 are dropped, without blocking");
     assert_eq!(metrics.events_written.get(), 0);
 }
+
+/// One busy room's backlog (one of its records a call) does not hold other rooms' events back:
+/// they go out in the same calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_does_not_hold_other_rooms_back() {
+    let conf = common::sdk_conf(&sluice_testkit::services::moto_url()).await;
+    let names = sluice_aws::Names::new(sluice_testkit::services::unique_prefix("evbusy"));
+    let client = aws_sdk_kinesis::Client::new(&conf);
+    sluice_aws::migrate::stream(&client, &names, 1).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let sink = KinesisEvents::start(client.clone(), &names, metrics.clone(), KinesisConfig::default());
+    let mut events: Vec<AnalyticsEvent> = (1..=600).map(|i| persisted("busy", i)).collect();
+    events.extend((0..300).map(|r| persisted(&format!("quiet-{r}"), 1)));
+    sink.emit(events);
+    sink.flush().await;
+    assert_eq!(metrics.events_written.get(), 900);
+    let got = read_stream(&client, &names, 900).await;
+    let last_quiet = got.iter().rposition(|(key, _)| key.starts_with("quiet-")).unwrap();
+    assert!(last_quiet < 600, "the quiet rooms' events went out with the busy room's first ones (last at {last_quiet})");
+}
