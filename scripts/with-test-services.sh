@@ -27,6 +27,9 @@ stop() {
   rm -rf "$logs"
 }
 trap stop EXIT
+# A signal ends the script through its EXIT trap, so the servers stop too.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -75,7 +78,7 @@ kinesis_port=$(free_port)
   >"$logs/unkind-kinesis.log" 2>&1 &
 pids+=($!)
 wait_http "the unkind Kinesis proxy" "http://127.0.0.1:$kinesis_port/moto-api/" "$logs/unkind-kinesis.log" "${pids[3]}"
-echo "==> DynamoDB Local on 127.0.0.1:$ddb_port behind the unkind proxy on 127.0.0.1:$proxy_port, moto server on 127.0.0.1:$moto_port" >&2
+echo "==> DynamoDB Local on 127.0.0.1:$ddb_port behind the unkind proxy on 127.0.0.1:$proxy_port, moto server on 127.0.0.1:$moto_port (Kinesis behind its proxy on 127.0.0.1:$kinesis_port)" >&2
 
 export SLUICE_TEST_DYNAMODB_URL="http://127.0.0.1:$proxy_port"
 export SLUICE_TEST_DYNAMODB_LOCAL_URL="http://127.0.0.1:$ddb_port"
