@@ -224,7 +224,8 @@ fn take(cmd: Cmd, queue: &mut VecDeque<Pending>, flushes: &mut Vec<oneshot::Send
             let data = sluice_proto::convert::encode_event(&e);
             let key = partition_key(&e).to_string();
             let size = data.len() + key.len();
-            let entry = PutRecordsRequestEntry::builder().data(Blob::new(data)).partition_key(&key).build().expect("record has data and key");
+            let entry =
+                PutRecordsRequestEntry::builder().data(Blob::new(data)).partition_key(&key).build().expect("record has data and key");
             queue.push_back(Pending { key, entry, size, refusals: 0, at: tokio::time::Instant::now() });
         }
         Cmd::Flush(done) => flushes.push(done),

@@ -166,16 +166,7 @@ async fn eight_workers_on_one_campaign_do_not_cancel_each_other() {
     const PER_WORKER: usize = 48;
     let recipients: Vec<String> = (0..WORKERS * PER_WORKER).map(|i| format!("r{i}-{tag}")).collect();
     direct.record_enqueued(&cid, &shop, recipients.len() as u64, &recipients).await.unwrap();
-    let one_off = |r: &str| sluice_core::model::NewMessage {
-        msg_id: ids::bulk_msg_id(&cid, r),
-        room: ids::dm_room(&shop, r),
-        sender: shop.clone(),
-        body: "sale".into(),
-        kind: sluice_core::model::MessageKind::OneOff,
-        campaign_id: Some(cid.clone()),
-        sent_at_ms: 5,
-        create_members: vec![shop.clone(), r.to_string()],
-    };
+    let one_off = |r: &str| sluice_testkit::store::one_off(&cid, &shop, r);
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
         // The worker's default retry schedule: what gives up on DynamoDB gives up here.
@@ -212,16 +203,7 @@ async fn a_committed_campaign_message_is_counted_by_its_next_delivery() {
     let (cid, shop) = (format!("camp-{tag}"), format!("shop-{tag}"));
     let rs: Vec<String> = (0..2).map(|i| format!("r{i}-{tag}")).collect();
     store.record_enqueued(&cid, &shop, 2, &rs).await.unwrap();
-    let one_off = |r: &str| sluice_core::model::NewMessage {
-        msg_id: ids::bulk_msg_id(&cid, r),
-        room: ids::dm_room(&shop, r),
-        sender: shop.clone(),
-        body: "sale".into(),
-        kind: sluice_core::model::MessageKind::OneOff,
-        campaign_id: Some(cid.clone()),
-        sent_at_ms: 5,
-        create_members: vec![shop.clone(), r.to_string()],
-    };
+    let one_off = |r: &str| sluice_testkit::store::one_off(&cid, &shop, r);
     proxy.throttle_table(Some(&names.table("campaigns")));
     let out = store.persist(vec![one_off(&rs[0]), one_off(&rs[1])]).await.unwrap();
     assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.is_retryable())), "committed, not counted: {out:?}");
@@ -280,7 +262,9 @@ async fn members_missed_by_a_lagging_index_get_the_next_push() {
     use sluice_testkit::dynamo_faults::Unkindness;
     let lag = Duration::from_millis(1500);
     let (client, names) = common::fresh_tables("lag", None).await;
-    let proxy = DynamoFaultProxy::start_with(&sluice_testkit::services::dynamodb_url(), Unkindness { index_lag: lag, ..Unkindness::default() }).await;
+    let proxy =
+        DynamoFaultProxy::start_with(&sluice_testkit::services::dynamodb_url(), Unkindness { index_lag: lag, ..Unkindness::default() })
+            .await;
     let metrics = Arc::new(Metrics::new());
     let store = DynamoStore::new(common::dynamodb_client(&proxy.url()).await, &names, metrics.clone());
     let tag = ids::random_id();

@@ -28,10 +28,7 @@ fn persisted(room: &str, seq: u64) -> AnalyticsEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_as_protobuf_records_keyed_by_room() {
-    let conf = common::sdk_conf(&sluice_testkit::services::moto_url()).await;
-    let names = sluice_aws::Names::new(sluice_testkit::services::unique_prefix("ev"));
-    let client = aws_sdk_kinesis::Client::new(&conf);
-    sluice_aws::migrate::stream(&client, &names, 1).await.unwrap();
+    let (client, names) = fresh_stream(&sluice_testkit::services::moto_url(), "ev").await;
     let metrics = Arc::new(Metrics::new());
     let sink = KinesisEvents::start(client.clone(), &names, metrics.clone(), KinesisConfig::default());
     let mut events: Vec<AnalyticsEvent> = (1..=1200).map(|i| persisted("room-a", i)).collect();
@@ -63,10 +60,7 @@ async fn events_arrive_as_protobuf_records_keyed_by_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_refused_part_way_keep_each_rooms_order() {
     let proxy = sluice_testkit::kinesis_faults::KinesisFaultProxy::start(&sluice_testkit::services::moto_url(), 0.3).await;
-    let conf = common::sdk_conf(&proxy.url()).await;
-    let names = sluice_aws::Names::new(sluice_testkit::services::unique_prefix("evorder"));
-    let client = aws_sdk_kinesis::Client::new(&conf);
-    sluice_aws::migrate::stream(&client, &names, 1).await.unwrap();
+    let (client, names) = fresh_stream(&proxy.url(), "evorder").await;
     let metrics = Arc::new(Metrics::new());
     let backoff = sluice_core::backoff::Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(10), max_attempts: 60 };
     let config = KinesisConfig { linger: Duration::from_millis(5), backoff, ..KinesisConfig::default() };
@@ -93,6 +87,14 @@ async fn records_refused_part_way_keep_each_rooms_order() {
     for (room, seqs) in by_room {
         assert_eq!(seqs, (1..=PER_ROOM).collect::<Vec<_>>(), "{room}: every event once, in order");
     }
+}
+
+/// A client on `endpoint` and a fresh one-shard stream under a prefix of its own.
+async fn fresh_stream(endpoint: &str, what: &str) -> (aws_sdk_kinesis::Client, sluice_aws::Names) {
+    let client = aws_sdk_kinesis::Client::new(&common::sdk_conf(endpoint).await);
+    let names = sluice_aws::Names::new(sluice_testkit::services::unique_prefix(what));
+    sluice_aws::migrate::stream(&client, &names, 1).await.unwrap();
+    (client, names)
 }
 
 /// The first `want` records of the stream's only shard, with their partition keys.
@@ -140,10 +142,7 @@ async fn a_full_buffer_drops_events_without_blocking() {
 /// they go out in the same calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_room_does_not_hold_other_rooms_back() {
-    let conf = common::sdk_conf(&sluice_testkit::services::moto_url()).await;
-    let names = sluice_aws::Names::new(sluice_testkit::services::unique_prefix("evbusy"));
-    let client = aws_sdk_kinesis::Client::new(&conf);
-    sluice_aws::migrate::stream(&client, &names, 1).await.unwrap();
+    let (client, names) = fresh_stream(&sluice_testkit::services::moto_url(), "evbusy").await;
     let metrics = Arc::new(Metrics::new());
     let sink = KinesisEvents::start(client.clone(), &names, metrics.clone(), KinesisConfig::default());
     let mut events: Vec<AnalyticsEvent> = (1..=600).map(|i| persisted("busy", i)).collect();

@@ -343,7 +343,7 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                         _ = inner.firehose_wanted.notified() => {}
                         _ = tick.tick() => {
                             if heard.elapsed() > check * 3 {
-                                inner.metrics_subscription_replaced();
+                                inner.subscriptions_replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::warn!("redis subscription silent (a half-open connection?); reconnecting");
                                 // The canary went out on the command connection, which may be
                                 // the silent one.
@@ -375,7 +375,9 @@ impl Inner {
 
     /// Connects the commands afresh (after the subscription check found Redis silent).
     async fn replace_commands(&self) {
-        let fresh = tokio::time::timeout(self.config.command_timeout * 2, self.client.get_connection_manager_with_config(self.cm_config.clone())).await;
+        let fresh =
+            tokio::time::timeout(self.config.command_timeout * 2, self.client.get_connection_manager_with_config(self.cm_config.clone()))
+                .await;
         match fresh {
             Ok(Ok(conn)) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn,
             Ok(Err(e)) => tracing::warn!(error = %e, "reconnecting redis commands failed"),
@@ -390,10 +392,6 @@ impl Inner {
         if let Err(e) = sent {
             tracing::debug!(error = %e, "subscription canary not sent");
         }
-    }
-
-    fn metrics_subscription_replaced(&self) {
-        self.subscriptions_replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -121,7 +121,9 @@ mod hub_suite_tls {
 async fn limiter_tls() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
     let server = RedisServer::start_tls();
     let ca = server.tls_ca();
-    let l = sluice_redis::RedisLimiter::connect(&server.url(), ca.as_deref(), "t", Duration::from_secs(2)).await.expect("limiter connects over TLS");
+    let l = sluice_redis::RedisLimiter::connect(&server.url(), ca.as_deref(), "t", Duration::from_secs(2))
+        .await
+        .expect("limiter connects over TLS");
     (Arc::new(l), Box::new(server))
 }
 
@@ -176,7 +178,8 @@ async fn a_half_open_subscription_is_found_and_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_firehose_is_subscribed_only_while_someone_listens() {
     let server = RedisServer::start();
-    let config = RedisHubConfig { prefix: "fh".into(), subscription_check: Duration::from_millis(200), ..RedisHubConfig::new(server.url()) };
+    let config =
+        RedisHubConfig { prefix: "fh".into(), subscription_check: Duration::from_millis(200), ..RedisHubConfig::new(server.url()) };
     let hub = RedisHub::connect(config).await.unwrap();
     let other = hub_on(&server, "fh").await;
     let client = redis::Client::open(server.url()).unwrap();

@@ -341,7 +341,8 @@ impl Proxy {
         // process): a transaction that never answers must not hold its items forever.
         let _held = Held { proxy: self, touches: &touches };
         // Only the items written are charged; a condition check reads.
-        let charged: Vec<(usize, f64)> = touches.iter().enumerate().filter(|(_, t)| t.units > 0.0).map(|(i, t)| (i, 2.0 * t.units)).collect();
+        let charged: Vec<(usize, f64)> =
+            touches.iter().enumerate().filter(|(_, t)| t.units > 0.0).map(|(i, t)| (i, 2.0 * t.units)).collect();
         if let Some(victim) = self.charge(&touches, &charged) {
             self.counts.partition_throttles.fetch_add(1, Ordering::Relaxed);
             return cancelled(n, &[victim], "ThrottlingError", "Throughput exceeds the current capacity of your table or index.");

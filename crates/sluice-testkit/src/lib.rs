@@ -26,6 +26,17 @@ use std::any::Any;
 /// Keeps a test's resources alive (temporary directories, emulator handles).
 pub type Guard = Box<dyn Any + Send>;
 
+/// Waits until `max` has passed or the process gets SIGINT or SIGTERM: the life of a test
+/// helper process, which must stop by itself.
+pub async fn until_stopped(max: std::time::Duration) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::time::sleep(max) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// A message body for tests.
 pub fn body(n: usize) -> String {
     format!("message {n}")

@@ -69,21 +69,26 @@ impl RedisServer {
         let child = Command::new("timeout")
             .args(["--kill-after=5", MAX_LIFETIME_SECS, &bin])
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(self.tls.as_ref().map(|t| {
-                let file = |name: &str| t.dir.path().join(name).to_string_lossy().into_owned();
-                vec![
-                    "--tls-port".to_string(),
-                    t.port.to_string(),
-                    "--tls-cert-file".into(),
-                    file("cert.pem"),
-                    "--tls-key-file".into(),
-                    file("key.pem"),
-                    "--tls-ca-cert-file".into(),
-                    file("cert.pem"),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ]
-            }).unwrap_or_default())
+            .args(
+                self.tls
+                    .as_ref()
+                    .map(|t| {
+                        let file = |name: &str| t.dir.path().join(name).to_string_lossy().into_owned();
+                        vec![
+                            "--tls-port".to_string(),
+                            t.port.to_string(),
+                            "--tls-cert-file".into(),
+                            file("cert.pem"),
+                            "--tls-key-file".into(),
+                            file("key.pem"),
+                            "--tls-ca-cert-file".into(),
+                            file("cert.pem"),
+                            "--tls-auth-clients".into(),
+                            "no".into(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -54,6 +54,21 @@ pub fn chat(room: &str, sender: &str, client_id: &str) -> NewMessage {
     }
 }
 
+/// The one-off of campaign `campaign_id` from `sender` to `recipient`, as EnqueueBulk queues
+/// it: a direct room created on first use, a msg_id derived from campaign and recipient.
+pub fn one_off(campaign_id: &str, sender: &str, recipient: &str) -> NewMessage {
+    NewMessage {
+        msg_id: ids::bulk_msg_id(campaign_id, recipient),
+        room: ids::dm_room(sender, recipient),
+        sender: sender.to_string(),
+        body: "sale".into(),
+        kind: MessageKind::OneOff,
+        campaign_id: Some(campaign_id.to_string()),
+        sent_at_ms: 5,
+        create_members: vec![sender.to_string(), recipient.to_string()],
+    }
+}
+
 fn unique_room(prefix: &str) -> String {
     format!("{prefix}-{}", ids::random_id())
 }
@@ -351,19 +366,7 @@ pub async fn campaign_progress(store: Arc<dyn MessageStore>) {
     assert!(matches!(thief, Err(StoreError::CampaignOwned { .. })), "{thief:?}");
     let c = store.campaign(&cid).await.unwrap().unwrap();
     assert_eq!((c.requested, c.enqueued), (6, 4));
-    let one_off = |r: &str| {
-        let room = ids::dm_room(&shop, r);
-        NewMessage {
-            msg_id: ids::bulk_msg_id(&cid, r),
-            room,
-            sender: shop.clone(),
-            body: "sale".into(),
-            kind: MessageKind::OneOff,
-            campaign_id: Some(cid.clone()),
-            sent_at_ms: 5,
-            create_members: vec![shop.clone(), r.to_string()],
-        }
-    };
+    let one_off = |r: &str| one_off(&cid, &shop, r);
     let out = store.persist(vec![one_off("r1"), one_off("r2"), one_off("r1")]).await.unwrap();
     assert!(out.iter().all(|r| r.is_ok()));
     // r2 persisted, then "dead-lettered" (a worker crashed after commit): not counted.

@@ -212,7 +212,8 @@ async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
         HubKind::Redis => {
             let url =
                 common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
-            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), tls_ca: redis_tls_ca(common)?, ..RedisHubConfig::new(url) };
+            let config =
+                RedisHubConfig { prefix: common.resource_prefix.clone(), tls_ca: redis_tls_ca(common)?, ..RedisHubConfig::new(url) };
             Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
         }
     })

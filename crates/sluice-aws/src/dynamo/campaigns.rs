@@ -1,9 +1,9 @@
 //! Campaign progress: enqueued recipients recorded on their msg_id markers, counters spread
 //! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
 
-use super::{DynamoStore, persist};
-use super::call::{Capacity, TxFailure, account, drop_failed_conditions, only_contention, store_error};
+use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
 use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, put, s, update};
+use super::{DynamoStore, Tries, persist};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
 use sluice_core::control::{Control, Controls, Scope};
@@ -28,11 +28,8 @@ pub(crate) async fn record_enqueued(
     update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)").await?;
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
-    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks)
-        .map(|chunk| record_chunk(store, campaign_id, chunk))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let results: Vec<Result<(), StoreError>> =
+        futures::stream::iter(chunks).map(|chunk| record_chunk(store, campaign_id, chunk)).buffer_unordered(CONCURRENCY).collect().await;
     results.into_iter().collect::<Result<(), _>>()?;
     // Last, so that a call's request is never seen without its recipients (a campaign whose
     // recipients were all the sender is done as soon as its request is counted).
@@ -44,7 +41,7 @@ pub(crate) async fn record_enqueued(
 /// table (with a marker's TTL) in the same transaction, on the condition that it is new, so a
 /// retried EnqueueBulk (its answer lost, or refused part way) does not count twice.
 async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requested: u64, call: &str) -> Result<(), StoreError> {
-    let (mut attempt, mut races) = (0, 0);
+    let mut tries = Tries::default();
     loop {
         let mut marker = key(&[("msg_id", s(call))]);
         marker.insert("campaign_id".into(), s(campaign_id));
@@ -65,17 +62,8 @@ async fn count_request(store: &DynamoStore, campaign_id: &str, owner: &str, requ
             Err(TxFailure::Cancelled(r)) if r.get(1).is_some_and(|c| c == "ConditionalCheckFailed") => {
                 return Err(StoreError::CampaignOwned { campaign_id: campaign_id.to_string() });
             }
-            Err(TxFailure::Cancelled(r)) if only_contention(&r) => {
-                races += 1;
-                store.contended(races, "counting a campaign's request").await?;
-                continue;
-            }
-            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
-            Err(TxFailure::Retryable(_)) => {}
-            Err(e) => return Err(super::rooms::tx_error(e)),
+            Err(f) => store.again(&mut tries, f, "counting a campaign's request").await?,
         }
-        store.pause(attempt, "counting a campaign's request").await?;
-        attempt += 1;
     }
 }
 
@@ -120,7 +108,7 @@ async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: 
 /// transaction; recipients recorded before are dropped from the chunk and it is tried again.
 async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<String>) -> Result<(), StoreError> {
     let expires = marker_expiry(sluice_core::now_ms());
-    let (mut attempt, mut races) = (0, 0);
+    let mut tries = Tries::default();
     while !chunk.is_empty() {
         // A shard of its own each try: concurrent calls of one campaign rarely meet on one.
         let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
@@ -145,30 +133,16 @@ async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<Str
         ));
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
-            Err(TxFailure::Cancelled(reasons)) => {
-                if drop_failed_conditions(&mut chunk, &reasons) {
-                    continue;
-                }
-                if only_contention(&reasons) {
-                    races += 1;
-                    store.contended(races, "recording enqueued recipients").await?;
-                } else {
-                    store.pause(attempt, &format!("recording enqueued recipients: {reasons:?}")).await?;
-                    attempt += 1;
-                }
-            }
-            Err(TxFailure::Retryable(why)) => {
-                store.pause(attempt, &why).await?;
-                attempt += 1;
-            }
-            Err(e) => return Err(super::rooms::tx_error(e)),
+            // Recorded before: they drop out, and the rest goes again at once.
+            Err(TxFailure::Cancelled(reasons)) if drop_failed_conditions(&mut chunk, &reasons) => {}
+            Err(f) => store.again(&mut tries, f, "recording enqueued recipients").await?,
         }
     }
     Ok(())
 }
 
 pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
-    let mut attempt = 0;
+    let mut tries = Tries::default();
     loop {
         let items = vec![
             update(
@@ -197,12 +171,8 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
                     None => Ok(()),
                 };
             }
-            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
-            Err(TxFailure::Retryable(_)) => {}
-            Err(e) => return Err(super::rooms::tx_error(e)),
+            Err(f) => store.again(&mut tries, f, "recording a dead letter").await?,
         }
-        store.pause(attempt, "recording a dead letter").await?;
-        attempt += 1;
     }
 }
 

@@ -57,6 +57,15 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15)
 /// Tries of a transaction that keeps meeting contention before it gives up.
 const MAX_RACES: u32 = 200;
 
+/// The tries one transaction has used (see [`DynamoStore::again`]).
+#[derive(Debug, Default)]
+pub(crate) struct Tries {
+    /// Backed-off retries (throttling, unavailable).
+    attempt: u32,
+    /// Immediate retries after contention.
+    races: u32,
+}
+
 /// Rooms persisted at once by one `persist` call (messages of one room go in order).
 const PERSIST_CONCURRENCY: usize = 32;
 
@@ -134,6 +143,29 @@ impl DynamoStore {
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// Waits before trying a transaction again after `failure`, or gives the error to give up
+    /// with: contention (only other transactions holding its items) goes again at once with a
+    /// little jitter, throttling and other retryable failures with backoff, anything else is
+    /// final. Callers handle the cancellations that mean something to them (failed
+    /// conditions) first.
+    async fn again(&self, tries: &mut Tries, failure: TxFailure, what: &str) -> Result<(), StoreError> {
+        match failure {
+            TxFailure::Cancelled(r) if call::only_contention(&r) => {
+                tries.races += 1;
+                self.contended(tries.races, what).await
+            }
+            TxFailure::Cancelled(r) if r.iter().any(|c| call::reason_is_retryable(c)) => {
+                tries.attempt += 1;
+                self.pause(tries.attempt - 1, &format!("{what}: {r:?}")).await
+            }
+            TxFailure::Retryable(why) => {
+                tries.attempt += 1;
+                self.pause(tries.attempt - 1, &format!("{what}: {why}")).await
+            }
+            f => Err(rooms::tx_error(f)),
+        }
     }
 
     /// Waits before the `races`-th retry of a transaction that met contention (other

@@ -12,6 +12,7 @@
 //! (the counting failed, or the worker died in between) is answered as a failure and counted
 //! by its redelivery, which also announces it, since no delivery announced it before.
 
+use super::Tries;
 use super::call::TxFailure;
 use super::call::{drop_failed_conditions, only_contention};
 use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, update};
@@ -107,54 +108,38 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
     results.into_iter().map(|r| r.expect("every message has a result")).collect()
 }
 
-/// Counts committed campaign messages (all of one campaign) once each: the markers already
-/// counted drop out of the transaction, which is then tried again.
-pub(crate) async fn count_persisted(store: &DynamoStore, entries: Vec<Uncounted>) -> Result<(), StoreError> {
-    for chunk in entries.chunks(COUNT_CHUNK) {
-        let mut chunk = chunk.to_vec();
-        let (mut attempt, mut races) = (0, 0);
-        while let Some(first) = chunk.first() {
-            let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
-            let undead = chunk.iter().filter(|u| u.undead).count() as i64;
-            let mut items: Vec<TransactWriteItem> = chunk
-                .iter()
-                .map(|u| {
-                    update(
-                        &store.t.msgids,
-                        key(&[("msg_id", s(&u.msg_id))]),
-                        "SET #counted = :one",
-                        Some("attribute_exists(#seq) AND attribute_not_exists(#counted)"),
-                        vec![(":one", n(1))],
-                    )
-                })
-                .collect();
-            let (expr, values) = if undead > 0 {
-                ("ADD #persisted :k, #dead_lettered :minus", vec![(":k", n(chunk.len())), (":minus", n(-undead))])
-            } else {
-                ("ADD #persisted :k", vec![(":k", n(chunk.len()))])
-            };
-            items.push(update(&store.t.campaigns, key(&[("campaign_id", s(&first.campaign)), ("part", s(shard))]), expr, None, values));
-            match store.transact(items, None).await {
-                Ok(()) => break,
-                Err(TxFailure::Cancelled(reasons)) => {
-                    if drop_failed_conditions(&mut chunk, &reasons) {
-                        continue;
-                    }
-                    if only_contention(&reasons) {
-                        // Another batch held the shard (the next try picks another).
-                        races += 1;
-                        store.contended(races, "counting persisted campaign messages").await?;
-                    } else {
-                        store.pause(attempt, &format!("counting persisted campaign messages: {reasons:?}")).await?;
-                        attempt += 1;
-                    }
-                }
-                Err(TxFailure::Retryable(why)) => {
-                    store.pause(attempt, &why).await?;
-                    attempt += 1;
-                }
-                Err(e) => return Err(super::rooms::tx_error(e)),
-            }
+/// Counts committed campaign messages (at most [`COUNT_CHUNK`], all of one campaign) once
+/// each, in one transaction: the markers already counted drop out of it, and it goes again.
+pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounted>) -> Result<(), StoreError> {
+    debug_assert!(chunk.len() <= COUNT_CHUNK);
+    let mut tries = Tries::default();
+    while let Some(first) = chunk.first() {
+        let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
+        let undead = chunk.iter().filter(|u| u.undead).count() as i64;
+        let mut items: Vec<TransactWriteItem> = chunk
+            .iter()
+            .map(|u| {
+                update(
+                    &store.t.msgids,
+                    key(&[("msg_id", s(&u.msg_id))]),
+                    "SET #counted = :one",
+                    Some("attribute_exists(#seq) AND attribute_not_exists(#counted)"),
+                    vec![(":one", n(1))],
+                )
+            })
+            .collect();
+        let (expr, values) = if undead > 0 {
+            ("ADD #persisted :k, #dead_lettered :minus", vec![(":k", n(chunk.len())), (":minus", n(-undead))])
+        } else {
+            ("ADD #persisted :k", vec![(":k", n(chunk.len()))])
+        };
+        items.push(update(&store.t.campaigns, key(&[("campaign_id", s(&first.campaign)), ("part", s(shard))]), expr, None, values));
+        match store.transact(items, None).await {
+            Ok(()) => break,
+            // Those counted already drop out, and the rest goes again at once.
+            Err(TxFailure::Cancelled(reasons)) if drop_failed_conditions(&mut chunk, &reasons) => {}
+            // After contention the next try picks another shard.
+            Err(f) => store.again(&mut tries, f, "counting persisted campaign messages").await?,
         }
     }
     Ok(())
@@ -254,7 +239,8 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
         match store.transact(items, Some(token)).await {
             Ok(()) => {
-                let uncounted = m.campaign_id.as_ref().map(|c| Uncounted { campaign: c.clone(), msg_id: m.msg_id.clone(), undead: after_dead_letter });
+                let uncounted =
+                    m.campaign_id.as_ref().map(|c| Uncounted { campaign: c.clone(), msg_id: m.msg_id.clone(), undead: after_dead_letter });
                 return Ok((committed(store, stored(m, seq), &meta, recipients).await?, uncounted));
             }
             Err(TxFailure::Cancelled(reasons)) => {
@@ -333,7 +319,10 @@ fn transaction(
     }
     items.push(put(&t.messages, msg, Some("attribute_not_exists(#seq)")));
     let (marker_expr, marker_cond) = if after_dead_letter {
-        ("SET #room = :room, #seq = :seq, #by = :by, #undead = :one, #expires_at = :exp REMOVE #dead", "attribute_not_exists(#seq) AND #dead = :one")
+        (
+            "SET #room = :room, #seq = :seq, #by = :by, #undead = :one, #expires_at = :exp REMOVE #dead",
+            "attribute_not_exists(#seq) AND #dead = :one",
+        )
     } else {
         ("SET #room = :room, #seq = :seq, #by = :by, #expires_at = :exp", "attribute_not_exists(#seq) AND attribute_not_exists(#dead)")
     };
@@ -400,7 +389,12 @@ fn stored(m: &NewMessage, seq: u64) -> StoredMessage {
 
 /// The result of a committed message, with the recipients' counters read back (small
 /// rooms; large rooms compute unread on read and push none).
-async fn committed(store: &DynamoStore, message: StoredMessage, meta: &RoomMeta, recipients: Vec<&String>) -> Result<Persisted, StoreError> {
+async fn committed(
+    store: &DynamoStore,
+    message: StoredMessage,
+    meta: &RoomMeta,
+    recipients: Vec<&String>,
+) -> Result<Persisted, StoreError> {
     let members = store.members_of(&message.room, meta).await?;
     let users: Vec<String> = recipients.into_iter().cloned().collect();
     let unread = if users.is_empty() {

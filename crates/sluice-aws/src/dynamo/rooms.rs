@@ -55,7 +55,9 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
             let (existing, complete) = store.read_members(room, &meta).await?;
             // A read of a large room's lagging index may still miss some members.
             let same = *existing == members
-                || (!complete && meta.member_count == Some(members.len() as u64) && existing.iter().all(|u| members.binary_search(u).is_ok()));
+                || (!complete
+                    && meta.member_count == Some(members.len() as u64)
+                    && existing.iter().all(|u| members.binary_search(u).is_ok()));
             return if same {
                 Ok(Room { room: room.to_string(), members, last_seq: meta.last_seq, created_at_ms: meta.created_at_ms })
             } else {
@@ -255,16 +257,12 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
 
 /// A transaction of idempotent writes, retried on throttling and conflicts.
 async fn transact_retrying(store: &DynamoStore, items: Vec<TransactWriteItem>) -> Result<(), StoreError> {
-    let mut attempt = 0;
+    let mut tries = super::Tries::default();
     loop {
         match store.transact(items.clone(), None).await {
             Ok(()) => return Ok(()),
-            Err(TxFailure::Cancelled(r)) if r.iter().any(|c| super::call::reason_is_retryable(c)) => {}
-            Err(TxFailure::Retryable(_)) => {}
-            Err(e) => return Err(tx_error(e)),
+            Err(f) => store.again(&mut tries, f, "writing member rows").await?,
         }
-        store.pause(attempt, "writing member rows").await?;
-        attempt += 1;
     }
 }
 

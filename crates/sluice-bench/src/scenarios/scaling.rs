@@ -62,11 +62,10 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
         eprintln!("scaling: {n} workers drained {messages} messages at {rate:.0} msg/s");
         rates.push((n as f64, rate));
     }
-    let one = rates.first().map_or(1.0, |&(n, r)| r / n);
     for &(n, rate) in &rates {
         report.figure(&format!("{n} workers"), rate, "msg/s", None);
-        report.figure(&format!("{n} workers: speed-up over n x one worker"), rate / (one * n), "", None);
     }
+    speed_up(&mut report, &rates, format!("Drain rate by workers (store latency {} ms, batches of {})", a.latency_ms, a.batch));
     let expected = 1000.0 * a.batch as f64 / (latency.mean_ms());
     report.note(format!(
         "One worker waits about {:.1} ms per batch of {} in the store, so it can drain at most about {expected:.0} msg/s; n workers \
@@ -74,17 +73,25 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
         latency.mean_ms(),
         a.batch
     ));
+    Ok(report)
+}
+
+/// The speed-up of each worker count over n times one worker, and the rate plotted against it.
+fn speed_up(report: &mut Report, rates: &[(f64, f64)], title: String) {
+    let one = rates.first().map_or(1.0, |&(n, r)| r / n);
+    for &(n, rate) in rates {
+        report.figure(&format!("{n} workers: speed-up over n x one worker"), rate / (one * n), "", None);
+    }
     report.series.push(Series {
         name: "rate".into(),
-        title: format!("Drain rate by workers (store latency {} ms, batches of {})", a.latency_ms, a.batch),
+        title,
         x_label: "workers".into(),
         y_label: "msg/s".into(),
         lines: vec![
-            Line { name: "measured".into(), points: rates.clone() },
+            Line { name: "measured".into(), points: rates.to_vec() },
             Line { name: "n x one worker".into(), points: rates.iter().map(|&(n, _)| (n, n * one)).collect() },
         ],
     });
-    Ok(report)
 }
 
 /// Enqueues `messages` one-offs and waits until all are persisted; returns messages/s.
@@ -127,11 +134,16 @@ async fn run_aws(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
         for s in servers {
             s.stop().await;
         }
-        let per = |reason: &str| (m.sum("sluice_aws_retryable_errors_total", &["service=\"dynamodb\"", &format!("reason=\"{reason}\"")]) / messages as f64).max(0.0);
+        let per = |reason: &str| {
+            (m.sum("sluice_aws_retryable_errors_total", &["service=\"dynamodb\"", &format!("reason=\"{reason}\"")]) / messages as f64)
+                .max(0.0)
+        };
         let conflict = per("TransactionConflict");
         let throttled = per("ThrottlingError") + per("throttled_or_unavailable");
         let transactions = m.sum("sluice_aws_requests_total", &["service=\"dynamodb\"", "op=\"TransactWriteItems\""]) / messages as f64;
-        eprintln!("scaling: {n} worker processes drained {messages} at {rate:.0} msg/s; {conflict:.3} conflicts, {throttled:.3} throttles, {transactions:.2} transactions per message");
+        eprintln!(
+            "scaling: {n} worker processes drained {messages} at {rate:.0} msg/s; {conflict:.3} conflicts, {throttled:.3} throttles, {transactions:.2} transactions per message"
+        );
         report.figure(&format!("{n} workers"), rate, "msg/s", None);
         report.figure(&format!("{n} workers: transaction conflicts"), conflict, "per msg", None);
         report.figure(&format!("{n} workers: throttled calls"), throttled, "per msg", None);
@@ -139,26 +151,13 @@ async fn run_aws(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
         rates.push((n as f64, rate));
         conflicts.push((n as f64, conflict));
     }
-    let one = rates.first().map_or(1.0, |&(n, r)| r / n);
-    for &(n, rate) in &rates {
-        report.figure(&format!("{n} workers: speed-up over n x one worker"), rate / (one * n), "", None);
-    }
+    speed_up(&mut report, &rates, "Drain rate by worker processes (AWS backends)".into());
     report.note(
         "Each worker is a `sluice serve --backend aws` process with one queue poller (batches of --batch) on one SQS FIFO \
          queue (moto) and DynamoDB as --dynamodb-url gives it; the conflicts and throttles are what the workers' DynamoDB \
          calls were answered (sluice_aws_retryable_errors_total), per message drained. On one machine the emulators and \
          every worker share its cores, so the curve bends where the machine, not the design, runs out.",
     );
-    report.series.push(Series {
-        name: "rate".into(),
-        title: "Drain rate by worker processes (AWS backends)".into(),
-        x_label: "workers".into(),
-        y_label: "msg/s".into(),
-        lines: vec![
-            Line { name: "measured".into(), points: rates.clone() },
-            Line { name: "n x one worker".into(), points: rates.iter().map(|&(n, _)| (n, n * one)).collect() },
-        ],
-    });
     report.series.push(Series {
         name: "conflicts".into(),
         title: "Transaction conflicts per message by worker processes".into(),

@@ -45,12 +45,7 @@ async fn main() {
     };
     let proxy = DynamoFaultProxy::serve(listener, &args.upstream, 0.0, unkindness);
     println!("listening on {}", proxy.addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs(args.max_secs)) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    sluice_testkit::until_stopped(Duration::from_secs(args.max_secs)).await;
     let c = &proxy.counts;
     eprintln!(
         "unkind proxy: {} transactions, {} item conflicts {:?}, {} partition throttles, {} hidden from indexes",

@@ -30,12 +30,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.expect("bind 127.0.0.1");
     let proxy = KinesisFaultProxy::serve(listener, &args.upstream, args.refuse_rate);
     println!("listening on {}", proxy.addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs(args.max_secs)) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    sluice_testkit::until_stopped(Duration::from_secs(args.max_secs)).await;
     eprintln!(
         "unkind kinesis proxy: {} records refused, {} written",
         proxy.counts.failed.load(Ordering::Relaxed),
