@@ -3,11 +3,13 @@
 # ports, and stops them when it ends, whatever happens. DynamoDB Local sits behind the unkind
 # proxy (crates/sluice-testkit/src/dynamo_faults.rs): it cancels transactions that overlap on
 # an item and throttles a partition beyond 1,000 write units/s, as DynamoDB does and DynamoDB
-# Local does not. The command sees
+# Local does not; moto sits behind another (crates/sluice-testkit/src/moto_faults.rs) that
+# refuses part of Kinesis PutRecords calls and throttles SQS calls. The command sees
 #   SLUICE_TEST_DYNAMODB_URL  http://127.0.0.1:<port> (the unkind proxy to DynamoDB Local, in memory)
 #   SLUICE_TEST_DYNAMODB_LOCAL_URL  DynamoDB Local itself
 #   SLUICE_TEST_KINESIS_URL   moto behind a proxy that refuses 10% of each PutRecords call's records
-#   SLUICE_TEST_MOTO_URL      http://127.0.0.1:<port> (moto server)
+#   SLUICE_TEST_SQS_URL       the same proxy, which also throttles 10% of SQS send/receive/delete/visibility calls
+#   SLUICE_TEST_MOTO_URL      http://127.0.0.1:<port> (moto server itself)
 #   SLUICE_TEST_PYTHON        a Python with boto3, for tests that check our data with AWS's own SDK
 # Every server is also wrapped in `timeout`, so none outlives a run that was killed.
 # Needs scripts/install-test-deps.sh first. Usage: scripts/with-test-services.sh CMD [ARGS...]
@@ -21,7 +23,7 @@ pids=()
 stop() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for log in unkind unkind-kinesis; do
+  for log in unkind unkind-moto; do
     if [ -s "$logs/$log.log" ]; then cat "$logs/$log.log" >&2; fi
   done
   rm -rf "$logs"
@@ -66,23 +68,24 @@ pids+=($!)
 wait_http "DynamoDB Local" "http://127.0.0.1:$ddb_port" "$logs/dynamodb.log" "${pids[0]}"
 wait_http "moto server" "http://127.0.0.1:$moto_port/moto-api/" "$logs/moto.log" "${pids[1]}"
 
-cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb --bin sluice-unkind-kinesis
+cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb --bin sluice-unkind-moto
 target_dir=$(cargo metadata --locked --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 proxy_port=$(free_port)
 "$target_dir/debug/sluice-unkind-dynamodb" --upstream "http://127.0.0.1:$ddb_port" --port "$proxy_port" --max-secs $max_life \
   >"$logs/unkind.log" 2>&1 &
 pids+=($!)
 wait_http "the unkind DynamoDB proxy" "http://127.0.0.1:$proxy_port" "$logs/unkind.log" "${pids[2]}"
-kinesis_port=$(free_port)
-"$target_dir/debug/sluice-unkind-kinesis" --upstream "http://127.0.0.1:$moto_port" --port "$kinesis_port" --max-secs $max_life \
-  >"$logs/unkind-kinesis.log" 2>&1 &
+moto_proxy_port=$(free_port)
+"$target_dir/debug/sluice-unkind-moto" --upstream "http://127.0.0.1:$moto_port" --port "$moto_proxy_port" --max-secs $max_life \
+  >"$logs/unkind-moto.log" 2>&1 &
 pids+=($!)
-wait_http "the unkind Kinesis proxy" "http://127.0.0.1:$kinesis_port/moto-api/" "$logs/unkind-kinesis.log" "${pids[3]}"
-echo "==> DynamoDB Local on 127.0.0.1:$ddb_port behind the unkind proxy on 127.0.0.1:$proxy_port, moto server on 127.0.0.1:$moto_port (Kinesis behind its proxy on 127.0.0.1:$kinesis_port)" >&2
+wait_http "the unkind moto proxy" "http://127.0.0.1:$moto_proxy_port/moto-api/" "$logs/unkind-moto.log" "${pids[3]}"
+echo "==> DynamoDB Local on 127.0.0.1:$ddb_port behind the unkind proxy on 127.0.0.1:$proxy_port, moto server on 127.0.0.1:$moto_port (SQS and Kinesis behind its proxy on 127.0.0.1:$moto_proxy_port)" >&2
 
 export SLUICE_TEST_DYNAMODB_URL="http://127.0.0.1:$proxy_port"
 export SLUICE_TEST_DYNAMODB_LOCAL_URL="http://127.0.0.1:$ddb_port"
-export SLUICE_TEST_KINESIS_URL="http://127.0.0.1:$kinesis_port"
+export SLUICE_TEST_KINESIS_URL="http://127.0.0.1:$moto_proxy_port"
+export SLUICE_TEST_SQS_URL="http://127.0.0.1:$moto_proxy_port"
 export SLUICE_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export SLUICE_TEST_PYTHON="$services/moto/bin/python"
 "$@"

@@ -59,7 +59,8 @@ async fn events_arrive_as_protobuf_records_keyed_by_room() {
 /// later one of its room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_refused_part_way_keep_each_rooms_order() {
-    let proxy = sluice_testkit::kinesis_faults::KinesisFaultProxy::start(&sluice_testkit::services::moto_url(), 0.3).await;
+    let faults = sluice_testkit::moto_faults::MotoFaults { records_refused: 0.3, ..Default::default() };
+    let proxy = sluice_testkit::moto_faults::MotoFaultProxy::start(&sluice_testkit::services::moto_url(), faults).await;
     let (client, names) = fresh_stream(&proxy.url(), "evorder").await;
     let metrics = Arc::new(Metrics::new());
     let backoff = sluice_core::backoff::Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(10), max_attempts: 60 };

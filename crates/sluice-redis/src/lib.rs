@@ -20,14 +20,20 @@
 //!
 //! [`RedisLimiter`] keeps per-user and per-address rate limits and leases in Redis
 //! ([`limits`]), so they hold across gateways.
+//!
+//! Both run on a standalone Redis or on Redis in cluster mode ([`Endpoint::cluster`]): there
+//! the channels are sharded (SPUBLISH/SSUBSCRIBE), batches are split by slot, and a node that
+//! drops the subscription's connection (a restart forgets every session it held) makes this
+//! node register its users again (module `conn`).
 
+mod conn;
 pub mod limits;
 
+pub use conn::Endpoint;
 pub use limits::RedisLimiter;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use conn::{Commands, Incoming, Target, Timeouts};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::HubError;
 use sluice_core::hub::{ConnId, Connection, Hub, LiveEvent, LocalConnections};
@@ -40,46 +46,11 @@ use tokio_util::task::AbortOnDropHandle;
 /// Capacity of the local firehose channel of service subscribers.
 const FIREHOSE_CAPACITY: usize = 16_384;
 
-/// A client for `url`: `redis://host:port[/db]`, or `rediss://` for TLS (ElastiCache with
-/// encryption in transit, ElastiCache Serverless), whose certificate must chain to `tls_ca`
-/// (PEM) when given, else to the public web roots compiled in.
-pub fn client(url: &str, tls_ca: Option<&[u8]>) -> Result<redis::Client, HubError> {
-    if url.starts_with("rediss://") {
-        // rustls needs a crypto provider chosen for the process; two are linked in (through
-        // the AWS SDK), so name one unless the program did.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    }
-    use redis::IntoConnectionInfo;
-    let info = url.into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
-    match tls_ca {
-        Some(ca) if url.starts_with("rediss://") => {
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) };
-            redis::Client::build_with_tls(info, certs).map_err(unavailable)
-        }
-        Some(_) => Err(HubError::Unavailable("a Redis TLS CA was given for a URL without TLS: use rediss://".into())),
-        None => redis::Client::open(info).map_err(unavailable),
-    }
-}
-
-/// Keepalive probes after 10 s idle (every 5 s, 3 times) and, on Linux, at most 15 s for sent
-/// data to be acknowledged: a connection whose peer vanished (a NAT or load balancer dropped
-/// it) fails within about half a minute instead of never.
-fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    use redis::io::tcp::socket2::TcpKeepalive;
-    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3);
-    let settings = redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive);
-    #[cfg(target_os = "linux")]
-    let settings = settings.set_user_timeout(Duration::from_secs(15));
-    settings
-}
-
 /// Settings of a Redis hub.
 #[derive(Debug, Clone)]
 pub struct RedisHubConfig {
-    /// `redis://host:port[/db]`, or `rediss://` for TLS.
-    pub url: String,
-    /// The CA (PEM) a `rediss://` server's certificate must chain to (default: public roots).
-    pub tls_ca: Option<Vec<u8>>,
+    /// Where Redis is (standalone or cluster, TLS or not).
+    pub endpoint: Endpoint,
     /// Prefix of every key and channel (`SLUICE_RESOURCE_PREFIX`).
     pub prefix: String,
     /// How long a registration lives without a refresh.
@@ -95,8 +66,7 @@ pub struct RedisHubConfig {
 impl RedisHubConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisHubConfig {
-            url: url.into(),
-            tls_ca: None,
+            endpoint: Endpoint::new(url),
             prefix: "sluice".into(),
             session_ttl: Duration::from_secs(60),
             command_timeout: Duration::from_secs(2),
@@ -123,9 +93,8 @@ struct Inner {
     config: RedisHubConfig,
     /// Commands; replaced when the subscription check finds the path to Redis silent (a
     /// manager reconnects on errors, never on a connection that only stopped answering).
-    conn: std::sync::RwLock<ConnectionManager>,
-    client: redis::Client,
-    cm_config: ConnectionManagerConfig,
+    conn: std::sync::RwLock<Commands>,
+    target: Target,
     local: LocalConnections,
     firehose: broadcast::Sender<Arc<LiveEvent>>,
     /// Orders registry writes: a heartbeat's snapshot of local users must not re-register a
@@ -154,20 +123,14 @@ impl RedisHub {
     /// Connects to Redis (fails fast when it cannot be reached) and starts the subscriber and
     /// the registry heartbeat.
     pub async fn connect(config: RedisHubConfig) -> Result<Self, HubError> {
-        let client = client(&config.url, config.tls_ca.as_deref())?;
-        let cm_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(cm_config.clone()).await.map_err(unavailable)?;
+        let target = Target::new(&config.endpoint, Timeouts { command: config.command_timeout })?;
+        let conn = target.commands().await?;
         let node = format!("{:016x}", rand_node());
         let inner = Arc::new(Inner {
             node,
             config,
             conn: std::sync::RwLock::new(conn),
-            client: client.clone(),
-            cm_config,
+            target,
             local: LocalConnections::new(),
             firehose: broadcast::channel(FIREHOSE_CAPACITY).0,
             registry: tokio::sync::Mutex::new(()),
@@ -176,7 +139,7 @@ impl RedisHub {
             firehose_wanted: tokio::sync::Notify::new(),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), client, Some(ready_tx))));
+        let subscriber = AbortOnDropHandle::new(tokio::spawn(subscribe_loop(inner.clone(), Some(ready_tx))));
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(inner.clone())));
         // Publishing before our subscription is live would lose events addressed to us.
         let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
@@ -222,14 +185,13 @@ impl Inner {
         }
         let ttl = self.config.session_ttl;
         let expires = sluice_core::now_ms() + ttl.as_millis() as i64;
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(users.len() * 2);
         for u in users {
             let key = self.sess_key(u);
-            pipe.zadd(&key, &self.node, expires).ignore();
-            pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+            cmds.push((key.clone(), redis::Cmd::zadd(&key, &self.node, expires)));
+            cmds.push((key.clone(), redis::Cmd::pexpire(&key, ttl.as_millis() as i64)));
         }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        self.conn().batch(cmds).await.map(drop).map_err(unavailable)
     }
 
     /// Registers every local user (heartbeat, after a resubscribe).
@@ -251,12 +213,17 @@ impl Inner {
     /// The live nodes of each user, in one round trip.
     async fn nodes_of(&self, users: &[String]) -> Result<Vec<Vec<String>>, HubError> {
         let now = sluice_core::now_ms();
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.cmd("ZRANGEBYSCORE").arg(self.sess_key(u)).arg(now).arg("+inf");
-        }
-        let mut conn = self.conn();
-        pipe.query_async(&mut conn).await.map_err(unavailable)
+        let cmds = users
+            .iter()
+            .map(|u| {
+                let key = self.sess_key(u);
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(&key).arg(now).arg("+inf");
+                (key, cmd)
+            })
+            .collect();
+        let answers = self.conn().batch(cmds).await.map_err(unavailable)?;
+        answers.into_iter().map(|v| redis::from_redis_value(v).map_err(|e| HubError::Unavailable(e.to_string()))).collect()
     }
 
     /// Delivers an envelope that arrived on this node's channel, or a firehose event.
@@ -280,32 +247,23 @@ impl Inner {
 
 /// Subscribes to this node's channel and the firehose; on any failure reconnects with
 /// backoff, resubscribes and re-registers the local users (a restarted Redis forgot them).
-async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
+async fn subscribe_loop(inner: Arc<Inner>, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
     let backoff = sluice_core::backoff::Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(2), max_attempts: u32::MAX };
     let mut attempt = 0u32;
     loop {
         let session = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(inner.node_channel(&inner.node)).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let mut sub = inner.target.subscription().await?;
+            sub.subscribe(&inner.node_channel(&inner.node)).await?;
+            Ok::<_, redis::RedisError>(sub)
         };
         match tokio::time::timeout(inner.config.command_timeout * 2, session).await {
-            Ok(Ok(pubsub)) => {
+            Ok(Ok(mut sub)) => {
                 if attempt > 0 {
                     tracing::info!("redis subscription restored");
                 }
                 attempt = 0;
-                let (mut sink, mut messages) = pubsub.split();
                 inner.firehose_on.send_replace(false);
-                // The command connection may still be reconnecting after a Redis restart:
-                // retry briefly rather than leave users unroutable until the next heartbeat.
-                for retry in 0..20 {
-                    match inner.register_local().await {
-                        Ok(()) => break,
-                        Err(e) if retry == 19 => tracing::warn!(error = %e, "re-registering sessions failed; the heartbeat will retry"),
-                        Err(_) => tokio::time::sleep(backoff.ceiling(retry).min(Duration::from_millis(500))).await,
-                    }
-                }
+                inner.reregister(&backoff).await;
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
@@ -318,7 +276,7 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                     let wanted = inner.firehose.receiver_count() > 0;
                     if wanted != *inner.firehose_on.borrow() {
                         let channel = inner.firehose_channel();
-                        let done = if wanted { sink.subscribe(channel).await } else { sink.unsubscribe(channel).await };
+                        let done = if wanted { sub.subscribe(&channel).await } else { sub.unsubscribe(&channel).await };
                         match done {
                             Ok(()) => {
                                 inner.firehose_on.send_replace(wanted);
@@ -330,16 +288,21 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
                         }
                     }
                     tokio::select! {
-                        msg = messages.next() => {
-                            let Some(msg) = msg else {
+                        incoming = sub.next() => match incoming {
+                            None => {
                                 tracing::warn!("redis subscription lost; reconnecting");
                                 break;
-                            };
-                            heard = tokio::time::Instant::now();
-                            if msg.get_payload_bytes() != CANARY {
-                                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
                             }
-                        }
+                            Some(Incoming::Message(msg)) => {
+                                heard = tokio::time::Instant::now();
+                                if msg.get_payload_bytes() != CANARY {
+                                    inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                                }
+                            }
+                            // A cluster node went away; once it is back it knows none of the
+                            // sessions it held (the client resubscribes by itself).
+                            Some(Incoming::Disconnected) => inner.reregister(&backoff).await,
+                        },
                         _ = inner.firehose_wanted.notified() => {}
                         _ = tick.tick() => {
                             if heard.elapsed() > check * 3 {
@@ -369,15 +332,26 @@ async fn subscribe_loop(inner: Arc<Inner>, client: redis::Client, mut ready: Opt
 const CANARY: &[u8] = b"canary";
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Commands {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Registers the local users again after Redis may have forgotten them (a restart). The
+    /// command connection may still be reconnecting: retry briefly rather than leave users
+    /// unroutable until the next heartbeat.
+    async fn reregister(&self, backoff: &sluice_core::backoff::Backoff) {
+        for retry in 0..20 {
+            match self.register_local().await {
+                Ok(()) => break,
+                Err(e) if retry == 19 => tracing::warn!(error = %e, "re-registering sessions failed; the heartbeat will retry"),
+                Err(_) => tokio::time::sleep(backoff.ceiling(retry).min(Duration::from_millis(500))).await,
+            }
+        }
     }
 
     /// Connects the commands afresh (after the subscription check found Redis silent).
     async fn replace_commands(&self) {
-        let fresh =
-            tokio::time::timeout(self.config.command_timeout * 2, self.client.get_connection_manager_with_config(self.cm_config.clone()))
-                .await;
+        let fresh = tokio::time::timeout(self.config.command_timeout * 2, self.target.commands()).await;
         match fresh {
             Ok(Ok(conn)) => *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn,
             Ok(Err(e)) => tracing::warn!(error = %e, "reconnecting redis commands failed"),
@@ -388,7 +362,7 @@ impl Inner {
     /// Publishes a canary to this node's own channel, through the command connection.
     async fn send_canary(&self) {
         let mut conn = self.conn();
-        let sent = redis::cmd("PUBLISH").arg(self.node_channel(&self.node)).arg(CANARY).query_async::<i64>(&mut conn).await;
+        let sent = conn.publish(&self.node_channel(&self.node), CANARY).query_async::<i64>(&mut conn).await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "subscription canary not sent");
         }
@@ -434,7 +408,8 @@ impl Hub for RedisHub {
         let event = Arc::new(event);
         inner.local.deliver(targets, &event);
         // Other devices of the same users may be on other gateways: look all targets up.
-        let mut pipe = redis::pipe();
+        let conn = inner.conn();
+        let mut cmds = Vec::new();
         if !targets.is_empty() {
             let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
             for (user, nodes) in targets.iter().zip(inner.nodes_of(targets).await?) {
@@ -444,12 +419,13 @@ impl Hub for RedisHub {
             }
             for (node, users) in by_node {
                 let env = serde_json::to_vec(&EnvelopeRef { users: &users, event: &event }).expect("events serialize");
-                pipe.publish(inner.node_channel(&node), env).ignore();
+                let channel = inner.node_channel(&node);
+                cmds.push((channel.clone(), conn.publish(&channel, &env)));
             }
         }
-        pipe.publish(inner.firehose_channel(), serde_json::to_vec(&*event).expect("events serialize")).ignore();
-        let mut conn = inner.conn();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        let firehose = inner.firehose_channel();
+        cmds.push((firehose.clone(), conn.publish(&firehose, &serde_json::to_vec(&*event).expect("events serialize"))));
+        conn.batch(cmds).await.map(drop).map_err(unavailable)
     }
 
     async fn firehose(&self) -> broadcast::Receiver<Arc<LiveEvent>> {

@@ -7,11 +7,12 @@
 //!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
 //!   its leases lapse by themselves;
 //! - readings: a hash per key (node → value) beside a sorted set (node → when the reading
-//!   lapses); reading the highest drops the lapsed ones first.
+//!   lapses); reading the highest drops the lapsed ones first. The two keys share a hash tag
+//!   (`{key}`), so in cluster mode they live in one slot, as a script needs.
 
+use crate::conn::{Commands, Endpoint, Target, Timeouts};
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sluice_core::error::HubError;
 use sluice_core::limits::Limiter;
 use std::time::Duration;
@@ -87,7 +88,7 @@ return tostring(best)
 /// Limits kept in Redis under `<prefix>:lim:...`.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    conn: Commands,
     prefix: String,
     take: Script,
     lend: Script,
@@ -97,16 +98,9 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Connects to `url` (`rediss://` with an optional CA as for [`crate::client`]; fails fast
-    /// when Redis cannot be reached).
-    pub async fn connect(url: &str, tls_ca: Option<&[u8]>, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
-        let client = crate::client(url, tls_ca)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(command_timeout))
-            .set_response_timeout(Some(command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+    /// Connects to Redis at `endpoint` (fails fast when it cannot be reached).
+    pub async fn connect(endpoint: &Endpoint, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
+        let conn = Target::new(endpoint, Timeouts { command: command_timeout })?.commands().await?;
         Ok(RedisLimiter {
             conn,
             prefix: prefix.to_string(),
@@ -120,6 +114,11 @@ impl RedisLimiter {
 
     fn key(&self, key: &str) -> String {
         format!("{}:lim:{key}", self.prefix)
+    }
+
+    /// The two keys of a reading, in one slot.
+    fn reading_keys(&self, key: &str) -> (String, String) {
+        (format!("{}:lim:{{{key}}}:v", self.prefix), format!("{}:lim:{{{key}}}:t", self.prefix))
     }
 }
 
@@ -157,7 +156,7 @@ impl Limiter for RedisLimiter {
 
     async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
-        let (vals, exp) = (self.key(&format!("{key}:v")), self.key(&format!("{key}:t")));
+        let (vals, exp) = self.reading_keys(key);
         let _: i64 = self
             .report
             .key(vals)
@@ -173,7 +172,7 @@ impl Limiter for RedisLimiter {
 
     async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
         let mut conn = self.conn.clone();
-        let (vals, exp) = (self.key(&format!("{key}:v")), self.key(&format!("{key}:t")));
+        let (vals, exp) = self.reading_keys(key);
         let best: Option<String> = self.highest.key(vals).key(exp).invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(best.and_then(|b| b.parse().ok()))
     }

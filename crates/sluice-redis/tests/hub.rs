@@ -1,17 +1,24 @@
-//! The Redis hub against a real redis-server: the shared hub conformance suite, fan-out
-//! between two gateways, and live delivery resuming after a Redis restart.
+//! The Redis hub against a real redis-server, standalone, over TLS and as a cluster: the
+//! shared hub and limiter conformance suites, fan-out between two gateways, and live delivery
+//! resuming after a Redis restart.
 
 use sluice_core::hub::{Hub, LiveEvent};
-use sluice_redis::{RedisHub, RedisHubConfig};
+use sluice_redis::{Endpoint, RedisHub, RedisHubConfig};
 use sluice_testkit::Guard;
-use sluice_testkit::services::RedisServer;
+use sluice_testkit::services::{RedisCluster, RedisServer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn hub_on(server: &RedisServer, prefix: &str) -> RedisHub {
-    let mut config = RedisHubConfig::new(server.url());
-    config.prefix = prefix.into();
-    RedisHub::connect(config).await.expect("redis hub connects")
+    hub_at(Endpoint::new(server.url()), prefix).await
+}
+
+async fn hub_at(endpoint: Endpoint, prefix: &str) -> RedisHub {
+    RedisHub::connect(RedisHubConfig { endpoint, prefix: prefix.into(), ..RedisHubConfig::new("") }).await.expect("redis hub connects")
+}
+
+fn cluster_endpoint(cluster: &RedisCluster) -> Endpoint {
+    Endpoint { cluster: true, ..Endpoint::new(cluster.url()) }
 }
 
 async fn hub() -> (Arc<dyn Hub>, Guard) {
@@ -26,12 +33,39 @@ mod hub_suite {
 
 async fn limiter() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
     let server = RedisServer::start();
-    let l = sluice_redis::RedisLimiter::connect(&server.url(), None, "t", Duration::from_secs(2)).await.expect("redis limiter connects");
+    let l = sluice_redis::RedisLimiter::connect(&Endpoint::new(server.url()), "t", Duration::from_secs(2))
+        .await
+        .expect("redis limiter connects");
     (Arc::new(l), Box::new(server))
 }
 
 mod limiter_suite {
     sluice_testkit::limiter_conformance!(super::limiter);
+}
+
+/// In cluster mode (ElastiCache with cluster mode enabled, ElastiCache Serverless): the same
+/// suites against a three-node Redis Cluster. A standalone client there gets MOVED for most
+/// keys, and a pipeline over users in different slots fails as a whole.
+async fn hub_cluster() -> (Arc<dyn Hub>, Guard) {
+    let cluster = RedisCluster::start(3);
+    let hub = hub_at(cluster_endpoint(&cluster), "t").await;
+    (Arc::new(hub), Box::new(cluster))
+}
+
+mod hub_suite_cluster {
+    sluice_testkit::hub_conformance!(super::hub_cluster);
+}
+
+async fn limiter_cluster() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
+    let cluster = RedisCluster::start(3);
+    let l = sluice_redis::RedisLimiter::connect(&cluster_endpoint(&cluster), "t", Duration::from_secs(2))
+        .await
+        .expect("limiter connects to the cluster");
+    (Arc::new(l), Box::new(cluster))
+}
+
+mod limiter_suite_cluster {
+    sluice_testkit::limiter_conformance!(super::limiter_cluster);
 }
 
 fn typing(room: &str) -> LiveEvent {
@@ -48,8 +82,18 @@ async fn recv(c: &mut sluice_core::hub::Connection) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_on_gateway_a_receives_what_gateway_b_publishes() {
     let server = RedisServer::start();
-    let a = hub_on(&server, "x").await;
-    let b = hub_on(&server, "x").await;
+    across_gateways(Endpoint::new(server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_gateway_a_receives_what_gateway_b_publishes_through_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    across_gateways(cluster_endpoint(&cluster)).await;
+}
+
+async fn across_gateways(endpoint: Endpoint) {
+    let a = hub_at(endpoint.clone(), "x").await;
+    let b = hub_at(endpoint, "x").await;
     assert_ne!(a.node(), b.node());
     let mut alice_on_a = a.connect("alice", 16).await.unwrap();
     let mut alice_on_b = b.connect("alice", 16).await.unwrap();
@@ -104,12 +148,48 @@ async fn live_delivery_resumes_after_a_redis_restart() {
     assert_eq!(b.online(&["bob".into()]).await.unwrap(), vec![true]);
 }
 
+/// Until `bob` (connected on `a`) receives what `b` publishes again.
+async fn delivery_resumes(b: &RedisHub, bob: &mut sluice_core::hub::Connection, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let room = format!("{what}-{n}");
+        if b.publish(&["bob".into()], typing(&room)).await.is_ok()
+            && let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), bob.events.recv()).await
+            && matches!(&*e, LiveEvent::Typing { room, .. } if room.starts_with(what))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "live delivery did not resume: {what}");
+    }
+}
+
+/// A cluster node that restarts comes back with its slots but without its data: the sessions
+/// registered there and the sharded subscriptions it served. Each node in turn: the one that
+/// holds bob's session, and the ones serving either gateway's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_delivery_resumes_after_each_cluster_node_restarts() {
+    let mut cluster = RedisCluster::start(3);
+    let a = hub_at(cluster_endpoint(&cluster), "r").await;
+    let b = hub_at(cluster_endpoint(&cluster), "r").await;
+    let mut bob = a.connect("bob", 256).await.unwrap();
+    delivery_resumes(&b, &mut bob, "before").await;
+    let holder = cluster.node_of("r:sess:bob");
+    for i in 0..cluster.nodes.len() {
+        cluster.restart(i);
+        delivery_resumes(&b, &mut bob, &format!("after-restart-of-{i}")).await;
+        assert_eq!(b.online(&["bob".into()]).await.unwrap(), vec![true], "bob is registered again after node {i} (his holds {holder})");
+    }
+}
+
 /// Over TLS (`rediss://`, as ElastiCache with encryption in transit and ElastiCache
 /// Serverless need): the same suites, against a redis-server serving TLS with a certificate
 /// the client is told to trust.
 async fn hub_tls() -> (Arc<dyn Hub>, Guard) {
     let server = RedisServer::start_tls();
-    let config = RedisHubConfig { prefix: "t".into(), tls_ca: server.tls_ca(), ..RedisHubConfig::new(server.url()) };
+    let endpoint = Endpoint { tls_ca: server.tls_ca(), ..Endpoint::new(server.url()) };
+    let config = RedisHubConfig { prefix: "t".into(), endpoint, ..RedisHubConfig::new("") };
     let hub = RedisHub::connect(config).await.expect("redis hub connects over TLS");
     (Arc::new(hub), Box::new(server))
 }
@@ -120,10 +200,8 @@ mod hub_suite_tls {
 
 async fn limiter_tls() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
     let server = RedisServer::start_tls();
-    let ca = server.tls_ca();
-    let l = sluice_redis::RedisLimiter::connect(&server.url(), ca.as_deref(), "t", Duration::from_secs(2))
-        .await
-        .expect("limiter connects over TLS");
+    let endpoint = Endpoint { tls_ca: server.tls_ca(), ..Endpoint::new(server.url()) };
+    let l = sluice_redis::RedisLimiter::connect(&endpoint, "t", Duration::from_secs(2)).await.expect("limiter connects over TLS");
     (Arc::new(l), Box::new(server))
 }
 
@@ -138,7 +216,10 @@ async fn a_tls_server_is_verified() {
     let server = RedisServer::start_tls();
     let untrusted = RedisHub::connect(RedisHubConfig::new(server.url())).await;
     assert!(untrusted.is_err(), "a self-signed certificate is not trusted by default");
-    let plain = RedisHubConfig { tls_ca: server.tls_ca(), ..RedisHubConfig::new("redis://127.0.0.1:1") };
+    let plain = RedisHubConfig {
+        endpoint: Endpoint { tls_ca: server.tls_ca(), ..Endpoint::new("redis://127.0.0.1:1") },
+        ..RedisHubConfig::new("")
+    };
     let err = RedisHub::connect(plain).await.err().expect("refused");
     assert!(err.to_string().contains("rediss://"), "{err}");
 }

@@ -14,8 +14,8 @@
 pub mod dynamo_faults;
 pub mod faults;
 pub mod hub;
-pub mod kinesis_faults;
 pub mod limits;
+pub mod moto_faults;
 pub mod queue;
 pub mod services;
 pub mod store;

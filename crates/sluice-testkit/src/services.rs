@@ -21,6 +21,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     tls: Option<Tls>,
+    /// More `redis-server` arguments (cluster mode).
+    args: Vec<String>,
 }
 
 /// A TLS port with a self-signed certificate made for this server.
@@ -33,7 +35,7 @@ struct Tls {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None, tls: None };
+        let mut s = RedisServer { port: free_port(), child: None, tls: None, args: Vec::new() };
         s.spawn();
         s
     }
@@ -46,7 +48,7 @@ impl RedisServer {
         let ca_pem = cert.cert.pem().into_bytes();
         std::fs::write(dir.path().join("cert.pem"), &ca_pem).expect("write the certificate");
         std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("write the key");
-        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls { port: free_port(), ca_pem, dir }) };
+        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls { port: free_port(), ca_pem, dir }), args: Vec::new() };
         s.spawn();
         s
     }
@@ -89,6 +91,7 @@ impl RedisServer {
                     })
                     .unwrap_or_default(),
             )
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -133,6 +136,91 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of our own: primaries without replicas on loopback ports, the 16,384 slots
+/// split evenly between them, as ElastiCache runs cluster mode. Each node keeps its cluster
+/// identity in a file here, so a restarted node rejoins with its slots (and, like a real
+/// restart without persistence, without its data).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts `n` nodes, assigns the slots, joins them and waits until the cluster is up.
+    pub fn start(n: usize) -> RedisCluster {
+        assert!(n > 0);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut nodes = Vec::with_capacity(n);
+        let mut buses = Vec::with_capacity(n);
+        for _ in 0..n {
+            let port = free_port();
+            let bus = free_port();
+            let conf = dir.path().join(format!("nodes-{port}.conf")).to_string_lossy().into_owned();
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"]
+                .into_iter()
+                .map(String::from)
+                .chain(["--cluster-port".to_string(), bus.to_string()])
+                .collect();
+            let mut s = RedisServer { port, child: None, tls: None, args };
+            s.spawn();
+            nodes.push(s);
+            buses.push(bus);
+        }
+        let c = RedisCluster { nodes, _dir: dir };
+        const SLOTS: usize = 16_384;
+        for (i, node) in c.nodes.iter().enumerate() {
+            let (first, last) = (i * SLOTS / n, (i + 1) * SLOTS / n - 1);
+            let _: () = c.query(node.port, redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(first).arg(last));
+        }
+        for (node, bus) in c.nodes.iter().zip(&buses).skip(1) {
+            let _: () = c.query(c.nodes[0].port, redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(node.port).arg(*bus));
+        }
+        c.wait_ok();
+        c
+    }
+
+    /// The seed list clients start from: every node, separated by commas.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which node holds `key`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot: usize = self.query(self.nodes[0].port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key));
+        slot * self.nodes.len() / 16_384
+    }
+
+    /// Restarts node `i` (it forgets its data, keeps its slots) and waits until the cluster is
+    /// up again.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_ok();
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a redis url");
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("a cluster node answers");
+        cmd.query(&mut conn).unwrap_or_else(|e| panic!("{cmd:?} on port {port}: {e}"))
+    }
+
+    /// Until every node sees every other and all slots served.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let want = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                let info: String = self.query(n.port, redis::cmd("CLUSTER").arg("INFO"));
+                info.contains("cluster_state:ok") && info.contains(&want)
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the redis cluster did not come up within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 const AWS_HINT: &str = "run the tests through scripts/test.sh, or wrap the command in scripts/with-test-services.sh \
     (it starts DynamoDB Local and moto server; scripts/install-test-deps.sh installs them)";
 
@@ -149,12 +237,18 @@ pub fn kinesis_url() -> String {
     service_url("SLUICE_TEST_KINESIS_URL", "Kinesis (moto behind the unkind proxy)")
 }
 
+/// The SQS endpoint of this test run: moto behind a proxy that throttles part of the
+/// data-plane calls, as SQS does.
+pub fn sqs_url() -> String {
+    service_url("SLUICE_TEST_SQS_URL", "SQS (moto behind the unkind proxy)")
+}
+
 /// The endpoint of the DynamoDB Local started for this test run.
 pub fn dynamodb_url() -> String {
     service_url("SLUICE_TEST_DYNAMODB_URL", "DynamoDB Local")
 }
 
-/// The endpoint of the moto server (SQS, Kinesis) started for this test run.
+/// The endpoint of the moto server (SQS, Kinesis) started for this test run, without faults.
 pub fn moto_url() -> String {
     service_url("SLUICE_TEST_MOTO_URL", "moto server")
 }

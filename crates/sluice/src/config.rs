@@ -110,6 +110,11 @@ pub struct CommonArgs {
     /// Default: the public web roots (what ElastiCache's certificates chain to).
     #[arg(long, env = "SLUICE_REDIS_TLS_CA")]
     pub redis_tls_ca: Option<std::path::PathBuf>,
+    /// Redis runs in cluster mode (ElastiCache with cluster mode enabled, ElastiCache
+    /// Serverless): commands follow slots, fan-out uses sharded pub/sub (Redis 7 or later).
+    /// --redis-url then names one or more seed nodes, separated by commas.
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every AWS resource and Redis key: tables <prefix>-messages etc., queue
     /// <prefix>-bulk.fifo, dead-letter queue <prefix>-bulk-dlq.fifo, stream <prefix>-events.
     #[arg(long, env = "SLUICE_RESOURCE_PREFIX", default_value = DEFAULT_RESOURCE_PREFIX)]

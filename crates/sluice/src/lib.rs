@@ -31,7 +31,7 @@ use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig, StoreConfig};
 use sluice_gateway::{App, Auth, Limits};
 use sluice_proto::v1::{self, drain_scope};
-use sluice_redis::{RedisHub, RedisHubConfig, RedisLimiter};
+use sluice_redis::{Endpoint, RedisHub, RedisHubConfig, RedisLimiter};
 use sluice_worker::{Backends, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,10 +189,9 @@ async fn open_limiter(common: &CommonArgs) -> anyhow::Result<Arc<dyn Limiter>> {
     Ok(match common.hub_kind() {
         HubKind::Local => Arc::new(LocalLimiter::new()),
         HubKind::Redis => {
-            let url = common.redis_url.clone().context("per-user limits need SLUICE_REDIS_URL (--redis-url)")?;
-            let ca = redis_tls_ca(common)?;
+            let endpoint = redis_endpoint(common, "per-user limits need SLUICE_REDIS_URL (--redis-url)")?;
             Arc::new(
-                RedisLimiter::connect(&url, ca.as_deref(), &common.resource_prefix, Duration::from_secs(2))
+                RedisLimiter::connect(&endpoint, &common.resource_prefix, Duration::from_secs(2))
                     .await
                     .context("cannot connect to Redis (--redis-url)")?,
             )
@@ -200,20 +199,23 @@ async fn open_limiter(common: &CommonArgs) -> anyhow::Result<Arc<dyn Limiter>> {
     })
 }
 
-/// The CA certificate `--redis-tls-ca` names, read.
-fn redis_tls_ca(common: &CommonArgs) -> anyhow::Result<Option<Vec<u8>>> {
-    let Some(path) = &common.redis_tls_ca else { return Ok(None) };
-    Ok(Some(std::fs::read(path).with_context(|| format!("cannot read --redis-tls-ca {}", path.display()))?))
+/// Where Redis is: `--redis-url`, the CA certificate `--redis-tls-ca` names (read), and
+/// `--redis-cluster`.
+fn redis_endpoint(common: &CommonArgs, missing: &'static str) -> anyhow::Result<Endpoint> {
+    let url = common.redis_url.clone().context(missing)?;
+    let tls_ca = match &common.redis_tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --redis-tls-ca {}", path.display()))?),
+        None => None,
+    };
+    Ok(Endpoint { url, tls_ca, cluster: common.redis_cluster })
 }
 
 async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
     Ok(match common.hub_kind() {
         HubKind::Local => Arc::new(LocalHub::new()),
         HubKind::Redis => {
-            let url =
-                common.redis_url.clone().context("the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
-            let config =
-                RedisHubConfig { prefix: common.resource_prefix.clone(), tls_ca: redis_tls_ca(common)?, ..RedisHubConfig::new(url) };
+            let endpoint = redis_endpoint(common, "the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
+            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), endpoint, ..RedisHubConfig::new("") };
             Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
         }
     })

@@ -1,15 +1,17 @@
 //! Sluice as separate processes on the distributed backends, against the emulators: two
 //! `sluice gateway` and two `sluice worker` processes on DynamoDB Local, moto (SQS, Kinesis)
-//! and a real redis-server. A user on gateway A hears a user on gateway B live; a 2,000
-//! recipient campaign drains with exact counters while a worker is SIGKILLed and restarted
-//! and Redis restarts; afterwards boto3 finds the data where DESIGN.md's model says.
+//! and a three-node Redis Cluster (`--redis-cluster`, as ElastiCache with cluster mode runs).
+//! A user on gateway A hears a user on gateway B live; a 2,000 recipient campaign drains with
+//! exact counters while a worker is SIGKILLed and restarted and every Redis node restarts;
+//! afterwards boto3 finds the data where DESIGN.md's model says. (The chaos test runs on a
+//! standalone redis-server.)
 
 mod common;
 
 use common::{BIN, Server, aws_env, check_recipients, wait_done};
 use serde_json::json;
 use sluice_proto::v1;
-use sluice_testkit::services::{RedisServer, dynamodb_url, python_with_boto3, unique_prefix};
+use sluice_testkit::services::{RedisCluster, dynamodb_url, python_with_boto3, unique_prefix};
 use std::time::{Duration, Instant};
 
 fn run(args: &[&str], env: &[(String, String)]) -> String {
@@ -20,9 +22,10 @@ fn run(args: &[&str], env: &[(String, String)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisCluster::start(3);
     let prefix = unique_prefix("mp");
-    let env = aws_env(&prefix, &redis.url(), &dynamodb_url());
+    let mut env = aws_env(&prefix, &redis.url(), &dynamodb_url());
+    env.push(("SLUICE_REDIS_CLUSTER".into(), "true".into()));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("secrets");
     let d = data.to_str().unwrap();
@@ -94,7 +97,9 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     }
     eprintln!("killing a worker after {:?}", started.elapsed());
     w1.kill9().await;
-    redis.restart();
+    for node in 0..redis.nodes.len() {
+        redis.restart(node);
+    }
     let _w1 = Server::start_role("worker", &data, &worker_args, &env).await;
 
     // Live delivery comes back once the gateways have resubscribed and re-registered.

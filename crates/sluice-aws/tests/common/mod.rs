@@ -35,7 +35,8 @@ pub async fn store(what: &str) -> (Arc<DynamoStore>, Arc<Metrics>) {
     (Arc::new(DynamoStore::new(client, &names, metrics.clone())), metrics)
 }
 
-/// A fresh FIFO queue and dead-letter queue (and stream) under a prefix of their own, on moto.
+/// A fresh FIFO queue and dead-letter queue (and stream) under a prefix of their own, on moto
+/// behind the proxy that throttles part of the SQS calls.
 pub async fn fresh_queues(what: &str) -> (aws_config::SdkConfig, Names) {
     fresh_queues_moving_after(what, 50).await
 }
@@ -43,7 +44,12 @@ pub async fn fresh_queues(what: &str) -> (aws_config::SdkConfig, Names) {
 /// [`fresh_queues`] whose redrive policy moves a message to the dead-letter queue after
 /// `max_receive_count` receives.
 pub async fn fresh_queues_moving_after(what: &str, max_receive_count: u32) -> (aws_config::SdkConfig, Names) {
-    let conf = sdk_conf(&sluice_testkit::services::moto_url()).await;
+    fresh_queues_at(&sluice_testkit::services::sqs_url(), what, max_receive_count).await
+}
+
+/// [`fresh_queues_moving_after`] reached through `endpoint`.
+pub async fn fresh_queues_at(endpoint: &str, what: &str, max_receive_count: u32) -> (aws_config::SdkConfig, Names) {
+    let conf = sdk_conf(endpoint).await;
     let names = Names::new(sluice_testkit::services::unique_prefix(what));
     let settings = sluice_aws::migrate::QueueSettings { max_receive_count, ..Default::default() };
     sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(&conf), &names, settings).await.expect("queues created");

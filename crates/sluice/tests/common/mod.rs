@@ -222,10 +222,11 @@ impl Ws {
 }
 
 /// The environment of every process on the distributed backends: the emulators' AWS
-/// endpoints (DynamoDB at `dynamodb`, which may be a fault proxy; Kinesis behind the proxy
-/// refusing part of each call), test credentials, Redis and one resource prefix.
+/// endpoints (DynamoDB at `dynamodb`, which may be a fault proxy; SQS and Kinesis behind the
+/// proxy throttling part of the SQS calls and refusing part of each PutRecords call), test
+/// credentials, Redis and one resource prefix.
 pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, String)> {
-    let (moto, kinesis) = (sluice_testkit::services::moto_url(), sluice_testkit::services::kinesis_url());
+    let (sqs, kinesis) = (sluice_testkit::services::sqs_url(), sluice_testkit::services::kinesis_url());
     [
         ("SLUICE_BACKEND", "aws"),
         ("SLUICE_RESOURCE_PREFIX", prefix),
@@ -236,7 +237,7 @@ pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, St
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_EC2_METADATA_DISABLED", "true"),
         ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb),
-        ("AWS_ENDPOINT_URL_SQS", &moto),
+        ("AWS_ENDPOINT_URL_SQS", &sqs),
         ("AWS_ENDPOINT_URL_KINESIS", &kinesis),
     ]
     .into_iter()

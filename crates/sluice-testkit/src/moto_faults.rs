@@ -1,9 +1,16 @@
-//! A loopback proxy in front of moto's Kinesis that fails part of a PutRecords call, as
-//! Kinesis does when a shard is over its limits: a share of the records is answered with
-//! `ProvisionedThroughputExceededException` (and never reaches moto) while the rest of the
-//! same call is written. moto itself always writes every record. Everything else is forwarded
-//! unchanged. It runs in a test's process ([`KinesisFaultProxy::start`]) or as the
-//! `sluice-unkind-kinesis` binary in front of the whole suite (scripts/with-test-services.sh).
+//! A loopback proxy in front of moto that refuses work as Kinesis and SQS do under load, which
+//! moto never does:
+//! - Kinesis: part of a PutRecords call fails, as when a shard is over its limits: a share of
+//!   the records is answered with `ProvisionedThroughputExceededException` (and never reaches
+//!   moto) while the rest of the same call is written;
+//! - SQS: a share of the data-plane calls (send, receive, delete, change visibility) is
+//!   refused whole with `ThrottlingException` ("Rate exceeded"), as SQS answers a queue over
+//!   its API rate (a FIFO queue takes 300 calls/s per action without high throughput mode).
+//!   The SDK retries those itself; what gets through its retries meets ours.
+//!
+//! Everything else is forwarded unchanged. It runs in a test's process
+//! ([`MotoFaultProxy::start`]) or as the `sluice-unkind-moto` binary in front of the whole
+//! suite (scripts/with-test-services.sh).
 
 use axum::Router;
 use axum::body::Body;
@@ -17,36 +24,51 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How unkind the proxy is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MotoFaults {
+    /// The share of each PutRecords call's records refused.
+    pub records_refused: f64,
+    /// The share of SQS data-plane calls throttled.
+    pub sqs_throttled: f64,
+}
+
 /// What the proxy did.
 #[derive(Debug, Default)]
-pub struct KinesisFaultCounts {
-    /// Records answered as failed.
+pub struct MotoFaultCounts {
+    /// Kinesis records answered as failed.
     pub failed: AtomicU64,
-    /// Records passed to moto.
+    /// Kinesis records passed to moto.
     pub written: AtomicU64,
+    /// SQS calls answered with ThrottlingException.
+    pub sqs_throttled: AtomicU64,
+    /// SQS data-plane calls passed to moto.
+    pub sqs_passed: AtomicU64,
     /// The share of records failed, as `f64` bits.
     rate: AtomicU64,
+    /// The share of SQS calls throttled, as `f64` bits.
+    sqs_rate: AtomicU64,
 }
 
 /// A running proxy; stops when dropped.
-pub struct KinesisFaultProxy {
+pub struct MotoFaultProxy {
     pub addr: SocketAddr,
-    pub counts: Arc<KinesisFaultCounts>,
+    pub counts: Arc<MotoFaultCounts>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl KinesisFaultProxy {
-    /// Proxies to `upstream` (moto, `http://127.0.0.1:port`), failing a `rate` share of the
-    /// records of every PutRecords call.
-    pub async fn start(upstream: &str, rate: f64) -> KinesisFaultProxy {
+impl MotoFaultProxy {
+    /// Proxies to `upstream` (moto, `http://127.0.0.1:port`) with these faults.
+    pub async fn start(upstream: &str, faults: MotoFaults) -> MotoFaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        Self::serve(listener, upstream, rate)
+        Self::serve(listener, upstream, faults)
     }
 
     /// Serves on `listener` (for the standalone binary, which picks its own port).
-    pub fn serve(listener: tokio::net::TcpListener, upstream: &str, rate: f64) -> KinesisFaultProxy {
-        let counts = Arc::new(KinesisFaultCounts::default());
-        counts.rate.store(rate.to_bits(), Ordering::Relaxed);
+    pub fn serve(listener: tokio::net::TcpListener, upstream: &str, faults: MotoFaults) -> MotoFaultProxy {
+        let counts = Arc::new(MotoFaultCounts::default());
+        counts.rate.store(faults.records_refused.to_bits(), Ordering::Relaxed);
+        counts.sqs_rate.store(faults.sqs_throttled.to_bits(), Ordering::Relaxed);
         let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let state = (client, upstream.trim_end_matches('/').to_string(), counts.clone());
         let app = Router::new().fallback(move |req: Request<Body>| {
@@ -57,12 +79,17 @@ impl KinesisFaultProxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        KinesisFaultProxy { addr, counts, task }
+        MotoFaultProxy { addr, counts, task }
     }
 
     /// Changes the share of records failed from now on.
     pub fn set_rate(&self, rate: f64) {
         self.counts.rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Changes the share of SQS calls throttled from now on.
+    pub fn set_sqs_rate(&self, rate: f64) {
+        self.counts.sqs_rate.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     /// `http://<addr>`, the endpoint to give the SDK.
@@ -71,7 +98,7 @@ impl KinesisFaultProxy {
     }
 }
 
-impl Drop for KinesisFaultProxy {
+impl Drop for MotoFaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -96,12 +123,38 @@ async fn forward(
     Ok((parts, bytes))
 }
 
-async fn handle(req: Request<Body>, client: &Client<HttpConnector, Body>, upstream: &str, counts: &KinesisFaultCounts) -> Response<Body> {
+/// The SQS calls a queue's API rate limits (the data plane).
+const SQS_THROTTLED: &[&str] = &[
+    "AmazonSQS.SendMessage",
+    "AmazonSQS.SendMessageBatch",
+    "AmazonSQS.ReceiveMessage",
+    "AmazonSQS.DeleteMessage",
+    "AmazonSQS.DeleteMessageBatch",
+    "AmazonSQS.ChangeMessageVisibility",
+    "AmazonSQS.ChangeMessageVisibilityBatch",
+];
+
+async fn handle(req: Request<Body>, client: &Client<HttpConnector, Body>, upstream: &str, counts: &MotoFaultCounts) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
         return Response::builder().status(StatusCode::BAD_REQUEST).body(Body::empty()).expect("response");
     };
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if SQS_THROTTLED.contains(&target) {
+        let rate = f64::from_bits(counts.sqs_rate.load(Ordering::Relaxed));
+        if rate > 0.0 && rand::random::<f64>() < rate {
+            counts.sqs_throttled.fetch_add(1, Ordering::Relaxed);
+            let body = json!({"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded (the sluice fault proxy)"});
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .header("content-type", "application/x-amz-json-1.0")
+                .header("x-amzn-query-error", "ThrottlingException;Sender")
+                .header("x-amzn-requestid", "sluice-moto-fault-proxy")
+                .body(Body::from(body.to_string()))
+                .expect("response");
+        }
+        counts.sqs_passed.fetch_add(1, Ordering::Relaxed);
+    }
     let rate = f64::from_bits(counts.rate.load(Ordering::Relaxed));
     let mut request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let records = request.get("Records").and_then(Value::as_array).cloned();
@@ -152,7 +205,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amzn-requestid", "sluice-kinesis-fault-proxy")
+        .header("x-amzn-requestid", "sluice-moto-fault-proxy")
         .body(Body::from(body.to_string()))
         .expect("response")
 }
