@@ -2,8 +2,8 @@
 # Runs a command with DynamoDB Local and moto server (SQS, Kinesis) started on free loopback
 # ports, and stops them when it ends, whatever happens. DynamoDB Local sits behind the unkind
 # proxy (crates/sluice-testkit/src/dynamo_faults.rs): it cancels transactions that overlap on
-# an item and throttles a partition beyond 1,000 write units/s, as DynamoDB does and DynamoDB
-# Local does not; moto sits behind another (crates/sluice-testkit/src/moto_faults.rs) that
+# an item, throttles a partition beyond 1,000 write units/s and keeps a new item out of index
+# reads for 200 ms (SLUICE_TEST_INDEX_LAG_MS), as DynamoDB does and DynamoDB Local does not; moto sits behind another (crates/sluice-testkit/src/moto_faults.rs) that
 # refuses part of Kinesis PutRecords calls and throttles SQS calls. The command sees
 #   SLUICE_TEST_DYNAMODB_URL  http://127.0.0.1:<port> (the unkind proxy to DynamoDB Local, in memory)
 #   SLUICE_TEST_DYNAMODB_LOCAL_URL  DynamoDB Local itself
@@ -71,7 +71,7 @@ wait_http "moto server" "http://127.0.0.1:$moto_port/moto-api/" "$logs/moto.log"
 cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb --bin sluice-unkind-moto
 target_dir=$(cargo metadata --locked --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 proxy_port=$(free_port)
-"$target_dir/debug/sluice-unkind-dynamodb" --upstream "http://127.0.0.1:$ddb_port" --port "$proxy_port" --max-secs $max_life \
+"$target_dir/debug/sluice-unkind-dynamodb" --upstream "http://127.0.0.1:$ddb_port" --port "$proxy_port" --max-secs $max_life --index-lag-ms "${SLUICE_TEST_INDEX_LAG_MS:-200}" \
   >"$logs/unkind.log" 2>&1 &
 pids+=($!)
 wait_http "the unkind DynamoDB proxy" "http://127.0.0.1:$proxy_port" "$logs/unkind.log" "${pids[2]}"

@@ -248,6 +248,11 @@ pub fn dynamodb_url() -> String {
     service_url("SLUICE_TEST_DYNAMODB_URL", "DynamoDB Local")
 }
 
+/// DynamoDB Local itself, for tests that put a proxy of their own in front of it.
+pub fn dynamodb_local_url() -> String {
+    service_url("SLUICE_TEST_DYNAMODB_LOCAL_URL", "DynamoDB Local")
+}
+
 /// The endpoint of the moto server (SQS, Kinesis) started for this test run, without faults.
 pub fn moto_url() -> String {
     service_url("SLUICE_TEST_MOTO_URL", "moto server")

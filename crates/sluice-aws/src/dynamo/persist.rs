@@ -15,8 +15,8 @@
 use super::Tries;
 use super::call::TxFailure;
 use super::call::{drop_failed_conditions, only_contention};
-use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, update};
-use super::{DynamoStore, PERSIST_CONCURRENCY, reads, rooms};
+use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, ss, update};
+use super::{DynamoStore, PERSIST_CONCURRENCY, SMALL_ROOM_MAX_MEMBERS, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use futures::StreamExt;
 use sluice_core::error::StoreError;
@@ -221,8 +221,11 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
     let mut attempt = 0u32;
     let mut races = 0u32;
     loop {
-        let meta = match store.room_meta(&m.room).await? {
-            Some(meta) => meta,
+        let (meta, fresh) = match store.room_meta(&m.room).await? {
+            Some(meta) => (meta, false),
+            // A small room to create (a one-off's direct room): created by this message's own
+            // transaction, which fails whole if the room appeared meanwhile.
+            None if let Some(meta) = fresh_room(m) => (meta, true),
             None if !m.create_members.is_empty() => match rooms::create_room(store, &m.room, &m.create_members, m.sent_at_ms).await {
                 Ok(_) | Err(StoreError::RoomExists(_)) => continue,
                 Err(e) => return Err(e),
@@ -235,7 +238,7 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
         let seq = meta.last_seq + 1;
         let now = sluice_core::now_ms();
         let recipients: Vec<&String> = if meta.large { Vec::new() } else { meta.members.iter().filter(|u| **u != m.sender).collect() };
-        let items = transaction(store, m, &meta, seq, now, &recipients, (after_dead_letter, nonce));
+        let items = transaction(store, m, (&meta, fresh), seq, now, &recipients, (after_dead_letter, nonce));
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
         match store.transact(items, Some(token)).await {
             Ok(()) => {
@@ -288,10 +291,29 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
     }
 }
 
+/// The room `m` may create in its own transaction: a small room of its `create_members`
+/// that holds its sender (other rooms are created first, by [`rooms::create_room`]).
+fn fresh_room(m: &NewMessage) -> Option<RoomMeta> {
+    let members: Vec<String> = m.create_members.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    (!members.is_empty() && members.len() <= SMALL_ROOM_MAX_MEMBERS && members.binary_search(&m.sender).is_ok()).then(|| RoomMeta {
+        last_seq: 0,
+        version: 0,
+        members_version: 0,
+        created_at_ms: m.sent_at_ms,
+        large: false,
+        members,
+        member_count: None,
+    })
+}
+
+/// The items of a message's transaction. A `fresh` room is created by it: the room item and
+/// every member's row are put (the room's on the condition that it does not exist yet)
+/// instead of updated, so a one-off's direct room costs no transaction of its own and its
+/// rows are written once, not twice.
 fn transaction(
     store: &DynamoStore,
     m: &NewMessage,
-    meta: &RoomMeta,
+    (meta, fresh): (&RoomMeta, bool),
     seq: u64,
     now: i64,
     recipients: &[&String],
@@ -300,13 +322,23 @@ fn transaction(
     let t = &store.t;
     let room_key = || key(&[("room", s(&m.room))]);
     let mut items = Vec::with_capacity(5 + 2 * recipients.len());
-    items.push(update(
-        &t.rooms,
-        room_key(),
-        "SET #last_seq = :seq, #version = #version + :one",
-        Some("#version = :v"),
-        vec![(":seq", n(seq)), (":one", n(1)), (":v", n(meta.version))],
-    ));
+    if fresh {
+        let mut room = room_key();
+        room.insert("last_seq".into(), n(seq));
+        room.insert("version".into(), n(1));
+        room.insert("members_version".into(), n(0));
+        room.insert("created_at".into(), n(meta.created_at_ms));
+        room.insert("members".into(), ss(meta.members.iter().cloned()));
+        items.push(put(&t.rooms, room, Some("attribute_not_exists(#room)")));
+    } else {
+        items.push(update(
+            &t.rooms,
+            room_key(),
+            "SET #last_seq = :seq, #version = #version + :one",
+            Some("#version = :v"),
+            vec![(":seq", n(seq)), (":one", n(1)), (":v", n(meta.version))],
+        ));
+    }
     let mut msg: Item = key(&[("room", s(&m.room)), ("seq", n(seq))]);
     msg.insert("msg_id".into(), s(&m.msg_id));
     msg.insert("sender".into(), s(&m.sender));
@@ -344,6 +376,33 @@ fn transaction(
             Some("attribute_exists(#room)"),
             vec![(":one", n(1)), (":now", n(now))],
         ));
+    } else if fresh {
+        let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
+        let mut row = |u: &str, unread: u64| {
+            let mut item = row_key(u);
+            item.insert("read_seq".into(), n(0));
+            item.insert("last_seq".into(), n(seq));
+            item.insert("unread".into(), n(unread));
+            item.insert("version".into(), n(unread));
+            item.insert("updated_at".into(), n(now));
+            if unread > 0 {
+                item.insert("preview".into(), s(&preview));
+            }
+            items.push(put(&t.inbox, item, None));
+        };
+        row(&m.sender, 0);
+        for u in recipients {
+            row(u, 1);
+        }
+        for u in recipients {
+            items.push(update(
+                &t.inbox,
+                key(&[("user", s(u.as_str())), ("room", s(TOTAL_SK))]),
+                "ADD #total_unread :one, #version :one",
+                None,
+                vec![(":one", n(1))],
+            ));
+        }
     } else {
         items.push(update(
             &t.inbox,

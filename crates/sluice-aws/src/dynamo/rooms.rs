@@ -1,9 +1,16 @@
 //! Rooms and members: creation, additions, the switch of a growing room to computed unread,
 //! and the member list of large rooms (from the sparse `by-room` index, cached per
 //! members_version).
+//!
+//! The index lists a member only a moment after their row is written, so a large room also
+//! keeps its recent joins beside it: the item `<room>#joins` of the rooms table (room ids never
+//! contain `#`) holds the members added while joins kept coming less than [`JOINS_WINDOW_MS`]
+//! apart, at most [`JOINS_MAX`] of them, written in the same transactions as their rows. A read
+//! of the index that finds fewer members than the room's `member_count` adds them, so the
+//! first message after an AddMembers is pushed to the new members too.
 
 use super::call::{TxFailure, drop_failed_conditions};
-use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_s, key, n, put, s, ss, update};
+use super::items::{Item, RoomMeta, Row, TOTAL_SK, get_i64, get_s, get_ss, key, n, put, s, ss, update};
 use super::{DynamoStore, SMALL_ROOM_MAX_MEMBERS};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use sluice_core::error::StoreError;
@@ -13,6 +20,70 @@ use std::sync::Arc;
 
 /// The `by-room` index of the inbox table (rows of large rooms only).
 pub(crate) const BY_ROOM_INDEX: &str = "by-room";
+
+/// Recent joins older than this (since the last join) are no longer read: the index has
+/// caught up with them long before.
+const JOINS_WINDOW_MS: i64 = 60_000;
+/// Most recent joins kept (the item is rewritten with each chunk of joins: about 40 bytes a
+/// member). Joins beyond it wait for the index, as every join did before.
+const JOINS_MAX: usize = 200;
+
+fn joins_key(room: &str) -> Item {
+    key(&[("room", s(&format!("{room}#joins")))])
+}
+
+/// The recent joins of a room, as read.
+#[derive(Debug, Clone, Default)]
+struct Joins {
+    members: Vec<String>,
+    at: i64,
+}
+
+impl Joins {
+    fn live(&self, now_ms: i64) -> bool {
+        now_ms - self.at <= JOINS_WINDOW_MS
+    }
+}
+
+async fn read_joins(store: &DynamoStore, room: &str) -> Result<Option<Joins>, StoreError> {
+    Ok(store.get(&store.t.rooms, joins_key(room)).await?.map(|i| Joins { members: get_ss(&i, "members"), at: get_i64(&i, "at") }))
+}
+
+/// The write that records `users` as just joined after `joins` (what the item holds), and
+/// what it holds once that write commits; none when there is no room left for them.
+fn record_joins(
+    store: &DynamoStore,
+    room: &str,
+    joins: &Option<Joins>,
+    users: &[String],
+    now_ms: i64,
+) -> Option<(TransactWriteItem, Joins)> {
+    match joins {
+        Some(j) if j.live(now_ms) => {
+            if j.members.len() + users.len() > JOINS_MAX {
+                return None;
+            }
+            let mut after = j.clone();
+            after.members.extend(users.iter().cloned());
+            after.at = now_ms;
+            let write = update(
+                &store.t.rooms,
+                joins_key(room),
+                "ADD #members :u SET #at = :now",
+                None,
+                vec![(":u", ss(users.iter().cloned())), (":now", n(now_ms))],
+            );
+            Some((write, after))
+        }
+        _ if users.len() > JOINS_MAX => None,
+        _ => {
+            let mut item = joins_key(room);
+            item.insert("members".into(), ss(users.iter().cloned()));
+            item.insert("at".into(), n(now_ms));
+            Some((put(&store.t.rooms, item, None), Joins { members: users.to_vec(), at: now_ms }))
+        }
+    }
+}
 
 fn sorted(members: &[String]) -> Vec<String> {
     members.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
@@ -83,10 +154,14 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
         }
         // A large room: rows first, the meta item last, so the room exists only once every
         // member can use it (rows without a room are ignored by every read).
+        let mut joins = None;
         for chunk in members.chunks(49) {
             let mut items: Vec<_> = chunk.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, true, now_ms), None)).collect();
             items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
+            let recorded = record_joins(store, room, &joins, chunk, sluice_core::now_ms());
+            items.extend(recorded.as_ref().map(|(w, _)| w.clone()));
             transact_retrying(store, items).await?;
+            joins = recorded.map(|(_, j)| j).or(joins);
         }
         meta.insert("large".into(), aws_sdk_dynamodb::types::AttributeValue::Bool(true));
         meta.insert("member_count".into(), n(members.len()));
@@ -159,6 +234,7 @@ pub(crate) async fn add_members(store: &DynamoStore, room: &str, members: &[Stri
 
 /// Adds rows to a large room, then bumps members_version so member caches refresh.
 async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[String], now_ms: i64) -> Result<(), TxFailure> {
+    let mut joins = read_joins(store, room).await.map_err(TxFailure::Fatal)?;
     for chunk in new.chunks(49) {
         let mut chunk = chunk.to_vec();
         let mut attempt = 0;
@@ -178,8 +254,13 @@ async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[S
                 Some("attribute_exists(#room)"),
                 vec![(":k", n(chunk.len()))],
             ));
+            let recorded = record_joins(store, room, &joins, &chunk, sluice_core::now_ms());
+            items.extend(recorded.as_ref().map(|(w, _)| w.clone()));
             match store.transact(items, None).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    joins = recorded.map(|(_, j)| j).or(joins);
+                    break;
+                }
                 Err(TxFailure::Cancelled(reasons)) => {
                     if !drop_failed_conditions(&mut chunk, &reasons) {
                         store.pause(attempt, "adding members").await.map_err(TxFailure::Fatal)?;
@@ -252,6 +333,8 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
             vec![(":minus", n(-(row.unread as i64))), (":r", ss([room.to_string()])), (":one", n(1))],
         ));
     }
+    // Every member is new to the index.
+    items.extend(record_joins(store, room, &None, members, sluice_core::now_ms()).map(|(w, _)| w));
     store.transact(items, None).await
 }
 
@@ -306,7 +389,16 @@ impl DynamoStore {
         let mut members: Vec<String> = self.query_all(q, None).await?.iter().filter_map(|i| get_s(i, "user").map(str::to_string)).collect();
         members.sort();
         members.dedup();
-        let complete = meta.member_count.is_none_or(|c| members.len() as u64 >= c);
+        let short = |members: &[String]| meta.member_count.is_some_and(|c| (members.len() as u64) < c);
+        if short(&members)
+            && let Some(joins) = read_joins(self, room).await?
+            && joins.live(sluice_core::now_ms())
+        {
+            members.extend(joins.members);
+            members.sort();
+            members.dedup();
+        }
+        let complete = !short(&members);
         let members = Arc::new(members);
         if complete {
             self.members_cache.insert(room, meta.members_version, members.clone(), std::time::Instant::now());
