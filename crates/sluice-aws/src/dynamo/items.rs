@@ -3,7 +3,9 @@
 //! - messages: `room` (S), `seq` (N); msg_id, sender, body, kind, campaign_id?, sent_at.
 //! - rooms: `room`; last_seq, version (bumped by every change), members_version (bumped by
 //!   membership changes), created_at, and either `members` (string set, small rooms) or
-//!   `large` = true and `member_count` with members kept only as inbox rows.
+//!   `large` = true and `member_count` with members kept only as inbox rows. Beside a large
+//!   room, `room = "<room>#joins"`: `members` (string set) gained lately and `at` (ms of the
+//!   last join), read while the `by-room` index has not caught up with them.
 //! - inbox: `user`, `room`; read_seq, last_seq, unread (small rooms) or own_after (large
 //!   rooms: the user's own messages after read_seq), version, preview, updated_at, and
 //!   `member_of` = room on rows of large rooms (the sparse `by-room` index lists their

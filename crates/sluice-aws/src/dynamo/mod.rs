@@ -2,8 +2,11 @@
 //!
 //! Every message commits in one TransactWriteItems: the message item with the room's next
 //! seq, the room item (seq and version, under an optimistic lock), the msg_id marker (the
-//! idempotency condition), and each recipient's inbox row and total. Campaign counters are
-//! counted after, a batch at a time, exactly once per marker (see [`persist`]).
+//! idempotency condition), and each recipient's inbox row and total. A message whose small
+//! room does not exist yet and names its members (a one-off's direct room) creates it in the
+//! same transaction: the room item and the rows are put, the room on the condition that it
+//! still does not exist. Campaign counters are counted after, a batch at a time, exactly once
+//! per marker (see [`persist`]).
 //! The ClientRequestToken is derived from the msg_id, so a replay within 10 minutes is
 //! answered by DynamoDB itself; after that the marker's condition fails and the original is
 //! returned. Cancellations are read reason by reason: a moved room version is re-read at once,
