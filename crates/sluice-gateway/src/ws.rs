@@ -44,10 +44,11 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies the reader may queue ahead of the writer.
 const REPLY_BUFFER: usize = 64;
-/// Bytes read from the socket per call. tungstenite zero-fills this much of every
-/// connection's read buffer (128 KiB by default, so 128 KiB resident per idle connection);
-/// chat frames are far smaller, and a larger frame still grows the buffer as it needs.
-const READ_BUFFER: usize = 2 * 1024;
+/// Bytes read from the socket per call, and the read buffer every connection holds from its
+/// start (tungstenite's default is 128 KiB, zero-filled: 128 KiB resident per idle
+/// connection). A chat frame fits in one read; a larger one grows the buffer as it needs and
+/// takes a few reads. At 2 KiB this buffer was the largest part of an idle connection.
+const READ_BUFFER: usize = 512;
 
 #[derive(serde::Deserialize)]
 pub struct WsParams {
