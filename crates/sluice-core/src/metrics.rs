@@ -53,6 +53,9 @@ pub struct Metrics {
     pub drain_cuts: IntCounter,
     /// Bulk-lane store calls that failed retryably (throttling, conflicts), as the governor counts them.
     pub bulk_store_failures: IntCounter,
+    /// Waits the store made before trying a call again after throttling or a transient failure
+    /// (the store absorbs them; the drain governor counts them as the store's distress).
+    pub store_backoffs: IntCounter,
     /// Queue messages acked after commit, by tenant (tenants are companies: a bounded set).
     pub tenant_drained: IntCounterVec,
     /// Messages in the queue by tenant, where the queue counts them (the embedded queue).
@@ -142,6 +145,10 @@ impl Metrics {
             bulk_store_failures: reg!(IntCounter::new(
                 "bulk_store_failures_total",
                 "Bulk-lane store calls that failed retryably (throttling, conflicts)"
+            )),
+            store_backoffs: reg!(IntCounter::new(
+                "store_backoffs_total",
+                "Waits the store made before retrying a call after throttling or a transient failure"
             )),
             tenant_drained: reg!(IntCounterVec::new(
                 Opts::new("tenant_drained_total", "Queue messages acked after commit, by tenant"),

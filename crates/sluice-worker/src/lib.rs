@@ -329,6 +329,7 @@ impl Worker {
         let mut tick = tokio::time::interval(self.governor.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_logged = self.governor.limit();
+        let mut backoffs = m.store_backoffs.get();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -338,7 +339,11 @@ impl Worker {
             let remote = self.b.limiter.highest(INTERACTIVE_P99_KEY).await.ok().flatten().map(|ms| Duration::from_secs_f64(ms / 1000.0));
             let p99 = m.interactive_persist.p99().max(remote);
             let lag = if self.config.watch_runtime_lag { m.runtime_lag.p99() } else { None };
-            let failures = self.store_failures.swap(0, Ordering::Relaxed);
+            // Failures the bulk lane saw, and throttling the store absorbed with waits of its own
+            // (on any lane: interactive writes throttled are the first thing to protect).
+            let absorbed = m.store_backoffs.get() - backoffs;
+            backoffs += absorbed;
+            let failures = self.store_failures.swap(0, Ordering::Relaxed) + absorbed;
             let before = self.governor.limit();
             if let Adjustment::Cut { to, why, .. } = self.governor.adjust_with_lag_at(std::time::Instant::now(), p99, lag, failures) {
                 m.drain_cuts.inc();

@@ -189,6 +189,7 @@ impl DynamoStore {
     /// Sleeps before retry `attempt`, or gives up with a retryable conflict error.
     async fn pause(&self, attempt: u32, why: &str) -> Result<(), StoreError> {
         self.metrics.retries.inc();
+        self.metrics.store_backoffs.inc();
         match self.backoff.delay(attempt) {
             Some(d) => {
                 tokio::time::sleep(d).await;

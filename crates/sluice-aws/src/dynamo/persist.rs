@@ -366,6 +366,9 @@ fn transaction(
         vec![(":room", s(&m.room)), (":seq", n(seq)), (":by", n(nonce)), (":exp", n(marker_expiry(now))), (":one", n(1))],
     ));
     let row_key = |u: &str| key(&[("user", s(u)), ("room", s(&m.room))]);
+    let add_to_total = |u: &str| {
+        update(&t.inbox, key(&[("user", s(u)), ("room", s(TOTAL_SK))]), "ADD #total_unread :one, #version :one", None, vec![(":one", n(1))])
+    };
     if meta.large {
         // The sender's own message: unread of large rooms is computed around it. The
         // condition is the membership check.
@@ -394,15 +397,7 @@ fn transaction(
         for u in recipients {
             row(u, 1);
         }
-        for u in recipients {
-            items.push(update(
-                &t.inbox,
-                key(&[("user", s(u.as_str())), ("room", s(TOTAL_SK))]),
-                "ADD #total_unread :one, #version :one",
-                None,
-                vec![(":one", n(1))],
-            ));
-        }
+        items.extend(recipients.iter().map(|u| add_to_total(u)));
     } else {
         items.push(update(
             &t.inbox,
@@ -420,13 +415,7 @@ fn transaction(
                 None,
                 vec![(":one", n(1)), (":seq", n(seq)), (":p", s(&preview)), (":now", n(now))],
             ));
-            items.push(update(
-                &t.inbox,
-                key(&[("user", s(u.as_str())), ("room", s(TOTAL_SK))]),
-                "ADD #total_unread :one, #version :one",
-                None,
-                vec![(":one", n(1))],
-            ));
+            items.push(add_to_total(u));
         }
     }
     debug_assert!(items.len() <= 100, "a small room fits one transaction");
