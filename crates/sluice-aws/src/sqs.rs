@@ -556,7 +556,7 @@ fn string_attr(v: &str) -> MessageAttributeValue {
     MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("attribute")
 }
 
-fn system_attr<'a>(m: &'a Message, name: MessageSystemAttributeName) -> Option<&'a str> {
+fn system_attr(m: &Message, name: MessageSystemAttributeName) -> Option<&str> {
     m.attributes.as_ref().and_then(|a| a.get(&name)).map(String::as_str)
 }
 

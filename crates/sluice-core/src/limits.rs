@@ -48,8 +48,11 @@ pub struct LocalLimiter {
     buckets: Mutex<HashMap<String, (TokenBucket, Instant)>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
     lending: Mutex<HashMap<String, (f64, Instant)>>,
-    readings: Mutex<HashMap<String, HashMap<String, (f64, Instant)>>>,
+    readings: Mutex<HashMap<String, Readings>>,
 }
+
+/// One key's readings: node -> (value, when it lapses).
+type Readings = HashMap<String, (f64, Instant)>;
 
 impl LocalLimiter {
     pub fn new() -> Self {

@@ -1282,7 +1282,7 @@ mod chunk_tests {
             m.msg_id = format!("m{pos}");
         }
         let chunks = bulk_chunks(batch);
-        let mut seen = vec![false; 180];
+        let mut seen = [false; 180];
         for (positions, chunk) in &chunks {
             assert_eq!(positions.len(), chunk.len());
             assert!(chunk.len() <= BULK_CHUNK || chunk.iter().all(|m| m.room == "big"), "{}", chunk.len());

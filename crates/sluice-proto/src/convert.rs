@@ -63,6 +63,30 @@ pub fn message(m: &StoredMessage) -> v1::Message {
     }
 }
 
+/// Encodes an analytics event as `sluice.v1.AnalyticsEvent` (the Kinesis record data).
+pub fn encode_event(e: &AnalyticsEvent) -> Vec<u8> {
+    use v1::analytics_event::Event;
+    let event = match e.clone() {
+        AnalyticsEvent::MessagePersisted { room, seq, msg_id, sender, kind, campaign_id, sent_at_ms, persisted_at_ms, recipients } => {
+            Event::MessagePersisted(v1::MessagePersisted {
+                room,
+                seq,
+                msg_id,
+                sender,
+                kind,
+                campaign_id: campaign_id.unwrap_or_default(),
+                sent_at_ms,
+                persisted_at_ms,
+                recipients,
+            })
+        }
+        AnalyticsEvent::RoomRead { user, room, seq, unread, read_at_ms } => {
+            Event::RoomRead(v1::RoomRead { user, room, seq, unread, read_at_ms })
+        }
+    };
+    v1::AnalyticsEvent { event: Some(event) }.encode_to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,28 +118,4 @@ mod tests {
         bad.room = "no spaces".into();
         assert!(decode_queued(&encode_queued(&bad), 100).unwrap_err().contains("bad room"));
     }
-}
-
-/// Encodes an analytics event as `sluice.v1.AnalyticsEvent` (the Kinesis record data).
-pub fn encode_event(e: &AnalyticsEvent) -> Vec<u8> {
-    use v1::analytics_event::Event;
-    let event = match e.clone() {
-        AnalyticsEvent::MessagePersisted { room, seq, msg_id, sender, kind, campaign_id, sent_at_ms, persisted_at_ms, recipients } => {
-            Event::MessagePersisted(v1::MessagePersisted {
-                room,
-                seq,
-                msg_id,
-                sender,
-                kind,
-                campaign_id: campaign_id.unwrap_or_default(),
-                sent_at_ms,
-                persisted_at_ms,
-                recipients,
-            })
-        }
-        AnalyticsEvent::RoomRead { user, room, seq, unread, read_at_ms } => {
-            Event::RoomRead(v1::RoomRead { user, room, seq, unread, read_at_ms })
-        }
-    };
-    v1::AnalyticsEvent { event: Some(event) }.encode_to_vec()
 }

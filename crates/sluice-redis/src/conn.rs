@@ -48,6 +48,7 @@ pub(crate) struct Timeouts {
 
 /// The clients an [`Endpoint`] makes connections with.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per hub or limiter
 pub(crate) enum Target {
     Single { client: redis::Client, config: ConnectionManagerConfig },
     Cluster { nodes: Vec<ConnectionInfo>, tls_ca: Option<Vec<u8>>, timeouts: Timeouts },

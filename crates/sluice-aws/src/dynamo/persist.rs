@@ -295,7 +295,8 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
 /// that holds its sender (other rooms are created first, by [`rooms::create_room`]).
 fn fresh_room(m: &NewMessage) -> Option<RoomMeta> {
     let members: Vec<String> = m.create_members.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    (!members.is_empty() && members.len() <= SMALL_ROOM_MAX_MEMBERS && members.binary_search(&m.sender).is_ok()).then(|| RoomMeta {
+    let fits = !members.is_empty() && members.len() <= SMALL_ROOM_MAX_MEMBERS && members.binary_search(&m.sender).is_ok();
+    fits.then_some(RoomMeta {
         last_seq: 0,
         version: 0,
         members_version: 0,

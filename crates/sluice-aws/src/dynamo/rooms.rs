@@ -29,7 +29,7 @@ const JOINS_WINDOW_MS: i64 = 60_000;
 const JOINS_MAX: usize = 200;
 
 fn joins_key(room: &str) -> Item {
-    key(&[("room", s(&format!("{room}#joins")))])
+    key(&[("room", s(format!("{room}#joins")))])
 }
 
 /// The recent joins of a room, as read.

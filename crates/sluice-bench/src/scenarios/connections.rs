@@ -62,7 +62,7 @@ pub async fn run(server: &Server, a: &ConnectionsArgs, run: &str) -> anyhow::Res
         sinks.push(sink);
         tokio::spawn(idle_reader(source, answered.clone(), closed.clone()));
         let n = opened.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % step as u64 == 0
+        if n.is_multiple_of(step as u64)
             && let (Some(before), Some(now)) = (rss_before, server.rss_bytes())
         {
             memory.push((n as f64, now.saturating_sub(before) as f64 / (1 << 20) as f64));

@@ -62,7 +62,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
             let mut polls = 0u64;
             loop {
                 polls += 1;
-                if polls % 5 == 0
+                if polls.is_multiple_of(5)
                     && let Ok(m) = crate::target::fetch_metrics(http).await
                 {
                     governor.lock().expect("governor samples").push((
