@@ -68,6 +68,19 @@ mod limiter_suite_cluster {
     sluice_testkit::limiter_conformance!(super::limiter_cluster);
 }
 
+/// ElastiCache Serverless is both: cluster mode over TLS (the nodes tell TLS clients their
+/// TLS ports, and the cluster bus is encrypted too).
+async fn hub_cluster_tls() -> (Arc<dyn Hub>, Guard) {
+    let cluster = RedisCluster::start_tls(3);
+    let endpoint = Endpoint { cluster: true, tls_ca: cluster.tls_ca(), ..Endpoint::new(cluster.url()) };
+    let hub = hub_at(endpoint, "t").await;
+    (Arc::new(hub), Box::new(cluster))
+}
+
+mod hub_suite_cluster_tls {
+    sluice_testkit::hub_conformance!(super::hub_cluster_tls);
+}
+
 fn typing(room: &str) -> LiveEvent {
     LiveEvent::Typing { room: room.into(), user: "x".into() }
 }

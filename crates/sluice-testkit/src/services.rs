@@ -26,10 +26,23 @@ pub struct RedisServer {
 }
 
 /// A TLS port with a self-signed certificate made for this server.
+#[derive(Clone)]
 struct Tls {
     port: u16,
     ca_pem: Vec<u8>,
-    dir: tempfile::TempDir,
+    dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Tls {
+    /// A self-signed certificate for 127.0.0.1, written where redis-server reads it.
+    fn new() -> Tls {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("a certificate");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca_pem = cert.cert.pem().into_bytes();
+        std::fs::write(dir.path().join("cert.pem"), &ca_pem).expect("write the certificate");
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("write the key");
+        Tls { port: free_port(), ca_pem, dir: std::sync::Arc::new(dir) }
+    }
 }
 
 impl RedisServer {
@@ -43,12 +56,7 @@ impl RedisServer {
     /// Starts a server that also serves TLS, with a self-signed certificate for 127.0.0.1
     /// made here (as ElastiCache with encryption in transit does, with its own certificate).
     pub fn start_tls() -> RedisServer {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("a certificate");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let ca_pem = cert.cert.pem().into_bytes();
-        std::fs::write(dir.path().join("cert.pem"), &ca_pem).expect("write the certificate");
-        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("write the key");
-        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls { port: free_port(), ca_pem, dir }), args: Vec::new() };
+        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls::new()), args: Vec::new() };
         s.spawn();
         s
     }
@@ -148,6 +156,17 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts `n` nodes, assigns the slots, joins them and waits until the cluster is up.
     pub fn start(n: usize) -> RedisCluster {
+        Self::start_with(n, None)
+    }
+
+    /// [`Self::start`] with every node serving TLS (one certificate for all) and the cluster
+    /// bus over TLS, as ElastiCache Serverless runs: clients reach the nodes on their TLS
+    /// ports, which is what the nodes announce to TLS clients.
+    pub fn start_tls(n: usize) -> RedisCluster {
+        Self::start_with(n, Some(Tls::new()))
+    }
+
+    fn start_with(n: usize, tls: Option<Tls>) -> RedisCluster {
         assert!(n > 0);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut nodes = Vec::with_capacity(n);
@@ -156,12 +175,16 @@ impl RedisCluster {
             let port = free_port();
             let bus = free_port();
             let conf = dir.path().join(format!("nodes-{port}.conf")).to_string_lossy().into_owned();
-            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"]
+            let mut args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"]
                 .into_iter()
                 .map(String::from)
                 .chain(["--cluster-port".to_string(), bus.to_string()])
                 .collect();
-            let mut s = RedisServer { port, child: None, tls: None, args };
+            if tls.is_some() {
+                args.extend(["--tls-cluster", "yes"].map(String::from));
+            }
+            let tls = tls.as_ref().map(|t| Tls { port: free_port(), ..t.clone() });
+            let mut s = RedisServer { port, child: None, tls, args };
             s.spawn();
             nodes.push(s);
             buses.push(bus);
@@ -182,6 +205,11 @@ impl RedisCluster {
     /// The seed list clients start from: every node, separated by commas.
     pub fn url(&self) -> String {
         self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The certificate (PEM) a TLS cluster's clients must trust.
+    pub fn tls_ca(&self) -> Option<Vec<u8>> {
+        self.nodes[0].tls_ca()
     }
 
     /// Which node holds `key`.
