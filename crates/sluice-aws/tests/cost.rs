@@ -10,7 +10,7 @@ mod common;
 use sluice_core::events::NoEvents;
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{MessageKind, NewMessage};
+use sluice_core::model::NewMessage;
 use sluice_core::queue::{Enqueue, SpikeQueue};
 use sluice_core::store::MessageStore;
 use sluice_worker::{Backends, Worker, WorkerConfig};
@@ -64,20 +64,14 @@ async fn capacity_and_requests_per_message() {
     let batch: Vec<Enqueue> = recipients
         .iter()
         .map(|r| {
-            let room = ids::dm_room(&shop, r);
             let m = NewMessage {
-                msg_id: ids::bulk_msg_id(&campaign, r),
-                room: room.clone(),
-                sender: shop.clone(),
                 body: "Spring sale: 20% off everything until Sunday".into(),
-                kind: MessageKind::OneOff,
-                campaign_id: Some(campaign.clone()),
                 sent_at_ms: 1,
-                create_members: vec![shop.clone(), r.clone()],
+                ..sluice_testkit::store::one_off(&campaign, &shop, r)
             };
             Enqueue {
                 dedup_id: m.msg_id.clone(),
-                group: ids::queue_group(&room),
+                group: ids::queue_group(&m.room),
                 tenant: m.sender.clone(),
                 body: sluice_proto::convert::encode_queued(&m),
             }

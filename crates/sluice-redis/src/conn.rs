@@ -40,18 +40,12 @@ impl Endpoint {
     }
 }
 
-/// Both connect and answer within this, or the call fails: a hung Redis must not hang us.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
-    pub(crate) command: Duration,
-}
-
 /// The clients an [`Endpoint`] makes connections with.
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)] // one per hub or limiter
 pub(crate) enum Target {
     Single { client: redis::Client, config: ConnectionManagerConfig },
-    Cluster { nodes: Vec<ConnectionInfo>, tls_ca: Option<Vec<u8>>, timeouts: Timeouts },
+    Cluster { nodes: Vec<ConnectionInfo>, tls_ca: Option<Vec<u8>>, command_timeout: Duration },
 }
 
 fn unavailable(e: redis::RedisError) -> HubError {
@@ -59,7 +53,9 @@ fn unavailable(e: redis::RedisError) -> HubError {
 }
 
 impl Target {
-    pub(crate) fn new(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Target, HubError> {
+    /// Connections whose commands connect and answer within `command_timeout`, or fail: a
+    /// hung Redis must not hang us.
+    pub(crate) fn new(endpoint: &Endpoint, command_timeout: Duration) -> Result<Target, HubError> {
         let tls = endpoint.url.split(',').any(|u| u.trim().starts_with("rediss://"));
         if tls {
             // rustls needs a crypto provider chosen for the process; two are linked in
@@ -75,7 +71,7 @@ impl Target {
                 .map(|u| u.trim().into_connection_info().map(|i| i.set_tcp_settings(tcp_settings())))
                 .collect::<RedisResult<Vec<_>>>()
                 .map_err(unavailable)?;
-            let target = Target::Cluster { nodes, tls_ca: endpoint.tls_ca.clone(), timeouts };
+            let target = Target::Cluster { nodes, tls_ca: endpoint.tls_ca.clone(), command_timeout };
             // Checks the seed list (same TLS mode, credentials) before the first connection.
             target.cluster_client(None).map_err(unavailable)?;
             return Ok(target);
@@ -89,18 +85,18 @@ impl Target {
             None => redis::Client::open(info).map_err(unavailable)?,
         };
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.command))
-            .set_response_timeout(Some(timeouts.command))
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         Ok(Target::Single { client, config })
     }
 
     fn cluster_client(&self, pushes: Option<mpsc::UnboundedSender<PushInfo>>) -> RedisResult<ClusterClient> {
-        let Target::Cluster { nodes, tls_ca, timeouts } = self else { unreachable!("cluster_client of a standalone target") };
+        let Target::Cluster { nodes, tls_ca, command_timeout } = self else { unreachable!("cluster_client of a standalone target") };
         let mut b = ClusterClientBuilder::new(nodes.clone())
-            .connection_timeout(timeouts.command)
-            .response_timeout(timeouts.command)
+            .connection_timeout(*command_timeout)
+            .response_timeout(*command_timeout)
             .tcp_settings(tcp_settings())
             .retries(3);
         if let Some(ca) = tls_ca {
@@ -201,26 +197,25 @@ impl Commands {
         match self {
             Commands::Single(_) => {
                 let mut pipe = redis::pipe();
-                for (_, cmd) in &cmds {
-                    pipe.add_command(cmd.clone());
+                for (_, cmd) in cmds {
+                    pipe.add_command(cmd);
                 }
                 pipe.query_async(&mut self.clone()).await
             }
             Commands::Cluster(_) => {
-                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
-                for (i, (key, _)) in cmds.iter().enumerate() {
-                    by_slot.entry(Slot::for_key(key)).or_default().push(i);
+                let n = cmds.len();
+                let mut by_slot: HashMap<Slot, (Vec<usize>, redis::Pipeline)> = HashMap::new();
+                for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+                    let (idx, pipe) = by_slot.entry(Slot::for_key(&key)).or_insert_with(|| (Vec::new(), redis::pipe()));
+                    idx.push(i);
+                    pipe.add_command(cmd);
                 }
-                let parts = futures::future::try_join_all(by_slot.into_values().map(|idx| {
-                    let mut pipe = redis::pipe();
-                    for &i in &idx {
-                        pipe.add_command(cmds[i].1.clone());
-                    }
+                let parts = futures::future::try_join_all(by_slot.into_values().map(|(idx, pipe)| {
                     let mut conn = self.clone();
                     async move { pipe.query_async::<Vec<Value>>(&mut conn).await.map(|values| (idx, values)) }
                 }))
                 .await?;
-                let mut out = vec![Value::Nil; cmds.len()];
+                let mut out = vec![Value::Nil; n];
                 for (idx, values) in parts {
                     for (i, v) in idx.into_iter().zip(values) {
                         out[i] = v;

@@ -33,7 +33,7 @@ pub use conn::Endpoint;
 pub use limits::RedisLimiter;
 
 use async_trait::async_trait;
-use conn::{Commands, Incoming, Target, Timeouts};
+use conn::{Commands, Incoming, Target};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::HubError;
 use sluice_core::hub::{ConnId, Connection, Hub, LiveEvent, LocalConnections};
@@ -123,7 +123,7 @@ impl RedisHub {
     /// Connects to Redis (fails fast when it cannot be reached) and starts the subscriber and
     /// the registry heartbeat.
     pub async fn connect(config: RedisHubConfig) -> Result<Self, HubError> {
-        let target = Target::new(&config.endpoint, Timeouts { command: config.command_timeout })?;
+        let target = Target::new(&config.endpoint, config.command_timeout)?;
         let conn = target.commands().await?;
         let node = format!("{:016x}", rand_node());
         let inner = Arc::new(Inner {

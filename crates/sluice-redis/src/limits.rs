@@ -10,7 +10,7 @@
 //!   lapses); reading the highest drops the lapsed ones first. The two keys share a hash tag
 //!   (`{key}`), so in cluster mode they live in one slot, as a script needs.
 
-use crate::conn::{Commands, Endpoint, Target, Timeouts};
+use crate::conn::{Commands, Endpoint, Target};
 use async_trait::async_trait;
 use redis::Script;
 use sluice_core::error::HubError;
@@ -100,7 +100,7 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// Connects to Redis at `endpoint` (fails fast when it cannot be reached).
     pub async fn connect(endpoint: &Endpoint, prefix: &str, command_timeout: Duration) -> Result<Self, HubError> {
-        let conn = Target::new(endpoint, Timeouts { command: command_timeout })?.commands().await?;
+        let conn = Target::new(endpoint, command_timeout)?.commands().await?;
         Ok(RedisLimiter {
             conn,
             prefix: prefix.to_string(),

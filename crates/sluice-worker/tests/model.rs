@@ -237,16 +237,7 @@ fn one_offs(model: &mut Model, sender: usize, recipients: u8, cid: &str) -> Vec<
     let s = user(sender);
     let mut batch = Vec::new();
     for r in (0..USERS).filter(|r| recipients & (1 << r) != 0 && *r != sender).map(user) {
-        let m = NewMessage {
-            msg_id: ids::bulk_msg_id(cid, &r),
-            room: ids::dm_room(&s, &r),
-            sender: s.clone(),
-            body: "sale".into(),
-            kind: MessageKind::OneOff,
-            campaign_id: Some(cid.to_string()),
-            sent_at_ms: 0,
-            create_members: vec![s.clone(), r.clone()],
-        };
+        let m = NewMessage { sent_at_ms: 0, ..sluice_testkit::store::one_off(cid, &s, &r) };
         if model.seen_msg_ids.insert(m.msg_id.clone()) {
             model.pending.push(m.clone());
         }

@@ -294,7 +294,7 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
 /// The room `m` may create in its own transaction: a small room of its `create_members`
 /// that holds its sender (other rooms are created first, by [`rooms::create_room`]).
 fn fresh_room(m: &NewMessage) -> Option<RoomMeta> {
-    let members: Vec<String> = m.create_members.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let members = rooms::sorted(&m.create_members);
     let fits = !members.is_empty() && members.len() <= SMALL_ROOM_MAX_MEMBERS && members.binary_search(&m.sender).is_ok();
     fits.then_some(RoomMeta {
         last_seq: 0,
@@ -324,11 +324,9 @@ fn transaction(
     let room_key = || key(&[("room", s(&m.room))]);
     let mut items = Vec::with_capacity(5 + 2 * recipients.len());
     if fresh {
-        let mut room = room_key();
+        let mut room = rooms::new_room(&m.room, meta.created_at_ms);
         room.insert("last_seq".into(), n(seq));
         room.insert("version".into(), n(1));
-        room.insert("members_version".into(), n(0));
-        room.insert("created_at".into(), n(meta.created_at_ms));
         room.insert("members".into(), ss(meta.members.iter().cloned()));
         items.push(put(&t.rooms, room, Some("attribute_not_exists(#room)")));
     } else {
@@ -383,12 +381,10 @@ fn transaction(
     } else if fresh {
         let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
         let mut row = |u: &str, unread: u64| {
-            let mut item = row_key(u);
-            item.insert("read_seq".into(), n(0));
+            let mut item = rooms::new_row(u, &m.room, 0, false, now);
             item.insert("last_seq".into(), n(seq));
             item.insert("unread".into(), n(unread));
             item.insert("version".into(), n(unread));
-            item.insert("updated_at".into(), n(now));
             if unread > 0 {
                 item.insert("preview".into(), s(&preview));
             }

@@ -57,11 +57,11 @@ fn record_joins(
     joins: &Option<Joins>,
     users: &[String],
     now_ms: i64,
-) -> Option<(TransactWriteItem, Joins)> {
+) -> (Option<TransactWriteItem>, Option<Joins>) {
     match joins {
         Some(j) if j.live(now_ms) => {
             if j.members.len() + users.len() > JOINS_MAX {
-                return None;
+                return (None, None);
             }
             let mut after = j.clone();
             after.members.extend(users.iter().cloned());
@@ -73,24 +73,35 @@ fn record_joins(
                 None,
                 vec![(":u", ss(users.iter().cloned())), (":now", n(now_ms))],
             );
-            Some((write, after))
+            (Some(write), Some(after))
         }
-        _ if users.len() > JOINS_MAX => None,
+        _ if users.len() > JOINS_MAX => (None, None),
         _ => {
             let mut item = joins_key(room);
             item.insert("members".into(), ss(users.iter().cloned()));
             item.insert("at".into(), n(now_ms));
-            Some((put(&store.t.rooms, item, None), Joins { members: users.to_vec(), at: now_ms }))
+            (Some(put(&store.t.rooms, item, None)), Some(Joins { members: users.to_vec(), at: now_ms }))
         }
     }
 }
 
-fn sorted(members: &[String]) -> Vec<String> {
+/// The members, sorted and each once.
+pub(crate) fn sorted(members: &[String]) -> Vec<String> {
     members.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
 }
 
+/// The item of a room created at `created_at_ms`, before any message or membership change.
+pub(crate) fn new_room(room: &str, created_at_ms: i64) -> Item {
+    let mut item = key(&[("room", s(room))]);
+    item.insert("last_seq".into(), n(0));
+    item.insert("version".into(), n(0));
+    item.insert("members_version".into(), n(0));
+    item.insert("created_at".into(), n(created_at_ms));
+    item
+}
+
 /// An inbox row for a member who joins a room whose last seq is `last_seq`.
-fn new_row(user: &str, room: &str, last_seq: u64, large: bool, now_ms: i64) -> Item {
+pub(crate) fn new_row(user: &str, room: &str, last_seq: u64, large: bool, now_ms: i64) -> Item {
     let mut item = key(&[("user", s(user)), ("room", s(room))]);
     item.insert("read_seq".into(), n(last_seq));
     item.insert("last_seq".into(), n(last_seq));
@@ -135,11 +146,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
                 Err(StoreError::RoomExists(room.to_string()))
             };
         }
-        let mut meta = key(&[("room", s(room))]);
-        meta.insert("last_seq".into(), n(0));
-        meta.insert("version".into(), n(0));
-        meta.insert("members_version".into(), n(0));
-        meta.insert("created_at".into(), n(now_ms));
+        let mut meta = new_room(room, now_ms);
         if members.len() <= SMALL_ROOM_MAX_MEMBERS {
             // Meta and rows in one transaction: the room appears whole or not at all.
             meta.insert("members".into(), ss(members.iter().cloned()));
@@ -158,10 +165,10 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
         for chunk in members.chunks(49) {
             let mut items: Vec<_> = chunk.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, true, now_ms), None)).collect();
             items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
-            let recorded = record_joins(store, room, &joins, chunk, sluice_core::now_ms());
-            items.extend(recorded.as_ref().map(|(w, _)| w.clone()));
+            let (write, after) = record_joins(store, room, &joins, chunk, sluice_core::now_ms());
+            items.extend(write);
             transact_retrying(store, items).await?;
-            joins = recorded.map(|(_, j)| j).or(joins);
+            joins = after.or(joins);
         }
         meta.insert("large".into(), aws_sdk_dynamodb::types::AttributeValue::Bool(true));
         meta.insert("member_count".into(), n(members.len()));
@@ -254,11 +261,11 @@ async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[S
                 Some("attribute_exists(#room)"),
                 vec![(":k", n(chunk.len()))],
             ));
-            let recorded = record_joins(store, room, &joins, &chunk, sluice_core::now_ms());
-            items.extend(recorded.as_ref().map(|(w, _)| w.clone()));
+            let (write, after) = record_joins(store, room, &joins, &chunk, sluice_core::now_ms());
+            items.extend(write);
             match store.transact(items, None).await {
                 Ok(()) => {
-                    joins = recorded.map(|(_, j)| j).or(joins);
+                    joins = after.or(joins);
                     break;
                 }
                 Err(TxFailure::Cancelled(reasons)) => {
@@ -334,7 +341,7 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
         ));
     }
     // Every member is new to the index.
-    items.extend(record_joins(store, room, &None, members, sluice_core::now_ms()).map(|(w, _)| w));
+    items.extend(record_joins(store, room, &None, members, sluice_core::now_ms()).0);
     store.transact(items, None).await
 }
 
