@@ -103,7 +103,7 @@ struct InboxRec {
     updated_at_ms: i64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone)]
 struct CampaignRec {
     requested: u64,
     enqueued: u64,
@@ -567,6 +567,9 @@ struct Writer<'t> {
     version_moved: bool,
     outbox: Option<Table<'t, u64, &'static [u8]>>,
     outbox_written: bool,
+    /// Campaign counters changed by this transaction, written once at its close: a group of
+    /// a campaign's one-offs would otherwise rewrite the same record once per message.
+    campaigns_changed: std::collections::HashMap<String, CampaignRec>,
 }
 
 impl<'t> Writer<'t> {
@@ -592,6 +595,7 @@ impl<'t> Writer<'t> {
             meta,
             outbox: outbox.then_some(outbox_table),
             outbox_written: false,
+            campaigns_changed: std::collections::HashMap::new(),
         })
     }
 
@@ -605,6 +609,9 @@ impl<'t> Writer<'t> {
     /// Saves what the transaction's operations leave besides their own rows; true when they
     /// left events in the outbox.
     fn close(mut self) -> Result<bool, redb::Error> {
+        for (id, c) in std::mem::take(&mut self.campaigns_changed) {
+            self.campaigns.insert(id.as_str(), encode(&c).as_slice())?;
+        }
         if self.version_moved {
             self.meta.insert(COUNTERS_VERSION, self.version)?;
         }
@@ -641,25 +648,25 @@ impl<'t> Writer<'t> {
                         self.campaign_owners.insert(campaign_id.as_str(), owner.as_str())?;
                     }
                 }
-                let mut c = self.campaign_rec(&campaign_id)?;
                 // A retried call's request is counted once (its key sits beside the recipients).
-                if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() {
-                    c.requested += requested;
-                }
+                let requested =
+                    if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() { requested } else { 0 };
+                let mut enqueued = 0;
                 for r in &recipients {
                     if self.campaign_recipients.insert((campaign_id.as_str(), r.as_str()), ())?.is_none() {
-                        c.enqueued += 1;
+                        enqueued += 1;
                     }
                 }
-                self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
+                let c = self.update_campaign(&campaign_id, |c| {
+                    c.requested += requested;
+                    c.enqueued += enqueued;
+                })?;
                 done(reply, Ok(c.to_campaign(&campaign_id, Some(&owner))))
             }
             Op::RecordDeadLetter { campaign_id, msg_id, reply } => {
                 let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
                 if !persisted && self.campaign_dead.insert((campaign_id.as_str(), msg_id.as_str()), ())?.is_none() {
-                    let mut c = self.campaign_rec(&campaign_id)?;
-                    c.dead_lettered += 1;
-                    self.campaigns.insert(campaign_id.as_str(), encode(&c).as_slice())?;
+                    self.update_campaign(&campaign_id, |c| c.dead_lettered += 1)?;
                 }
                 done(reply, Ok(()))
             }
@@ -681,11 +688,26 @@ impl<'t> Writer<'t> {
         })
     }
 
+    /// A campaign's counters as this transaction left them so far.
     fn campaign_rec(&self, id: &str) -> Result<CampaignRec, redb::Error> {
+        if let Some(c) = self.campaigns_changed.get(id) {
+            return Ok(c.clone());
+        }
         match self.campaigns.get(id)? {
             Some(v) => decode(v.value()),
             None => Ok(CampaignRec::default()),
         }
+    }
+
+    /// Changes a campaign's counters (saved at the transaction's close).
+    fn update_campaign(&mut self, id: &str, f: impl FnOnce(&mut CampaignRec)) -> Result<CampaignRec, redb::Error> {
+        if !self.campaigns_changed.contains_key(id) {
+            let c = self.campaign_rec(id)?;
+            self.campaigns_changed.insert(id.to_string(), c);
+        }
+        let c = self.campaigns_changed.get_mut(id).expect("just inserted");
+        f(c);
+        Ok(c.clone())
     }
 
     fn room_rec(&self, room: &str) -> Result<Option<RoomRec>, redb::Error> {
@@ -760,23 +782,38 @@ impl<'t> Writer<'t> {
             }));
         }
         let room = m.room.as_str();
-        let mut rec = match self.room_rec(room)? {
-            Some(rec) => rec,
+        let (mut rec, fresh) = match self.room_rec(room)? {
+            Some(rec) => (rec, None),
             None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
             None => {
-                if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
-                    return Ok(Err(e));
+                let mut members = m.create_members.clone();
+                members.sort();
+                members.dedup();
+                if members.binary_search(&m.sender).is_err() {
+                    if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
+                        return Ok(Err(e));
+                    }
+                    return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
                 }
-                RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }
+                (RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }, Some(members))
             }
         };
-        if self.members.get((room, m.sender.as_str()))?.is_none() {
+        if fresh.is_none() && self.members.get((room, m.sender.as_str()))?.is_none() {
             return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
         }
         rec.last_seq += 1;
         rec.version += 1;
         let seq = rec.last_seq;
         self.rooms.insert(room, encode(&rec).as_slice())?;
+        if let Some(members) = &fresh {
+            // A room created by its first message (a one-off's direct room): each row is
+            // written once, as it stands after the message, instead of created then updated.
+            for user in members {
+                self.members.insert((room, user.as_str()), m.sent_at_ms)?;
+            }
+            let sender_row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
+            self.inbox.insert((m.sender.as_str(), room), encode(&sender_row).as_slice())?;
+        }
         let msg = MsgRec {
             msg_id: m.msg_id.clone(),
             sender: m.sender.clone(),
@@ -788,15 +825,17 @@ impl<'t> Writer<'t> {
         self.messages.insert((room, seq), encode(&msg).as_slice())?;
         self.msg_ids.insert(m.msg_id.as_str(), encode(&MsgIdRec { room: m.room.clone(), seq }).as_slice())?;
 
-        let members = self.member_list(room)?;
+        let created = fresh.is_some();
+        let members = match fresh {
+            Some(members) => members,
+            None => self.member_list(room)?,
+        };
         let version = self.bump();
         let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
         let mut unread = Vec::with_capacity(members.len().saturating_sub(1));
         for user in members.iter().filter(|u| **u != m.sender) {
-            let mut row = match self.inbox.get((user.as_str(), room))? {
-                Some(v) => decode::<InboxRec>(v.value())?,
-                None => InboxRec::default(),
-            };
+            let stored = if created { None } else { self.inbox.get((user.as_str(), room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? };
+            let mut row = stored.unwrap_or_default();
             row.unread += 1;
             row.version += 1;
             row.preview.clone_from(&preview);
@@ -807,13 +846,11 @@ impl<'t> Writer<'t> {
             unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total, version });
         }
         if let Some(cid) = &m.campaign_id {
-            let mut c = self.campaign_rec(cid)?;
-            c.persisted += 1;
+            let c = self.update_campaign(cid, |c| c.persisted += 1)?;
             // A message dead-lettered earlier and persisted after a redrive counts once.
-            if self.campaign_dead.remove((cid.as_str(), m.msg_id.as_str()))?.is_some() {
-                c.dead_lettered = c.dead_lettered.saturating_sub(1);
+            if c.dead_lettered > 0 && self.campaign_dead.remove((cid.as_str(), m.msg_id.as_str()))?.is_some() {
+                self.update_campaign(cid, |c| c.dead_lettered -= 1)?;
             }
-            self.campaigns.insert(cid.as_str(), encode(&c).as_slice())?;
         }
         if let Some(outbox) = &mut self.outbox {
             let rec = crate::outbox::OutboxRec {

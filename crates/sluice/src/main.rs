@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// glibc's malloc was about a tenth of the store writer's and the runtime's time in the
+/// spike profile (docs/benchmarks/README.md), with `malloc_consolidate` stalls.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = sluice::config::Cli::parse();
     sluice::init_tracing();

@@ -8,7 +8,9 @@
 //!   released, dead-lettered or its visibility timeout expires;
 //! - within a group, messages are delivered in the order they were sent;
 //! - every receive grows the message's receive count durably before the message is handed out
-//!   (so a message that crashes its consumer is seen to do so, even across restarts);
+//!   (so a message that crashes its consumer is seen to do so, even across restarts); an ack
+//!   is committed without an fsync of its own and becomes durable with the next receive or at
+//!   close, so a crash may redeliver acked messages, which the store recognises by their ids;
 //! - tenants with visible messages take turns by weighted deficit round robin
 //!   ([`scheduler`]), so one tenant's small campaign is not held behind another's large one;
 //! - messages with a deduplication id seen in the last `dedup_window` are accepted and dropped
@@ -259,9 +261,20 @@ impl EmbeddedQueue {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     ) -> Result<T, QueueError> {
+        self.write_with(redb::Durability::Immediate, f).await
+    }
+
+    /// [`Self::write`] at the given durability. `Durability::None` commits no sooner than the
+    /// next immediate commit: for writes whose loss in a crash only redelivers messages.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, QueueError> {
         let db = self.inner.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(queue_err)?;
+            let mut txn = db.begin_write().map_err(queue_err)?;
+            txn.set_durability(durability).map_err(queue_err)?;
             let out = f(&txn).map_err(queue_err)?;
             txn.commit().map_err(queue_err)?;
             Ok(out)
@@ -344,7 +357,9 @@ impl EmbeddedQueue {
             seqs.push(parse_receipt(r)?.0);
         }
         let s = seqs.clone();
-        self.write(move |txn| {
+        // An ack lost in a crash redelivers its messages, which the store recognises by their
+        // ids: acks need no fsync of their own, and are made durable by the next receive's.
+        self.write_with(redb::Durability::None, move |txn| {
             let mut msgs = txn.open_table(Q_MSGS)?;
             let mut recv = txn.open_table(Q_RECV)?;
             for seq in s {
