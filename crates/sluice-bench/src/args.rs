@@ -92,8 +92,9 @@ pub struct ChatArgs {
     /// Members per room (the connections are split into rooms of this size).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub room_size: u32,
-    /// Messages per second sent by all connections together.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Messages per second sent by all connections together (`spike`: 0 keeps the
+    /// connections open and silent, to measure the drain without chat).
+    #[arg(long, default_value_t = 5000)]
     pub rate: u32,
     /// Seconds measured (after the warm-up).
     #[arg(long, default_value_t = 10.0)]

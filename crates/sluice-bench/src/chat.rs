@@ -160,7 +160,8 @@ impl ChatLoad {
             inner: Mutex::new(Phases { stats: vec![PhaseStats::default(); phases + 2], started: vec![Instant::now()], per_second: vec![] }),
         });
         let stop = CancellationToken::new();
-        let period = Duration::from_secs_f64(users as f64 / a.rate as f64);
+        // Silent connections (rate 0) still read, so they cost the server what idle users do.
+        let period = Duration::from_secs_f64(users as f64 / a.rate.max(1) as f64);
         let pad = "x".repeat(a.body_bytes as usize);
         let (mut senders, mut readers) = (vec![], vec![]);
         for (i, socket) in sockets.into_iter().enumerate() {
@@ -194,6 +195,9 @@ impl ChatLoad {
                     }
                 }
             }));
+            if a.rate == 0 {
+                continue;
+            }
             let offset = period.mul_f64(rand::random::<f64>());
             senders.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);

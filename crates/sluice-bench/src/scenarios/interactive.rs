@@ -13,6 +13,7 @@ pub const DELIVER_P99_TARGET_MS: f64 = 5.0;
 
 pub async fn run(server: &Server, a: &ChatArgs, run: &str) -> anyhow::Result<Report> {
     let mut report = Report::new("interactive", serde_json::to_value(params(a))?);
+    anyhow::ensure!(a.rate > 0, "this scenario measures chat: --rate must be at least 1");
     let load = ChatLoad::start(server, a, run, 1).await?;
     eprintln!("interactive: {} users in {} rooms, {} msg/s", load.users, load.rooms, a.rate);
     let rec = load.rec.clone();

@@ -26,6 +26,7 @@ pub async fn run(server: &Server, a: &SoakArgs, run: &str) -> anyhow::Result<Rep
     p["campaign_size"] = a.campaign_size.into();
     p["pool"] = a.pool.into();
     let mut report = Report::new("soak", p);
+    anyhow::ensure!(a.chat.rate > 0, "this scenario measures chat: --rate must be at least 1");
     let load = ChatLoad::start(server, &a.chat, run, 1).await?;
     let accepted = Arc::new(AtomicU64::new(0));
     let (rec, acc) = (load.rec.clone(), accepted.clone());

@@ -134,10 +134,12 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     if let Some(rss) = Some(peak_rss.load(Ordering::Relaxed)).filter(|r| *r > 0) {
         report.figure("server peak resident memory", rss as f64 / (1 << 20) as f64, "MiB", None);
     }
-    chat_figures(&mut report, "baseline ", &phases[1], a.chat.rate, true);
-    chat_figures(&mut report, "spike ", &phases[2], a.chat.rate, false);
-    let (base, spike) = (phases[1].deliver.ms(0.99), phases[2].deliver.ms(0.99));
-    report.figure("send->deliver p99, spike / baseline", spike / base.max(1e-3), "x", Some(Target::AtMost(2.0)));
+    if a.chat.rate > 0 {
+        chat_figures(&mut report, "baseline ", &phases[1], a.chat.rate, true);
+        chat_figures(&mut report, "spike ", &phases[2], a.chat.rate, false);
+        let (base, spike) = (phases[1].deliver.ms(0.99), phases[2].deliver.ms(0.99));
+        report.figure("send->deliver p99, spike / baseline", spike / base.max(1e-3), "x", Some(Target::AtMost(2.0)));
+    }
 
     report.series.push(Series {
         name: "depth".into(),
@@ -174,10 +176,12 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
             Line { name: "runtime lag p99 (ms x 100)".into(), points: governor.iter().map(|s| (s.0, s.4 * 100.0)).collect() },
         ],
     });
-    report.note(format!(
-        "The chat load ran {} users in {} rooms of {} at {} msg/s; the spike phase lasted from the first EnqueueBulk until the last message was persisted.",
-        a.chat.connections, a.chat.connections / a.chat.room_size, a.chat.room_size, a.chat.rate
-    ));
+    let chat = if a.chat.rate > 0 {
+        format!("The chat load ran {} users in {} rooms of {} at {} msg/s", a.chat.connections, a.chat.connections / a.chat.room_size, a.chat.room_size, a.chat.rate)
+    } else {
+        format!("Without chat: {} users stayed connected and silent", a.chat.connections)
+    };
+    report.note(format!("{chat}; the spike phase lasted from the first EnqueueBulk until the last message was persisted."));
     Ok(report)
 }
 

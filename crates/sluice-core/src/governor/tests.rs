@@ -140,6 +140,12 @@ fn runtime_lag_over_twice_its_calm_cuts_even_when_persists_are_fast() {
         matches!(g.adjust_with_lag_at(t, Some(ms(2)), None, 0), Adjustment::Raised { .. }),
         "no lag reading: persist latency alone decides"
     );
+    t += Duration::from_secs(1);
+    busy_tick(&g);
+    assert!(
+        matches!(g.adjust_with_lag_at(t, None, Some(ms(9)), 0), Adjustment::Raised { .. }),
+        "without chat the drain's own lag does not hold it down"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
