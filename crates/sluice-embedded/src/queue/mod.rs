@@ -2,8 +2,8 @@
 //!
 //! Messages, their receive counts, the dead letters and the messages held by an operator's
 //! pause (by hold key) live in a redb file; which message is in flight until when lives in
-//! memory, in a compact index (about 200 bytes a queued message) (after a crash every message is visible again, as an
-//! SQS visibility timeout would make it). Semantics:
+//! memory, in a compact index (about 150 bytes a queued message; after a crash every message
+//! is visible again, as an SQS visibility timeout would make it). Semantics:
 //! - a group with a message in flight is not handed out until that message is acked,
 //!   released, dead-lettered or its visibility timeout expires;
 //! - within a group, messages are delivered in the order they were sent;
@@ -22,7 +22,7 @@ use crate::codec::{decode, encode, queue_err};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use scheduler::{Scheduler, name_key};
+use scheduler::{NameKey, Scheduler, name_key};
 use serde::{Deserialize, Serialize};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
@@ -139,8 +139,8 @@ struct State {
     sched: Scheduler,
     /// Deduplication ids of the window by their 128-bit key ([`name_key`]), with when they
     /// leave it; a million of them during a spike, so no copy of the id is kept.
-    dedup: HashMap<u128, i64>,
-    dedup_order: VecDeque<(i64, u128)>,
+    dedup: HashMap<NameKey, i64>,
+    dedup_order: VecDeque<(i64, NameKey)>,
     next_seq: u64,
     dead: u64,
     held: u64,
@@ -567,7 +567,7 @@ impl EmbeddedQueue {
         let mut out = Vec::with_capacity(receipts.len());
         for r in receipts {
             let (seq, count) = parse_receipt(r)?;
-            if st.sched.entries.get(&seq).is_some_and(|e| e.in_flight.is_some() && e.receive_count == count) {
+            if st.sched.entries.get(&seq).is_some_and(|e| e.in_flight && e.receive_count == count) {
                 out.push(seq);
             }
         }
@@ -620,10 +620,8 @@ impl SpikeQueue for EmbeddedQueue {
         let mut st = self.state();
         let deadline = Instant::now() + visibility;
         for seq in self.current(&st, receipts)? {
-            let e = st.sched.entries.get_mut(&seq).expect("current entry exists");
-            let old = e.in_flight.replace(deadline).expect("current entry is in flight");
-            st.sched.deadlines.remove(&(old, seq));
-            st.sched.deadlines.insert((deadline, seq));
+            let extended = st.sched.extend(seq, deadline);
+            debug_assert!(extended, "a current receipt's message is in flight");
         }
         Ok(())
     }

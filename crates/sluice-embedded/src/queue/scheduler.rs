@@ -21,20 +21,20 @@ use tokio::time::Instant;
 /// Messages a tenant of weight 1 may take per turn.
 pub(crate) const QUANTUM: i64 = 16;
 
-/// One queued message. Compact on purpose: a spike keeps a million of these in memory
-/// (groups and tenants are slots of their own tables, see [`Scheduler`]).
+/// One queued message. Compact on purpose (24 bytes): a spike keeps a million of these in
+/// memory (groups and tenants are slots of their own tables, and the visibility deadlines of
+/// the few messages in flight a map of their own, see [`Scheduler`]).
 pub(crate) struct Entry {
     group: u32,
     tenant: u32,
     pub(crate) receive_count: u32,
+    pub(crate) in_flight: bool,
     pub(crate) enqueued_at_ms: i64,
-    /// Visibility deadline while in flight.
-    pub(crate) in_flight: Option<Instant>,
 }
 
 struct Group {
-    /// The 128-bit hash of the group's name (see [`name_key`]), to unmap it when empty.
-    key: u128,
+    /// The hash of the group's name (see [`group_key`]), to unmap it when empty.
+    key: u64,
     /// Visible messages, ascending (one-offs: one each; the inline room covers two).
     pending: SmallVec<[u64; 2]>,
     in_flight: u32,
@@ -51,18 +51,28 @@ struct Tenant {
     backlog: u64,
 }
 
-/// A 128-bit key of a name: groups and deduplication ids are looked up by it instead of
-/// keeping a copy of every room id and message id (two SipHashes with different salts: a
-/// collision, which would make two rooms share one group's order or drop a message as a
-/// duplicate of another, is about as likely as a random UUID repeating).
-pub(crate) fn name_key(name: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        name.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(1)) << 64) | u128::from(half(2))
+fn salted_hash(salt: u8, name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
+    name.hash(&mut h);
+    h.finish()
+}
+
+/// A 128-bit key of a deduplication id, looked up instead of keeping a copy of every message
+/// id (two SipHashes with different salts: a collision, which would drop a message as a
+/// duplicate of another, is about as likely as a random UUID repeating). Two words rather
+/// than a `u128`, whose 16-byte alignment would pad every map entry.
+pub(crate) type NameKey = [u64; 2];
+
+pub(crate) fn name_key(name: &str) -> NameKey {
+    [salted_hash(1, name), salted_hash(2, name)]
+}
+
+/// A 64-bit key of a group's name. A collision (about one in 10^7 with a million groups
+/// queued) makes two rooms share one group's order: both stay in order, one waits for the
+/// other, nothing is lost.
+fn group_key(name: &str) -> u64 {
+    salted_hash(1, name)
 }
 
 /// Slots reused through a free list.
@@ -110,12 +120,14 @@ impl<T> Slab<T> {
 pub(crate) struct Scheduler {
     pub(crate) entries: BTreeMap<u64, Entry>,
     groups: Slab<Group>,
-    group_ids: HashMap<u128, u32>,
+    group_ids: HashMap<u64, u32>,
     tenants: Slab<Tenant>,
     tenant_ids: HashMap<Arc<str>, u32>,
     /// Tenants with ready groups, in turn order; the front one is being served.
     ring: VecDeque<u32>,
     pub(crate) deadlines: BTreeSet<(Instant, u64)>,
+    /// The visibility deadline of each message in flight.
+    leases: HashMap<u64, Instant>,
     weights: Arc<TenantWeights>,
     pub(crate) in_flight: u64,
 }
@@ -130,6 +142,7 @@ impl Scheduler {
             tenant_ids: HashMap::new(),
             ring: VecDeque::new(),
             deadlines: BTreeSet::new(),
+            leases: HashMap::new(),
             weights,
             in_flight: 0,
         }
@@ -166,7 +179,7 @@ impl Scheduler {
     }
 
     fn group_id(&mut self, name: &str) -> u32 {
-        let key = name_key(name);
+        let key = group_key(name);
         if let Some(&g) = self.group_ids.get(&key) {
             return g;
         }
@@ -209,14 +222,17 @@ impl Scheduler {
         let tenant = self.tenant_id(tenant);
         self.tenants.get_mut(tenant).expect("just made").backlog += 1;
         insert_sorted(&mut self.groups.get_mut(group).expect("just made").pending, seq);
-        self.entries.insert(seq, Entry { group, tenant, receive_count, enqueued_at_ms, in_flight: None });
+        self.entries.insert(seq, Entry { group, tenant, receive_count, enqueued_at_ms, in_flight: false });
         self.mark_ready(group, false);
     }
 
     /// Makes an in-flight message visible again.
     pub(crate) fn unflight(&mut self, seq: u64) {
         let Some(e) = self.entries.get_mut(&seq) else { return };
-        let Some(deadline) = e.in_flight.take() else { return };
+        if !std::mem::take(&mut e.in_flight) {
+            return;
+        }
+        let deadline = self.leases.remove(&seq).expect("a message in flight has a lease");
         self.deadlines.remove(&(deadline, seq));
         self.in_flight -= 1;
         let group = e.group;
@@ -230,7 +246,8 @@ impl Scheduler {
     pub(crate) fn remove(&mut self, seq: u64) -> bool {
         let Some(e) = self.entries.remove(&seq) else { return false };
         let g = self.groups.get_mut(e.group).expect("group of an entry exists");
-        if let Some(deadline) = e.in_flight {
+        if e.in_flight {
+            let deadline = self.leases.remove(&seq).expect("a message in flight has a lease");
             self.deadlines.remove(&(deadline, seq));
             self.in_flight -= 1;
             g.in_flight -= 1;
@@ -241,6 +258,15 @@ impl Scheduler {
         self.drop_group_if_idle(e.group);
         self.tenants.get_mut(e.tenant).expect("tenant of an entry exists").backlog -= 1;
         self.drop_tenant_if_idle(e.tenant);
+        true
+    }
+
+    /// Moves the visibility deadline of a message in flight; false when it is not in flight.
+    pub(crate) fn extend(&mut self, seq: u64, deadline: Instant) -> bool {
+        let Some(old) = self.leases.get_mut(&seq) else { return false };
+        let old = std::mem::replace(old, deadline);
+        self.deadlines.remove(&(old, seq));
+        self.deadlines.insert((deadline, seq));
         true
     }
 
@@ -282,7 +308,8 @@ impl Scheduler {
                     g.in_flight += 1;
                     let e = self.entries.get_mut(&seq).expect("pending entry exists");
                     e.receive_count += 1;
-                    e.in_flight = Some(deadline);
+                    e.in_flight = true;
+                    self.leases.insert(seq, deadline);
                     self.deadlines.insert((deadline, seq));
                     self.in_flight += 1;
                     t.deficit -= 1;
@@ -319,7 +346,7 @@ impl Scheduler {
 
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.tenant_ids.is_empty() && self.ring.is_empty() && self.group_ids.is_empty()
+        self.entries.is_empty() && self.tenant_ids.is_empty() && self.ring.is_empty() && self.group_ids.is_empty() && self.leases.is_empty()
     }
 }
 
@@ -341,6 +368,29 @@ mod tests {
 
     fn weights(pairs: &[(&str, u32)]) -> Arc<TenantWeights> {
         Arc::new(TenantWeights::new(pairs.iter().map(|(t, w)| (t.to_string(), *w)).collect()))
+    }
+
+    #[test]
+    fn a_queued_message_costs_the_index_24_bytes_and_unpadded_keys() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<(NameKey, i64)>(), 24, "a dedup map entry");
+        assert_eq!(std::mem::size_of::<(u64, u32)>(), 16, "a group map entry");
+    }
+
+    #[test]
+    fn extending_moves_the_deadline_and_expiry_follows_it() {
+        let mut s = Scheduler::new(weights(&[]));
+        s.push(1, "room", "t", 0, 0);
+        let now = Instant::now();
+        assert_eq!(s.pick(1, now + Duration::from_secs(1)), vec![(1, 1)]);
+        assert!(s.extend(1, now + Duration::from_secs(10)));
+        s.expire(now + Duration::from_secs(2));
+        assert!(s.pick(1, now + Duration::from_secs(20)).is_empty(), "extended: still in flight");
+        s.expire(now + Duration::from_secs(11));
+        assert_eq!(s.pick(1, now + Duration::from_secs(30)), vec![(1, 2)], "visible again after the new deadline");
+        assert!(s.remove(1));
+        assert!(!s.extend(1, now), "gone: nothing to extend");
+        assert!(s.is_empty());
     }
 
     /// Receives `max` at a time and acks at once, until `n` messages went out; returns the tenants in order.
