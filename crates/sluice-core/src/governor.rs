@@ -8,10 +8,11 @@
 //! fires: the time every task waits for a core, which persist latency alone does not see).
 //! Over the target or throttled, the admitted rate is cut by a factor (at most once per
 //! latency window); otherwise, if the drain actually used most of it, it grows by a step. The
-//! target is twice what chat sees while the drain is idle, and at least the configured one.
-//! The rate never goes below a floor (the drain never starves) nor above the ceiling. Admission is a token bucket at the
-//! current rate that lends: a poller reserves a whole batch and waits out the debt, so large
-//! batches stay possible at low rates.
+//! target is twice what chat sees while the drain is idle (or held at its floor, where it
+//! hardly runs), and at least the configured one. The rate never goes below a floor (the
+//! drain never starves) nor above the ceiling. Admission is a token bucket at the current
+//! rate that lends: a poller reserves a whole batch and waits out the debt, so large batches
+//! stay possible at low rates.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -229,7 +230,10 @@ impl Governor {
         let c = &self.config;
         let mut s = self.lock();
         let used = s.admitted as f64 / c.tick.as_secs_f64();
-        let idle = s.admitted == 0;
+        // At the floor the drain hardly runs, so what chat sees there is not the drain's
+        // doing: the calm may drift up as while idle. Otherwise a store grown slower with its
+        // data, or a machine grown busier, would hold the drain at the floor for good.
+        let idle = s.admitted == 0 || from_floor(s.limit, c.floor);
         s.admitted = 0;
         s.calm = calm(s.calm, interactive_p99, idle);
         s.calm_lag = calm(s.calm_lag, lag_p99, idle);
@@ -264,6 +268,10 @@ impl Governor {
         s.limit = (from + (from * c.growth).max(c.floor)).min(c.ceiling);
         Adjustment::Raised { to: s.limit }
     }
+}
+
+fn from_floor(limit: f64, floor: f64) -> bool {
+    limit <= floor
 }
 
 /// What a latency signal is without the drain, as TCP Vegas keeps its base RTT: the lowest

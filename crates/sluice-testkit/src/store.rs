@@ -3,7 +3,7 @@
 use sluice_core::control::{Control, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::ids;
-use sluice_core::model::{HistoryQuery, InboxPage, MessageKind, NewMessage};
+use sluice_core::model::{HistoryQuery, InboxPage, InboxRoom, MessageKind, NewMessage};
 use sluice_core::store::{Membership, MessageStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -328,6 +328,17 @@ pub async fn direct_rooms_are_created_on_first_use(store: Arc<dyn MessageStore>)
     assert_eq!(r.members, want);
     assert_eq!(p.unread.len(), 1);
     assert_eq!(p.unread[0].user, "alice");
+    // Both members' rows exist as they stand after the first message, however the room was made.
+    let page = || InboxPage { after: None, limit: 10 };
+    let sender = store.inbox_page(&shop, page()).await.unwrap();
+    assert_eq!(sender.rooms, vec![InboxRoom { room: room.clone(), unread: 0, read_seq: 0, last_seq: 1 }], "the sender's row");
+    assert_eq!(sender.total_unread, 0);
+    let alice = store.inbox_page("alice", page()).await.unwrap();
+    let row = alice.rooms.iter().find(|r| r.room == room).expect("the recipient's row");
+    assert_eq!((row.unread, row.read_seq, row.last_seq), (1, 0, 1));
+    assert_eq!(store.membership(&room, &shop).await.unwrap(), Membership::Member, "the sender is a member");
+    let read = store.mark_read("alice", &room, 1, 2).await.unwrap();
+    assert_eq!((read.read_seq, read.unread), (1, 0));
     let mut m2 = chat(&room, &shop, "promo2");
     m2.create_members = m.create_members.clone();
     assert_eq!(persist_ok(store.as_ref(), m2).await.message.seq, 2, "an existing room is reused");

@@ -71,6 +71,27 @@ fn the_target_follows_a_slow_machines_calm() {
 }
 
 #[test]
+fn chat_slow_without_the_drain_does_not_hold_it_at_the_floor() {
+    let g = Governor::new(config());
+    let mut t = Instant::now();
+    calm(&g, &mut t, 5);
+    // Chat turns slow for reasons of its own (a busier machine, a store grown with its data):
+    // the drain is cut to the floor, where it hardly runs...
+    for _ in 0..40 {
+        t += Duration::from_secs(1);
+        busy(&g, &mut t, Some(40), 0);
+    }
+    assert_eq!(g.limit(), 50.0);
+    // ...and chat stays as slow: the calm follows it, and the drain grows again.
+    let mut raised = false;
+    for _ in 0..200 {
+        raised |= matches!(busy(&g, &mut t, Some(40), 0), Adjustment::Raised { .. });
+    }
+    assert!(raised, "still held at the floor, target {:?}", g.target());
+    assert!(g.target() >= Duration::from_millis(40), "{:?}", g.target());
+}
+
+#[test]
 fn the_floor_and_the_ceiling_hold() {
     let g = Governor::new(config());
     let mut t = Instant::now();
