@@ -233,7 +233,7 @@ impl Governor {
         // At the floor the drain hardly runs, so what chat sees there is not the drain's
         // doing: the calm may drift up as while idle. Otherwise a store grown slower with its
         // data, or a machine grown busier, would hold the drain at the floor for good.
-        let idle = s.admitted == 0 || from_floor(s.limit, c.floor);
+        let idle = s.admitted == 0 || s.limit <= c.floor;
         s.admitted = 0;
         s.calm = calm(s.calm, interactive_p99, idle);
         s.calm_lag = calm(s.calm_lag, lag_p99, idle);
@@ -268,10 +268,6 @@ impl Governor {
         s.limit = (from + (from * c.growth).max(c.floor)).min(c.ceiling);
         Adjustment::Raised { to: s.limit }
     }
-}
-
-fn from_floor(limit: f64, floor: f64) -> bool {
-    limit <= floor
 }
 
 /// What a latency signal is without the drain, as TCP Vegas keeps its base RTT: the lowest

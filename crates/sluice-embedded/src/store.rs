@@ -8,8 +8,9 @@
 //! Operations come in two lanes (DESIGN.md invariant 6): the bulk lane (one-off messages
 //! from the queue, campaign bookkeeping) and everything else, which is interactive. Waiting
 //! interactive operations go first, and while interactive traffic is flowing (any in the
-//! last [`INTERACTIVE_RECENT`]) a commit takes at most [`BULK_SLICE`] bulk messages, so a chat send waits behind one short commit
-//! rather than behind a queue of campaign batches. Each lane keeps its arrival order.
+//! last [`INTERACTIVE_RECENT`]) a commit takes at most [`BULK_SLICE`] bulk messages, so a
+//! chat send waits behind one short commit rather than behind a queue of campaign batches.
+//! Each lane keeps its arrival order.
 //!
 //! Tables (keys → postcard records):
 //! - `rooms`: room → last_seq, version, created_at
