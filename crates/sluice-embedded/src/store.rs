@@ -652,8 +652,11 @@ impl<'t> Writer<'t> {
                     }
                 }
                 // A retried call's request is counted once (its key sits beside the recipients).
-                let requested =
-                    if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() { requested } else { 0 };
+                let requested = if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() {
+                    requested
+                } else {
+                    0
+                };
                 let mut enqueued = 0;
                 for r in &recipients {
                     if self.campaign_recipients.insert((campaign_id.as_str(), r.as_str()), ())?.is_none() {
@@ -837,7 +840,8 @@ impl<'t> Writer<'t> {
         let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
         let mut unread = Vec::with_capacity(members.len().saturating_sub(1));
         for user in members.iter().filter(|u| **u != m.sender) {
-            let stored = if created { None } else { self.inbox.get((user.as_str(), room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? };
+            let stored =
+                if created { None } else { self.inbox.get((user.as_str(), room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? };
             let mut row = stored.unwrap_or_default();
             row.unread += 1;
             row.version += 1;

@@ -177,7 +177,13 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
         ],
     });
     let chat = if a.chat.rate > 0 {
-        format!("The chat load ran {} users in {} rooms of {} at {} msg/s", a.chat.connections, a.chat.connections / a.chat.room_size, a.chat.room_size, a.chat.rate)
+        format!(
+            "The chat load ran {} users in {} rooms of {} at {} msg/s",
+            a.chat.connections,
+            a.chat.connections / a.chat.room_size,
+            a.chat.room_size,
+            a.chat.rate
+        )
     } else {
         format!("Without chat: {} users stayed connected and silent", a.chat.connections)
     };
