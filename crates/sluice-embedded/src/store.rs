@@ -140,6 +140,14 @@ fn stored(room: &str, seq: u64, r: MsgRec) -> StoredMessage {
     }
 }
 
+/// `members` sorted, each once.
+fn sorted(members: &[String]) -> Vec<String> {
+    let mut v = members.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// The members of `room`, sorted (one range scan of the members table).
 fn members_of(table: &impl ReadableTable<(&'static str, &'static str), i64>, room: &str) -> Result<Vec<String>, redb::Error> {
     let mut out = Vec::new();
@@ -744,10 +752,11 @@ impl<'t> Writer<'t> {
     fn create_room(&mut self, room: &str, members: &[String], now_ms: i64) -> Result<Result<Room, StoreError>, redb::Error> {
         if let Some(rec) = self.room_rec(room)? {
             let existing = self.member_list(room)?;
-            let mut wanted: Vec<String> = members.to_vec();
-            wanted.sort();
-            wanted.dedup();
-            return Ok(if existing == wanted { Ok(self.room_view(room, &rec)?) } else { Err(StoreError::RoomExists(room.to_string())) });
+            return Ok(if existing == sorted(members) {
+                Ok(self.room_view(room, &rec)?)
+            } else {
+                Err(StoreError::RoomExists(room.to_string()))
+            });
         }
         let rec = RoomRec { last_seq: 0, version: 1, created_at_ms: now_ms };
         self.rooms.insert(room, encode(&rec).as_slice())?;
@@ -792,9 +801,7 @@ impl<'t> Writer<'t> {
             Some(rec) => (rec, None),
             None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
             None => {
-                let mut members = m.create_members.clone();
-                members.sort();
-                members.dedup();
+                let members = sorted(&m.create_members);
                 if members.binary_search(&m.sender).is_err() {
                     if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
                         return Ok(Err(e));

@@ -57,11 +57,11 @@ fn record_joins(
     joins: &Option<Joins>,
     users: &[String],
     now_ms: i64,
-) -> (Option<TransactWriteItem>, Option<Joins>) {
+) -> Option<(TransactWriteItem, Joins)> {
     match joins {
         Some(j) if j.live(now_ms) => {
             if j.members.len() + users.len() > JOINS_MAX {
-                return (None, None);
+                return None;
             }
             let mut after = j.clone();
             after.members.extend(users.iter().cloned());
@@ -73,14 +73,14 @@ fn record_joins(
                 None,
                 vec![(":u", ss(users.iter().cloned())), (":now", n(now_ms))],
             );
-            (Some(write), Some(after))
+            Some((write, after))
         }
-        _ if users.len() > JOINS_MAX => (None, None),
+        _ if users.len() > JOINS_MAX => None,
         _ => {
             let mut item = joins_key(room);
             item.insert("members".into(), ss(users.iter().cloned()));
             item.insert("at".into(), n(now_ms));
-            (Some(put(&store.t.rooms, item, None)), Some(Joins { members: users.to_vec(), at: now_ms }))
+            Some((put(&store.t.rooms, item, None), Joins { members: users.to_vec(), at: now_ms }))
         }
     }
 }
@@ -165,7 +165,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
         for chunk in members.chunks(49) {
             let mut items: Vec<_> = chunk.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, true, now_ms), None)).collect();
             items.extend(chunk.iter().map(|u| mark_large(store, u, room)));
-            let (write, after) = record_joins(store, room, &joins, chunk, sluice_core::now_ms());
+            let (write, after) = record_joins(store, room, &joins, chunk, sluice_core::now_ms()).unzip();
             items.extend(write);
             transact_retrying(store, items).await?;
             joins = after.or(joins);
@@ -261,7 +261,7 @@ async fn add_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, new: &[S
                 Some("attribute_exists(#room)"),
                 vec![(":k", n(chunk.len()))],
             ));
-            let (write, after) = record_joins(store, room, &joins, &chunk, sluice_core::now_ms());
+            let (write, after) = record_joins(store, room, &joins, &chunk, sluice_core::now_ms()).unzip();
             items.extend(write);
             match store.transact(items, None).await {
                 Ok(()) => {
@@ -341,7 +341,7 @@ async fn convert_to_large(store: &DynamoStore, room: &str, meta: &RoomMeta, memb
         ));
     }
     // Every member is new to the index.
-    items.extend(record_joins(store, room, &None, members, sluice_core::now_ms()).0);
+    items.extend(record_joins(store, room, &None, members, sluice_core::now_ms()).map(|(write, _)| write));
     store.transact(items, None).await
 }
 

@@ -567,7 +567,7 @@ impl EmbeddedQueue {
         let mut out = Vec::with_capacity(receipts.len());
         for r in receipts {
             let (seq, count) = parse_receipt(r)?;
-            if st.sched.entries.get(&seq).is_some_and(|e| e.in_flight && e.receive_count == count) {
+            if st.sched.is_delivery(seq, count) {
                 out.push(seq);
             }
         }
@@ -649,8 +649,8 @@ impl SpikeQueue for EmbeddedQueue {
         let total = st.sched.entries.len() as u64;
         let oldest = st.sched.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
         Ok(QueueStats {
-            visible: total - st.sched.in_flight,
-            in_flight: st.sched.in_flight,
+            visible: total - st.sched.in_flight(),
+            in_flight: st.sched.in_flight(),
             dead: st.dead,
             held: st.held,
             oldest_age_ms: oldest,

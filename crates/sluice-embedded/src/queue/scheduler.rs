@@ -22,13 +22,12 @@ use tokio::time::Instant;
 pub(crate) const QUANTUM: i64 = 16;
 
 /// One queued message. Compact on purpose (24 bytes): a spike keeps a million of these in
-/// memory (groups and tenants are slots of their own tables, and the visibility deadlines of
-/// the few messages in flight a map of their own, see [`Scheduler`]).
+/// memory (groups and tenants are slots of their own tables, and whether a message is in
+/// flight, until when, is the map of the few leases, see [`Scheduler`]).
 pub(crate) struct Entry {
     group: u32,
     tenant: u32,
     pub(crate) receive_count: u32,
-    pub(crate) in_flight: bool,
     pub(crate) enqueued_at_ms: i64,
 }
 
@@ -126,10 +125,9 @@ pub(crate) struct Scheduler {
     /// Tenants with ready groups, in turn order; the front one is being served.
     ring: VecDeque<u32>,
     pub(crate) deadlines: BTreeSet<(Instant, u64)>,
-    /// The visibility deadline of each message in flight.
+    /// The visibility deadline of each message in flight (and so which messages are).
     leases: HashMap<u64, Instant>,
     weights: Arc<TenantWeights>,
-    pub(crate) in_flight: u64,
 }
 
 impl Scheduler {
@@ -144,7 +142,6 @@ impl Scheduler {
             deadlines: BTreeSet::new(),
             leases: HashMap::new(),
             weights,
-            in_flight: 0,
         }
     }
 
@@ -222,20 +219,15 @@ impl Scheduler {
         let tenant = self.tenant_id(tenant);
         self.tenants.get_mut(tenant).expect("just made").backlog += 1;
         insert_sorted(&mut self.groups.get_mut(group).expect("just made").pending, seq);
-        self.entries.insert(seq, Entry { group, tenant, receive_count, enqueued_at_ms, in_flight: false });
+        self.entries.insert(seq, Entry { group, tenant, receive_count, enqueued_at_ms });
         self.mark_ready(group, false);
     }
 
     /// Makes an in-flight message visible again.
     pub(crate) fn unflight(&mut self, seq: u64) {
-        let Some(e) = self.entries.get_mut(&seq) else { return };
-        if !std::mem::take(&mut e.in_flight) {
-            return;
-        }
-        let deadline = self.leases.remove(&seq).expect("a message in flight has a lease");
+        let Some(deadline) = self.leases.remove(&seq) else { return };
         self.deadlines.remove(&(deadline, seq));
-        self.in_flight -= 1;
-        let group = e.group;
+        let group = self.entries.get(&seq).expect("a message in flight is queued").group;
         let g = self.groups.get_mut(group).expect("group of an entry exists");
         g.in_flight -= 1;
         insert_sorted(&mut g.pending, seq);
@@ -246,10 +238,8 @@ impl Scheduler {
     pub(crate) fn remove(&mut self, seq: u64) -> bool {
         let Some(e) = self.entries.remove(&seq) else { return false };
         let g = self.groups.get_mut(e.group).expect("group of an entry exists");
-        if e.in_flight {
-            let deadline = self.leases.remove(&seq).expect("a message in flight has a lease");
+        if let Some(deadline) = self.leases.remove(&seq) {
             self.deadlines.remove(&(deadline, seq));
-            self.in_flight -= 1;
             g.in_flight -= 1;
         } else if let Some(i) = g.pending.iter().position(|&p| p == seq) {
             g.pending.remove(i);
@@ -259,6 +249,16 @@ impl Scheduler {
         self.tenants.get_mut(e.tenant).expect("tenant of an entry exists").backlog -= 1;
         self.drop_tenant_if_idle(e.tenant);
         true
+    }
+
+    /// Messages in flight.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.leases.len() as u64
+    }
+
+    /// Whether `seq` is in flight with receive count `count` (the delivery a receipt names).
+    pub(crate) fn is_delivery(&self, seq: u64, count: u32) -> bool {
+        self.leases.contains_key(&seq) && self.entries.get(&seq).is_some_and(|e| e.receive_count == count)
     }
 
     /// Moves the visibility deadline of a message in flight; false when it is not in flight.
@@ -308,10 +308,8 @@ impl Scheduler {
                     g.in_flight += 1;
                     let e = self.entries.get_mut(&seq).expect("pending entry exists");
                     e.receive_count += 1;
-                    e.in_flight = true;
                     self.leases.insert(seq, deadline);
                     self.deadlines.insert((deadline, seq));
-                    self.in_flight += 1;
                     t.deficit -= 1;
                     out.push((seq, e.receive_count));
                 }
