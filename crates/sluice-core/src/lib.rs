@@ -28,6 +28,7 @@ pub mod model;
 pub mod queue;
 pub mod ratelimit;
 pub mod store;
+pub mod trace;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp Sluice stores.
 pub fn now_ms() -> i64 {

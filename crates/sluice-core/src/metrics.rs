@@ -5,6 +5,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 /// Every metric Sluice exports. One instance per process, shared by all roles.
 pub struct Metrics {
     pub registry: Registry,
+    names: Vec<String>,
     pub connections: IntGauge,
     pub frames_in: IntCounterVec,
     pub frames_out: IntCounter,
@@ -77,9 +78,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("sluice".into()), None).expect("valid prefix");
+        let mut names = Vec::new();
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("valid metric");
+                names.extend(prometheus::core::Collector::desc(&m).iter().map(|d| format!("sluice_{}", d.fq_name)));
                 registry.register(Box::new(m.clone())).expect("unique metric");
                 m
             }};
@@ -169,7 +172,14 @@ impl Metrics {
             drain_paused: reg!(IntGauge::new("drain_paused", "1 while an operator has paused the whole drain")),
             events_written: reg!(IntCounter::new("analytics_events_written_total", "Analytics events written to the sink")),
             registry,
+            names,
         }
+    }
+
+    /// The name of every metric this process can export (a labelled family appears in
+    /// `/metrics` only once it has a sample): what dashboards and alerts may refer to.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format.
@@ -181,5 +191,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_what_the_exposition_shows() {
+        let m = Metrics::new();
+        m.persisted.with_label_values(&["queue"]).inc();
+        m.persist_seconds.observe(0.001);
+        let text = m.render();
+        for name in ["sluice_connections", "sluice_persisted_total", "sluice_persist_seconds"] {
+            assert!(m.names().iter().any(|n| n == name), "{name} in {:?}", m.names());
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} in the exposition");
+        }
+        // A labelled family without samples is not shown, but is a name all the same.
+        assert!(!text.contains("sluice_tenant_backlog") && m.names().iter().any(|n| n == "sluice_tenant_backlog"));
     }
 }

@@ -13,7 +13,7 @@ use sluice_core::model::{
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
 use sluice_core::store::Membership;
-use sluice_proto::convert::encode_queued;
+use sluice_proto::convert::encode_queued_traced;
 use std::collections::HashSet;
 
 use crate::App;
@@ -274,6 +274,7 @@ impl App {
         recipients: &[String],
     ) -> Result<(), AppError> {
         let now = now_ms();
+        let trace = sluice_core::trace::current_traceparent();
         let mut rest = recipients;
         while !rest.is_empty() {
             let mut batch = Vec::new();
@@ -298,7 +299,7 @@ impl App {
                     dedup_id: msg.msg_id.clone(),
                     group: ids::queue_group(&room),
                     tenant: tenant.to_string(),
-                    body: encode_queued(&msg),
+                    body: encode_queued_traced(&msg, trace.as_deref()),
                 };
                 bytes += e.body.len();
                 batch.push(e);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Largest gRPC request accepted (an EnqueueBulk of 100,000 recipients is about 2 MB).
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
@@ -82,6 +83,12 @@ impl ChatService for Grpc {
     }
 
     async fn enqueue_bulk(&self, req: Request<v1::EnqueueBulkRequest>) -> Result<Response<v1::EnqueueBulkResponse>, Status> {
+        // The span each queued message carries on (sluice_core::trace), continuing the
+        // caller's trace when it sent one.
+        let span = tracing::info_span!("EnqueueBulk", campaign_id = tracing::field::Empty, accepted = tracing::field::Empty);
+        if let Some(tp) = req.metadata().get(sluice_core::trace::TRACEPARENT).and_then(|v| v.to_str().ok()) {
+            sluice_core::trace::continue_trace(&span, tp);
+        }
         let r = req.into_inner();
         let bulk = BulkSend {
             campaign_id: &r.campaign_id,
@@ -90,7 +97,8 @@ impl ChatService for Grpc {
             recipients: &r.recipients,
             body: &r.body,
         };
-        let (campaign_id, accepted) = self.app.enqueue_bulk(bulk).await?;
+        let (campaign_id, accepted) = self.app.enqueue_bulk(bulk).instrument(span.clone()).await?;
+        span.record("campaign_id", campaign_id.as_str()).record("accepted", accepted);
         Ok(Response::new(v1::EnqueueBulkResponse { campaign_id, accepted }))
     }
 

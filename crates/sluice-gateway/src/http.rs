@@ -1,4 +1,5 @@
-//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and the demo page.
+//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and the demo page; the
+//! operator's routes also stand alone for a worker's admin listener ([`serve_admin`]).
 
 use crate::App;
 use axum::Router;
@@ -6,11 +7,17 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use sluice_core::hub::Hub;
+use sluice_core::metrics::Metrics;
+use sluice_core::queue::SpikeQueue;
+use sluice_core::store::MessageStore;
 use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The router of a gateway with everything on one port (testable with `oneshot`).
 pub fn router(app: Arc<App>) -> Router {
-    public_router(app.clone()).merge(Router::new().route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(app))
+    public_router(app.clone()).merge(operator_routes(Probes::of(&app)))
 }
 
 /// What clients reach when the operator's routes live on an admin port: the page, the
@@ -19,9 +26,42 @@ pub fn public_router(app: Arc<App>) -> Router {
     Router::new().route("/", get(index)).route("/v1/ws", get(crate::ws::upgrade)).route("/healthz", get(healthz)).with_state(app)
 }
 
-/// The operator's routes: liveness, readiness and metrics.
-pub fn admin_router(app: Arc<App>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(app)
+/// The operator's routes of any role: liveness, readiness and metrics.
+pub fn admin_router(probes: Probes) -> Router {
+    Router::new().route("/healthz", get(healthz)).merge(operator_routes(probes))
+}
+
+fn operator_routes(probes: Probes) -> Router {
+    Router::new().route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(Arc::new(probes))
+}
+
+/// What readiness and metrics read: the backends a role uses and its shutdown. A worker
+/// has no [`App`] but serves the same admin routes.
+#[derive(Clone)]
+pub struct Probes {
+    pub store: Arc<dyn MessageStore>,
+    pub queue: Arc<dyn SpikeQueue>,
+    pub hub: Arc<dyn Hub>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+impl Probes {
+    pub fn of(app: &App) -> Self {
+        Probes {
+            store: app.store.clone(),
+            queue: app.queue.clone(),
+            hub: app.hub.clone(),
+            metrics: app.metrics.clone(),
+            shutdown: app.shutdown.clone(),
+        }
+    }
+}
+
+/// Serves [`admin_router`] on `listener` until `probes.shutdown` is cancelled.
+pub async fn serve_admin(listener: TcpListener, probes: Probes) -> std::io::Result<()> {
+    let shutdown = probes.shutdown.clone();
+    axum::serve(listener, admin_router(probes)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn index() -> Html<&'static str> {
@@ -32,8 +72,12 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when every backend answers.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+/// Ready when every backend answers; not ready once shutdown has begun, so that a load
+/// balancer stops sending new clients while this process closes its sessions.
+async fn readyz(State(app): State<Arc<Probes>>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\nshutting down\n").into_response();
+    }
     let mut failures = Vec::new();
     if let Err(e) = app.store.ping().await {
         failures.push(format!("store: {e}"));
@@ -51,6 +95,6 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<Probes>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`chat`]: the operations both transports share (validation, limits, persist, fan-out).
 //! - [`ws`]: the WebSocket contract v1, one session per socket.
-//! - [`grpc`]: `sluice.v1.ChatService` for internal services and the bulk scheduler.
+//! - [`grpc`]: `sluice.v1.ChatService` for internal services and the bulk scheduler, served
+//!   beside gRPC health checking and server reflection.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and a small browser demo at `/`.
 //! - [`control`]: the operator's pause, resume and rate of the drain; campaign state and ETA.
 //! - [`auth`]: user JWTs and the service token; [`error`]: one error type for both transports.
@@ -26,6 +27,7 @@ use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
+use sluice_proto::v1::chat_service_server::ChatServiceServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -147,7 +149,7 @@ pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListene
     let public = if admin.is_some() { http::public_router(app.clone()) } else { http::router(app.clone()) };
     let admin_server = async {
         match admin {
-            Some(l) => axum::serve(l, http::admin_router(app.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await,
+            Some(l) => http::serve_admin(l, http::Probes::of(&app)).await,
             None => Ok(()),
         }
     };
@@ -160,8 +162,29 @@ pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListene
     let http_server = axum::serve(http, public.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grpc = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServiceServer<grpc::Grpc>>().await;
+    let not_serving = shutdown.clone();
+    tokio::spawn(async move {
+        not_serving.cancelled().await;
+        health.set_not_serving::<ChatServiceServer<grpc::Grpc>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    });
+    // Both versions of reflection: grpcurl asks for v1, older clients for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
+    // Health and reflection answer without the service token: probes and grpcurl need them,
+    // and they tell nothing the published proto files do not.
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::service(app.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
     let (h, g, a) = tokio::join!(http_server, grpc_server, admin_server);
     h?;

@@ -9,6 +9,11 @@ use sluice_core::model::{MessageKind, NewMessage, StoredMessage};
 
 /// Encodes a message for the spike queue.
 pub fn encode_queued(m: &NewMessage) -> Bytes {
+    encode_queued_traced(m, None)
+}
+
+/// Encodes a message for the spike queue with the trace context of the span queueing it.
+pub fn encode_queued_traced(m: &NewMessage, traceparent: Option<&str>) -> Bytes {
     let q = v1::QueuedMessage {
         msg_id: m.msg_id.clone(),
         room: m.room.clone(),
@@ -18,6 +23,7 @@ pub fn encode_queued(m: &NewMessage) -> Bytes {
         campaign_id: m.campaign_id.clone().unwrap_or_default(),
         sent_at_ms: m.sent_at_ms,
         create_members: m.create_members.clone(),
+        traceparent: traceparent.unwrap_or_default().to_string(),
     };
     Bytes::from(q.encode_to_vec())
 }
@@ -25,6 +31,11 @@ pub fn encode_queued(m: &NewMessage) -> Bytes {
 /// Decodes and validates a spike-queue body. An error is permanent: the body will never
 /// become valid, so the message belongs in the dead-letter queue with this reason.
 pub fn decode_queued(body: &[u8], max_body_bytes: usize) -> Result<NewMessage, String> {
+    decode_queued_traced(body, max_body_bytes).map(|(m, _)| m)
+}
+
+/// [`decode_queued`], with the trace context the message carries, if any.
+pub fn decode_queued_traced(body: &[u8], max_body_bytes: usize) -> Result<(NewMessage, Option<String>), String> {
     let q = v1::QueuedMessage::decode(body).map_err(|e| format!("undecodable queued message: {e}"))?;
     if q.msg_id.is_empty() {
         return Err("queued message without msg_id".into());
@@ -38,7 +49,7 @@ pub fn decode_queued(body: &[u8], max_body_bytes: usize) -> Result<NewMessage, S
         return Err(format!("body of {} bytes exceeds the limit of {max_body_bytes}", q.body.len()));
     }
     let kind = MessageKind::parse(&q.kind).ok_or_else(|| format!("unknown message kind {:?}", q.kind))?;
-    Ok(NewMessage {
+    let message = NewMessage {
         msg_id: q.msg_id,
         room: q.room,
         sender: q.sender,
@@ -47,7 +58,8 @@ pub fn decode_queued(body: &[u8], max_body_bytes: usize) -> Result<NewMessage, S
         campaign_id: (!q.campaign_id.is_empty()).then_some(q.campaign_id),
         sent_at_ms: q.sent_at_ms,
         create_members: q.create_members,
-    })
+    };
+    Ok((message, (!q.traceparent.is_empty()).then_some(q.traceparent)))
 }
 
 /// A stored message on the wire.
@@ -108,6 +120,9 @@ mod tests {
     fn queued_messages_round_trip() {
         let m = sample();
         assert_eq!(decode_queued(&encode_queued(&m), 100).unwrap(), m);
+        assert_eq!(decode_queued_traced(&encode_queued(&m), 100).unwrap(), (m.clone(), None));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(decode_queued_traced(&encode_queued_traced(&m, Some(tp)), 100).unwrap(), (m, Some(tp.to_string())));
     }
 
     #[test]

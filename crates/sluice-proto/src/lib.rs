@@ -12,3 +12,6 @@ pub mod convert;
 pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `proto/sluice/v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sluice_v1_descriptor.bin"));

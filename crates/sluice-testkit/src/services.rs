@@ -291,6 +291,12 @@ pub fn python_with_boto3() -> String {
     service_url("SLUICE_TEST_PYTHON", "Python with boto3")
 }
 
+/// The Python of the deploy checks (deploy/check.py), with grpcio and its reflection and
+/// health clients; kubectl, hadolint, cfn-lint and checkov sit beside it.
+pub fn deploy_tools_python() -> String {
+    service_url("SLUICE_TEST_DEPLOY_PYTHON", "Python with the deploy checks")
+}
+
 /// A resource prefix no other test uses, so tests can share one emulator.
 pub fn unique_prefix(what: &str) -> String {
     format!("t{}-{what}", &sluice_core::ids::random_id()[..12])

@@ -44,7 +44,7 @@ use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::{Delivery, Receipt, SpikeQueue};
 use sluice_core::store::MessageStore;
-use sluice_proto::convert::decode_queued;
+use sluice_proto::convert::{decode_queued, decode_queued_traced};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -459,8 +459,18 @@ impl Worker {
         let controls = self.controls();
         let mut work = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
+        // One span per traced message, open until it is acked and published.
+        let mut spans = Vec::new();
         for d in batch {
-            match decode_queued(&d.body, self.config.max_body_bytes) {
+            let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
+                if let Some(tp) = trace {
+                    let span = tracing::info_span!("deliver", msg_id = %msg.msg_id, room = %msg.room, receive_count = d.receive_count);
+                    sluice_core::trace::continue_trace(&span, &tp);
+                    spans.push(span);
+                }
+                msg
+            });
+            match decoded {
                 Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
                     let reason = format!("received {} times without completing", d.receive_count);
                     self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
@@ -547,6 +557,7 @@ impl Worker {
                 m.fanout_failures.inc();
             }
         }
+        drop(spans);
         all_ok
     }
 

@@ -18,6 +18,28 @@ pub const DEFAULT_RESOURCE_PREFIX: &str = "sluice";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text or as JSON objects. Traces go to an OTLP collector when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set (the standard OTEL_* variables apply).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+impl Command {
+    /// The command's name, as the service name of its traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "serve",
+            Command::Gateway(_) => "gateway",
+            Command::Worker(_) => "worker",
+            Command::Migrate(_) => "migrate",
+            Command::Token(_) => "token",
+            Command::Dlq(_) => "dlq",
+            Command::Drain(_) => "drain",
+            Command::Campaign(_) => "campaign",
+            Command::Bench(_) => "bench",
+            Command::Health(_) => "health",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +63,19 @@ pub enum Command {
     Campaign(CampaignArgs),
     /// Run a benchmark scenario with real clients; results go to docs/benchmarks/.
     Bench(sluice_bench::BenchArgs),
+    /// Probe a running process over HTTP and exit 0 when it answers 200 (the container's
+    /// health check: the image has no shell and no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// What to ask: `/healthz` (alive) or `/readyz` (backends answer) of the admin listener.
+    #[arg(long, env = "SLUICE_HEALTH_URL", default_value = "http://127.0.0.1:9090/healthz")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout_secs: u64,
 }
 
 /// Which set of backends to use (DESIGN.md, "Two sets of backends").
@@ -179,7 +214,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
     /// Serve /metrics, /readyz and /healthz on this address instead of the public HTTP one
-    /// (keeps them off the port clients reach).
+    /// (keeps them off the port clients reach). The only HTTP a `worker` serves.
     #[arg(long, env = "SLUICE_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
     /// Browser origins allowed to open a WebSocket (comma-separated, e.g.

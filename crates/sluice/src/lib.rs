@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the command line (clap; every option also reads an `SLUICE_*` variable).
 //! - [`secrets`]: the JWT secret and service token, generated into the data dir when not set.
+//! - [`telemetry`]: logs (text or JSON) and trace export over OTLP.
 //! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, each on the backends
 //!   the configuration picks (embedded by default; DynamoDB, SQS, Kinesis and Redis with
 //!   `--backend aws`, or chosen one concern at a time), and `bench`, which hands over to
@@ -10,10 +11,12 @@
 //! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` (and
 //! ` admin=ADDR` with `--admin-addr`) on stdout once the ports are bound, so scripts and tests
 //! that ask for port 0 learn the real ports;
-//! `worker` prints `sluice worker running` once its backends are connected.
+//! `worker` prints `sluice worker running` (and ` admin=ADDR`, where it serves `/healthz`,
+//! `/readyz` and `/metrics`) once its backends are connected.
 
 pub mod config;
 pub mod secrets;
+pub mod telemetry;
 
 use anyhow::{Context, bail};
 use config::{
@@ -38,19 +41,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr; `RUST_LOG` (or `SLUICE_LOG`) sets the filter, `info` by default.
-pub fn init_tracing() {
-    let filter = std::env::var("SLUICE_LOG")
-        .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -58,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => run_roles(args, Roles { gateway: true, worker: false }).await,
         Command::Worker(args) => run_roles(args, Roles { gateway: false, worker: true }).await,
         Command::Migrate(m) => migrate(m).await,
+        Command::Health(h) => health(h).await,
         Command::Token(t) => {
             let s = secrets::load(&t.common.data_dir, t.common.jwt_secret.as_deref(), t.common.service_token.as_deref())?;
             if t.service {
@@ -379,6 +370,10 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let queue = open_queue(common, conf.as_ref(), metrics.clone(), queue_config).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;
+    let admin = match args.admin_addr {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (--admin-addr)"))?),
+        None => None,
+    };
     let listeners = if roles.gateway {
         let http = tokio::net::TcpListener::bind(args.http_addr)
             .await
@@ -386,11 +381,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
-        let admin = match args.admin_addr {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (--admin-addr)"))?),
-            None => None,
-        };
-        Some((http, grpc, admin))
+        Some((http, grpc))
     } else {
         None
     };
@@ -427,7 +418,7 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         tokio::spawn(worker.run(shutdown.clone()))
     });
     let served = match listeners {
-        Some((http, grpc, admin)) => {
+        Some((http, grpc)) => {
             let app = Arc::new(App {
                 store,
                 queue,
@@ -451,12 +442,23 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             shutdown.cancel();
             served.context("server failed")
         }
-        None => {
-            tracing::info!("sluice worker running");
-            println!("sluice worker running");
-            shutdown.cancelled().await;
-            Ok(())
-        }
+        None => match admin {
+            Some(admin) => {
+                let admin_addr = admin.local_addr()?;
+                tracing::info!(%admin_addr, "sluice worker running");
+                println!("sluice worker running admin={admin_addr}");
+                let probes = sluice_gateway::http::Probes { store, queue, hub, metrics, shutdown: shutdown.clone() };
+                let served = sluice_gateway::http::serve_admin(admin, probes).await;
+                shutdown.cancel();
+                served.context("admin listener failed")
+            }
+            None => {
+                tracing::info!("sluice worker running");
+                println!("sluice worker running");
+                shutdown.cancelled().await;
+                Ok(())
+            }
+        },
     };
     if let Some(task) = worker_task {
         let grace = Duration::from_secs(args.shutdown_grace_secs);
@@ -472,6 +474,29 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     }
     events.flush().await;
     served
+}
+
+/// `health`: GET the URL; success only on 200.
+async fn health(h: config::HealthArgs) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = h.url.parse().with_context(|| format!("--url {}", h.url))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let answer = async {
+        let resp = client.get(uri).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(h.timeout_secs), answer)
+        .await
+        .with_context(|| format!("{} did not answer within {} s", h.url, h.timeout_secs))?
+        .with_context(|| format!("GET {}", h.url))?;
+    let body = String::from_utf8_lossy(&body);
+    if status != http::StatusCode::OK {
+        bail!("{} answered {status}: {}", h.url, body.trim());
+    }
+    print!("{body}");
+    Ok(())
 }
 
 async fn control_client(t: &ControlTarget) -> anyhow::Result<sluice_bench::target::Grpc> {

@@ -9,11 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = sluice::config::Cli::parse();
-    sluice::init_tracing();
     // Every WebSocket is a file descriptor: use the whole allowance the system gives.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "cannot raise the open-file limit");
-    }
+    let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -21,7 +18,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::run(cli)) {
+    let telemetry = {
+        let _in = runtime.enter();
+        sluice::telemetry::init(cli.log_format, cli.command.name())
+    };
+    if let Err(e) = nofile {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let result = runtime.block_on(sluice::run(cli));
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
