@@ -3,10 +3,11 @@
 //! - [`config`]: the command line (clap; every option also reads an `SLUICE_*` variable).
 //! - [`secrets`]: the JWT secret and service token, generated into the data dir when not set.
 //! - [`telemetry`]: logs (text or JSON) and trace export over OTLP.
-//! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, each on the backends
-//!   the configuration picks (embedded by default; DynamoDB, SQS, Kinesis and Redis with
-//!   `--backend aws`, or chosen one concern at a time), and `bench`, which hands over to
-//!   `sluice-bench` with this program as the server it starts.
+//! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, `drain`, `campaign`,
+//!   each on the backends the configuration picks (embedded by default; DynamoDB, SQS,
+//!   Kinesis and Redis with `--backend aws`, or chosen one concern at a time); `health`,
+//!   which probes a running process; and `bench`, which hands over to `sluice-bench` with
+//!   this program as the server it starts.
 //!
 //! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` (and
 //! ` admin=ADDR` with `--admin-addr`) on stdout once the ports are bound, so scripts and tests

@@ -1,6 +1,9 @@
 //! Sluice as separate processes on the distributed backends, against the emulators: two
 //! `sluice gateway` and two `sluice worker` processes on DynamoDB Local, moto (SQS, Kinesis)
-//! and a three-node Redis Cluster (`--redis-cluster`, as ElastiCache with cluster mode runs).
+//! and a three-node Redis Cluster (`--redis-cluster`, as ElastiCache with cluster mode runs),
+//! each configured as deploy/kubernetes's `aws` overlay configures it (the variables its
+//! rendered manifests set), with only the endpoints, credentials, names and ports of this
+//! machine put over them.
 //! A user on gateway A hears a user on gateway B live; a 2,000 recipient campaign drains with
 //! exact counters while a worker is SIGKILLed and restarted and every Redis node restarts;
 //! afterwards boto3 finds the data where DESIGN.md's model says. (The chaos test runs on a
@@ -24,8 +27,20 @@ fn run(args: &[&str], env: &[(String, String)]) -> String {
 async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart() {
     let mut redis = RedisCluster::start(3);
     let prefix = unique_prefix("mp");
-    let mut env = aws_env(&prefix, &redis.url(), &dynamodb_url());
-    env.push(("SLUICE_REDIS_CLUSTER".into(), "true".into()));
+    // What this machine puts over the manifests' values: the emulators' endpoints and test
+    // credentials, this test's prefix and Redis, and loopback ports.
+    let mut here = aws_env(&prefix, &redis.url(), &dynamodb_url());
+    here.push(("SLUICE_REDIS_CLUSTER".into(), "true".into()));
+    here.push(("SLUICE_ADMIN_ADDR".into(), "127.0.0.1:0".into()));
+    let deployed = |component: &str| -> Vec<(String, String)> {
+        let mut env = common::rendered_env("aws", component);
+        for k in ["SLUICE_BACKEND", "SLUICE_SQS_LANES", "SLUICE_FLEET_DRAIN_RATE", "SLUICE_ADMIN_ADDR"] {
+            assert!(env.iter().any(|(name, _)| name == k), "the manifests set {k} for the {component}");
+        }
+        env.extend(here.iter().cloned());
+        env
+    };
+    let (gateway_env, env) = (deployed("gateway"), deployed("worker"));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("secrets");
     let d = data.to_str().unwrap();
@@ -38,11 +53,19 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     assert!(again.contains(&format!("table {prefix}-inbox: exists")) && !again.contains("created"), "migrate is idempotent: {again}");
 
     let gateway_args = ["--max-connections-per-user", "2"];
-    let gw_a = Server::start_role("gateway", &data, &gateway_args, &env).await;
-    let gw_b = Server::start_role("gateway", &data, &gateway_args, &env).await;
+    let gw_a = Server::start_role("gateway", &data, &gateway_args, &gateway_env).await;
+    let gw_b = Server::start_role("gateway", &data, &gateway_args, &gateway_env).await;
     let worker_args = ["--visibility-timeout-secs", "5", "--max-receives", "50"];
     let w1 = Server::start_role("worker", &data, &worker_args, &env).await;
-    let _w2 = Server::start_role("worker", &data, &worker_args, &env).await;
+    let w2 = Server::start_role("worker", &data, &worker_args, &env).await;
+    // Every role answers its probes on the admin listener, the worker too.
+    for s in [&gw_a, &w1] {
+        let admin = s.admin.expect("SLUICE_ADMIN_ADDR gives every role an admin listener");
+        assert_eq!(common::http_get(admin, "/healthz").await.0, 200);
+        let (status, body) = common::http_get(admin, "/readyz").await;
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+    }
+    assert_eq!(common::http_get(gw_a.http, "/metrics").await.0, 404, "metrics stay off the client port");
 
     // Live across gateways, through Redis.
     let (alice, bob) = (format!("{prefix}-alice"), format!("{prefix}-bob"));
@@ -124,6 +147,7 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     let drained_in = started.elapsed();
     eprintln!("FIGURE 2k campaign on the emulators: enqueue {enqueued_in:?}, enqueue+drain {drained_in:?} with a worker killed");
     assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered), (N as u64, N as u64, N as u64, 0));
+    assert!(w2.metric("sluice_drained_total").await > 0.0, "Prometheus finds the worker's drain on its admin port");
     check_recipients(&g, &shop, &recipients, 1).await;
 
     // The same data, read by AWS's SDK for Python.

@@ -119,3 +119,22 @@ async fn a_bulk_send_is_one_trace_from_the_caller_through_the_queue_to_each_deli
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_answers_for_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--admin-addr", "127.0.0.1:0"]).await;
+    let admin = server.admin.expect("an admin listener");
+    let probe =
+        |path: &str| std::process::Command::new(common::BIN).args(["health", "--url", &format!("http://{admin}{path}")]).output().unwrap();
+    let alive = probe("/healthz");
+    assert!(alive.status.success(), "{}", String::from_utf8_lossy(&alive.stderr));
+    assert_eq!(String::from_utf8_lossy(&alive.stdout), "ok\n");
+    assert!(probe("/readyz").status.success());
+    let missing = probe("/nowhere");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{}", String::from_utf8_lossy(&missing.stderr));
+    server.stop().await;
+    let gone = probe("/healthz");
+    assert!(!gone.status.success(), "no answer from a stopped process is a failure");
+}

@@ -121,7 +121,7 @@ impl Server {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let body = http_get(self.http, "/metrics").await.1;
+        let body = http_get(self.admin.unwrap_or(self.http), "/metrics").await.1;
         body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
     }
 }
@@ -243,6 +243,21 @@ pub fn aws_env(prefix: &str, redis_url: &str, dynamodb: &str) -> Vec<(String, St
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// The environment deploy/kubernetes gives `component`'s container in `overlay`, rendered
+/// with `kubectl kustomize` (deploy/check.py env): its ConfigMap and plain values, without
+/// the Secret's (tests bring their own). Asserts the container runs that role.
+pub fn rendered_env(overlay: &str, component: &str) -> Vec<(String, String)> {
+    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/check.py");
+    let out = std::process::Command::new(sluice_testkit::services::deploy_tools_python())
+        .args([check, "env", overlay, component])
+        .output()
+        .expect("run deploy/check.py env");
+    assert!(out.status.success(), "deploy/check.py env {overlay} {component}: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rendered["args"], json!([component]), "the {component} container runs `sluice {component}`");
+    rendered["env"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect()
 }
 
 /// Polls GetCampaign until `done`, failing after `limit`.
