@@ -1,0 +1,249 @@
+//! The writer thread and its two lanes: operations arrive on one channel, interactive ones
+//! go first, and while chat is flowing a commit takes only a short slice of the bulk lane
+//! (DESIGN.md invariant 6). Every operation's answer is sent once its commit is known.
+
+use super::WriterHealth;
+use super::writer::Writer;
+use redb::Database;
+use sluice_core::error::StoreError;
+use sluice_core::model::{Campaign, MessageKind, NewMessage, Persisted, ReadOutcome, Room};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most messages (or other operations) committed in one write transaction.
+pub const MAX_GROUP: usize = 4096;
+/// Most bulk messages in one commit while interactive operations are flowing (at least one
+/// bulk operation is always taken, so the bulk lane never starves).
+pub const BULK_SLICE: usize = 64;
+/// Messages per operation a large bulk batch is split into (rooms are never split).
+pub(super) const BULK_CHUNK: usize = 32;
+/// Recipients per operation a large campaign record is split into.
+pub(super) const RECORD_CHUNK: usize = 1024;
+/// How long after the last interactive operation the bulk lane stays limited to
+/// [`BULK_SLICE`] per commit. Long enough to cover sparse chat (a user who sends every few
+/// seconds would otherwise find the writer in a commit of thousands of one-offs, 100 ms and
+/// more); short commits cost the drain little (measured in the spike bench).
+const INTERACTIVE_RECENT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum Op {
+    Persist(Vec<NewMessage>, Reply<Vec<Result<Persisted, StoreError>>>),
+    CreateRoom {
+        room: String,
+        members: Vec<String>,
+        now_ms: i64,
+        reply: Reply<Room>,
+    },
+    AddMembers {
+        room: String,
+        members: Vec<String>,
+        now_ms: i64,
+        reply: Reply<Room>,
+    },
+    /// Moves a read position from `from` to `to`, the unread count dropping by `became_read`
+    /// (counted on a snapshot); answers `None` when the read position is no longer `from`.
+    MarkRead {
+        user: String,
+        room: String,
+        from: u64,
+        to: u64,
+        became_read: u64,
+        now_ms: i64,
+        reply: Reply<Option<ReadOutcome>>,
+    },
+    RecordEnqueued {
+        campaign_id: String,
+        owner: String,
+        requested: u64,
+        recipients: Vec<String>,
+        /// The call's key ([`ids::enqueue_call_key`]), counted once when `requested` > 0.
+        call: String,
+        reply: Reply<Campaign>,
+    },
+    RecordDeadLetter {
+        campaign_id: String,
+        msg_id: String,
+        reply: Reply<()>,
+    },
+    /// Removes delivered events from the outbox.
+    OutboxDone {
+        keys: Vec<u64>,
+        reply: Reply<()>,
+    },
+    /// Makes the writer thread panic, to test what a dead writer looks like.
+    #[cfg(test)]
+    Crash,
+    /// Holds the writer thread until a value (or hang-up) arrives.
+    #[cfg(test)]
+    Block(std::sync::mpsc::Receiver<()>),
+}
+
+impl Op {
+    /// Whether this belongs to the bulk lane: one-off campaign messages from the queue and
+    /// campaign bookkeeping.
+    pub(super) fn is_bulk(&self) -> bool {
+        match self {
+            Op::Persist(batch, _) => is_bulk_batch(batch),
+            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } | Op::OutboxDone { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn weight(&self) -> usize {
+        match self {
+            Op::Persist(batch, _) => batch.len().max(1),
+            Op::RecordEnqueued { recipients, .. } => recipients.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A result computed inside the transaction, sent once the commit is known.
+pub(super) trait Finish: Send {
+    fn finish(self: Box<Self>, commit_error: Option<StoreError>);
+}
+
+struct Done<T>(Reply<T>, Result<T, StoreError>);
+
+impl<T: Send> Finish for Done<T> {
+    fn finish(self: Box<Self>, commit_error: Option<StoreError>) {
+        let _ = self.0.send(match commit_error {
+            Some(e) => Err(e),
+            None => self.1,
+        });
+    }
+}
+
+#[cfg(test)]
+pub(super) struct Nothing;
+
+#[cfg(test)]
+impl Finish for Nothing {
+    fn finish(self: Box<Self>, _commit_error: Option<StoreError>) {}
+}
+
+pub(super) fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T, StoreError>) -> Box<dyn Finish> {
+    Box::new(Done(reply, r))
+}
+
+/// The embedded message store. Cheap to clone; the file closes when the last clone drops.
+
+pub(super) fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth, outbox: bool) {
+    let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
+    let mut last_interactive: Option<std::time::Instant> = None;
+    loop {
+        if interactive.is_empty() && bulk.is_empty() {
+            match rx.blocking_recv() {
+                Some(op) => lane(op, &mut interactive, &mut bulk),
+                None => return,
+            }
+        }
+        while let Ok(op) = rx.try_recv() {
+            lane(op, &mut interactive, &mut bulk);
+        }
+        let mut weight = 0;
+        let mut ops = Vec::new();
+        while weight < MAX_GROUP
+            && let Some(op) = interactive.pop_front()
+        {
+            weight += op.weight();
+            ops.push(op);
+        }
+        if !ops.is_empty() {
+            last_interactive = Some(std::time::Instant::now());
+        }
+        let flowing = last_interactive.is_some_and(|t| t.elapsed() < INTERACTIVE_RECENT);
+        let bulk_budget = if flowing { BULK_SLICE } else { MAX_GROUP };
+        let mut bulk_weight = 0;
+        while weight < MAX_GROUP && (bulk_weight == 0 || bulk_weight + bulk.front().map_or(0, Op::weight) <= bulk_budget) {
+            let Some(op) = bulk.pop_front() else { break };
+            bulk_weight += op.weight();
+            weight += op.weight();
+            ops.push(op);
+        }
+        let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
+        let mut pending = ops.into_iter();
+        let result = (|| -> Result<bool, redb::Error> {
+            let txn = db.begin_write()?;
+            let events_waiting = {
+                let mut w = Writer::open(&txn, outbox)?;
+                for op in pending.by_ref() {
+                    finished.push(w.apply(op)?);
+                }
+                w.close()?
+            };
+            txn.commit()?;
+            Ok(events_waiting)
+        })();
+        if let Ok(true) = result {
+            health.outbox_wake.notify_one();
+        }
+        let err = result.err().map(|e| StoreError::Unavailable(format!("commit failed: {e}")));
+        health.failing.store(err.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if err.is_none() {
+            health.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(e) = &err {
+            tracing::error!(error = %e, "store commit failed");
+            // Operations not reached before the failure never ran; tell their callers too.
+            for op in pending {
+                fail(op, e.clone());
+            }
+        }
+        for f in finished {
+            f.finish(err.clone());
+        }
+    }
+}
+
+/// Splits a batch into chunks of about [`BULK_CHUNK`] messages, each holding all of its rooms'
+/// messages in their order (so a room's messages still commit together and in order),
+/// with each message's position in the batch.
+pub(super) fn bulk_chunks(batch: Vec<NewMessage>) -> Vec<(Vec<usize>, Vec<NewMessage>)> {
+    let mut by_room: Vec<(String, Vec<(usize, NewMessage)>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (pos, m) in batch.into_iter().enumerate() {
+        let slot = *index.entry(m.room.clone()).or_insert_with(|| {
+            by_room.push((m.room.clone(), Vec::new()));
+            by_room.len() - 1
+        });
+        by_room[slot].1.push((pos, m));
+    }
+    let mut chunks: Vec<(Vec<usize>, Vec<NewMessage>)> = vec![(Vec::new(), Vec::new())];
+    for (_, messages) in by_room {
+        if !chunks.last().expect("one chunk").1.is_empty() && chunks.last().expect("one chunk").1.len() + messages.len() > BULK_CHUNK {
+            chunks.push((Vec::new(), Vec::new()));
+        }
+        let (positions, chunk) = chunks.last_mut().expect("one chunk");
+        for (pos, m) in messages {
+            positions.push(pos);
+            chunk.push(m);
+        }
+    }
+    chunks
+}
+
+/// A batch of one-off messages only: the bulk lane's work.
+pub(super) fn is_bulk_batch(batch: &[NewMessage]) -> bool {
+    !batch.is_empty() && batch.iter().all(|m| m.kind == MessageKind::OneOff)
+}
+
+pub(super) fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("store writer stopped".into())
+}
+
+fn lane(op: Op, interactive: &mut std::collections::VecDeque<Op>, bulk: &mut std::collections::VecDeque<Op>) {
+    if op.is_bulk() { bulk.push_back(op) } else { interactive.push_back(op) }
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Persist(_, r) => drop(r.send(Err(e))),
+        Op::CreateRoom { reply, .. } | Op::AddMembers { reply, .. } => drop(reply.send(Err(e))),
+        Op::MarkRead { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordDeadLetter { reply, .. } | Op::OutboxDone { reply, .. } => drop(reply.send(Err(e))),
+        #[cfg(test)]
+        Op::Crash | Op::Block(_) => {}
+    }
+}

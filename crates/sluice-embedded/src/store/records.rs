@@ -1,0 +1,141 @@
+//! The store's tables and the records kept in them (postcard), with the helpers that read
+//! them.
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sluice_core::model::{Campaign, MessageKind, StoredMessage};
+
+pub(super) const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+pub(super) const MEMBERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("members");
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(super) const MSG_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_ids");
+pub(super) const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
+pub(super) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+pub(super) const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+pub(super) const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
+pub(super) const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
+pub(super) const CAMPAIGN_OWNERS: TableDefinition<&str, &str> = TableDefinition::new("campaign_owners");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Operator controls of the drain: scope key -> control.
+pub(super) const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drain_controls");
+/// The key in `meta` of the counters' version.
+pub(super) const COUNTERS_VERSION: &str = "counters_version";
+
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct RoomRec {
+    pub(super) last_seq: u64,
+    pub(super) version: u64,
+    pub(super) created_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct MsgRec {
+    pub(super) msg_id: String,
+    pub(super) sender: String,
+    pub(super) body: String,
+    pub(super) kind: MessageKind,
+    pub(super) campaign_id: Option<String>,
+    pub(super) sent_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct MsgIdRec {
+    pub(super) room: String,
+    pub(super) seq: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct InboxRec {
+    pub(super) unread: u64,
+    pub(super) read_seq: u64,
+    pub(super) version: u64,
+    pub(super) preview: String,
+    pub(super) updated_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub(super) struct CampaignRec {
+    pub(super) requested: u64,
+    pub(super) enqueued: u64,
+    pub(super) persisted: u64,
+    pub(super) dead_lettered: u64,
+}
+
+impl CampaignRec {
+    pub(super) fn to_campaign(&self, id: &str, owner: Option<&str>) -> Campaign {
+        Campaign {
+            campaign_id: id.to_string(),
+            tenant: owner.map(|o| sluice_core::ids::owner_tenant(o).to_string()).unwrap_or_default(),
+            requested: self.requested,
+            enqueued: self.enqueued,
+            persisted: self.persisted,
+            dead_lettered: self.dead_lettered,
+        }
+    }
+}
+
+pub(super) fn stored(room: &str, seq: u64, r: MsgRec) -> StoredMessage {
+    StoredMessage {
+        room: room.to_string(),
+        seq,
+        msg_id: r.msg_id,
+        sender: r.sender,
+        body: r.body,
+        kind: r.kind,
+        campaign_id: r.campaign_id,
+        sent_at_ms: r.sent_at_ms,
+    }
+}
+
+/// `members` sorted, each once.
+pub(super) fn sorted(members: &[String]) -> Vec<String> {
+    let mut v = members.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The members of `room`, sorted (one range scan of the members table).
+pub(super) fn members_of(table: &impl ReadableTable<(&'static str, &'static str), i64>, room: &str) -> Result<Vec<String>, redb::Error> {
+    let mut out = Vec::new();
+    for entry in table.range((room, "")..)? {
+        let (k, _) = entry?;
+        let (r, u) = k.value();
+        if r != room {
+            break;
+        }
+        out.push(u.to_string());
+    }
+    Ok(out)
+}
+
+/// The head of a message record: what counting needs, without copying the body.
+#[derive(Deserialize)]
+struct MsgHead<'a> {
+    #[allow(dead_code)]
+    pub(super) msg_id: &'a str,
+    pub(super) sender: &'a str,
+}
+
+/// Counts messages of `room` with seq in `from..=to` not sent by `user`.
+pub(super) fn count_not_by(
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    user: &str,
+    from: u64,
+    to: u64,
+) -> Result<u64, redb::Error> {
+    let mut n = 0;
+    if from > to {
+        return Ok(0);
+    }
+    for entry in messages.range((room, from)..=(room, to))? {
+        let (_, v) = entry?;
+        let (head, _) = postcard::take_from_bytes::<MsgHead<'_>>(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("undecodable message record: {e}")))?;
+        if head.sender != user {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

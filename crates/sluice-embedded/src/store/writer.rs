@@ -1,0 +1,374 @@
+//! One write transaction: its tables and the logic of each write the writer thread applies.
+
+use super::lanes::*;
+use super::records::*;
+use crate::codec::{decode, encode};
+use redb::{ReadableTable, Table};
+use sluice_core::error::StoreError;
+use sluice_core::model::{NewMessage, Persisted, ReadOutcome, Room, UnreadUpdate};
+use std::sync::Arc;
+
+/// Characters of a message body kept in the inbox row as its preview.
+const PREVIEW_CHARS: usize = 100;
+
+/// The tables of one write transaction and the logic of each write.
+pub(super) struct Writer<'t> {
+    rooms: Table<'t, &'static str, &'static [u8]>,
+    members: Table<'t, (&'static str, &'static str), i64>,
+    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    msg_ids: Table<'t, &'static str, &'static [u8]>,
+    inbox: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    totals: Table<'t, &'static str, u64>,
+    campaigns: Table<'t, &'static str, &'static [u8]>,
+    campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
+    campaign_dead: Table<'t, (&'static str, &'static str), ()>,
+    campaign_owners: Table<'t, &'static str, &'static str>,
+    meta: Table<'t, &'static str, u64>,
+    /// The counters' version (see `UnreadUpdate::version`): one store-wide sequence, so it
+    /// grows for every user, saved once per commit.
+    version: u64,
+    version_moved: bool,
+    outbox: Option<Table<'t, u64, &'static [u8]>>,
+    outbox_written: bool,
+    /// Campaign counters changed by this transaction, written once at its close: a group of
+    /// a campaign's one-offs would otherwise rewrite the same record once per message.
+    campaigns_changed: std::collections::HashMap<String, CampaignRec>,
+}
+
+impl<'t> Writer<'t> {
+    /// The tables of `txn`; with `outbox`, persisted messages leave their analytics event in
+    /// the outbox.
+    pub(super) fn open(txn: &'t redb::WriteTransaction, outbox: bool) -> Result<Self, redb::Error> {
+        let outbox_table = txn.open_table(crate::outbox::OUTBOX)?;
+        let meta = txn.open_table(META)?;
+        let version = meta.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
+        Ok(Writer {
+            rooms: txn.open_table(ROOMS)?,
+            members: txn.open_table(MEMBERS)?,
+            messages: txn.open_table(MESSAGES)?,
+            msg_ids: txn.open_table(MSG_IDS)?,
+            inbox: txn.open_table(INBOX)?,
+            totals: txn.open_table(TOTALS)?,
+            campaigns: txn.open_table(CAMPAIGNS)?,
+            campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
+            campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
+            campaign_owners: txn.open_table(CAMPAIGN_OWNERS)?,
+            version,
+            version_moved: false,
+            meta,
+            outbox: outbox.then_some(outbox_table),
+            outbox_written: false,
+            campaigns_changed: std::collections::HashMap::new(),
+        })
+    }
+
+    /// The next version of the counters (every change of any user's counters takes one).
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version_moved = true;
+        self.version
+    }
+
+    /// Saves what the transaction's operations leave besides their own rows; true when they
+    /// left events in the outbox.
+    pub(super) fn close(mut self) -> Result<bool, redb::Error> {
+        for (id, c) in std::mem::take(&mut self.campaigns_changed) {
+            self.campaigns.insert(id.as_str(), encode(&c).as_slice())?;
+        }
+        if self.version_moved {
+            self.meta.insert(COUNTERS_VERSION, self.version)?;
+        }
+        Ok(self.outbox_written)
+    }
+
+    pub(super) fn apply(&mut self, op: Op) -> Result<Box<dyn Finish>, redb::Error> {
+        Ok(match op {
+            Op::Persist(batch, reply) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    out.push(self.persist_one(m)?);
+                }
+                done(reply, Ok(out))
+            }
+            Op::CreateRoom { room, members, now_ms, reply } => {
+                let r = self.create_room(&room, &members, now_ms)?;
+                done(reply, r)
+            }
+            Op::AddMembers { room, members, now_ms, reply } => {
+                let r = self.add_members(&room, &members, now_ms)?;
+                done(reply, r)
+            }
+            Op::MarkRead { user, room, from, to, became_read, now_ms, reply } => {
+                let r = self.mark_read(&user, &room, from, to, became_read, now_ms)?;
+                done(reply, r)
+            }
+            Op::RecordEnqueued { campaign_id, owner, requested, recipients, call, reply } => {
+                let owned_by_sender = self.campaign_owners.get(campaign_id.as_str())?.map(|o| o.value() == owner);
+                match owned_by_sender {
+                    Some(false) => return Ok(done(reply, Err(StoreError::CampaignOwned { campaign_id }))),
+                    Some(true) => {}
+                    None => {
+                        self.campaign_owners.insert(campaign_id.as_str(), owner.as_str())?;
+                    }
+                }
+                // A retried call's request is counted once (its key sits beside the recipients).
+                let requested = if requested > 0 && self.campaign_recipients.insert((campaign_id.as_str(), call.as_str()), ())?.is_none() {
+                    requested
+                } else {
+                    0
+                };
+                let mut enqueued = 0;
+                for r in &recipients {
+                    if self.campaign_recipients.insert((campaign_id.as_str(), r.as_str()), ())?.is_none() {
+                        enqueued += 1;
+                    }
+                }
+                let c = self.update_campaign(&campaign_id, |c| {
+                    c.requested += requested;
+                    c.enqueued += enqueued;
+                })?;
+                done(reply, Ok(c.to_campaign(&campaign_id, Some(&owner))))
+            }
+            Op::RecordDeadLetter { campaign_id, msg_id, reply } => {
+                let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
+                if !persisted && self.campaign_dead.insert((campaign_id.as_str(), msg_id.as_str()), ())?.is_none() {
+                    self.update_campaign(&campaign_id, |c| c.dead_lettered += 1)?;
+                }
+                done(reply, Ok(()))
+            }
+            Op::OutboxDone { keys, reply } => {
+                if let Some(outbox) = &mut self.outbox {
+                    for k in keys {
+                        outbox.remove(k)?;
+                    }
+                }
+                done(reply, Ok(()))
+            }
+            #[cfg(test)]
+            Op::Crash => panic!("injected writer crash"),
+            #[cfg(test)]
+            Op::Block(rx) => {
+                let _ = rx.recv();
+                Box::new(Nothing)
+            }
+        })
+    }
+
+    /// A campaign's counters as this transaction left them so far.
+    fn campaign_rec(&self, id: &str) -> Result<CampaignRec, redb::Error> {
+        if let Some(c) = self.campaigns_changed.get(id) {
+            return Ok(c.clone());
+        }
+        match self.campaigns.get(id)? {
+            Some(v) => decode(v.value()),
+            None => Ok(CampaignRec::default()),
+        }
+    }
+
+    /// Changes a campaign's counters (saved at the transaction's close).
+    fn update_campaign(&mut self, id: &str, f: impl FnOnce(&mut CampaignRec)) -> Result<CampaignRec, redb::Error> {
+        if !self.campaigns_changed.contains_key(id) {
+            let c = self.campaign_rec(id)?;
+            self.campaigns_changed.insert(id.to_string(), c);
+        }
+        let c = self.campaigns_changed.get_mut(id).expect("just inserted");
+        f(c);
+        Ok(c.clone())
+    }
+
+    fn room_rec(&self, room: &str) -> Result<Option<RoomRec>, redb::Error> {
+        match self.rooms.get(room)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
+        members_of(&self.members, room)
+    }
+
+    fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
+        Ok(Room { room: room.to_string(), members: self.member_list(room)?, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms })
+    }
+
+    fn join(&mut self, room: &str, user: &str, last_seq: u64, now_ms: i64) -> Result<bool, redb::Error> {
+        if self.members.get((room, user))?.is_some() {
+            return Ok(false);
+        }
+        self.members.insert((room, user), now_ms)?;
+        let row = InboxRec { read_seq: last_seq, updated_at_ms: now_ms, ..InboxRec::default() };
+        self.inbox.insert((user, room), encode(&row).as_slice())?;
+        Ok(true)
+    }
+
+    fn create_room(&mut self, room: &str, members: &[String], now_ms: i64) -> Result<Result<Room, StoreError>, redb::Error> {
+        if let Some(rec) = self.room_rec(room)? {
+            let existing = self.member_list(room)?;
+            return Ok(if existing == sorted(members) {
+                Ok(self.room_view(room, &rec)?)
+            } else {
+                Err(StoreError::RoomExists(room.to_string()))
+            });
+        }
+        let rec = RoomRec { last_seq: 0, version: 1, created_at_ms: now_ms };
+        self.rooms.insert(room, encode(&rec).as_slice())?;
+        for m in members {
+            self.join(room, m, 0, now_ms)?;
+        }
+        Ok(Ok(self.room_view(room, &rec)?))
+    }
+
+    fn add_members(&mut self, room: &str, members: &[String], now_ms: i64) -> Result<Result<Room, StoreError>, redb::Error> {
+        let Some(mut rec) = self.room_rec(room)? else {
+            return Ok(Err(StoreError::UnknownRoom(room.to_string())));
+        };
+        let mut changed = false;
+        for m in members {
+            changed |= self.join(room, m, rec.last_seq, now_ms)?;
+        }
+        if changed {
+            rec.version += 1;
+            self.rooms.insert(room, encode(&rec).as_slice())?;
+        }
+        Ok(Ok(self.room_view(room, &rec)?))
+    }
+
+    fn persist_one(&mut self, m: &NewMessage) -> Result<Result<Persisted, StoreError>, redb::Error> {
+        let existing = match self.msg_ids.get(m.msg_id.as_str())? {
+            Some(v) => Some(decode::<MsgIdRec>(v.value())?),
+            None => None,
+        };
+        if let Some(id) = existing {
+            let rec = self.messages.get((id.room.as_str(), id.seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
+            let rec = rec.ok_or_else(|| redb::Error::Corrupted(format!("msg_id {} points at a missing message", m.msg_id)))?;
+            return Ok(Ok(Persisted {
+                message: Arc::new(stored(&id.room, id.seq, rec)),
+                duplicate: true,
+                members: Arc::new(Vec::new()),
+                unread: Vec::new(),
+            }));
+        }
+        let room = m.room.as_str();
+        let (mut rec, fresh) = match self.room_rec(room)? {
+            Some(rec) => (rec, None),
+            None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
+            None => {
+                let members = sorted(&m.create_members);
+                if members.binary_search(&m.sender).is_err() {
+                    if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
+                        return Ok(Err(e));
+                    }
+                    return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
+                }
+                (RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }, Some(members))
+            }
+        };
+        if fresh.is_none() && self.members.get((room, m.sender.as_str()))?.is_none() {
+            return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
+        }
+        rec.last_seq += 1;
+        rec.version += 1;
+        let seq = rec.last_seq;
+        self.rooms.insert(room, encode(&rec).as_slice())?;
+        if let Some(members) = &fresh {
+            // A room created by its first message (a one-off's direct room): each row is
+            // written once, as it stands after the message, instead of created then updated.
+            for user in members {
+                self.members.insert((room, user.as_str()), m.sent_at_ms)?;
+            }
+            let sender_row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
+            self.inbox.insert((m.sender.as_str(), room), encode(&sender_row).as_slice())?;
+        }
+        let msg = MsgRec {
+            msg_id: m.msg_id.clone(),
+            sender: m.sender.clone(),
+            body: m.body.clone(),
+            kind: m.kind,
+            campaign_id: m.campaign_id.clone(),
+            sent_at_ms: m.sent_at_ms,
+        };
+        self.messages.insert((room, seq), encode(&msg).as_slice())?;
+        self.msg_ids.insert(m.msg_id.as_str(), encode(&MsgIdRec { room: m.room.clone(), seq }).as_slice())?;
+
+        let created = fresh.is_some();
+        let members = match fresh {
+            Some(members) => members,
+            None => self.member_list(room)?,
+        };
+        let version = self.bump();
+        let preview: String = m.body.chars().take(PREVIEW_CHARS).collect();
+        let mut unread = Vec::with_capacity(members.len().saturating_sub(1));
+        for user in members.iter().filter(|u| **u != m.sender) {
+            let stored =
+                if created { None } else { self.inbox.get((user.as_str(), room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? };
+            let mut row = stored.unwrap_or_default();
+            row.unread += 1;
+            row.version += 1;
+            row.preview.clone_from(&preview);
+            row.updated_at_ms = m.sent_at_ms;
+            self.inbox.insert((user.as_str(), room), encode(&row).as_slice())?;
+            let total = self.totals.get(user.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
+            self.totals.insert(user.as_str(), total)?;
+            unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total, version });
+        }
+        if let Some(cid) = &m.campaign_id {
+            let c = self.update_campaign(cid, |c| c.persisted += 1)?;
+            // A message dead-lettered earlier and persisted after a redrive counts once.
+            if c.dead_lettered > 0 && self.campaign_dead.remove((cid.as_str(), m.msg_id.as_str()))?.is_some() {
+                self.update_campaign(cid, |c| c.dead_lettered -= 1)?;
+            }
+        }
+        if let Some(outbox) = &mut self.outbox {
+            let rec = crate::outbox::OutboxRec {
+                room: m.room.clone(),
+                seq,
+                msg_id: m.msg_id.clone(),
+                sender: m.sender.clone(),
+                kind: m.kind.as_str().to_string(),
+                campaign_id: m.campaign_id.clone(),
+                sent_at_ms: m.sent_at_ms,
+                persisted_at_ms: sluice_core::now_ms(),
+                recipients: unread.len() as u32,
+            };
+            outbox.insert(version, encode(&rec).as_slice())?;
+            self.outbox_written = true;
+        }
+        Ok(Ok(Persisted { message: Arc::new(stored(room, seq, msg)), duplicate: false, members: Arc::new(members), unread }))
+    }
+
+    /// Applies a read counted on a snapshot. Messages committed since the snapshot all have
+    /// seqs above the room's last seq then (so above `to`) and stay unread; so while the read
+    /// position is still `from`, unread drops by exactly `became_read`. O(1) on the writer.
+    fn mark_read(
+        &mut self,
+        user: &str,
+        room: &str,
+        from: u64,
+        to: u64,
+        became_read: u64,
+        now_ms: i64,
+    ) -> Result<Result<Option<ReadOutcome>, StoreError>, redb::Error> {
+        let row = self.inbox.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()?;
+        let Some(mut row) = row else {
+            return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
+        };
+        let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
+        if row.read_seq >= to {
+            let version = self.version;
+            return Ok(Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false, version })));
+        }
+        if row.read_seq != from {
+            return Ok(Ok(None));
+        }
+        let new_unread = row.unread - became_read.min(row.unread);
+        let total = total - (row.unread - new_unread).min(total);
+        row.unread = new_unread;
+        row.read_seq = to;
+        row.version += 1;
+        row.updated_at_ms = now_ms;
+        self.inbox.insert((user, room), encode(&row).as_slice())?;
+        self.totals.insert(user, total)?;
+        let version = self.bump();
+        Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true, version })))
+    }
+}
