@@ -19,7 +19,7 @@ mod queue_suite {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_moved_by_sqs_itself_are_counted_once_for_their_campaign() {
     use sluice_core::ids;
-    use sluice_core::model::{MessageKind, NewMessage};
+    use sluice_core::model::NewMessage;
     use sluice_core::queue::Enqueue;
     use std::time::Duration;
 
@@ -31,16 +31,7 @@ async fn dead_letters_moved_by_sqs_itself_are_counted_once_for_their_campaign() 
     assert_eq!(q.own_max_receives().await.unwrap(), Some(2));
     let (store, _) = common::store("adopt").await;
     let store: Arc<dyn sluice_core::store::MessageStore> = store;
-    let msg = NewMessage {
-        msg_id: ids::bulk_msg_id("crashy", "ann"),
-        room: ids::dm_room("shop", "ann"),
-        sender: "shop".into(),
-        body: "hello".into(),
-        kind: MessageKind::OneOff,
-        campaign_id: Some("crashy".into()),
-        sent_at_ms: 1,
-        create_members: vec!["shop".into(), "ann".into()],
-    };
+    let msg = NewMessage::one_off("crashy", "shop", "ann", "hello", 1);
     store.record_enqueued("crashy", "shop", 1, &["ann".to_string()]).await.unwrap();
     let body = sluice_proto::convert::encode_queued(&msg);
     q.send(vec![Enqueue { dedup_id: msg.msg_id.clone(), group: ids::queue_group(&msg.room), tenant: "shop".into(), body }]).await.unwrap();

@@ -51,6 +51,24 @@ pub struct NewMessage {
     pub create_members: Vec<String>,
 }
 
+impl NewMessage {
+    /// The expansion of a campaign: its one-off from `sender` to `recipient` goes to their
+    /// direct room (created by the first message that needs it), with a msg_id derived from
+    /// campaign and recipient, so a repeated EnqueueBulk or a redelivery is the same message.
+    pub fn one_off(campaign_id: &str, sender: &str, recipient: &str, body: &str, sent_at_ms: i64) -> NewMessage {
+        NewMessage {
+            msg_id: crate::ids::bulk_msg_id(campaign_id, recipient),
+            room: crate::ids::dm_room(sender, recipient),
+            sender: sender.to_string(),
+            body: body.to_string(),
+            kind: MessageKind::OneOff,
+            campaign_id: Some(campaign_id.to_string()),
+            sent_at_ms,
+            create_members: vec![sender.to_string(), recipient.to_string()],
+        }
+    }
+}
+
 /// A persisted message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {

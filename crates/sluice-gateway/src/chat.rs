@@ -284,20 +284,10 @@ impl App {
                     break;
                 }
                 rest = tail;
-                let room = ids::dm_room(sender, r);
-                let msg = NewMessage {
-                    msg_id: ids::bulk_msg_id(campaign_id, r),
-                    room: room.clone(),
-                    sender: sender.to_string(),
-                    body: body.to_string(),
-                    kind: MessageKind::OneOff,
-                    campaign_id: Some(campaign_id.to_string()),
-                    sent_at_ms: now,
-                    create_members: vec![sender.to_string(), r.clone()],
-                };
+                let msg = NewMessage::one_off(campaign_id, sender, r, body, now);
                 let e = Enqueue {
                     dedup_id: msg.msg_id.clone(),
-                    group: ids::queue_group(&room),
+                    group: ids::queue_group(&msg.room),
                     tenant: tenant.to_string(),
                     body: encode_queued_traced(&msg, trace.as_deref()),
                 };

@@ -57,16 +57,7 @@ pub fn chat(room: &str, sender: &str, client_id: &str) -> NewMessage {
 /// The one-off of campaign `campaign_id` from `sender` to `recipient`, as EnqueueBulk queues
 /// it: a direct room created on first use, a msg_id derived from campaign and recipient.
 pub fn one_off(campaign_id: &str, sender: &str, recipient: &str) -> NewMessage {
-    NewMessage {
-        msg_id: ids::bulk_msg_id(campaign_id, recipient),
-        room: ids::dm_room(sender, recipient),
-        sender: sender.to_string(),
-        body: "sale".into(),
-        kind: MessageKind::OneOff,
-        campaign_id: Some(campaign_id.to_string()),
-        sent_at_ms: 5,
-        create_members: vec![sender.to_string(), recipient.to_string()],
-    }
+    NewMessage::one_off(campaign_id, sender, recipient, "sale", 5)
 }
 
 fn unique_room(prefix: &str) -> String {

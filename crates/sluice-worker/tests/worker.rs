@@ -6,7 +6,7 @@ use sluice_core::events::NoEvents;
 use sluice_core::fanout::Fanout;
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{HistoryQuery, MessageKind, NewMessage};
+use sluice_core::model::{HistoryQuery, NewMessage};
 use sluice_core::queue::{Enqueue, SpikeQueue};
 use sluice_core::store::MessageStore;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
@@ -43,16 +43,7 @@ fn worker(store: Arc<dyn MessageStore>, queue: Arc<dyn SpikeQueue>, metrics: Arc
 }
 
 fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
-    NewMessage {
-        msg_id: ids::bulk_msg_id(campaign, recipient),
-        room: ids::dm_room(sender, recipient),
-        sender: sender.into(),
-        body: body.into(),
-        kind: MessageKind::OneOff,
-        campaign_id: Some(campaign.into()),
-        sent_at_ms: 1,
-        create_members: vec![sender.into(), recipient.into()],
-    }
+    NewMessage::one_off(campaign, sender, recipient, body, 1)
 }
 
 fn enqueue(m: &NewMessage) -> Enqueue {
