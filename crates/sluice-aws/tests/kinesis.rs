@@ -155,3 +155,32 @@ async fn a_busy_room_does_not_hold_other_rooms_back() {
     let last_quiet = got.iter().rposition(|(key, _)| key.starts_with("quiet-")).unwrap();
     assert!(last_quiet < 600, "the quiet rooms' events went out with the busy room's first ones (last at {last_quiet})");
 }
+
+/// Reads a stream's records as the suite sees events.
+struct StreamBack(aws_sdk_kinesis::Client, sluice_aws::Names);
+
+#[async_trait::async_trait]
+impl sluice_testkit::events::ReadBack for StreamBack {
+    async fn read(&self, want: usize) -> Vec<sluice_testkit::events::SeenEvent> {
+        read_stream(&self.0, &self.1, want)
+            .await
+            .into_iter()
+            .map(|(_, e)| match e.event {
+                Some(v1::analytics_event::Event::MessagePersisted(m)) => (m.room, "message_persisted".to_string(), m.seq),
+                Some(v1::analytics_event::Event::RoomRead(r)) => (r.room, "room_read".to_string(), r.seq),
+                None => panic!("a record without an event"),
+            })
+            .collect()
+    }
+}
+
+/// The sink on moto behind the proxy that refuses part of each PutRecords call.
+async fn kinesis_events() -> (Arc<dyn EventSink>, Box<dyn sluice_testkit::events::ReadBack>, sluice_testkit::Guard) {
+    let (client, names) = fresh_stream(&sluice_testkit::services::kinesis_url(), "evc").await;
+    let sink = KinesisEvents::start(client.clone(), &names, Arc::new(Metrics::new()), KinesisConfig::default());
+    (Arc::new(sink), Box::new(StreamBack(client, names)), Box::new(()))
+}
+
+mod events_suite {
+    sluice_testkit::events_conformance!(super::kinesis_events);
+}

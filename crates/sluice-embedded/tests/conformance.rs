@@ -42,3 +42,38 @@ async fn limiter() -> (Arc<dyn sluice_core::limits::Limiter>, Guard) {
 mod limiter_suite {
     sluice_testkit::limiter_conformance!(super::limiter);
 }
+
+/// Reads the JSON lines of an events file.
+struct FileBack(std::path::PathBuf);
+
+#[async_trait::async_trait]
+impl sluice_testkit::events::ReadBack for FileBack {
+    async fn read(&self, want: usize) -> Vec<sluice_testkit::events::SeenEvent> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let seen: Vec<_> = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+                    (v["room"].as_str().unwrap().to_string(), v["type"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap())
+                })
+                .collect();
+            if seen.len() >= want || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn file_events() -> (Arc<dyn sluice_core::events::EventSink>, Box<dyn sluice_testkit::events::ReadBack>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let sink = sluice_embedded::FileEvents::open(&path, Box::new(|n| panic!("{n} events dropped"))).unwrap();
+    (Arc::new(sink), Box::new(FileBack(path)), Box::new(dir))
+}
+
+mod events_suite {
+    sluice_testkit::events_conformance!(super::file_events);
+}

@@ -12,6 +12,7 @@
 //! that must outlive the test.
 
 pub mod dynamo_faults;
+pub mod events;
 pub mod faults;
 pub mod hub;
 pub mod limits;
