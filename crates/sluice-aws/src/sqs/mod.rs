@@ -29,6 +29,10 @@
 //! SQS does not say which sends it dropped as duplicates, so `SendOutcome::duplicates` counts
 //! only repeats inside one `send` call (which are not sent at all), and it has no age of the oldest message (that is CloudWatch's
 //! ApproximateAgeOfOldestMessage), so `QueueStats::oldest_age_ms` is 0.
+//!
+//! Here: the queue, its connection and the [`SpikeQueue`] implementation; sending in `send`,
+//! receiving over the lanes in `receive`, receipts and settling in `receipts`, moving
+//! messages aside (dead letters, holds) in `dead_letters`.
 
 use crate::Names;
 use async_trait::async_trait;
@@ -49,14 +53,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Entries per SQS batch call.
-const BATCH: usize = 10;
-/// Payload of one SendMessageBatch (the classic SQS limit, which moto also enforces).
-const BATCH_BYTES: usize = 256 * 1024;
+mod dead_letters;
+mod receipts;
+mod receive;
+mod send;
+
+use dead_letters::*;
+use receipts::*;
+use receive::*;
+use send::*;
+
+pub use receive::lane_of;
+
 /// Batches sent at once by one `send`.
 const LANES: usize = 16;
-/// Longest long poll SQS allows.
-const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Attribute carrying the original deduplication id (the msg_id) through dead-lettering and
 /// redrive, and the dead-letter reason.
 const ATTR_DEDUP: &str = "sluice_dedup_id";
@@ -67,76 +77,6 @@ const ATTR_TENANT: &str = "sluice_tenant";
 /// the hold key).
 const ATTR_HOLD: &str = "sluice_hold";
 const ATTR_GROUP: &str = "sluice_group";
-/// Most receives one scan of the dead-letter queue for adoptable letters makes.
-const ADOPT_SCAN_RECEIVES: usize = 100;
-/// A dead-letter queue whose depth did not move is scanned again after this long anyway.
-const ADOPT_FULL_SCAN_EVERY: Duration = Duration::from_secs(600);
-/// How long a lane that answered empty is skipped before it is probed again.
-const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
-/// In-flight bookkeeping older than SQS's longest visibility timeout is dropped.
-const IN_FLIGHT_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
-
-/// What this process received and has not settled yet: needed to dead-letter by receipt.
-struct InFlight {
-    lane: usize,
-    message_id: String,
-    group: String,
-    tenant: String,
-    dedup_id: String,
-    body_b64: String,
-    receive_count: u32,
-    received: Instant,
-}
-
-/// Which lane receives next, and which lanes looked empty until when.
-struct Lanes {
-    next: usize,
-    empty_until: Vec<Option<Instant>>,
-}
-
-impl Lanes {
-    /// The next lane in turn that did not look empty lately.
-    fn next_busy(&mut self, now: Instant) -> Option<usize> {
-        let n = self.empty_until.len();
-        for k in 0..n {
-            let lane = (self.next + k) % n;
-            if self.empty_until[lane].is_none_or(|t| t <= now) {
-                self.next = (lane + 1) % n;
-                return Some(lane);
-            }
-        }
-        None
-    }
-
-    /// The next lane in turn, empty or not.
-    fn next_any(&mut self) -> usize {
-        let lane = self.next;
-        self.next = (lane + 1) % self.empty_until.len();
-        lane
-    }
-
-    fn saw(&mut self, lane: usize, empty: bool) {
-        self.empty_until[lane] = empty.then(|| Instant::now() + EMPTY_LANE_PROBE);
-    }
-}
-
-/// The lane of `tenant` among `lanes` (FNV-1a: stable across processes and releases).
-pub fn lane_of(tenant: &str, lanes: usize) -> usize {
-    let h = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    (h % lanes.max(1) as u64) as usize
-}
-
-/// Where [`SqsQueue::move_out`] moves a message.
-#[derive(Clone, Copy)]
-enum Aside<'a> {
-    Dead { reason: &'a str },
-    Held { key: &'a str },
-}
-
-/// A receipt names its lane: `<lane>|<receipt handle>`.
-fn lane_receipt(lane: usize, handle: &str) -> String {
-    format!("{lane}|{handle}")
-}
 
 /// The SQS FIFO spike queue.
 pub struct SqsQueue {
@@ -230,298 +170,6 @@ impl SqsQueue {
         }
     }
 
-    /// Sends one lane's entries in order, in batches, retrying failed entries.
-    async fn send_lane(&self, url: &str, entries: Vec<SendMessageBatchRequestEntry>) -> Result<(), QueueError> {
-        let mut rest = entries.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut bytes = 0;
-            while let Some(e) = rest.peek() {
-                let size = e.message_body().len() + 200;
-                if batch.len() == BATCH || (!batch.is_empty() && bytes + size > BATCH_BYTES) {
-                    break;
-                }
-                bytes += size;
-                let mut e = rest.next().expect("peeked");
-                // Ids only need to be distinct within one call.
-                e.id = batch.len().to_string();
-                batch.push(e);
-            }
-            self.send_batch(url, batch).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_batch(&self, url: &str, mut batch: Vec<SendMessageBatchRequestEntry>) -> Result<(), QueueError> {
-        let mut attempt = 0;
-        loop {
-            self.count("SendMessageBatch");
-            let out = match self.client.send_message_batch().queue_url(url).set_entries(Some(batch.clone())).send().await {
-                Ok(out) => out,
-                Err(e) => match queue_error("SendMessageBatch", e) {
-                    e @ QueueError::Unavailable(_) => {
-                        self.pause(attempt, &e.to_string()).await?;
-                        attempt += 1;
-                        continue;
-                    }
-                    e => return Err(e),
-                },
-            };
-            if out.failed.is_empty() {
-                return Ok(());
-            }
-            if let Some(f) = out.failed.iter().find(|f| f.sender_fault) {
-                return Err(QueueError::Invalid(format!("SQS refused a message: {} {}", f.code, f.message.as_deref().unwrap_or(""))));
-            }
-            // Only the failed entries go again; within a group they keep their order.
-            let failed: Vec<&str> = out.failed.iter().map(|f| f.id.as_str()).collect();
-            batch.retain(|e| failed.contains(&e.id()));
-            self.pause(attempt, &format!("{} entries failed", failed.len())).await?;
-            attempt += 1;
-        }
-    }
-
-    fn entry(group: &str, dedup_id: &str, body_b64: String, original_dedup: &str, tenant: &str) -> SendMessageBatchRequestEntry {
-        let mut e = SendMessageBatchRequestEntry::builder()
-            .id("0")
-            .message_group_id(group)
-            .message_deduplication_id(dedup_id)
-            .message_body(body_b64)
-            .message_attributes(ATTR_DEDUP, string_attr(original_dedup));
-        // SQS refuses an empty attribute value; no attribute is the default tenant.
-        if !tenant.is_empty() {
-            e = e.message_attributes(ATTR_TENANT, string_attr(tenant));
-        }
-        e.build().expect("entry has id and body")
-    }
-
-    #[allow(deprecated)] // AttributeNames is deprecated, but older emulators know only it
-    async fn receive_from(&self, url: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Message>, QueueError> {
-        let attempt_id = sluice_core::ids::random_id();
-        let mut attempt = 0;
-        loop {
-            self.count("ReceiveMessage");
-            let out = self
-                .client
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(max.clamp(1, BATCH) as i32)
-                .wait_time_seconds(wait.min(MAX_WAIT).as_secs_f64().ceil() as i32)
-                .visibility_timeout(visibility.as_secs().max(1) as i32)
-                .receive_request_attempt_id(&attempt_id)
-                .attribute_names(QueueAttributeName::All)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .message_attribute_names("All")
-                .send()
-                .await;
-            match out {
-                Ok(out) => return Ok(out.messages.unwrap_or_default()),
-                Err(e) => match queue_error("ReceiveMessage", e) {
-                    // The same attempt id again: SQS hands back what the lost answer held.
-                    e @ QueueError::Unavailable(_) => {
-                        self.pause(attempt, &e.to_string()).await?;
-                        attempt += 1;
-                    }
-                    e => return Err(e),
-                },
-            }
-        }
-    }
-
-    /// ChangeMessageVisibilityBatch / DeleteMessageBatch over any number of receipts.
-    /// Returns how many receipts SQS refused as no longer valid.
-    async fn settle(&self, url: &str, receipts: &[String], visibility: Option<Duration>) -> Result<usize, QueueError> {
-        let mut refused = 0;
-        for chunk in receipts.chunks(BATCH) {
-            let mut attempt = 0;
-            let mut pending: Vec<(usize, &String)> = chunk.iter().enumerate().collect();
-            while !pending.is_empty() {
-                let failed: Vec<(String, bool, String)> = match visibility {
-                    None => {
-                        self.count("DeleteMessageBatch");
-                        let entries = pending
-                            .iter()
-                            .map(|(i, r)| {
-                                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("entry")
-                            })
-                            .collect();
-                        let out = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
-                        match out {
-                            Ok(o) => o.failed.into_iter().map(|f| (f.id, f.sender_fault, f.code)).collect(),
-                            Err(e) => vec![(String::new(), false, queue_error("DeleteMessageBatch", e).to_string())],
-                        }
-                    }
-                    Some(v) => {
-                        self.count("ChangeMessageVisibilityBatch");
-                        let entries = pending
-                            .iter()
-                            .map(|(i, r)| {
-                                ChangeMessageVisibilityBatchRequestEntry::builder()
-                                    .id(i.to_string())
-                                    .receipt_handle(*r)
-                                    .visibility_timeout(v.as_secs() as i32)
-                                    .build()
-                                    .expect("entry")
-                            })
-                            .collect();
-                        let out = self.client.change_message_visibility_batch().queue_url(url).set_entries(Some(entries)).send().await;
-                        match out {
-                            Ok(o) => o.failed.into_iter().map(|f| (f.id, f.sender_fault, f.code)).collect(),
-                            Err(e) => vec![(String::new(), false, queue_error("ChangeMessageVisibilityBatch", e).to_string())],
-                        }
-                    }
-                };
-                if failed.is_empty() {
-                    break;
-                }
-                // A receipt SQS no longer knows (the message came back to another consumer
-                // or is gone) cannot be settled by anyone: leave it.
-                let whole_call = failed.iter().any(|(id, _, _)| id.is_empty());
-                let retry: Vec<String> = failed.iter().filter(|(_, sender, _)| !sender).map(|(id, _, _)| id.clone()).collect();
-                for (_, _, code) in failed.iter().filter(|(_, sender, _)| *sender) {
-                    tracing::debug!(%code, "SQS refused to settle a receipt");
-                    refused += 1;
-                }
-                if !whole_call {
-                    pending.retain(|(i, _)| retry.contains(&i.to_string()));
-                }
-                if pending.is_empty() {
-                    break;
-                }
-                self.pause(attempt, &format!("settling receipts: {failed:?}")).await?;
-                attempt += 1;
-            }
-        }
-        Ok(refused)
-    }
-
-    /// The receipts still current in this process. A receipt is stale once its message was
-    /// received again; settling it would act on the newer delivery (moto, unlike SQS, even
-    /// accepts old receipt handles), so stale ones are left out.
-    fn current(&self, receipts: &[Receipt]) -> Vec<(usize, String)> {
-        let map = self.in_flight.lock().expect("in-flight lock");
-        receipts
-            .iter()
-            .filter_map(|r| {
-                let f = map.get(&r.0)?;
-                let (_, handle) = r.0.split_once('|')?;
-                Some((f.lane, handle.to_string()))
-            })
-            .collect()
-    }
-
-    /// Settles receipts of any lanes, one lane at a time; returns how many SQS refused.
-    async fn settle_lanes(&self, receipts: &[(usize, String)], visibility: Option<Duration>) -> Result<usize, QueueError> {
-        let mut refused = 0;
-        for (lane, url) in self.urls.iter().enumerate() {
-            let handles: Vec<String> = receipts.iter().filter(|(l, _)| *l == lane).map(|(_, h)| h.clone()).collect();
-            if !handles.is_empty() {
-                refused += self.settle(url, &handles, visibility).await?;
-            }
-        }
-        Ok(refused)
-    }
-
-    fn forget(&self, receipts: &[Receipt]) {
-        let mut map = self.in_flight.lock().expect("in-flight lock");
-        for r in receipts {
-            map.remove(&r.0);
-        }
-    }
-
-    /// Moves an in-flight message to the dead-letter queue or the held queue, then deletes it
-    /// from its lane.
-    async fn move_out(&self, receipt: &Receipt, to: Aside<'_>) -> Result<(), QueueError> {
-        let f = {
-            let map = self.in_flight.lock().expect("in-flight lock");
-            let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
-            (f.group.clone(), f.dedup_id.clone(), f.body_b64.clone(), f.receive_count, f.tenant.clone())
-        };
-        let (group, dedup_id, body, receive_count, tenant) = f;
-        // Keep the message invisible while it moves, which also proves the receipt is still current.
-        if self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await? > 0 {
-            self.forget(std::slice::from_ref(receipt));
-            return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
-        }
-        // One id per delivery: a retry of this call is deduplicated, a later move of the same
-        // message (after a redrive or a release) is not.
-        let move_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, receipt.0.as_bytes()).simple().to_string();
-        let mut attempt = 0;
-        loop {
-            self.count("SendMessage");
-            let mut send = self
-                .client
-                .send_message()
-                .message_deduplication_id(&move_id)
-                .message_body(&body)
-                .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
-                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()));
-            send = match to {
-                Aside::Dead { reason } => {
-                    send.queue_url(&self.dlq_url).message_group_id(&group).message_attributes(ATTR_REASON, string_attr(reason))
-                }
-                Aside::Held { key } => send
-                    .queue_url(&self.held_url)
-                    .message_group_id(key)
-                    .message_attributes(ATTR_HOLD, string_attr(key))
-                    .message_attributes(ATTR_GROUP, string_attr(&group)),
-            };
-            if !tenant.is_empty() {
-                send = send.message_attributes(ATTR_TENANT, string_attr(&tenant));
-            }
-            match send.send().await {
-                Ok(_) => break,
-                Err(e) => match queue_error("SendMessage", e) {
-                    e @ QueueError::Unavailable(_) => {
-                        self.pause(attempt, &e.to_string()).await?;
-                        attempt += 1;
-                    }
-                    e => return Err(e),
-                },
-            }
-        }
-        self.ack(std::slice::from_ref(receipt)).await
-    }
-
-    /// Receives from the lanes in turn (see the module doc): first a short poll of each lane
-    /// that had messages or is due a probe, then, when all looked empty, a wait on one lane.
-    async fn receive_lanes(&self, max: usize, wait: Duration, visibility: Duration) -> Result<(usize, Vec<Message>), QueueError> {
-        let give_up = Instant::now() + wait;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let busy = self.lanes.lock().expect("lanes lock").next_busy(Instant::now());
-            if let Some(lane) = busy {
-                let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
-                if !got.is_empty() {
-                    return Ok((lane, got));
-                }
-                continue;
-            }
-            let left = give_up.saturating_duration_since(Instant::now());
-            let lane = self.lanes.lock().expect("lanes lock").next_any();
-            if left.is_zero() {
-                return Ok((lane, Vec::new()));
-            }
-            if self.client_side_wait {
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-                let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
-                if !got.is_empty() {
-                    return Ok((lane, got));
-                }
-            } else {
-                // Long polls wait whole seconds; a wait on one lane stops at the next probe of the others.
-                let got = self.receive_from(&self.urls[lane], max, left.min(EMPTY_LANE_PROBE), visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
-                if !got.is_empty() || Instant::now() >= give_up {
-                    return Ok((lane, got));
-                }
-            }
-        }
-    }
-
     async fn attribute_counts(&self, url: &str) -> Result<(u64, u64), QueueError> {
         self.count("GetQueueAttributes");
         let out = self
@@ -536,19 +184,6 @@ impl SqsQueue {
         let attrs = out.attributes.unwrap_or_default();
         let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok((get(QueueAttributeName::ApproximateNumberOfMessages), get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)))
-    }
-
-    /// Receives up to `limit` dead letters; they stay invisible for `hold` unless settled.
-    async fn dlq_messages(&self, limit: usize, hold: Duration) -> Result<Vec<Message>, QueueError> {
-        let mut out: Vec<Message> = Vec::new();
-        while out.len() < limit {
-            let got = self.receive_from(&self.dlq_url, limit - out.len(), Duration::ZERO, hold).await?;
-            if got.is_empty() {
-                break;
-            }
-            out.extend(got);
-        }
-        Ok(out)
     }
 }
 
@@ -566,21 +201,6 @@ fn user_attr<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
 
 fn dedup_of(m: &Message) -> String {
     user_attr(m, ATTR_DEDUP).or_else(|| system_attr(m, MessageSystemAttributeName::MessageDeduplicationId)).unwrap_or_default().to_string()
-}
-
-fn dead_letter_of(m: &Message) -> DeadLetter {
-    DeadLetter {
-        dedup_id: dedup_of(m),
-        group: system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string(),
-        tenant: user_attr(m, ATTR_TENANT).unwrap_or_default().to_string(),
-        body: decode_body(m),
-        reason: user_attr(m, ATTR_REASON).unwrap_or("moved by the queue's redrive policy (maxReceiveCount exceeded)").to_string(),
-        receive_count: user_attr(m, ATTR_RECEIVES)
-            .or_else(|| system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        dead_at_ms: system_attr(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0),
-    }
 }
 
 fn decode_body(m: &Message) -> Bytes {
