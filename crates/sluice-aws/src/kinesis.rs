@@ -62,6 +62,11 @@ pub struct KinesisEvents {
 }
 
 impl KinesisEvents {
+    /// [`KinesisEvents::start`] with a client made from the shared SDK configuration.
+    pub fn from_conf(conf: &aws_config::SdkConfig, names: &Names, metrics: Arc<Metrics>, config: KinesisConfig) -> Self {
+        Self::start(Client::new(conf), names, metrics, config)
+    }
+
     /// Starts the sender task for `<prefix>-events`. Call from inside a tokio runtime.
     pub fn start(client: Client, names: &Names, metrics: Arc<Metrics>, config: KinesisConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.buffer.max(1));

@@ -194,6 +194,38 @@ async fn wait_table_active(client: &aws_sdk_dynamodb::Client, table: &str) -> Re
     }
 }
 
+/// The clients a migration needs, made from the shared SDK configuration.
+pub struct Migrator {
+    dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    kinesis: aws_sdk_kinesis::Client,
+}
+
+impl Migrator {
+    pub fn new(conf: &aws_config::SdkConfig) -> Self {
+        Migrator {
+            dynamodb: aws_sdk_dynamodb::Client::new(conf),
+            sqs: aws_sdk_sqs::Client::new(conf),
+            kinesis: aws_sdk_kinesis::Client::new(conf),
+        }
+    }
+
+    /// [`tables`].
+    pub async fn tables(&self, names: &Names) -> Result<Vec<String>, MigrateError> {
+        tables(&self.dynamodb, names).await
+    }
+
+    /// [`queues`].
+    pub async fn queues(&self, names: &Names, settings: QueueSettings) -> Result<(Vec<String>, String), MigrateError> {
+        queues(&self.sqs, names, settings).await
+    }
+
+    /// [`stream`].
+    pub async fn stream(&self, names: &Names, shards: i32) -> Result<String, MigrateError> {
+        stream(&self.kinesis, names, shards).await
+    }
+}
+
 /// Settings of the queues created by [`queues`].
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {

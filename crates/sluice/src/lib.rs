@@ -167,7 +167,7 @@ async fn open_queue(
     Ok(match (common.queue_kind(), conf) {
         (QueueKind::Sqs, Some(conf)) => {
             let names = sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes);
-            let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(conf), &names, metrics).await.with_context(|| {
+            let q = sluice_aws::SqsQueue::from_conf(conf, &names, metrics).await.with_context(|| {
                 format!("cannot find the SQS queues {} .. {} (create them with `sluice migrate --backend aws --with-queues` and the same --sqs-lanes)", names.queue(), names.lane_queue(names.lanes - 1))
             })?;
             Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
@@ -233,12 +233,11 @@ fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: 
             )
         }
         EventsKind::Kinesis => {
-            let client = match conf {
-                Some(c) => aws_sdk_kinesis::Client::new(c),
-                None => bail!("--events kinesis needs the AWS configuration (use it with --backend aws)"),
+            let Some(conf) = conf else {
+                bail!("--events kinesis needs the AWS configuration (use it with --backend aws)");
             };
             let names = sluice_aws::Names::new(&args.common.resource_prefix).with_lanes(args.common.sqs_lanes);
-            Arc::new(sluice_aws::KinesisEvents::start(client, &names, metrics.clone(), sluice_aws::kinesis::KinesisConfig::default()))
+            Arc::new(sluice_aws::KinesisEvents::from_conf(conf, &names, metrics.clone(), sluice_aws::kinesis::KinesisConfig::default()))
         }
     })
 }
@@ -255,7 +254,7 @@ async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
     };
     match (common.store_kind(), &conf) {
         (StoreKind::Dynamodb, Some(conf)) => {
-            for line in sluice_aws::migrate::tables(&aws_sdk_dynamodb::Client::new(conf), &names).await? {
+            for line in sluice_aws::migrate::Migrator::new(conf).tables(&names).await? {
                 println!("{line}");
             }
         }
@@ -267,11 +266,11 @@ async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
     if m.with_queues {
         let conf = conf.as_ref().expect("loaded for --with-queues");
         let settings = sluice_aws::migrate::QueueSettings { max_receive_count: m.max_receive_count, ..Default::default() };
-        let (urls, dlq) = sluice_aws::migrate::queues(&aws_sdk_sqs::Client::new(conf), &names, settings).await?;
+        let (urls, dlq) = sluice_aws::migrate::Migrator::new(conf).queues(&names, settings).await?;
         for url in urls {
             println!("queue {url} (dead letters: {dlq}, after {} receives)", m.max_receive_count);
         }
-        let stream = sluice_aws::migrate::stream(&aws_sdk_kinesis::Client::new(conf), &names, m.stream_shards).await?;
+        let stream = sluice_aws::migrate::Migrator::new(conf).stream(&names, m.stream_shards).await?;
         println!("stream {stream}");
     } else if common.queue_kind() == QueueKind::Embedded {
         drop(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?);

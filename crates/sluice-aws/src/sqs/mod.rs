@@ -111,6 +111,11 @@ fn queue_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fm
 }
 
 impl SqsQueue {
+    /// [`SqsQueue::connect`] with a client made from the shared SDK configuration.
+    pub async fn from_conf(conf: &aws_config::SdkConfig, names: &Names, metrics: Arc<Metrics>) -> Result<Self, QueueError> {
+        Self::connect(Client::new(conf), names, metrics).await
+    }
+
     /// Looks up the queue and dead-letter queue URLs by name.
     pub async fn connect(client: Client, names: &Names, metrics: Arc<Metrics>) -> Result<Self, QueueError> {
         let url_of = |name: String| {
