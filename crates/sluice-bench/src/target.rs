@@ -8,16 +8,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_gateway::Auth;
-use sluice_proto::v1::chat_service_client::ChatServiceClient;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// A started server never outlives this, whatever happens to the bench.
 const SERVER_MAX_RUNTIME_SECS: &str = "7200";
@@ -25,25 +21,12 @@ const SERVER_MAX_RUNTIME_SECS: &str = "7200";
 /// server, not its rate limiter.
 const SERVER_SEND_RATE: &str = "100000";
 
-/// Adds the service token to every gRPC call.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-pub type Grpc = ChatServiceClient<InterceptedService<Channel, Bearer>>;
+pub use sluice_proto::client::Client as Grpc;
 
 /// A gRPC client of the server at `addr`, calling with the service token.
 pub async fn connect(addr: std::net::SocketAddr, service_token: &str) -> anyhow::Result<Grpc> {
-    let channel =
-        Channel::from_shared(format!("http://{addr}"))?.connect().await.with_context(|| format!("cannot connect to gRPC at {addr}"))?;
-    let bearer = Bearer(format!("Bearer {service_token}").parse()?);
-    Ok(ChatServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    let bearer = sluice_proto::client::Bearer::service(service_token)?;
+    sluice_proto::client::connect(addr, bearer).await.with_context(|| format!("cannot connect to gRPC at {addr}"))
 }
 
 /// How to start a server: the `sluice` program, extra arguments and environment.

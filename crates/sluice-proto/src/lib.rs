@@ -2,8 +2,10 @@
 //! spike-queue message body (`QueuedMessage`) and the analytics events. The generated code
 //! lives in `OUT_DIR` ([`v1`]); [`convert`] maps it to and from the domain types of
 //! `sluice-core`, so gateway and worker agree on one encoding. [`codec`] is the gRPC codec
-//! (prost's, with malformed requests answered INVALID_ARGUMENT).
+//! (prost's, with malformed requests answered INVALID_ARGUMENT); [`client`] a client that
+//! presents the service token.
 
+pub mod client;
 pub mod codec;
 pub mod convert;
 

@@ -7,7 +7,6 @@ use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice_proto::v1;
-use sluice_proto::v1::chat_service_client::ChatServiceClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,9 +15,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// A test server never outlives this, whatever happens to the test.
@@ -115,9 +111,7 @@ impl Server {
     }
 
     pub async fn grpc(&self) -> Grpc {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
-        let token: MetadataValue<Ascii> = format!("Bearer {}", self.service_token()).parse().unwrap();
-        ChatServiceClient::with_interceptor(channel, Bearer(Some(token))).max_decoding_message_size(64 << 20)
+        sluice_proto::client::connect(self.grpc, Bearer::service(&self.service_token()).unwrap()).await.unwrap()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
@@ -145,20 +139,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Adds the service token to every gRPC call (or nothing, to test refusals).
-#[derive(Clone)]
-pub struct Bearer(pub Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            req.metadata_mut().insert("authorization", t.clone());
-        }
-        Ok(req)
-    }
-}
-
-pub type Grpc = ChatServiceClient<InterceptedService<Channel, Bearer>>;
+pub use sluice_proto::client::{Bearer, Client as Grpc};
 
 /// A WebSocket client speaking the v1 JSON frames.
 pub struct Ws {
