@@ -161,7 +161,8 @@ pub struct CommonArgs {
     pub sqs_lanes: u32,
     /// Wait for SQS messages with short polls instead of long polling. Only for emulators
     /// whose long poll breaks FIFO group blocking (moto 5.2.5); costs more requests on AWS.
-    #[arg(long, env = "SLUICE_SQS_CLIENT_SIDE_WAIT")]
+    /// Hidden from --help: a hook of the tests and benchmarks, not an operator's setting.
+    #[arg(long, env = "SLUICE_SQS_CLIENT_SIDE_WAIT", hide = true)]
     pub sqs_client_side_wait: bool,
 }
 
@@ -309,8 +310,9 @@ pub struct ServeArgs {
     /// Seconds to wait for in-flight work on shutdown.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
-    /// Shut down gracefully after this many seconds (test and benchmark runs). Default: never.
-    #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS")]
+    /// Shut down gracefully after this many seconds (test and benchmark runs, so that no
+    /// server they start outlives them). Default: never. Hidden from --help.
+    #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS", hide = true)]
     pub max_runtime_secs: Option<u64>,
     /// Benchmarks only: add MIN-MAX milliseconds (uniform) to every store call, so the
     /// embedded store stands in for a remote one (`sluice bench scaling`).
