@@ -9,22 +9,9 @@ use sluice_aws::kinesis::{KinesisConfig, KinesisEvents};
 use sluice_core::events::{AnalyticsEvent, EventSink};
 use sluice_core::metrics::Metrics;
 use sluice_proto::v1;
+use sluice_testkit::events::persisted;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn persisted(room: &str, seq: u64) -> AnalyticsEvent {
-    AnalyticsEvent::MessagePersisted {
-        room: room.into(),
-        seq,
-        msg_id: format!("m{seq}"),
-        sender: "alice".into(),
-        kind: "chat".into(),
-        campaign_id: None,
-        sent_at_ms: 1,
-        persisted_at_ms: 2,
-        recipients: 1,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_as_protobuf_records_keyed_by_room() {

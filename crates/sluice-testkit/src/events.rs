@@ -39,7 +39,8 @@ macro_rules! __events_tests {
     };
 }
 
-fn persisted(room: &str, seq: u64) -> AnalyticsEvent {
+/// A chat message's `message_persisted` event.
+pub fn persisted(room: &str, seq: u64) -> AnalyticsEvent {
     AnalyticsEvent::MessagePersisted {
         room: room.into(),
         seq,
