@@ -8,6 +8,8 @@
 //!   Kinesis and Redis with `--backend aws`, or chosen one concern at a time); `health`,
 //!   which probes a running process; and `bench`, which hands over to `sluice-bench` with
 //!   this program as the server it starts.
+//! - [`serve`]: the composition root of the roles, for a caller that binds its own
+//!   [`Listeners`] and holds the shutdown token (tests run Sluice in their own process so).
 //!
 //! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` (and
 //! ` admin=ADDR` with `--admin-addr`) on stdout once the ports are bound, so scripts and tests
@@ -45,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => run_roles(args, Roles { gateway: true, worker: true }).await,
-        Command::Gateway(args) => run_roles(args, Roles { gateway: true, worker: false }).await,
-        Command::Worker(args) => run_roles(args, Roles { gateway: false, worker: true }).await,
+        Command::Serve(args) => run_roles(args, Roles::SERVE).await,
+        Command::Gateway(args) => run_roles(args, Roles::GATEWAY).await,
+        Command::Worker(args) => run_roles(args, Roles::WORKER).await,
         Command::Migrate(m) => migrate(m).await,
         Command::Health(h) => health(h).await,
         Command::Token(t) => {
@@ -338,14 +340,64 @@ fn cancel_on_signal(token: CancellationToken) {
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy)]
-struct Roles {
-    gateway: bool,
-    worker: bool,
+pub struct Roles {
+    pub gateway: bool,
+    pub worker: bool,
 }
 
-/// `serve` (both roles), `gateway` or `worker`.
+impl Roles {
+    /// `sluice serve`: every role.
+    pub const SERVE: Roles = Roles { gateway: true, worker: true };
+    pub const GATEWAY: Roles = Roles { gateway: true, worker: false };
+    pub const WORKER: Roles = Roles { gateway: false, worker: true };
+}
+
+/// The sockets a process serves on: a gateway's HTTP and gRPC ports, and the admin listener
+/// of any role.
+pub struct Listeners {
+    pub http_grpc: Option<(TcpListener, TcpListener)>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `args` names that `roles` serve on.
+    pub async fn bind(args: &ServeArgs, roles: Roles) -> anyhow::Result<Self> {
+        let admin = match args.admin_addr {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (--admin-addr)"))?),
+            None => None,
+        };
+        let http_grpc = if roles.gateway {
+            let http =
+                TcpListener::bind(args.http_addr).await.with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
+            let grpc =
+                TcpListener::bind(args.grpc_addr).await.with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
+            Some((http, grpc))
+        } else {
+            None
+        };
+        Ok(Listeners { http_grpc, admin })
+    }
+}
+
+/// `serve` (both roles), `gateway` or `worker` as a command: binds, stops on SIGINT, SIGTERM
+/// or `--max-runtime-secs`, and runs [`serve`].
 async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
-    let common = &args.common;
+    check_roles(&args.common, roles)?;
+    let listeners = Listeners::bind(&args, roles).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    if let Some(secs) = args.max_runtime_secs {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tracing::info!(secs, "maximum runtime reached");
+            token.cancel();
+        });
+    }
+    serve(args, roles, listeners, shutdown).await
+}
+
+fn check_roles(common: &CommonArgs, roles: Roles) -> anyhow::Result<()> {
     if !(roles.gateway && roles.worker)
         && (common.store_kind() == StoreKind::Embedded || common.queue_kind() == QueueKind::Embedded || common.hub_kind() == HubKind::Local)
     {
@@ -354,6 +406,16 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
              SLUICE_REDIS_URL). The embedded backends live inside one process: run `sluice serve` for every role at once"
         );
     }
+    Ok(())
+}
+
+/// The composition root: opens the backends `args` configures, runs `roles` on `listeners`
+/// until `shutdown` is cancelled, then lets in-flight work finish within the grace period.
+/// What `sluice serve`, `gateway` and `worker` run, and what a test can run in its own
+/// process.
+pub async fn serve(args: ServeArgs, roles: Roles, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let common = &args.common;
+    check_roles(common, roles)?;
     let s = secrets::load(&common.data_dir, common.jwt_secret.as_deref(), common.service_token.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let conf = aws_conf(common).await;
@@ -370,30 +432,9 @@ async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     let queue = open_queue(common, conf.as_ref(), metrics.clone(), queue_config).await?;
     let hub = open_hub(common).await?;
     let events = open_events(&args, conf.as_ref(), &metrics)?;
-    let admin = match args.admin_addr {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (--admin-addr)"))?),
-        None => None,
-    };
-    let listeners = if roles.gateway {
-        let http = tokio::net::TcpListener::bind(args.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (--http-addr)", args.http_addr))?;
-        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (--grpc-addr)", args.grpc_addr))?;
-        Some((http, grpc))
-    } else {
-        None
-    };
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    if let Some(secs) = args.max_runtime_secs {
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            tracing::info!(secs, "maximum runtime reached");
-            token.cancel();
-        });
+    let Listeners { http_grpc: listeners, admin } = listeners;
+    if roles.gateway != listeners.is_some() {
+        bail!("a gateway serves on HTTP and gRPC listeners, and only a gateway does");
     }
 
     // The embedded store writes `message_persisted` with the message (its outbox), so a

@@ -1,11 +1,12 @@
 //! What an operator's tools see of a running Sluice: gRPC server reflection and health for a
-//! client that has no proto file (grpcio's reflection client, from PyPI), and traces exported
+//! client that has no proto file (grpcio's reflection client, from PyPI; the server runs in
+//! this process), and traces exported
 //! over OTLP that follow a bulk send from the gateway's span through the queue to the worker's
 //! span of each message, received by a real OTLP/gRPC collector endpoint.
 
 mod common;
 
-use common::{Server, wait_done};
+use common::{InProcess, Server, wait_done};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -17,11 +18,12 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_the_proto_finds_and_calls_the_service_by_reflection() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let server = InProcess::start(&dir.path().join("data")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reflection_client.py");
-    let out = std::process::Command::new(deploy_tools_python())
-        .args([script, &server.grpc.to_string(), &server.service_token(), "reflected"])
+    let out = tokio::process::Command::new(deploy_tools_python())
+        .args([script, &server.grpc.to_string(), InProcess::SERVICE_TOKEN, "reflected"])
         .output()
+        .await
         .unwrap();
     assert!(out.status.success(), "reflection_client.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -120,6 +120,57 @@ impl Server {
     }
 }
 
+/// `sluice serve` run inside the test's process through the library's composition root
+/// (`sluice::serve`), on loopback ports the OS picks, with fixed secrets.
+pub struct InProcess {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub const JWT_SECRET: &str = "in-process-test-secret-in-process-test";
+    pub const SERVICE_TOKEN: &str = "in-process-service-token";
+
+    pub async fn start(data_dir: &Path) -> InProcess {
+        let argv =
+            ["sluice", "serve", "--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
+                .into_iter()
+                .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN]);
+        let args = match clap::Parser::try_parse_from(argv).map(|c: sluice::config::Cli| c.command) {
+            Ok(sluice::config::Command::Serve(args)) => args,
+            other => panic!("not a serve command line: {other:?}"),
+        };
+        let listeners = sluice::Listeners::bind(&args, sluice::Roles::SERVE).await.unwrap();
+        let (http, grpc) = {
+            let (h, g) = listeners.http_grpc.as_ref().unwrap();
+            (h.local_addr().unwrap(), g.local_addr().unwrap())
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(sluice::serve(args, sluice::Roles::SERVE, listeners, shutdown.clone()));
+        InProcess { http, grpc, shutdown, task }
+    }
+
+    pub async fn grpc(&self) -> Grpc {
+        sluice_proto::client::connect(self.grpc, Bearer::service(Self::SERVICE_TOKEN).unwrap()).await.unwrap()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        sluice_gateway::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap()
+    }
+
+    pub async fn ws(&self, user: &str) -> Ws {
+        Ws::connect(&format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await
+    }
+
+    /// Cancels its shutdown token and waits for a clean end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("stops once its token is cancelled").unwrap().unwrap();
+    }
+}
+
 /// Runs the CLI and returns its trimmed stdout.
 pub fn cli(args: &[&str]) -> String {
     let out = std::process::Command::new(BIN).args(args).output().unwrap();
