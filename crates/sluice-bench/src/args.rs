@@ -1,4 +1,4 @@
-//! The `sluice bench` command line: one subcommand per scenario, plus where the server is and
+//! The `sluice-bench` command line: one subcommand per scenario, plus where the server is and
 //! where the results go. Defaults are the sizes the published figures were measured with.
 
 use clap::{Args, Subcommand};

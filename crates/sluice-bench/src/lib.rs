@@ -1,4 +1,5 @@
-//! `sluice bench`: the load generator and the benchmark scenarios.
+//! `sluice-bench`: the load generator and the benchmark scenarios (a program of its own, so
+//! that the server does not carry them).
 //!
 //! Every scenario drives a real server with real clients (WebSocket through
 //! tokio-tungstenite, gRPC through the generated tonic client) and writes its figures to

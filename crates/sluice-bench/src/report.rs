@@ -93,7 +93,7 @@ impl Report {
         let args: Vec<String> = std::env::args().skip(1).collect();
         Report {
             scenario: scenario.into(),
-            command: format!("sluice {}", redact(&args).join(" ")),
+            command: format!("sluice-bench {}", redact(&args).join(" ")),
             finished_at: String::new(),
             machine: Machine::this(),
             params,
@@ -319,7 +319,7 @@ mod redact_tests {
     #[test]
     fn secret_flags_are_hidden() {
         let args: Vec<String> =
-            ["bench", "spike", "--jwt-secret", "s1", "--service-token=s2", "--grpc", "x"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(super::redact(&args).join(" "), "bench spike --jwt-secret *** --service-token=*** --grpc x");
+            ["spike", "--jwt-secret", "s1", "--service-token=s2", "--grpc", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(super::redact(&args).join(" "), "spike --jwt-secret *** --service-token=*** --grpc x");
     }
 }

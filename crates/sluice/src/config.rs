@@ -36,7 +36,6 @@ impl Command {
             Command::Dlq(_) => "dlq",
             Command::Drain(_) => "drain",
             Command::Campaign(_) => "campaign",
-            Command::Bench(_) => "bench",
             Command::Health(_) => "health",
         }
     }
@@ -61,8 +60,6 @@ pub enum Command {
     Drain(DrainArgs),
     /// Pause, resume or show one campaign on a running server (`drain ... --campaign`).
     Campaign(CampaignArgs),
-    /// Run a benchmark scenario with real clients; results go to docs/benchmarks/.
-    Bench(sluice_bench::BenchArgs),
     /// Probe a running process over HTTP and exit 0 when it answers 200 (the container's
     /// health check: the image has no shell and no curl).
     Health(HealthArgs),
@@ -315,7 +312,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS", hide = true)]
     pub max_runtime_secs: Option<u64>,
     /// Benchmarks only: add MIN-MAX milliseconds (uniform) to every store call, so the
-    /// embedded store stands in for a remote one (`sluice bench scaling`).
+    /// embedded store stands in for a remote one (`sluice-bench scaling`).
     #[arg(long, hide = true)]
     pub store_latency_ms: Option<sluice_core::latency::LatencyRange>,
 }

@@ -5,9 +5,9 @@
 //! - [`telemetry`]: logs (text or JSON) and trace export over OTLP.
 //! - [`run`]: `serve`, `gateway`, `worker`, `migrate`, `token`, `dlq`, `drain`, `campaign`,
 //!   each on the backends the configuration picks (embedded by default; DynamoDB, SQS,
-//!   Kinesis and Redis with `--backend aws`, or chosen one concern at a time); `health`,
-//!   which probes a running process; and `bench`, which hands over to `sluice-bench` with
-//!   this program as the server it starts.
+//!   Kinesis and Redis with `--backend aws`, or chosen one concern at a time); and `health`,
+//!   which probes a running process. The benchmarks are a program of their own
+//!   (`sluice-bench`), which starts this one as its server.
 //! - [`serve`]: the composition root of the roles, for a caller that binds its own
 //!   [`Listeners`] and holds the shutdown token (tests run Sluice in their own process so).
 //!
@@ -62,10 +62,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", auth.mint_user(&user, t.ttl_secs).map_err(|e| anyhow::anyhow!("--user: {e}"))?);
             }
             Ok(())
-        }
-        Command::Bench(b) => {
-            let program = std::env::current_exe().context("cannot find the sluice program to start servers")?;
-            sluice_bench::run(b, &program).await
         }
         Command::Drain(d) => {
             let scope = match (d.tenant, d.campaign) {
@@ -540,12 +536,13 @@ async fn health(h: config::HealthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn control_client(t: &ControlTarget) -> anyhow::Result<sluice_bench::target::Grpc> {
+async fn control_client(t: &ControlTarget) -> anyhow::Result<sluice_proto::client::Client> {
     let token = match &t.service_token {
         Some(token) => token.clone(),
         None => secrets::stored_service_token(&t.data_dir)?,
     };
-    sluice_bench::target::connect(t.grpc_addr, &token).await
+    let bearer = sluice_proto::client::Bearer::service(&token)?;
+    sluice_proto::client::connect(t.grpc_addr, bearer).await.with_context(|| format!("cannot connect to gRPC at {}", t.grpc_addr))
 }
 
 fn scope_text(s: Option<&v1::DrainScope>) -> String {

@@ -1,4 +1,4 @@
-//! Smoke runs of every `sluice bench` scenario at small sizes, so the harness cannot rot:
+//! Smoke runs of every `sluice-bench` scenario at small sizes, so the harness cannot rot:
 //! each must finish, write its Markdown, JSON and PNG files, and report figures that follow
 //! from what it did (every message persisted, connections held, counters exact). Speed is
 //! not asserted here; the figures come from full runs (docs/benchmarks/README.md).
@@ -6,21 +6,32 @@
 mod common;
 
 use common::BIN;
+
+/// `sluice-bench`, which cargo builds beside `sluice` (`cargo build --workspace`, as
+/// scripts/test.sh does first); it starts `sluice` as its server.
+fn bench_bin() -> std::path::PathBuf {
+    let path = Path::new(BIN).with_file_name("sluice-bench");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p sluice-bench` (scripts/test.sh builds every target)",
+        path.display()
+    );
+    path
+}
 use serde_json::Value;
 use std::path::Path;
 
 fn bench(args: &[&str], out: &Path) -> Value {
-    let output = std::process::Command::new(BIN)
-        .arg("bench")
+    let output = std::process::Command::new(bench_bin())
         .args(args)
         .arg("--out")
         .arg(out)
         .env("SLUICE_LOG", "warn")
         .output()
-        .expect("run sluice bench");
+        .expect("run sluice-bench");
     assert!(
         output.status.success(),
-        "sluice bench {args:?} failed:\n{}\n{}",
+        "sluice-bench {args:?} failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -132,7 +143,7 @@ fn fairness_smoke() {
 
 #[test]
 fn refuses_a_bad_scenario_argument() {
-    let out = std::process::Command::new(BIN).args(["bench", "scaling", "--latency-ms", "10-5"]).output().unwrap();
+    let out = std::process::Command::new(bench_bin()).args(["scaling", "--latency-ms", "10-5"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--latency-ms"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 pub fn env(a: &EmulatorArgs, prefix: &str, scenario: &str) -> anyhow::Result<Vec<(String, String)>> {
     let (Some(dynamodb), Some(moto)) = (&a.dynamodb_url, &a.moto_url) else {
         bail!(
-            "{scenario} needs DynamoDB Local and moto: run it as `scripts/with-test-services.sh sluice bench {scenario} ...` \
+            "{scenario} needs DynamoDB Local and moto: run it as `scripts/with-test-services.sh sluice-bench {scenario} ...` \
              (or give --dynamodb-url and --moto-url)"
         );
     };

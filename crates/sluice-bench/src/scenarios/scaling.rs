@@ -14,7 +14,7 @@
 //! ```text
 //! scripts/with-test-services.sh sh -c 'target/debug/sluice-unkind-dynamodb \
 //!     --upstream $SLUICE_TEST_DYNAMODB_LOCAL_URL --port 18000 --hold-ms 20 & \
-//!   target/release/sluice bench scaling --backend aws --workers 1,2,4,8 \
+//!   target/release/sluice-bench scaling --backend aws --workers 1,2,4,8 \
 //!     --dynamodb-url http://127.0.0.1:18000 --messages-per-worker 300'
 //! ```
 
