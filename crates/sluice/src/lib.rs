@@ -264,11 +264,12 @@ async fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
     if m.with_queues {
         let conf = conf.as_ref().expect("loaded for --with-queues");
         let settings = sluice_aws::migrate::QueueSettings { max_receive_count: m.max_receive_count, ..Default::default() };
-        let (urls, dlq) = sluice_aws::migrate::Migrator::new(conf).queues(&names, settings).await?;
+        let migrator = sluice_aws::migrate::Migrator::new(conf);
+        let (urls, dlq) = migrator.queues(&names, settings).await?;
         for url in urls {
             println!("queue {url} (dead letters: {dlq}, after {} receives)", m.max_receive_count);
         }
-        let stream = sluice_aws::migrate::Migrator::new(conf).stream(&names, m.stream_shards).await?;
+        let stream = migrator.stream(&names, m.stream_shards).await?;
         println!("stream {stream}");
     } else if common.queue_kind() == QueueKind::Embedded {
         drop(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), QueueConfig::default()).with_context(|| in_use_hint(common))?);
