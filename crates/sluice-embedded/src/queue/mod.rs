@@ -17,13 +17,15 @@
 //!   (after a restart the window covers the messages still queued);
 //! - cancel-safe: an operation that writes runs to its end even when its caller is dropped,
 //!   and seqs are reserved before the write, so a cancelled send never lends its seqs out.
+//!
+//! Modules: [`scheduler`] (which group goes next: pure, property-tested), `records` (tables
+//! and records), `areas` (dead letters and held messages).
 
-use crate::codec::{decode, encode, queue_err};
+use crate::codec::{encode, queue_err};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use scheduler::{NameKey, Scheduler, name_key};
-use serde::{Deserialize, Serialize};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
 use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue, TenantWeights};
@@ -34,13 +36,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+mod areas;
+mod records;
 mod scheduler;
 
-const Q_MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_messages");
-const Q_RECV: TableDefinition<u64, u32> = TableDefinition::new("queue_receive_counts");
-const Q_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_dead_letters");
-/// Messages held by an operator's pause: (hold key, seq) -> the queued message.
-const Q_HELD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_held");
+use records::{Q_DEAD, Q_HELD, Q_MSGS, Q_RECV, QRec, decode_dead, decode_qrec};
 
 /// Largest number of messages written in one transaction by `send`.
 const SEND_CHUNK: usize = 20_000;
@@ -65,72 +65,6 @@ impl Default for QueueConfig {
 /// Default of [`QueueConfig::cache_bytes`] (redb's own default is 1 GiB, which a long-lived
 /// server grows into as the file grows).
 pub const DEFAULT_QUEUE_CACHE_BYTES: usize = 64 << 20;
-
-#[derive(Serialize, Deserialize)]
-struct QRec {
-    dedup_id: String,
-    group: String,
-    body: Vec<u8>,
-    enqueued_at_ms: i64,
-    /// Last: records written before tenants existed end before it (see [`decode_qrec`]).
-    tenant: String,
-}
-
-/// A queued message as written before tenants existed.
-#[derive(Deserialize)]
-struct QRecV1 {
-    dedup_id: String,
-    group: String,
-    body: Vec<u8>,
-    enqueued_at_ms: i64,
-}
-
-fn decode_qrec(bytes: &[u8]) -> Result<QRec, redb::Error> {
-    decode::<QRec>(bytes).or_else(|e| match decode::<QRecV1>(bytes) {
-        Ok(r) => Ok(QRec { dedup_id: r.dedup_id, group: r.group, body: r.body, enqueued_at_ms: r.enqueued_at_ms, tenant: String::new() }),
-        Err(_) => Err(e),
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-struct DeadRec {
-    dedup_id: String,
-    group: String,
-    body: Vec<u8>,
-    reason: String,
-    receive_count: u32,
-    enqueued_at_ms: i64,
-    dead_at_ms: i64,
-    /// Last, as in [`QRec`].
-    tenant: String,
-}
-
-#[derive(Deserialize)]
-struct DeadRecV1 {
-    dedup_id: String,
-    group: String,
-    body: Vec<u8>,
-    reason: String,
-    receive_count: u32,
-    enqueued_at_ms: i64,
-    dead_at_ms: i64,
-}
-
-fn decode_dead(bytes: &[u8]) -> Result<DeadRec, redb::Error> {
-    decode::<DeadRec>(bytes).or_else(|e| match decode::<DeadRecV1>(bytes) {
-        Ok(r) => Ok(DeadRec {
-            dedup_id: r.dedup_id,
-            group: r.group,
-            body: r.body,
-            reason: r.reason,
-            receive_count: r.receive_count,
-            enqueued_at_ms: r.enqueued_at_ms,
-            dead_at_ms: r.dead_at_ms,
-            tenant: String::new(),
-        }),
-        Err(_) => Err(e),
-    })
-}
 
 /// A message written back into the queue: its new seq, group, tenant and first enqueue time.
 type Requeued = (u64, String, String, i64);
@@ -378,121 +312,6 @@ impl EmbeddedQueue {
         Ok(())
     }
 
-    async fn dead_letter_now(&self, r: Receipt, reason: String) -> Result<(), QueueError> {
-        let r = &r;
-        let seq = self.current_seq(r)?;
-        let count = parse_receipt(r)?.1;
-        self.write(move |txn| {
-            let mut msgs = txn.open_table(Q_MSGS)?;
-            let mut recv = txn.open_table(Q_RECV)?;
-            let mut dead = txn.open_table(Q_DEAD)?;
-            let rec = match msgs.remove(seq)? {
-                Some(v) => decode_qrec(v.value())?,
-                None => return Ok(()),
-            };
-            recv.remove(seq)?;
-            let d = DeadRec {
-                dedup_id: rec.dedup_id,
-                group: rec.group,
-                body: rec.body,
-                reason,
-                receive_count: count,
-                enqueued_at_ms: rec.enqueued_at_ms,
-                dead_at_ms: now_ms(),
-                tenant: rec.tenant,
-            };
-            dead.insert(seq, encode(&d).as_slice())?;
-            Ok(())
-        })
-        .await?;
-        let mut st = self.state();
-        if st.sched.remove(seq) {
-            st.dead += 1;
-        }
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(())
-    }
-
-    async fn redrive_now(&self, limit: usize) -> Result<usize, QueueError> {
-        let _guard = self.inner.send_lock.lock().await;
-        let first_seq = self.state().next_seq;
-        let moved = self
-            .write(move |txn| {
-                let mut dead = txn.open_table(Q_DEAD)?;
-                let mut msgs = txn.open_table(Q_MSGS)?;
-                let keys: Vec<u64> = dead.iter()?.take(limit).map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
-                let mut moved = Vec::with_capacity(keys.len());
-                for (i, k) in keys.into_iter().enumerate() {
-                    let d = match dead.remove(k)? {
-                        Some(v) => decode_dead(v.value())?,
-                        None => continue,
-                    };
-                    let seq = first_seq + i as u64;
-                    let rec = QRec {
-                        dedup_id: d.dedup_id,
-                        group: d.group.clone(),
-                        body: d.body,
-                        enqueued_at_ms: d.enqueued_at_ms,
-                        tenant: d.tenant.clone(),
-                    };
-                    msgs.insert(seq, encode(&rec).as_slice())?;
-                    moved.push((seq, d.group, d.tenant, d.enqueued_at_ms));
-                }
-                Ok(moved)
-            })
-            .await?;
-        Ok(self.requeue(&moved, |st| &mut st.dead))
-    }
-
-    async fn hold_now(&self, r: Receipt, key: String) -> Result<(), QueueError> {
-        let seq = self.current_seq(&r)?;
-        let moved = self
-            .write(move |txn| {
-                let mut msgs = txn.open_table(Q_MSGS)?;
-                let mut recv = txn.open_table(Q_RECV)?;
-                let mut held = txn.open_table(Q_HELD)?;
-                let Some(v) = msgs.remove(seq)? else { return Ok(false) };
-                recv.remove(seq)?;
-                held.insert((key.as_str(), seq), v.value())?;
-                Ok(true)
-            })
-            .await?;
-        let mut st = self.state();
-        if st.sched.remove(seq) && moved {
-            st.held += 1;
-        }
-        drop(st);
-        self.inner.notify.notify_waiters();
-        Ok(())
-    }
-
-    async fn release_held_now(&self, key: String, limit: usize) -> Result<usize, QueueError> {
-        let _guard = self.inner.send_lock.lock().await;
-        let first_seq = self.state().next_seq;
-        let moved = self
-            .write(move |txn| {
-                let mut held = txn.open_table(Q_HELD)?;
-                let mut msgs = txn.open_table(Q_MSGS)?;
-                let keys: Vec<u64> = held
-                    .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
-                    .take(limit)
-                    .map(|e| e.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                let mut moved = Vec::with_capacity(keys.len());
-                for (i, old) in keys.into_iter().enumerate() {
-                    let Some(v) = held.remove((key.as_str(), old))? else { continue };
-                    let rec = decode_qrec(v.value())?;
-                    let seq = first_seq + i as u64;
-                    msgs.insert(seq, encode(&rec).as_slice())?;
-                    moved.push((seq, rec.group, rec.tenant, rec.enqueued_at_ms));
-                }
-                Ok(moved)
-            })
-            .await?;
-        Ok(self.requeue(&moved, |st| &mut st.held))
-    }
-
     /// The seq of the message `r` is the current delivery of.
     fn current_seq(&self, r: &Receipt) -> Result<u64, QueueError> {
         let st = self.state();
@@ -500,21 +319,6 @@ impl EmbeddedQueue {
             .first()
             .copied()
             .ok_or_else(|| QueueError::Invalid(format!("receipt {} is no longer current", r.0)))
-    }
-
-    /// Makes messages just written back into the queue (from the dead letters or the held
-    /// area) visible, each with a receive count of 0, and takes them off the count of the
-    /// area they left; returns how many.
-    fn requeue(&self, moved: &[Requeued], area: impl FnOnce(&mut State) -> &mut u64) -> usize {
-        let mut st = self.state();
-        for (seq, group, tenant, at) in moved {
-            st.sched.push(*seq, group, tenant, 0, *at);
-            st.next_seq = st.next_seq.max(seq + 1);
-        }
-        *area(&mut st) -= moved.len() as u64;
-        drop(st);
-        self.inner.notify.notify_waiters();
-        moved.len()
     }
 
     /// Writes receive counts and reads bodies for messages just picked.

@@ -126,8 +126,8 @@ pub(super) fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T, StoreError>)
     Box::new(Done(reply, r))
 }
 
-/// The embedded message store. Cheap to clone; the file closes when the last clone drops.
-
+/// The writer thread's loop: takes operations from both lanes (interactive first) and commits
+/// them in groups until every sender is gone.
 pub(super) fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth, outbox: bool) {
     let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
     let mut last_interactive: Option<std::time::Instant> = None;
