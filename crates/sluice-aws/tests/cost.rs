@@ -82,13 +82,14 @@ async fn capacity_and_requests_per_message() {
     let (enq_wcu, enq_sqs) = (wcu(&metrics), requests(&metrics, "sqs"));
 
     let worker = Arc::new(Worker::new(
-        Backends {
-            store: store.clone(),
-            queue: queue.clone(),
-            fanout: sluice_core::fanout::Fanout::new(Arc::new(sluice_embedded::LocalHub::new()), Arc::new(NoEvents)),
-            limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
-            metrics: metrics.clone(),
-        },
+        Backends::new(
+            store.clone(),
+            queue.clone(),
+            Arc::new(sluice_embedded::LocalHub::new()),
+            Arc::new(NoEvents),
+            Arc::new(sluice_core::limits::LocalLimiter::new()),
+            metrics.clone(),
+        ),
         WorkerConfig { batch_size: 10, ..WorkerConfig::default() },
     ));
     let stop = CancellationToken::new();

@@ -19,7 +19,6 @@ mod queue_suite {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_moved_by_sqs_itself_are_counted_once_for_their_campaign() {
     use sluice_core::ids;
-    use sluice_core::model::NewMessage;
     use sluice_core::queue::Enqueue;
     use std::time::Duration;
 
@@ -31,7 +30,7 @@ async fn dead_letters_moved_by_sqs_itself_are_counted_once_for_their_campaign() 
     assert_eq!(q.own_max_receives().await.unwrap(), Some(2));
     let (store, _) = common::store("adopt").await;
     let store: Arc<dyn sluice_core::store::MessageStore> = store;
-    let msg = NewMessage::one_off("crashy", "shop", "ann", "hello", 1);
+    let msg = sluice_testkit::store::one_off_saying("crashy", "shop", "ann", "hello");
     store.record_enqueued("crashy", "shop", 1, &["ann".to_string()]).await.unwrap();
     let body = sluice_proto::convert::encode_queued(&msg);
     q.send(vec![Enqueue { dedup_id: msg.msg_id.clone(), group: ids::queue_group(&msg.room), tenant: "shop".into(), body }]).await.unwrap();
@@ -45,9 +44,9 @@ async fn dead_letters_moved_by_sqs_itself_are_counted_once_for_their_campaign() 
     let c = store.campaign("crashy").await.unwrap().unwrap();
     assert!(!c.done(), "nobody counted the moved message yet: {c:?}");
 
-    let fanout = sluice_core::fanout::Fanout::new(Arc::new(sluice_embedded::LocalHub::new()), Arc::new(sluice_core::events::NoEvents));
     let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
-    let backends = sluice_worker::Backends { store: store.clone(), queue: q.clone(), fanout, limiter, metrics };
+    let hub = Arc::new(sluice_embedded::LocalHub::new());
+    let backends = sluice_worker::Backends::new(store.clone(), q.clone(), hub, Arc::new(sluice_core::events::NoEvents), limiter, metrics);
     let worker = sluice_worker::Worker::new(backends, sluice_worker::WorkerConfig { max_receives: 5, ..Default::default() });
     assert_eq!(worker.check_max_receives().await, 1, "a max-receives at or over the queue's own is lowered");
     assert_eq!(worker.adopt_dead_letters().await, 1);

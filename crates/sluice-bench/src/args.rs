@@ -173,7 +173,7 @@ pub struct ScalingArgs {
     pub messages_per_worker: u64,
     /// Store latency added to every call, in ms: `MIN-MAX` (uniform) or one number.
     #[arg(long, default_value = "5-10")]
-    pub latency_ms: sluice_core::latency::LatencyRange,
+    pub latency_ms: sluice_testkit::latency::LatencyRange,
     /// Messages per queue receive (SQS returns at most 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,

@@ -1,5 +1,7 @@
-//! Identifier rules: which user and room ids are valid, the id of a direct room, message ids
-//! derived from what makes a send unique, and the spike-queue message group of a room.
+//! Identifiers: the [`UserId`], [`RoomId`] and [`CampaignId`] newtypes (validated on
+//! construction, serde through the same check), the rules behind them, the id of a direct
+//! room, message ids derived from what makes a send unique, and the spike-queue message group
+//! of a room.
 
 use uuid::Uuid;
 
@@ -31,6 +33,152 @@ pub fn validate_room(room: &str) -> Result<(), String> {
     }
     if room.starts_with(DM_PREFIX) && dm_members(room).is_none() {
         return Err("a dm: room id must be dm:<user>:<user> with the two users sorted".into());
+    }
+    Ok(())
+}
+
+/// Why a string is not a valid id (the message is safe to show the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IdError(pub String);
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $check:path) => {
+        $(#[$doc])*
+        ///
+        /// Valid by construction: [`Self::new`] (and `FromStr`, `TryFrom`, serde) check the
+        /// rule, so code that holds one never checks again. Derefs to `str`.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
+                let id = id.into();
+                $check(&id).map_err(IdError)?;
+                Ok($name(id))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                $name::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user: 1 to 64 characters of `A-Z a-z 0-9 - _ . @ +` (see [`validate_user`]).
+    UserId,
+    validate_user
+);
+id_type!(
+    /// A room: 1 to 132 characters of `A-Z a-z 0-9 - _ . @ + :`; a `dm:` room is a
+    /// well-formed direct room (see [`validate_room`]).
+    RoomId,
+    validate_room
+);
+id_type!(
+    /// A campaign (one marketing send, any number of EnqueueBulk calls): 1 to 64 characters
+    /// of `A-Z a-z 0-9 - _ . @ +` (see [`validate_campaign`]).
+    CampaignId,
+    validate_campaign
+);
+
+impl UserId {
+    /// The direct room of this user and `other`.
+    pub fn dm_with(&self, other: &UserId) -> RoomId {
+        RoomId(dm_room(self, other))
+    }
+}
+
+impl RoomId {
+    /// The two members of a direct room, or `None` for any other room.
+    pub fn dm_members(&self) -> Option<[UserId; 2]> {
+        dm_members(self).map(|[a, b]| [UserId(a), UserId(b)])
+    }
+
+    /// Whether `user` is neither member of this direct room (`false` for any other room).
+    pub fn excludes_from_dm(&self, user: &UserId) -> bool {
+        self.dm_members().is_some_and(|m| !m.contains(user))
+    }
+}
+
+impl CampaignId {
+    /// A fresh random campaign id.
+    pub fn random() -> CampaignId {
+        CampaignId(random_id())
+    }
+}
+
+/// Longest campaign id accepted.
+pub const MAX_CAMPAIGN_ID_LEN: usize = 64;
+
+/// Checks a campaign id: 1 to 64 characters of `A-Z a-z 0-9 - _ . @ +` (campaign ids name
+/// keys and queue scopes, so they hold no `:` or `/`).
+pub fn validate_campaign(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CAMPAIGN_ID_LEN || !id.chars().all(id_char) {
+        return Err(format!("campaign id must be 1-{MAX_CAMPAIGN_ID_LEN} characters of A-Z a-z 0-9 - _ . @ +"));
     }
     Ok(())
 }
@@ -125,6 +273,24 @@ mod tests {
         assert!(validate_user(&"x".repeat(65)).is_err());
         assert!(validate_room("general").is_ok());
         assert!(validate_room("has space").is_err());
+    }
+
+    #[test]
+    fn newtypes_check_on_every_way_in() {
+        assert!(UserId::new("alice").is_ok());
+        assert_eq!(UserId::new("a:b").unwrap_err().0, validate_user("a:b").unwrap_err());
+        assert!("has space".parse::<RoomId>().is_err());
+        assert!(CampaignId::try_from("spring/sale".to_string()).is_err(), "a campaign id holds no /");
+        assert!(serde_json::from_str::<UserId>("\"ok\"").is_ok());
+        assert!(serde_json::from_str::<UserId>("\"not ok\"").is_err(), "deserializing checks too");
+        assert_eq!(serde_json::to_string(&RoomId::new("general").unwrap()).unwrap(), "\"general\"");
+        let (shop, ann) = (UserId::new("shop").unwrap(), UserId::new("ann").unwrap());
+        let dm = shop.dm_with(&ann);
+        assert_eq!(dm, "dm:ann:shop");
+        assert_eq!(dm.dm_members(), Some([ann.clone(), shop.clone()]));
+        assert!(dm.excludes_from_dm(&UserId::new("mallory").unwrap()));
+        assert!(!dm.excludes_from_dm(&ann));
+        assert!(!RoomId::new("general").unwrap().excludes_from_dm(&ann), "only direct rooms have fixed members");
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //! - [`control`]: the operator's pause, resume and rate of the drain, a tenant or a campaign.
 //! - [`governor`]: the drain governor (AIMD on interactive latency and store throttling).
 //! - [`limits`]: per-user and per-address rate limits and leases shared by every gateway.
+//! - [`auth`]: user tokens (JWT) and the service token.
+//! - [`backends`]: the ports one process runs on, shared by its roles.
 //! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
 
+pub mod auth;
+pub mod backends;
 pub mod backoff;
 pub mod control;
 pub mod error;
@@ -21,7 +25,6 @@ pub mod frames;
 pub mod governor;
 pub mod hub;
 pub mod ids;
-pub mod latency;
 pub mod limits;
 pub mod metrics;
 pub mod model;

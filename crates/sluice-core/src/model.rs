@@ -1,5 +1,6 @@
 //! The logical data model shared by every store: messages, rooms, inbox rows, campaigns.
 
+use crate::ids::{CampaignId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -52,13 +53,28 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// An interactive message: its msg_id derives from sender, room and the client's id, so a
+    /// retried send is the same message; a direct room is created by its first message.
+    pub fn chat(sender: &UserId, room: &RoomId, client_msg_id: &str, body: &str, sent_at_ms: i64) -> NewMessage {
+        NewMessage {
+            msg_id: crate::ids::chat_msg_id(sender, room, client_msg_id),
+            room: room.to_string(),
+            sender: sender.to_string(),
+            body: body.to_string(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms,
+            create_members: room.dm_members().map(|m| m.map(UserId::into_string).to_vec()).unwrap_or_default(),
+        }
+    }
+
     /// The expansion of a campaign: its one-off from `sender` to `recipient` goes to their
     /// direct room (created by the first message that needs it), with a msg_id derived from
     /// campaign and recipient, so a repeated EnqueueBulk or a redelivery is the same message.
-    pub fn one_off(campaign_id: &str, sender: &str, recipient: &str, body: &str, sent_at_ms: i64) -> NewMessage {
+    pub fn one_off(campaign_id: &CampaignId, sender: &UserId, recipient: &UserId, body: &str, sent_at_ms: i64) -> NewMessage {
         NewMessage {
             msg_id: crate::ids::bulk_msg_id(campaign_id, recipient),
-            room: crate::ids::dm_room(sender, recipient),
+            room: sender.dm_with(recipient).into_string(),
             sender: sender.to_string(),
             body: body.to_string(),
             kind: MessageKind::OneOff,

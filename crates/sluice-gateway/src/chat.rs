@@ -5,10 +5,10 @@
 use crate::error::AppError;
 use sluice_core::error::ErrorCode;
 use sluice_core::hub::{ConnId, LiveEvent};
-use sluice_core::ids;
+use sluice_core::ids::{self, CampaignId, RoomId, UserId};
 use sluice_core::model::{
-    Campaign, DEFAULT_HISTORY_LIMIT, DEFAULT_INBOX_LIMIT, HistoryQuery, Inbox, InboxPage, MAX_HISTORY_LIMIT, MAX_INBOX_LIMIT, MessageKind,
-    NewMessage, Persisted, ReadOutcome, Room, StoredMessage,
+    Campaign, DEFAULT_HISTORY_LIMIT, DEFAULT_INBOX_LIMIT, HistoryQuery, Inbox, InboxPage, MAX_HISTORY_LIMIT, MAX_INBOX_LIMIT, NewMessage,
+    Persisted, ReadOutcome, Room, StoredMessage,
 };
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
@@ -24,13 +24,14 @@ const ENQUEUE_CHUNK: usize = 10_000;
 pub const ENQUEUE_CHUNK_BYTES: usize = 8 << 20;
 
 /// One EnqueueBulk call: a one-off message from `sender` to each recipient.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BulkSend<'a> {
-    /// Empty: a fresh id is made.
-    pub campaign_id: &'a str,
-    /// Who the campaign is drained for; `None`: the sender.
-    pub tenant: Option<&'a str>,
-    pub sender: &'a str,
+    /// `None`: a fresh id is made.
+    pub campaign_id: Option<CampaignId>,
+    /// Who the campaign is drained for (a user id: by default the sender); `None`: the sender.
+    pub tenant: Option<UserId>,
+    pub sender: UserId,
+    /// Checked here, one by one (an error names the first bad entry's index).
     pub recipients: &'a [String],
     pub body: &'a str,
 }
@@ -40,68 +41,55 @@ impl App {
     /// the same `client_msg_id` returns the original message.
     pub async fn send(
         &self,
-        sender: &str,
-        room: &str,
+        sender: &UserId,
+        room: &RoomId,
         client_msg_id: &str,
         body: &str,
         origin: Option<ConnId>,
     ) -> Result<Persisted, AppError> {
-        ids::validate_room(room).map_err(AppError::bad)?;
         self.check_body(body)?;
-        if dm_outsider(sender, room) {
+        if room.excludes_from_dm(sender) {
             return Err(not_member(room));
         }
-        let create_members = ids::dm_members(room).map(|m| m.to_vec()).unwrap_or_default();
-        let msg = NewMessage {
-            msg_id: ids::chat_msg_id(sender, room, client_msg_id),
-            room: room.to_string(),
-            sender: sender.to_string(),
-            body: body.to_string(),
-            kind: MessageKind::Chat,
-            campaign_id: None,
-            sent_at_ms: now_ms(),
-            create_members,
-        };
-        let ticket = self.fanout.ticket(room);
+        let msg = NewMessage::chat(sender, room, client_msg_id, body, now_ms());
+        let ticket = self.backends.fanout.ticket(room);
         let started = std::time::Instant::now();
-        let result = self.store.persist(vec![msg]).await;
+        let result = self.backends.store.persist(vec![msg]).await;
         let took = started.elapsed();
-        self.metrics.persist_seconds.observe(took.as_secs_f64());
+        self.backends.metrics.persist_seconds.observe(took.as_secs_f64());
         // What the drain governor of a worker in this process watches.
-        self.metrics.interactive_persist.record(took);
+        self.backends.metrics.interactive_persist.record(took);
         let p = result?.pop().ok_or_else(|| AppError::new(ErrorCode::Internal, "store returned nothing"))??;
         if p.duplicate {
-            self.metrics.duplicates.inc();
+            self.backends.metrics.duplicates.inc();
         } else {
-            self.metrics.persisted.with_label_values(&["interactive"]).inc();
+            self.backends.metrics.persisted.with_label_values(&["interactive"]).inc();
         }
         if !ticket.publish(&p, origin).await {
-            self.metrics.fanout_failures.inc();
+            self.backends.metrics.fanout_failures.inc();
         }
         Ok(p)
     }
 
     /// Moves `user`'s read position and tells their connections the new counters.
-    pub async fn read(&self, user: &str, room: &str, seq: u64) -> Result<ReadOutcome, AppError> {
-        ids::validate_room(room).map_err(AppError::bad)?;
-        if dm_outsider(user, room) {
+    pub async fn read(&self, user: &UserId, room: &RoomId, seq: u64) -> Result<ReadOutcome, AppError> {
+        if room.excludes_from_dm(user) {
             return Err(not_member(room));
         }
-        let r = self.store.mark_read(user, room, seq, now_ms()).await?;
-        let members = if r.changed { self.store.room(room).await?.map(|r| r.members).unwrap_or_default() } else { Vec::new() };
-        self.fanout.after_read(user, room, &r, &members).await;
+        let r = self.backends.store.mark_read(user, room, seq, now_ms()).await?;
+        let members = if r.changed { self.backends.store.room(room).await?.map(|r| r.members).unwrap_or_default() } else { Vec::new() };
+        self.backends.fanout.after_read(user, room, &r, &members).await;
         Ok(r)
     }
 
     /// Checks that `user` may access `room`.
     /// A direct room's members are the two users its id names, so anyone else is refused
     /// as a non-member whether or not the room exists yet (no probing who talks to whom).
-    pub async fn authorize(&self, user: &str, room: &str) -> Result<(), AppError> {
-        ids::validate_room(room).map_err(AppError::bad)?;
-        if dm_outsider(user, room) {
+    pub async fn authorize(&self, user: &UserId, room: &RoomId) -> Result<(), AppError> {
+        if room.excludes_from_dm(user) {
             return Err(not_member(room));
         }
-        match self.store.membership(room, user).await? {
+        match self.backends.store.membership(room, user).await? {
             Membership::Member => Ok(()),
             Membership::NotMember => Err(not_member(room)),
             Membership::UnknownRoom => Err(unknown_room(room)),
@@ -111,8 +99,8 @@ impl App {
     /// A page of history; `user` (when given) must be a member.
     pub async fn history(
         &self,
-        user: Option<&str>,
-        room: &str,
+        user: Option<&UserId>,
+        room: &RoomId,
         before: Option<u64>,
         after: Option<u64>,
         limit: Option<u64>,
@@ -120,8 +108,7 @@ impl App {
         match user {
             Some(u) => self.authorize(u, room).await?,
             None => {
-                ids::validate_room(room).map_err(AppError::bad)?;
-                if self.store.room(room).await?.is_none() {
+                if self.backends.store.room(room).await?.is_none() {
                     return Err(unknown_room(room));
                 }
             }
@@ -130,13 +117,12 @@ impl App {
             None | Some(0) => DEFAULT_HISTORY_LIMIT,
             Some(n) => (n as usize).min(MAX_HISTORY_LIMIT),
         };
-        Ok(self.store.history(room, HistoryQuery { before, after, limit }).await?)
+        Ok(self.backends.store.history(room, HistoryQuery { before, after, limit }).await?)
     }
 
     /// A page of `user`'s inbox: rooms after `after`, at most `limit` (default
     /// [`DEFAULT_INBOX_LIMIT`], at most [`MAX_INBOX_LIMIT`]), with the total over all rooms.
-    pub async fn inbox(&self, user: &str, after: Option<String>, limit: Option<u64>) -> Result<Inbox, AppError> {
-        ids::validate_user(user).map_err(AppError::bad)?;
+    pub async fn inbox(&self, user: &UserId, after: Option<String>, limit: Option<u64>) -> Result<Inbox, AppError> {
         if let Some(a) = &after {
             ids::validate_room(a).map_err(|e| AppError::bad(format!("after: {e}")))?;
         }
@@ -144,37 +130,40 @@ impl App {
             None | Some(0) => DEFAULT_INBOX_LIMIT,
             Some(n) => (n as usize).min(MAX_INBOX_LIMIT),
         };
-        Ok(self.store.inbox_page(user, InboxPage { after, limit }).await?)
+        Ok(self.backends.store.inbox_page(user, InboxPage { after, limit }).await?)
     }
 
     /// Tells the other online members of `room` that `user` is typing.
-    pub async fn typing(&self, user: &str, room: &str) -> Result<(), AppError> {
+    pub async fn typing(&self, user: &UserId, room: &RoomId) -> Result<(), AppError> {
         self.authorize(user, room).await?;
-        let r = self.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
-        let others: Vec<String> = r.members.into_iter().filter(|m| m != user).collect();
-        self.hub.publish(&others, LiveEvent::Typing { room: room.to_string(), user: user.to_string() }).await?;
+        let r = self.backends.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
+        let others: Vec<String> = r.members.into_iter().filter(|m| user != m.as_str()).collect();
+        self.backends.hub.publish(&others, LiveEvent::Typing { room: room.to_string(), user: user.to_string() }).await?;
         Ok(())
     }
 
-    pub async fn create_room(&self, room: &str, members: &[String]) -> Result<Room, AppError> {
-        let room = if room.is_empty() { format!("r-{}", ids::random_id()) } else { room.to_string() };
-        ids::validate_room(&room).map_err(AppError::bad)?;
+    /// Creates `room` (`None`: a fresh id) with `members`, checked here (at most
+    /// `max_room_members` per call).
+    pub async fn create_room(&self, room: Option<RoomId>, members: &[String]) -> Result<Room, AppError> {
+        let room = match room {
+            Some(r) => r,
+            None => RoomId::new(format!("r-{}", ids::random_id())).map_err(AppError::from)?,
+        };
         let members = self.check_members(members)?;
         if let Some(dm) = ids::dm_members(&room)
             && members != dm
         {
             return Err(AppError::bad("a dm: room's members are the two users its id names"));
         }
-        Ok(self.store.create_room(&room, &members, now_ms()).await?)
+        Ok(self.backends.store.create_room(&room, &members, now_ms()).await?)
     }
 
-    pub async fn add_members(&self, room: &str, members: &[String]) -> Result<Room, AppError> {
-        ids::validate_room(room).map_err(AppError::bad)?;
-        if ids::dm_members(room).is_some() {
+    pub async fn add_members(&self, room: &RoomId, members: &[String]) -> Result<Room, AppError> {
+        if room.dm_members().is_some() {
             return Err(AppError::bad("the members of a dm: room are fixed"));
         }
         let members = self.check_members(members)?;
-        Ok(self.store.add_members(room, &members, now_ms()).await?)
+        Ok(self.backends.store.add_members(room, &members, now_ms()).await?)
     }
 
     /// Enqueues one one-off message from `sender` to each recipient's direct room and
@@ -183,13 +172,13 @@ impl App {
     /// A tenant at its queue quota gets what fits accepted and a `rate_limited` error
     /// (RESOURCE_EXHAUSTED) whose metadata says how many messages and request entries were
     /// accepted; the caller sends the other entries again later.
-    pub async fn enqueue_bulk(&self, bulk: BulkSend<'_>) -> Result<(String, u64), AppError> {
+    pub async fn enqueue_bulk(&self, bulk: BulkSend<'_>) -> Result<(CampaignId, u64), AppError> {
         let BulkSend { campaign_id, tenant, sender, recipients, body } = bulk;
-        let campaign_id = if campaign_id.is_empty() { format!("c-{}", ids::random_id()) } else { campaign_id.to_string() };
-        ids::validate_user(&campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
-        ids::validate_user(sender).map_err(|e| AppError::bad(format!("sender: {e}")))?;
-        let tenant = tenant.unwrap_or(sender);
-        ids::validate_user(tenant).map_err(|e| AppError::bad(format!("tenant: {e}")))?;
+        let campaign_id = match campaign_id {
+            Some(c) => c,
+            None => CampaignId::new(format!("c-{}", ids::random_id())).map_err(AppError::from)?,
+        };
+        let (sender, tenant) = (&sender, tenant.as_ref().unwrap_or(&sender));
         self.check_body(body)?;
         if recipients.is_empty() {
             return Err(AppError::bad("recipients must not be empty"));
@@ -204,11 +193,11 @@ impl App {
         let mut seen = HashSet::with_capacity(recipients.len());
         // The distinct recipients, each with the number of request entries up to and
         // including it (what a caller refused part way resends from).
-        let mut unique: Vec<(String, usize)> = Vec::with_capacity(recipients.len());
+        let mut unique: Vec<(UserId, usize)> = Vec::with_capacity(recipients.len());
         for (i, r) in recipients.iter().enumerate() {
-            ids::validate_user(r).map_err(|e| AppError::bad(format!("recipients[{i}]: {e}")))?;
-            if r != sender && seen.insert(r.as_str()) {
-                unique.push((r.clone(), i + 1));
+            let checked = UserId::new(r.as_str()).map_err(|e| AppError::bad(format!("recipients[{i}]: {e}")))?;
+            if &checked != sender && seen.insert(r.as_str()) {
+                unique.push((checked, i + 1));
             }
         }
         drop(seen);
@@ -219,18 +208,20 @@ impl App {
             Some((_, upto)) => upto - 1,
             None => recipients.len(),
         };
-        let accepted: Vec<String> = unique.into_iter().map(|(r, _)| r).collect();
+        let accepted: Vec<UserId> = unique.into_iter().map(|(r, _)| r).collect();
         if !accepted.is_empty() || refused.as_ref().is_none_or(|r| r.is_empty()) {
             // Recorded before anything is enqueued, so the campaign cannot look done while a
             // message of this call is still on its way to the queue or the store. A call that
             // fails after this line leaves the campaign not done until the producer retries (the
             // retry records nothing new and its messages deduplicate by msg_id).
-            self.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), entries as u64, &accepted).await?;
+            let recorded: Vec<String> = accepted.iter().map(|r| r.to_string()).collect();
+            self.backends.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), entries as u64, &recorded).await?;
+            drop(recorded);
             self.enqueue_chunks(&campaign_id, tenant, sender, body, &accepted).await?;
         }
         match refused {
             Some(r) if !r.is_empty() => {
-                self.metrics.quota_refusals.inc();
+                self.backends.metrics.quota_refusals.inc();
                 let mut e = AppError::new(
                     ErrorCode::RateLimited,
                     format!(
@@ -241,7 +232,7 @@ impl App {
                     ),
                 );
                 e.metadata = vec![
-                    ("sluice-campaign-id", campaign_id),
+                    ("sluice-campaign-id", campaign_id.into_string()),
                     ("sluice-accepted", accepted.len().to_string()),
                     ("sluice-accepted-entries", entries.to_string()),
                 ];
@@ -258,7 +249,7 @@ impl App {
         if quota == 0 || wanted == 0 {
             return Ok(None);
         }
-        let Some(backlog) = self.queue.tenant_backlog(tenant).await? else { return Ok(None) };
+        let Some(backlog) = self.backends.queue.tenant_backlog(tenant).await? else { return Ok(None) };
         Ok(Some(quota.saturating_sub(backlog).min(wanted as u64) as usize))
     }
 
@@ -267,11 +258,11 @@ impl App {
     /// recipients x body.
     async fn enqueue_chunks(
         &self,
-        campaign_id: &str,
-        tenant: &str,
-        sender: &str,
+        campaign_id: &CampaignId,
+        tenant: &UserId,
+        sender: &UserId,
         body: &str,
-        recipients: &[String],
+        recipients: &[UserId],
     ) -> Result<(), AppError> {
         let now = now_ms();
         let trace = sluice_core::trace::current_traceparent();
@@ -294,21 +285,20 @@ impl App {
                 bytes += e.body.len();
                 batch.push(e);
             }
-            let held = &self.metrics.enqueue_bytes_held;
+            let held = &self.backends.metrics.enqueue_bytes_held;
             held.add(bytes as i64);
-            self.metrics.enqueue_bytes_peak.set(self.metrics.enqueue_bytes_peak.get().max(held.get()));
-            let out = self.queue.send(batch).await;
+            self.backends.metrics.enqueue_bytes_peak.set(self.backends.metrics.enqueue_bytes_peak.get().max(held.get()));
+            let out = self.backends.queue.send(batch).await;
             held.sub(bytes as i64);
-            self.metrics.enqueued.inc_by(out?.enqueued as u64);
+            self.backends.metrics.enqueued.inc_by(out?.enqueued as u64);
         }
         Ok(())
     }
 
     /// A campaign's progress; with `tenant`, only a campaign of that tenant.
-    pub async fn campaign(&self, campaign_id: &str, tenant: Option<&str>) -> Result<Campaign, AppError> {
-        ids::validate_user(campaign_id).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?;
+    pub async fn campaign(&self, campaign_id: &CampaignId, tenant: Option<&str>) -> Result<Campaign, AppError> {
         let unknown = || AppError { grpc: tonic::Code::NotFound, ..AppError::bad(format!("unknown campaign {campaign_id}")) };
-        let c = self.store.campaign(campaign_id).await?.ok_or_else(unknown)?;
+        let c = self.backends.store.campaign(campaign_id).await?.ok_or_else(unknown)?;
         match tenant {
             Some(t) if t != c.tenant => Err(unknown()),
             _ => Ok(c),
@@ -325,6 +315,7 @@ impl App {
         Ok(())
     }
 
+    /// The members of a room, checked, sorted and deduplicated.
     fn check_members(&self, members: &[String]) -> Result<Vec<String>, AppError> {
         if members.is_empty() {
             return Err(AppError::bad("a room needs at least one member"));
@@ -349,9 +340,4 @@ fn not_member(room: &str) -> AppError {
 
 fn unknown_room(room: &str) -> AppError {
     AppError::new(ErrorCode::UnknownRoom, format!("unknown room {room}"))
-}
-
-/// Whether `room` is a direct room that `user` is not one of the two parties of.
-fn dm_outsider(user: &str, room: &str) -> bool {
-    ids::dm_members(room).is_some_and(|m| !m.iter().any(|u| u == user))
 }

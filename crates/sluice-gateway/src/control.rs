@@ -4,7 +4,7 @@
 use crate::App;
 use crate::error::AppError;
 use sluice_core::control::{Control, Controls, Scope};
-use sluice_core::ids;
+use sluice_core::ids::{self, CampaignId};
 use sluice_core::model::Campaign;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,9 @@ impl App {
         match &scope {
             Scope::Drain => {}
             Scope::Tenant(t) => ids::validate_user(t).map_err(|e| AppError::bad(format!("tenant: {e}")))?,
-            Scope::Campaign(c) => ids::validate_user(c).map_err(|e| AppError::bad(format!("campaign_id: {e}")))?,
+            Scope::Campaign(c) => {
+                CampaignId::new(c.as_str()).map_err(|e| AppError::bad_id("campaign_id", e))?;
+            }
         }
         if let Some(r) = rate {
             if scope != Scope::Drain {
@@ -78,7 +80,7 @@ impl App {
                 return Err(AppError::bad("rate must be a number of messages per second, 0 or more"));
             }
         }
-        let before = self.store.controls().await?;
+        let before = self.backends.store.controls().await?;
         let old = before.entries.iter().find(|(s, _)| *s == scope).map(|(_, c)| *c).unwrap_or_default();
         let new = Control {
             paused: paused.unwrap_or(old.paused),
@@ -88,7 +90,7 @@ impl App {
                 None => old.rate,
             },
         };
-        self.store.set_control(&scope, new).await?;
+        self.backends.store.set_control(&scope, new).await?;
         tracing::info!(%scope, paused = new.paused, rate = ?new.rate, "drain control set");
         if old.paused && !new.paused && scope != Scope::Drain {
             // Workers see the resume within a refresh; a worker that held a message on its
@@ -107,7 +109,7 @@ impl App {
         let key = scope.key();
         let mut total = 0;
         loop {
-            match self.queue.release_held(&key, RELEASE_CHUNK).await {
+            match self.backends.queue.release_held(&key, RELEASE_CHUNK).await {
                 Ok(0) => break,
                 Ok(n) => total += n,
                 Err(e) => {
@@ -124,15 +126,15 @@ impl App {
 
     /// Every control in force, and how many messages pauses hold.
     pub async fn drain_controls(&self) -> Result<(Controls, u64), AppError> {
-        let controls = self.store.controls().await?;
-        let held = self.queue.stats().await?.held;
+        let controls = self.backends.store.controls().await?;
+        let held = self.backends.queue.stats().await?.held;
         Ok((controls, held))
     }
 
     /// A campaign with its state, recent rate and ETA.
-    pub async fn campaign_status(&self, campaign_id: &str, tenant: Option<&str>) -> Result<CampaignStatus, AppError> {
+    pub async fn campaign_status(&self, campaign_id: &CampaignId, tenant: Option<&str>) -> Result<CampaignStatus, AppError> {
         let campaign = self.campaign(campaign_id, tenant).await?;
-        let controls = self.store.controls().await?;
+        let controls = self.backends.store.controls().await?;
         let finished = campaign.persisted + campaign.dead_lettered;
         let rate = self.campaign_rates.rate(campaign_id, finished);
         let paused = controls.campaign_paused(&campaign.tenant, campaign_id);

@@ -3,6 +3,13 @@
 use sluice_core::error::{ErrorCode, HubError, QueueError, StoreError};
 use sluice_core::frames::ServerFrame;
 
+/// A bad id where the frame makes its field plain (a room id in a chat frame).
+impl From<sluice_core::ids::IdError> for AppError {
+    fn from(e: sluice_core::ids::IdError) -> Self {
+        AppError::bad(e.0)
+    }
+}
+
 /// An error answered to a client: a stable code and a message safe to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppError {
@@ -29,6 +36,11 @@ impl AppError {
 
     pub fn bad(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadFrame, message)
+    }
+
+    /// A bad id in field `field` (`bad_frame`, naming the field).
+    pub fn bad_id(field: &str, e: sluice_core::ids::IdError) -> Self {
+        Self::bad(format!("{field}: {e}"))
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {

@@ -4,9 +4,11 @@
 use crate::App;
 use crate::auth::bearer;
 use crate::chat::BulkSend;
+use crate::error::AppError;
 use futures::Stream;
 use sluice_core::control::{Control, Scope};
 use sluice_core::hub::{Hub, LiveEvent};
+use sluice_core::ids::{CampaignId, RoomId, UserId};
 use sluice_proto::convert;
 use sluice_proto::v1::chat_service_server::{ChatService, ChatServiceServer};
 use sluice_proto::v1::{self, event::Event as Ev};
@@ -55,19 +57,20 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>
 impl ChatService for Grpc {
     async fn create_room(&self, req: Request<v1::CreateRoomRequest>) -> Result<Response<v1::RoomResponse>, Status> {
         let r = req.into_inner();
-        let room = self.app.create_room(&r.room, &r.members).await?;
+        let room = (!r.room.is_empty()).then(|| RoomId::new(r.room)).transpose().map_err(AppError::from)?;
+        let room = self.app.create_room(room, &r.members).await?;
         Ok(Response::new(v1::RoomResponse { room: room.room, members: room.members }))
     }
 
     async fn add_members(&self, req: Request<v1::AddMembersRequest>) -> Result<Response<v1::RoomResponse>, Status> {
         let r = req.into_inner();
-        let room = self.app.add_members(&r.room, &r.members).await?;
+        let room = self.app.add_members(&RoomId::new(r.room).map_err(AppError::from)?, &r.members).await?;
         Ok(Response::new(v1::RoomResponse { room: room.room, members: room.members }))
     }
 
     async fn send_message(&self, req: Request<v1::SendMessageRequest>) -> Result<Response<v1::SendMessageResponse>, Status> {
         let r = req.into_inner();
-        sluice_core::ids::validate_user(&r.sender).map_err(|e| Status::invalid_argument(format!("bad_frame: sender: {e}")))?;
+        let sender = UserId::new(r.sender).map_err(|e| AppError::bad_id("sender", e))?;
         // The caller's id is what makes a retry safe: a generated one would turn every retry of
         // a timed-out call into a second message.
         if r.client_msg_id.is_empty() {
@@ -78,7 +81,8 @@ impl ChatService for Grpc {
         if r.client_msg_id.len() > sluice_core::frames::MAX_CLIENT_MSG_ID_LEN {
             return Err(Status::invalid_argument("bad_frame: client_msg_id too long"));
         }
-        let p = self.app.send(&r.sender, &r.room, &r.client_msg_id, &r.body, None).await?;
+        let room = RoomId::new(r.room).map_err(AppError::from)?;
+        let p = self.app.send(&sender, &room, &r.client_msg_id, &r.body, None).await?;
         Ok(Response::new(v1::SendMessageResponse { room: p.message.room.clone(), seq: p.message.seq, msg_id: p.message.msg_id.clone() }))
     }
 
@@ -90,21 +94,22 @@ impl ChatService for Grpc {
             sluice_core::trace::continue_trace(&span, tp);
         }
         let r = req.into_inner();
-        let bulk = BulkSend {
-            campaign_id: &r.campaign_id,
-            tenant: r.tenant.as_deref(),
-            sender: &r.sender,
-            recipients: &r.recipients,
-            body: &r.body,
-        };
+        let campaign_id = (!r.campaign_id.is_empty())
+            .then(|| CampaignId::new(r.campaign_id))
+            .transpose()
+            .map_err(|e| AppError::bad_id("campaign_id", e))?;
+        let sender = UserId::new(r.sender).map_err(|e| AppError::bad_id("sender", e))?;
+        let tenant = r.tenant.map(UserId::new).transpose().map_err(|e| AppError::bad_id("tenant", e))?;
+        let bulk = BulkSend { campaign_id, tenant, sender, recipients: &r.recipients, body: &r.body };
         let (campaign_id, accepted) = self.app.enqueue_bulk(bulk).instrument(span.clone()).await?;
         span.record("campaign_id", campaign_id.as_str()).record("accepted", accepted);
-        Ok(Response::new(v1::EnqueueBulkResponse { campaign_id, accepted }))
+        Ok(Response::new(v1::EnqueueBulkResponse { campaign_id: campaign_id.into_string(), accepted }))
     }
 
     async fn get_campaign(&self, req: Request<v1::GetCampaignRequest>) -> Result<Response<v1::GetCampaignResponse>, Status> {
         let r = req.into_inner();
-        let s = self.app.campaign_status(&r.campaign_id, r.tenant.as_deref()).await?;
+        let campaign_id = CampaignId::new(r.campaign_id).map_err(|e| AppError::bad_id("campaign_id", e))?;
+        let s = self.app.campaign_status(&campaign_id, r.tenant.as_deref()).await?;
         let c = s.campaign;
         Ok(Response::new(v1::GetCampaignResponse {
             done: c.done(),
@@ -137,14 +142,16 @@ impl ChatService for Grpc {
 
     async fn get_history(&self, req: Request<v1::GetHistoryRequest>) -> Result<Response<v1::GetHistoryResponse>, Status> {
         let r = req.into_inner();
-        let msgs = self.app.history(None, &r.room, r.before, r.after, Some(r.limit as u64)).await?;
+        let room = RoomId::new(r.room).map_err(AppError::from)?;
+        let msgs = self.app.history(None, &room, r.before, r.after, Some(r.limit as u64)).await?;
         Ok(Response::new(v1::GetHistoryResponse { messages: msgs.iter().map(convert::message).collect() }))
     }
 
     async fn get_inbox(&self, req: Request<v1::GetInboxRequest>) -> Result<Response<v1::GetInboxResponse>, Status> {
         let r = req.into_inner();
         let after = (!r.after.is_empty()).then_some(r.after);
-        let inbox = self.app.inbox(&r.user, after, Some(u64::from(r.limit))).await?;
+        let user = UserId::new(r.user).map_err(AppError::from)?;
+        let inbox = self.app.inbox(&user, after, Some(u64::from(r.limit))).await?;
         Ok(Response::new(v1::GetInboxResponse {
             rooms: inbox
                 .rooms
@@ -158,8 +165,9 @@ impl ChatService for Grpc {
 
     async fn mark_read(&self, req: Request<v1::MarkReadRequest>) -> Result<Response<v1::MarkReadResponse>, Status> {
         let r = req.into_inner();
-        sluice_core::ids::validate_user(&r.user).map_err(|e| Status::invalid_argument(format!("bad_frame: user: {e}")))?;
-        let out = self.app.read(&r.user, &r.room, r.seq).await?;
+        let user = UserId::new(r.user).map_err(|e| AppError::bad_id("user", e))?;
+        let room = RoomId::new(r.room).map_err(AppError::from)?;
+        let out = self.app.read(&user, &room, r.seq).await?;
         Ok(Response::new(v1::MarkReadResponse { unread: out.unread, total_unread: out.total_unread }))
     }
 
@@ -170,7 +178,7 @@ impl ChatService for Grpc {
         let (tx, rx) = mpsc::channel::<Result<v1::Event, Status>>(64);
         let app = self.app.clone();
         if user.is_empty() {
-            let mut fire = app.hub.firehose().await;
+            let mut fire = app.backends.hub.firehose().await;
             tokio::spawn(async move {
                 loop {
                     let ev = tokio::select! {
@@ -195,8 +203,8 @@ impl ChatService for Grpc {
                 }
             });
         } else {
-            sluice_core::ids::validate_user(&user).map_err(|e| Status::invalid_argument(format!("bad_frame: user: {e}")))?;
-            let mut conn = app.hub.connect(&user, SUBSCRIBE_BUFFER).await.map_err(crate::error::AppError::from)?;
+            let user = UserId::new(user).map_err(|e| AppError::bad_id("user", e))?;
+            let mut conn = app.backends.hub.connect(&user, SUBSCRIBE_BUFFER).await.map_err(crate::error::AppError::from)?;
             tokio::spawn(async move {
                 loop {
                     let ev = tokio::select! {
@@ -220,7 +228,7 @@ impl ChatService for Grpc {
                         }
                     }
                 }
-                Hub::disconnect(app.hub.as_ref(), &user, conn.id).await;
+                Hub::disconnect(app.backends.hub.as_ref(), &user, conn.id).await;
             });
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

@@ -7,10 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use sluice_core::hub::Hub;
-use sluice_core::metrics::Metrics;
-use sluice_core::queue::SpikeQueue;
-use sluice_core::store::MessageStore;
+use sluice_core::backends::Backends;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,22 +36,13 @@ fn operator_routes(probes: Probes) -> Router {
 /// has no [`App`] but serves the same admin routes.
 #[derive(Clone)]
 pub struct Probes {
-    pub store: Arc<dyn MessageStore>,
-    pub queue: Arc<dyn SpikeQueue>,
-    pub hub: Arc<dyn Hub>,
-    pub metrics: Arc<Metrics>,
+    pub backends: Backends,
     pub shutdown: CancellationToken,
 }
 
 impl Probes {
     pub fn of(app: &App) -> Self {
-        Probes {
-            store: app.store.clone(),
-            queue: app.queue.clone(),
-            hub: app.hub.clone(),
-            metrics: app.metrics.clone(),
-            shutdown: app.shutdown.clone(),
-        }
+        Probes { backends: app.backends.clone(), shutdown: app.shutdown.clone() }
     }
 }
 
@@ -79,13 +67,13 @@ async fn readyz(State(app): State<Arc<Probes>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\nshutting down\n").into_response();
     }
     let mut failures = Vec::new();
-    if let Err(e) = app.store.ping().await {
+    if let Err(e) = app.backends.store.ping().await {
         failures.push(format!("store: {e}"));
     }
-    if let Err(e) = app.queue.stats().await {
+    if let Err(e) = app.backends.queue.stats().await {
         failures.push(format!("queue: {e}"));
     }
-    if let Err(e) = app.hub.ping().await {
+    if let Err(e) = app.backends.hub.ping().await {
         failures.push(format!("hub: {e}"));
     }
     if failures.is_empty() {
@@ -96,5 +84,5 @@ async fn readyz(State(app): State<Arc<Probes>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<Probes>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.backends.metrics.render()).into_response()
 }

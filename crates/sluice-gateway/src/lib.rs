@@ -6,12 +6,12 @@
 //!   beside gRPC health checking and server reflection.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and a small browser demo at `/`.
 //! - [`control`]: the operator's pause, resume and rate of the drain; campaign state and ETA.
-//! - [`auth`]: user JWTs and the service token; [`error`]: one error type for both transports.
+//! - [`auth`] (from core): user JWTs and the service token; [`error`]: one error type for both transports.
 //!
 //! The gateway is stateless: sessions live in the hub, data in the store and queue, so any
 //! number of gateways can run and clients reconnect to any of them.
 
-pub mod auth;
+pub use sluice_core::auth;
 pub mod chat;
 pub mod control;
 pub mod error;
@@ -19,14 +19,8 @@ pub mod grpc;
 pub mod http;
 pub mod ws;
 
-use sluice_core::events::EventSink;
-use sluice_core::fanout::Fanout;
+pub use sluice_core::backends::Backends;
 use sluice_core::governor::{INTERACTIVE_P99_KEY, REPORT_EVERY, REPORT_TTL};
-use sluice_core::hub::Hub;
-use sluice_core::limits::Limiter;
-use sluice_core::metrics::Metrics;
-use sluice_core::queue::SpikeQueue;
-use sluice_core::store::MessageStore;
 use sluice_proto::v1::chat_service_server::ChatServiceServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,16 +92,9 @@ impl Default for Limits {
 
 /// Everything a gateway serves from: backends, credentials, limits, metrics.
 pub struct App {
-    pub store: Arc<dyn MessageStore>,
-    pub queue: Arc<dyn SpikeQueue>,
-    pub hub: Arc<dyn Hub>,
-    pub events: Arc<dyn EventSink>,
-    /// Live pushes after commits, in commit order per room; shared with a worker in the
-    /// same process (one order for both lanes).
-    pub fanout: Arc<Fanout>,
-    /// Per-user and per-address limits, shared by every gateway.
-    pub limiter: Arc<dyn Limiter>,
-    pub metrics: Arc<Metrics>,
+    /// The ports; a worker in the same process shares them (one fan-out, one order for both
+    /// lanes).
+    pub backends: Backends,
     pub auth: Auth,
     pub limits: Limits,
     /// Each campaign's last read, for its rate in GetCampaign.
@@ -126,9 +113,9 @@ pub async fn report_interactive_latency(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(p99) = app.metrics.interactive_persist.p99() {
+        if let Some(p99) = app.backends.metrics.interactive_persist.p99() {
             let ms = p99.as_secs_f64() * 1000.0;
-            if let Err(e) = app.limiter.report(INTERACTIVE_P99_KEY, &node, ms, REPORT_TTL).await {
+            if let Err(e) = app.backends.limiter.report(INTERACTIVE_P99_KEY, &node, ms, REPORT_TTL).await {
                 tracing::debug!(error = %e, "could not publish the interactive latency");
             }
         }

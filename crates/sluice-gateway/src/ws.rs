@@ -20,6 +20,7 @@ use futures::{SinkExt, StreamExt};
 use sluice_core::error::ErrorCode;
 use sluice_core::frames::{ClientFrame, MessageOut, ServerFrame, parse_client_frame};
 use sluice_core::hub::{ConnId, Connection, LiveEvent};
+use sluice_core::ids::{RoomId, UserId};
 use sluice_core::model::{MAX_HISTORY_LIMIT, StoredMessage};
 use sluice_core::ratelimit::TokenBucket;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -70,13 +71,13 @@ pub async fn upgrade(
         && !app.limits.allowed_origins.is_empty()
         && !app.limits.allowed_origins.iter().any(|o| origin.as_bytes() == o.as_bytes())
     {
-        app.metrics.errors.with_label_values(&["unauthorized"]).inc();
+        app.backends.metrics.errors.with_label_values(&["unauthorized"]).inc();
         let body = ServerFrame::error(ErrorCode::Unauthorized, "origin not allowed (--allowed-origins)", None).to_json();
         return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
     // Before the token is even looked at: a flood of handshakes costs signature checks.
     let rate = app.limits.handshake_rate_per_ip;
-    if rate > 0.0 && !allowed(&app, app.limiter.take(&format!("hs:{}", peer.ip()), rate, 2.0 * rate).await) {
+    if rate > 0.0 && !allowed(&app, app.backends.limiter.take(&format!("hs:{}", peer.ip()), rate, 2.0 * rate).await) {
         return too_many(&app, format!("more than {rate} connection attempts per second from this address"));
     }
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).map(str::to_string).or(params.token);
@@ -100,14 +101,14 @@ pub async fn upgrade(
 /// does: limits protect the service, and refusing every user would be the outage itself.
 fn allowed(app: &App, decision: Result<bool, sluice_core::error::HubError>) -> bool {
     decision.unwrap_or_else(|e| {
-        app.metrics.errors.with_label_values(&["limiter_unavailable"]).inc();
+        app.backends.metrics.errors.with_label_values(&["limiter_unavailable"]).inc();
         tracing::warn!(error = %e, "limiter unavailable; allowing");
         true
     })
 }
 
 fn too_many(app: &App, message: String) -> Response {
-    app.metrics.errors.with_label_values(&["rate_limited"]).inc();
+    app.backends.metrics.errors.with_label_values(&["rate_limited"]).inc();
     let body = ServerFrame::error(ErrorCode::RateLimited, message, None).to_json();
     (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -123,13 +124,13 @@ struct Slot {
 impl Slot {
     async fn take(&self) -> Result<bool, sluice_core::error::HubError> {
         let ttl = 3 * self.app.limits.ping_interval;
-        self.app.limiter.lease(&self.key, &self.id, self.app.limits.max_connections_per_user, ttl).await
+        self.app.backends.limiter.lease(&self.key, &self.id, self.app.limits.max_connections_per_user, ttl).await
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let (limiter, key, id) = (self.app.limiter.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.id));
+        let (limiter, key, id) = (self.app.backends.limiter.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.id));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { limiter.release(&key, &id).await });
         }
@@ -137,7 +138,7 @@ impl Drop for Slot {
 }
 
 fn unauthorized(app: &App, message: &str) -> Response {
-    app.metrics.errors.with_label_values(&["unauthorized"]).inc();
+    app.backends.metrics.errors.with_label_values(&["unauthorized"]).inc();
     let body = ServerFrame::error(ErrorCode::Unauthorized, message, None).to_json();
     (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -160,8 +161,8 @@ enum Out {
 // One word per slot: the channel's first block (32 slots) is part of every idle connection.
 const _: () = assert!(std::mem::size_of::<Out>() <= 16);
 
-async fn session(app: Arc<App>, user: String, socket: WebSocket, slot: Slot) {
-    let conn = match app.hub.connect(&user, app.limits.outbound_buffer).await {
+async fn session(app: Arc<App>, user: UserId, socket: WebSocket, slot: Slot) {
+    let conn = match app.backends.hub.connect(&user, app.limits.outbound_buffer).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "hub refused a connection");
@@ -171,18 +172,18 @@ async fn session(app: Arc<App>, user: String, socket: WebSocket, slot: Slot) {
     let conn_id = conn.id;
     let span = tracing::info_span!("ws", conn_id, user = %user);
     tracing::debug!(parent: &span, "connected");
-    app.metrics.connections.inc();
+    app.backends.metrics.connections.inc();
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(REPLY_BUFFER);
     let writer = tokio::spawn(write_loop(app.clone(), conn, sink, out_rx, slot).instrument(span.clone()));
     read_loop(&app, &user, conn_id, stream, out_tx).instrument(span.clone()).await;
     let _ = writer.await;
-    app.hub.disconnect(&user, conn_id).await;
-    app.metrics.connections.dec();
+    app.backends.hub.disconnect(&user, conn_id).await;
+    app.backends.metrics.connections.dec();
     tracing::debug!(parent: &span, "disconnected");
 }
 
-async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::stream::SplitStream<WebSocket>, out: mpsc::Sender<Out>) {
+async fn read_loop(app: &App, user: &UserId, conn_id: ConnId, mut stream: futures::stream::SplitStream<WebSocket>, out: mpsc::Sender<Out>) {
     let mut typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
     loop {
         let next = tokio::select! {
@@ -199,7 +200,11 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
             Ok(Some(Err(e))) => {
                 // RFC 6455 7.4.1: say why before the connection goes.
                 if let Some(frame) = close_for(e) {
-                    app.metrics.errors.with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }]).inc();
+                    app.backends
+                        .metrics
+                        .errors
+                        .with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }])
+                        .inc();
                     let _ = out.send(Out::Close(Some(Box::new(frame)))).await;
                 }
                 return;
@@ -232,7 +237,7 @@ async fn read_loop(app: &App, user: &str, conn_id: ConnId, mut stream: futures::
                 continue;
             }
         };
-        app.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
+        app.backends.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
         // Boxed: handling a frame awaits the store and hub, a state machine of several KiB
         // that an idle connection should not carry in its task.
         if Box::pin(handle(app, user, conn_id, frame, &out, &mut typing)).await.is_err() {
@@ -260,13 +265,13 @@ async fn reply(out: &mpsc::Sender<Out>, frame: ServerFrame) -> Result<(), Writer
 }
 
 async fn reply_err(app: &App, out: &mpsc::Sender<Out>, e: AppError, reference: Option<String>) {
-    app.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
+    app.backends.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
     let _ = reply(out, e.frame(reference)).await;
 }
 
 async fn handle(
     app: &App,
-    user: &str,
+    user: &UserId,
     conn_id: ConnId,
     frame: ClientFrame,
     out: &mpsc::Sender<Out>,
@@ -276,12 +281,13 @@ async fn handle(
         ClientFrame::Send { room, client_msg_id, body } => {
             // Per user, whatever the number of sockets and gateways they use.
             let rate = (app.limits.send_rate, app.limits.send_burst);
-            if !allowed(app, app.limiter.take(&format!("send:{user}"), rate.0, rate.1).await) {
+            if !allowed(app, app.backends.limiter.take(&format!("send:{user}"), rate.0, rate.1).await) {
                 let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second for this user", app.limits.send_rate));
                 reply_err(app, out, e, Some(client_msg_id)).await;
                 return Ok(());
             }
-            match app.send(user, &room, &client_msg_id, &body, Some(conn_id)).await {
+            let sent = async { app.send(user, &RoomId::new(room)?, &client_msg_id, &body, Some(conn_id)).await };
+            match sent.await {
                 Ok(p) => {
                     let m = &p.message;
                     reply(out, ServerFrame::Ack { client_msg_id, room: m.room.clone(), seq: m.seq, msg_id: m.msg_id.clone() }).await?;
@@ -291,14 +297,16 @@ async fn handle(
         }
         ClientFrame::Read { room, seq } => {
             // The new counters reach every socket of the user (this one included) through the hub.
-            if let Err(e) = app.read(user, &room, seq).await {
+            if let Err(e) = async { app.read(user, &RoomId::new(room.as_str())?, seq).await }.await {
                 reply_err(app, out, e, Some(room)).await;
             }
         }
-        ClientFrame::History { room, before, after, limit } => match app.history(Some(user), &room, before, after, limit).await {
-            Ok(msgs) => reply(out, ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
-            Err(e) => reply_err(app, out, e, Some(room)).await,
-        },
+        ClientFrame::History { room, before, after, limit } => {
+            match async { app.history(Some(user), &RoomId::new(room.as_str())?, before, after, limit).await }.await {
+                Ok(msgs) => reply(out, ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
+                Err(e) => reply_err(app, out, e, Some(room)).await,
+            }
+        }
         ClientFrame::Inbox { after, limit } => match app.inbox(user, after, limit).await {
             Ok(inbox) => reply(out, ServerFrame::inbox(&inbox)).await?,
             Err(e) => reply_err(app, out, e, None).await,
@@ -312,19 +320,24 @@ async fn handle(
             // Authorized first: the writer keeps state only for rooms the user may read.
             let mut readable = Vec::with_capacity(rooms.len());
             for (room, after) in rooms {
-                match app.authorize(user, &room).await {
-                    Ok(()) => readable.push((room, after)),
+                let checked = async {
+                    let id = RoomId::new(room.as_str())?;
+                    app.authorize(user, &id).await.map(|()| id)
+                };
+                match checked.await {
+                    Ok(id) => readable.push((id, after)),
                     Err(e) => reply_err(app, out, e, Some(room)).await,
                 }
             }
             // Hold live messages of every room in the frame from now on, so none slips out
             // between the replays of two rooms.
             for (room, after) in &readable {
-                out.send(Out::ResumeStart(Box::new((room.clone(), *after)))).await.map_err(|_| WriterGone)?;
+                out.send(Out::ResumeStart(Box::new((room.to_string(), *after)))).await.map_err(|_| WriterGone)?;
             }
             let mut done = BTreeMap::new();
             for (room, after) in readable {
                 let last = replay(app, user, &room, after, out).await?;
+                let room = room.into_string();
                 done.insert(room.clone(), last);
                 out.send(Out::ResumeDone(Box::new(room))).await.map_err(|_| WriterGone)?;
             }
@@ -334,7 +347,7 @@ async fn handle(
             if !typing.try_take() {
                 return Ok(());
             }
-            if let Err(e) = app.typing(user, &room).await {
+            if let Err(e) = async { app.typing(user, &RoomId::new(room.as_str())?).await }.await {
                 reply_err(app, out, e, Some(room)).await;
             }
         }
@@ -343,7 +356,7 @@ async fn handle(
 }
 
 /// Sends every message of `room` after `after`, page by page; returns the last seq sent.
-async fn replay(app: &App, user: &str, room: &str, after: u64, out: &mpsc::Sender<Out>) -> Result<u64, WriterGone> {
+async fn replay(app: &App, user: &UserId, room: &RoomId, after: u64, out: &mpsc::Sender<Out>) -> Result<u64, WriterGone> {
     let mut last = after;
     loop {
         match app.history(Some(user), room, None, Some(last), Some(MAX_HISTORY_LIMIT as u64)).await {
@@ -478,7 +491,7 @@ async fn write_loop(
             ev = conn.events.recv() => match ev {
                 None => {
                     if conn.overflowed.load(Ordering::Acquire) {
-                        app.metrics.slow_consumers.inc();
+                        app.backends.metrics.slow_consumers.inc();
                         let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
                     }
                     break;
@@ -487,7 +500,7 @@ async fn write_loop(
                     if let Some(f) = live_frame(&ev, &conn, &mut resuming, &mut sent) {
                         batch.push(f);
                     } else if resuming.values().any(|r| r.held.len() > app.limits.outbound_buffer) {
-                        app.metrics.slow_consumers.inc();
+                        app.backends.metrics.slow_consumers.inc();
                         let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
                         break;
                     }
@@ -513,7 +526,7 @@ async fn write_loop(
         if !ok || !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
             break;
         }
-        app.metrics.frames_out.inc_by(n as u64);
+        app.backends.metrics.frames_out.inc_by(n as u64);
     }
     // Closing the reply channel stops the reader.
     replies.close();

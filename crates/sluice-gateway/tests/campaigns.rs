@@ -3,7 +3,7 @@
 
 use sluice_core::control::Scope;
 use sluice_core::events::NoEvents;
-use sluice_core::fanout::Fanout;
+use sluice_core::ids::{CampaignId, UserId};
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::SpikeQueue;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
@@ -16,8 +16,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-fn bulk<'a>(campaign_id: &'a str, sender: &'a str, recipients: &'a [String], body: &'a str) -> BulkSend<'a> {
-    BulkSend { campaign_id, tenant: None, sender, recipients, body }
+fn bulk<'a>(campaign_id: &str, sender: &str, recipients: &'a [String], body: &'a str) -> BulkSend<'a> {
+    BulkSend { campaign_id: Some(cid(campaign_id)), tenant: None, sender: uid(sender), recipients, body }
+}
+
+fn uid(u: &str) -> UserId {
+    UserId::new(u).unwrap()
+}
+
+fn cid(c: &str) -> CampaignId {
+    CampaignId::new(c).unwrap()
 }
 
 struct Env {
@@ -44,21 +52,15 @@ fn env_in(dir: tempfile::TempDir) -> Env {
     let inner = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
     let queue = Arc::new(FaultyQueue::new(inner));
     let (hub, metrics) = (Arc::new(LocalHub::new()), Arc::new(Metrics::new()));
-    let fanout = Fanout::new(hub.clone(), Arc::new(NoEvents));
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
+    let backends = Backends::new(store, queue.clone(), hub, Arc::new(NoEvents), limiter, metrics);
     let app = Arc::new(App {
-        store: store.clone(),
-        queue: queue.clone(),
-        hub,
-        events: Arc::new(NoEvents),
-        fanout: fanout.clone(),
-        limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
-        metrics: metrics.clone(),
+        backends: backends.clone(),
         auth: Auth::new(b"campaign-test-secret-campaign-test", "svc"),
         limits: Limits::default(),
         campaign_rates: Default::default(),
         shutdown: CancellationToken::new(),
     });
-    let backends = Backends { store, queue: queue.clone(), fanout, limiter: Arc::new(sluice_core::limits::LocalLimiter::new()), metrics };
     Env { dir, app, queue, worker: Worker::new(backends, WorkerConfig::default()) }
 }
 
@@ -85,7 +87,7 @@ async fn a_campaign_is_not_done_while_a_later_call_still_enqueues() {
     let (id, accepted) = e.app.enqueue_bulk(bulk("spring", "shop", &users(&["ann", "bob"]), "20% off")).await.unwrap();
     assert_eq!((id.as_str(), accepted), ("spring", 2));
     drain(&e).await;
-    assert!(e.app.campaign("spring", None).await.unwrap().done());
+    assert!(e.app.campaign(&cid("spring"), None).await.unwrap().done());
 
     e.queue.hold_sends(true);
     let app = e.app.clone();
@@ -93,14 +95,14 @@ async fn a_campaign_is_not_done_while_a_later_call_still_enqueues() {
     while e.queue.sends_waiting.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let c = e.app.campaign("spring", None).await.unwrap();
+    let c = e.app.campaign(&cid("spring"), None).await.unwrap();
     assert!(!c.done(), "call 2's messages are not persisted yet: {c:?}");
     assert_eq!((c.enqueued, c.persisted), (4, 2));
 
     e.queue.hold_sends(false);
     assert_eq!(second.await.unwrap().unwrap().1, 2);
     drain(&e).await;
-    let c = e.app.campaign("spring", None).await.unwrap();
+    let c = e.app.campaign(&cid("spring"), None).await.unwrap();
     assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered, c.done()), (4, 4, 4, 0, true));
 }
 
@@ -111,12 +113,12 @@ async fn a_campaign_with_nothing_to_send_is_done_and_an_empty_call_is_refused() 
     let e = env();
     let (_, accepted) = e.app.enqueue_bulk(bulk("self", "shop", &users(&["shop"]), "hello me")).await.unwrap();
     assert_eq!(accepted, 0);
-    let c = e.app.campaign("self", None).await.unwrap();
+    let c = e.app.campaign(&cid("self"), None).await.unwrap();
     assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (1, 0, 0, true));
 
     let err = e.app.enqueue_bulk(bulk("empty", "shop", &[], "nobody")).await.unwrap_err();
     assert_eq!(err.code.as_str(), "bad_frame");
-    assert!(e.app.campaign("empty", None).await.is_err(), "nothing recorded for a refused call");
+    assert!(e.app.campaign(&cid("empty"), None).await.is_err(), "nothing recorded for a refused call");
 }
 
 /// Issue 10.1: a campaign id belongs to its first sender. Another sender reusing it used to
@@ -129,13 +131,13 @@ async fn a_campaign_id_belongs_to_its_first_sender() {
     assert_eq!(err.grpc, tonic::Code::AlreadyExists, "{}", err.message);
     assert!(err.message.contains("spring"), "{}", err.message);
     drain(&e).await;
-    let c = e.app.campaign("spring", None).await.unwrap();
+    let c = e.app.campaign(&cid("spring"), None).await.unwrap();
     assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (2, 2, 2, true), "shop-b's call counted nothing");
     let (_, accepted) = e.app.enqueue_bulk(bulk("spring-b", "shop-b", &users(&["victim1", "victim2"]), "from b")).await.unwrap();
     assert_eq!(accepted, 2, "under its own id shop-b's campaign goes through");
     drain(&e).await;
     for v in ["victim1", "victim2"] {
-        let inbox = e.app.inbox(v, None, None).await.unwrap();
+        let inbox = e.app.inbox(&uid(v), None, None).await.unwrap();
         assert_eq!((inbox.rooms.len(), inbox.total_unread), (2, 2), "{v} got one message from each shop");
     }
 }
@@ -146,24 +148,23 @@ async fn a_campaign_id_belongs_to_its_first_sender() {
 async fn a_campaign_belongs_to_its_tenant() {
     let e = env();
     let recipients = users(&["ann", "bob"]);
-    let acme = BulkSend { tenant: Some("acme"), ..bulk("sale", "mailer", &recipients, "from acme") };
-    assert_eq!(e.app.enqueue_bulk(acme).await.unwrap().1, 2);
-    assert_eq!(e.app.enqueue_bulk(acme).await.unwrap().1, 2, "the owner's retry is accepted (and deduplicated)");
-    let other = BulkSend { tenant: Some("globex"), ..acme };
+    let acme = BulkSend { tenant: Some(uid("acme")), ..bulk("sale", "mailer", &recipients, "from acme") };
+    assert_eq!(e.app.enqueue_bulk(acme.clone()).await.unwrap().1, 2);
+    assert_eq!(e.app.enqueue_bulk(acme.clone()).await.unwrap().1, 2, "the owner's retry is accepted (and deduplicated)");
+    let other = BulkSend { tenant: Some(uid("globex")), ..acme.clone() };
     assert_eq!(e.app.enqueue_bulk(other).await.unwrap_err().grpc, tonic::Code::AlreadyExists);
-    let default_tenant = BulkSend { tenant: None, ..acme };
+    let default_tenant = BulkSend { tenant: None, ..acme.clone() };
     assert_eq!(
         e.app.enqueue_bulk(default_tenant).await.unwrap_err().grpc,
         tonic::Code::AlreadyExists,
         "the sender's own tenant is another tenant"
     );
-    let bad = BulkSend { tenant: Some("a/b"), campaign_id: "other", ..acme };
-    assert_eq!(e.app.enqueue_bulk(bad).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
+    assert!(UserId::new("a/b").is_err(), "a tenant is a user id, and holds no /: its owner key splits back");
     drain(&e).await;
-    let c = e.app.campaign("sale", Some("acme")).await.unwrap();
+    let c = e.app.campaign(&cid("sale"), Some("acme")).await.unwrap();
     assert_eq!((c.tenant.as_str(), c.requested, c.enqueued, c.persisted, c.done()), ("acme", 2, 2, 2, true), "the retry counted once");
-    assert_eq!(e.app.campaign("sale", Some("globex")).await.unwrap_err().grpc, tonic::Code::NotFound);
-    assert_eq!(e.app.campaign("sale", None).await.unwrap().tenant, "acme");
+    assert_eq!(e.app.campaign(&cid("sale"), Some("globex")).await.unwrap_err().grpc, tonic::Code::NotFound);
+    assert_eq!(e.app.campaign(&cid("sale"), None).await.unwrap().tenant, "acme");
 }
 
 /// Pausing a campaign holds its messages (the other tenant's campaign drains), the pause and
@@ -175,12 +176,12 @@ async fn a_paused_campaign_is_held_across_a_restart_and_drains_once_resumed() {
     let paused = Scope::Campaign("a".into());
     e.app.set_control(paused.clone(), Some(true), None).await.unwrap();
     e.worker.refresh_controls().await;
-    e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("a", "shop-a", &a_users, "from a") }).await.unwrap();
-    e.app.enqueue_bulk(BulkSend { tenant: Some("globex"), ..bulk("b", "shop-b", &b_users, "from b") }).await.unwrap();
+    e.app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("a", "shop-a", &a_users, "from a") }).await.unwrap();
+    e.app.enqueue_bulk(BulkSend { tenant: Some(uid("globex")), ..bulk("b", "shop-b", &b_users, "from b") }).await.unwrap();
     drain(&e).await;
-    let a = e.app.campaign_status("a", None).await.unwrap();
+    let a = e.app.campaign_status(&cid("a"), None).await.unwrap();
     assert_eq!((a.state, a.campaign.persisted, a.eta_secs), ("paused", 0, None));
-    assert_eq!(e.app.campaign_status("b", None).await.unwrap().state, "done", "another tenant's campaign drains");
+    assert_eq!(e.app.campaign_status(&cid("b"), None).await.unwrap().state, "done", "another tenant's campaign drains");
     assert_eq!(e.queue.stats().await.unwrap().held, 3);
 
     let dir = e.dir;
@@ -188,7 +189,7 @@ async fn a_paused_campaign_is_held_across_a_restart_and_drains_once_resumed() {
     let e = env_in(dir);
     e.worker.refresh_controls().await;
     drain(&e).await;
-    assert_eq!(e.app.campaign_status("a", None).await.unwrap().state, "paused", "the pause survives a restart");
+    assert_eq!(e.app.campaign_status(&cid("a"), None).await.unwrap().state, "paused", "the pause survives a restart");
     assert_eq!(e.queue.stats().await.unwrap().held, 3, "the held messages too");
     assert_eq!(e.app.drain_controls().await.unwrap().1, 3);
 
@@ -199,10 +200,10 @@ async fn a_paused_campaign_is_held_across_a_restart_and_drains_once_resumed() {
     eventually("the held messages are released", || async { e.queue.stats().await.unwrap().held == 0 }).await;
     assert_eq!(e.app.release_held(&paused).await, 0, "nothing is left to release");
     drain(&e).await;
-    let a = e.app.campaign_status("a", None).await.unwrap();
+    let a = e.app.campaign_status(&cid("a"), None).await.unwrap();
     assert_eq!((a.state, a.campaign.persisted, a.campaign.dead_lettered), ("done", 3, 0));
     for u in ["ann", "bob", "cid"] {
-        assert_eq!(e.app.inbox(u, None, None).await.unwrap().total_unread, 1, "{u} got campaign a once");
+        assert_eq!(e.app.inbox(&uid(u), None, None).await.unwrap().total_unread, 1, "{u} got campaign a once");
     }
     assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty(), "a resumed campaign leaves no control behind");
 }
@@ -246,20 +247,20 @@ async fn running_workers_follow_drain_and_tenant_pauses() {
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(worker.clone().run(shutdown.clone()));
     let recipients = users(&["ann", "bob", "cid"]);
-    app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("t1", "shop", &recipients, "hi") }).await.unwrap();
+    app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("t1", "shop", &recipients, "hi") }).await.unwrap();
     tokio::time::sleep(3 * sluice_core::control::REFRESH).await;
     let s = queue.stats().await.unwrap();
     assert_eq!((s.visible, s.in_flight, s.held), (3, 0, 0), "a paused drain receives nothing");
-    assert_eq!(app.campaign_status("t1", None).await.unwrap().state, "paused");
+    assert_eq!(app.campaign_status(&cid("t1"), None).await.unwrap().state, "paused");
 
     app.set_control(Scope::Tenant("acme".into()), Some(true), None).await.unwrap();
     app.set_control(Scope::Drain, Some(false), None).await.unwrap();
     eventually("the paused tenant's messages are held", || async { queue.stats().await.unwrap().held == 3 }).await;
-    assert_eq!(app.campaign("t1", None).await.unwrap().persisted, 0);
+    assert_eq!(app.campaign(&cid("t1"), None).await.unwrap().persisted, 0);
 
     app.set_control(Scope::Tenant("acme".into()), Some(false), None).await.unwrap();
-    eventually("the resumed tenant's campaign is done", || async { app.campaign("t1", None).await.unwrap().done() }).await;
-    let c = app.campaign("t1", None).await.unwrap();
+    eventually("the resumed tenant's campaign is done", || async { app.campaign(&cid("t1"), None).await.unwrap().done() }).await;
+    let c = app.campaign(&cid("t1"), None).await.unwrap();
     assert_eq!((c.persisted, c.dead_lettered), (3, 0));
     assert_eq!(queue.stats().await.unwrap().held, 0);
     shutdown.cancel();
@@ -273,33 +274,37 @@ async fn running_workers_follow_drain_and_tenant_pauses() {
 async fn a_tenant_over_its_quota_is_refused_with_what_was_accepted() {
     let e = env_with(Limits { tenant_quota: 5, ..Limits::default() });
     let first = users(&["u1", "u2", "u3"]);
-    assert_eq!(e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("q", "shop", &first, "hi") }).await.unwrap().1, 3);
+    assert_eq!(e.app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("q", "shop", &first, "hi") }).await.unwrap().1, 3);
     // Two more fit: u4 and u5 (the repeat of u4 and the sender take no room); u6 and u7 do not.
     let second = users(&["u4", "u4", "shop", "u5", "u6", "u3", "u7"]);
-    let err = e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("q", "shop", &second, "hi") }).await.unwrap_err();
+    let err = e.app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("q", "shop", &second, "hi") }).await.unwrap_err();
     assert_eq!(err.grpc, tonic::Code::ResourceExhausted, "{}", err.message);
     let meta: std::collections::HashMap<&str, &str> = err.metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!((meta["sluice-accepted"], meta["sluice-accepted-entries"]), ("2", "4"), "{}", err.message);
     let status = tonic::Status::from(err);
     assert_eq!(status.metadata().get("sluice-accepted").unwrap(), "2");
     assert_eq!(
-        e.app.enqueue_bulk(BulkSend { tenant: Some("globex"), ..bulk("g", "shop-g", &users(&["v1", "v2", "v3"]), "hi") }).await.unwrap().1,
+        e.app
+            .enqueue_bulk(BulkSend { tenant: Some(uid("globex")), ..bulk("g", "shop-g", &users(&["v1", "v2", "v3"]), "hi") })
+            .await
+            .unwrap()
+            .1,
         3,
         "another tenant has its own quota"
     );
-    let full = e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("q", "shop", &second[4..], "hi") }).await.unwrap_err();
+    let full = e.app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("q", "shop", &second[4..], "hi") }).await.unwrap_err();
     assert!(full.metadata.contains(&("sluice-accepted", "0".to_string())), "{full:?}");
     drain(&e).await;
-    let c = e.app.campaign("q", None).await.unwrap();
+    let c = e.app.campaign(&cid("q"), None).await.unwrap();
     assert_eq!((c.enqueued, c.persisted, c.done()), (5, 5, true), "every accepted message persisted");
     // The caller sends the refused entries again once the queue drained (u3, already in the
     // campaign, counts in this call and is deduplicated by its message id).
-    assert_eq!(e.app.enqueue_bulk(BulkSend { tenant: Some("acme"), ..bulk("q", "shop", &second[4..], "hi") }).await.unwrap().1, 3);
+    assert_eq!(e.app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("q", "shop", &second[4..], "hi") }).await.unwrap().1, 3);
     drain(&e).await;
-    let c = e.app.campaign("q", None).await.unwrap();
+    let c = e.app.campaign(&cid("q"), None).await.unwrap();
     assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (3 + 4 + 3, 7, 7, true));
     for u in ["u1", "u2", "u3", "u4", "u5", "u6", "u7"] {
-        assert_eq!(e.app.inbox(u, None, None).await.unwrap().total_unread, 1, "{u}: one message from shop");
+        assert_eq!(e.app.inbox(&uid(u), None, None).await.unwrap().total_unread, 1, "{u}: one message from shop");
     }
 }
 
@@ -312,9 +317,9 @@ async fn enqueue_bulk_memory_stays_flat_as_recipients_times_body_grow() {
     for n in [100usize, 2_000] {
         let recipients: Vec<String> = (0..n).map(|i| format!("m{n}-{i}")).collect();
         e.app.enqueue_bulk(bulk(&format!("big{n}"), "shop", &recipients, &body)).await.unwrap();
-        assert_eq!(e.app.metrics.enqueue_bytes_held.get(), 0, "nothing is held after the call");
+        assert_eq!(e.app.backends.metrics.enqueue_bytes_held.get(), 0, "nothing is held after the call");
     }
-    let peak = e.app.metrics.enqueue_bytes_peak.get() as usize;
+    let peak = e.app.backends.metrics.enqueue_bytes_peak.get() as usize;
     // 2,000 x 32 KiB is 64 MiB of queued messages; one chunk holds at most its byte bound
     // plus the message that crossed it.
     assert!(peak <= sluice_gateway::chat::ENQUEUE_CHUNK_BYTES + body.len() + 4096, "peak {peak} bytes");

@@ -6,11 +6,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use sluice_core::events::NoEvents;
-use sluice_core::fanout::Fanout;
 use sluice_core::metrics::Metrics;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
 use sluice_gateway::http::{Probes, admin_router, public_router, router};
-use sluice_gateway::{App, Auth, Limits};
+use sluice_gateway::{App, Auth, Backends, Limits};
 use sluice_testkit::faults::FaultyStore;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,15 +26,9 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::new(Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap())));
     let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
-    let hub = Arc::new(LocalHub::new());
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
     let app = Arc::new(App {
-        store: store.clone(),
-        queue,
-        hub: hub.clone(),
-        events: Arc::new(NoEvents),
-        fanout: Fanout::new(hub, Arc::new(NoEvents)),
-        limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
-        metrics: Arc::new(Metrics::new()),
+        backends: Backends::new(store.clone(), queue, Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter, Arc::new(Metrics::new())),
         auth: Auth::new(b"http-test-secret-http-test-secret", "svc"),
         limits: Limits::default(),
         campaign_rates: Default::default(),

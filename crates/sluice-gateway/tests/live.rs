@@ -4,12 +4,12 @@
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice_core::events::NoEvents;
-use sluice_core::fanout::Fanout;
 use sluice_core::hub::{Hub, LiveEvent};
+use sluice_core::ids::{RoomId, UserId};
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{MessageKind, StoredMessage, UnreadUpdate};
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
-use sluice_gateway::{App, Auth, Limits};
+use sluice_gateway::{App, Auth, Backends, Limits};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -57,21 +57,17 @@ async fn gateway() -> Gateway {
     let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
     let hub: Arc<dyn Hub> = Arc::new(LocalHub::new());
     let shutdown = CancellationToken::new();
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
     let app = Arc::new(App {
-        store,
-        queue,
-        hub: hub.clone(),
-        events: Arc::new(NoEvents),
-        fanout: Fanout::new(hub.clone(), Arc::new(NoEvents)),
-        limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
-        metrics: Arc::new(Metrics::new()),
+        backends: Backends::new(store, queue, hub.clone(), Arc::new(NoEvents), limiter, Arc::new(Metrics::new())),
         auth: Auth::new(b"live-test-secret-live-test-secret", "svc"),
         limits: Limits::default(),
         campaign_rates: Default::default(),
         shutdown: shutdown.clone(),
     });
-    app.create_room("club", &["alice".into(), "bob".into()]).await.unwrap();
-    let sent = app.send("alice", "club", "c1", "number 1", None).await.unwrap();
+    let (alice, club) = (UserId::new("alice").unwrap(), RoomId::new("club").unwrap());
+    app.create_room(Some(club.clone()), &["alice".into(), "bob".into()]).await.unwrap();
+    let sent = app.send(&alice, &club, "c1", "number 1", None).await.unwrap();
     assert_eq!(sent.message.seq, 1);
     let (http, grpc) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
     let addr = http.local_addr().unwrap();
@@ -143,7 +139,8 @@ async fn a_stale_unread_update_is_never_shown() {
     bob.send(Message::text(json!({"type": "inbox"}).to_string())).await.unwrap();
     assert_eq!(recv(&mut bob).await["type"], "inbox");
     // A real send: its unread frame carries the store's version of bob's counters.
-    let sent = g.app.send("alice", "club", "c2", "number 2", None).await.unwrap();
+    let (alice, club) = (UserId::new("alice").unwrap(), RoomId::new("club").unwrap());
+    let sent = g.app.send(&alice, &club, "c2", "number 2", None).await.unwrap();
     let pushed = loop {
         let f = recv(&mut bob).await;
         if f["type"] == "unread" {

@@ -1,4 +1,7 @@
-//! Conformance suites that every backend implementation runs, and test helpers.
+//! Conformance suites that every backend implementation runs, and the support every test and
+//! benchmark shares: the launcher of a real `sluice` process ([`server`]), its clients
+//! ([`client`]), and the simulated backends that slow down or fail a real one ([`latency`],
+//! [`faults`], [`dynamo_faults`], [`moto_faults`], [`tcp_proxy`]).
 //!
 //! Each suite is a set of `pub async fn` test bodies plus a macro that turns them into
 //! `#[tokio::test]`s for one implementation, so the embedded backends and the AWS/Redis ones
@@ -11,13 +14,16 @@
 //! The factory returns the backend and a guard (temporary directory, emulator handle, ...)
 //! that must outlive the test.
 
+pub mod client;
 pub mod dynamo_faults;
 pub mod events;
 pub mod faults;
 pub mod hub;
+pub mod latency;
 pub mod limits;
 pub mod moto_faults;
 pub mod queue;
+pub mod server;
 pub mod services;
 pub mod store;
 pub mod tcp_proxy;

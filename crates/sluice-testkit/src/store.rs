@@ -57,7 +57,15 @@ pub fn chat(room: &str, sender: &str, client_id: &str) -> NewMessage {
 /// The one-off of campaign `campaign_id` from `sender` to `recipient`, as EnqueueBulk queues
 /// it: a direct room created on first use, a msg_id derived from campaign and recipient.
 pub fn one_off(campaign_id: &str, sender: &str, recipient: &str) -> NewMessage {
-    NewMessage::one_off(campaign_id, sender, recipient, "sale", 5)
+    one_off_saying(campaign_id, sender, recipient, "sale")
+}
+
+/// [`one_off`] with `body`, for tests that write their ids as literals (it panics on an
+/// invalid one).
+pub fn one_off_saying(campaign_id: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
+    let user = |u: &str| sluice_core::ids::UserId::new(u).expect("a valid user id");
+    let campaign = sluice_core::ids::CampaignId::new(campaign_id).expect("a valid campaign id");
+    NewMessage::one_off(&campaign, &user(sender), &user(recipient), body, 5)
 }
 
 fn unique_room(prefix: &str) -> String {

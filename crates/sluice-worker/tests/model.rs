@@ -148,17 +148,10 @@ async fn open(dir: &Path) -> Backend {
     let store: Arc<dyn MessageStore> = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
     let queue: Arc<dyn SpikeQueue> = Arc::new(EmbeddedQueue::open(&dir.join("queue.redb"), QueueConfig::default()).unwrap());
     let hub = Arc::new(LocalHub::new());
-    let fanout = Fanout::new(hub.clone(), Arc::new(NoEvents));
-    let worker = Worker::new(
-        Backends {
-            store: store.clone(),
-            queue: queue.clone(),
-            fanout: fanout.clone(),
-            limiter: Arc::new(sluice_core::limits::LocalLimiter::new()),
-            metrics: Arc::new(Metrics::new()),
-        },
-        WorkerConfig::default(),
-    );
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
+    let backends = Backends::new(store.clone(), queue.clone(), hub.clone(), Arc::new(NoEvents), limiter, Arc::new(Metrics::new()));
+    let fanout = backends.fanout.clone();
+    let worker = Worker::new(backends, WorkerConfig::default());
     let mut conns = Vec::new();
     for i in 0..USERS {
         conns.push(hub.connect(&user(i), 1 << 16).await.unwrap());

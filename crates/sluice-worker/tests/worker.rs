@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use sluice_core::events::NoEvents;
-use sluice_core::fanout::Fanout;
 use sluice_core::ids;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{HistoryQuery, NewMessage};
@@ -37,13 +36,12 @@ fn config() -> WorkerConfig {
 }
 
 fn worker(store: Arc<dyn MessageStore>, queue: Arc<dyn SpikeQueue>, metrics: Arc<Metrics>, config: WorkerConfig) -> Arc<Worker> {
-    let fanout = Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents));
     let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
-    Arc::new(Worker::new(Backends { store, queue, fanout, limiter, metrics }, config))
+    Arc::new(Worker::new(Backends::new(store, queue, Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter, metrics), config))
 }
 
 fn one_off(campaign: &str, sender: &str, recipient: &str, body: &str) -> NewMessage {
-    NewMessage::one_off(campaign, sender, recipient, body, 1)
+    sluice_testkit::store::one_off_saying(campaign, sender, recipient, body)
 }
 
 fn enqueue(m: &NewMessage) -> Enqueue {
@@ -264,9 +262,8 @@ async fn a_slow_gateway_elsewhere_cuts_the_drain() {
     report(1.0).await;
     let governor =
         GovernorConfig { initial: 200.0, floor: 100.0, cut: 0.1, cooldown: Duration::from_millis(250), ..GovernorConfig::default() };
-    let fanout = Fanout::new(Arc::new(LocalHub::new()), Arc::new(NoEvents));
     let w = Arc::new(Worker::new(
-        Backends { store: e.store.clone(), queue: e.queue.clone(), fanout, limiter: limiter.clone(), metrics: e.metrics.clone() },
+        Backends::new(e.store.clone(), e.queue.clone(), Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter.clone(), e.metrics.clone()),
         WorkerConfig { governor, ..config() },
     ));
     let stop = CancellationToken::new();

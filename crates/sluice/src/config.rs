@@ -201,6 +201,18 @@ pub struct MigrateArgs {
     pub stream_shards: i32,
 }
 
+impl ServeArgs {
+    /// The options of `sluice serve ARGS...` (their `SLUICE_*` variables apply too): how a
+    /// program that embeds Sluice configures it.
+    pub fn from_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(args: I) -> Result<ServeArgs, clap::Error> {
+        let argv = ["sluice".into(), "serve".into()].into_iter().chain(args.into_iter().map(Into::into));
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(args),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -311,10 +323,6 @@ pub struct ServeArgs {
     /// server they start outlives them). Default: never. Hidden from --help.
     #[arg(long, env = "SLUICE_MAX_RUNTIME_SECS", hide = true)]
     pub max_runtime_secs: Option<u64>,
-    /// Benchmarks only: add MIN-MAX milliseconds (uniform) to every store call, so the
-    /// embedded store stands in for a remote one (`sluice-bench scaling`).
-    #[arg(long, hide = true)]
-    pub store_latency_ms: Option<sluice_core::latency::LatencyRange>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,8 +8,11 @@
 //!   Kinesis and Redis with `--backend aws`, or chosen one concern at a time); and `health`,
 //!   which probes a running process. The benchmarks are a program of their own
 //!   (`sluice-bench`), which starts this one as its server.
-//! - [`serve`]: the composition root of the roles, for a caller that binds its own
-//!   [`Listeners`] and holds the shutdown token (tests run Sluice in their own process so).
+//! - [`backends`]: the backends a configuration names, opened once per process.
+//! - [`serve`] and [`serve_on`]: the composition root of the roles, for a caller that binds
+//!   its own [`Listeners`] and holds the shutdown token; [`serve_on`] takes backends the caller
+//!   opened and may have wrapped; [`start`] runs them in a task and hands back a [`Running`]
+//!   (tests and the scaling benchmark run Sluice in their own process so).
 //!
 //! `serve` and `gateway` print one line `sluice listening http=ADDR grpc=ADDR` (and
 //! ` admin=ADDR` with `--admin-addr`) on stdout once the ports are bound, so scripts and tests
@@ -17,28 +20,23 @@
 //! `worker` prints `sluice worker running` (and ` admin=ADDR`, where it serves `/healthz`,
 //! `/readyz` and `/metrics`) once its backends are connected.
 
+pub mod backends;
 pub mod config;
 pub mod secrets;
 pub mod telemetry;
 
 use anyhow::{Context, bail};
+pub use backends::Opened;
+use backends::{aws_conf, data_dir, in_use_hint, open_queue};
 use config::{
-    Backend, CampaignAction, Cli, Command, CommonArgs, ControlTarget, DlqAction, DrainAction, EventsKind, HubKind, MigrateArgs, QueueKind,
-    ServeArgs, StoreKind,
+    CampaignAction, Cli, Command, CommonArgs, ControlTarget, DlqAction, DrainAction, HubKind, MigrateArgs, QueueKind, ServeArgs, StoreKind,
 };
-use sluice_core::events::{EventSink, NoEvents};
-use sluice_core::fanout::Fanout;
 use sluice_core::governor::GovernorConfig;
-use sluice_core::hub::Hub;
-use sluice_core::limits::{Limiter, LocalLimiter};
 use sluice_core::metrics::Metrics;
-use sluice_core::queue::SpikeQueue;
-use sluice_core::store::MessageStore;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, FileEvents, LocalHub, QueueConfig, StoreConfig};
+use sluice_embedded::{EmbeddedQueue, EmbeddedStore, QueueConfig};
 use sluice_gateway::{App, Auth, Limits};
 use sluice_proto::v1::{self, drain_scope};
-use sluice_redis::{Endpoint, RedisHub, RedisHubConfig, RedisLimiter};
-use sluice_worker::{Backends, Worker, WorkerConfig};
+use sluice_worker::{Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -114,130 +112,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The AWS SDK configuration, loaded once from the standard chain when an AWS backend is used.
-async fn aws_conf(common: &CommonArgs) -> Option<aws_config::SdkConfig> {
-    let needed = common.store_kind() == StoreKind::Dynamodb || common.queue_kind() == QueueKind::Sqs;
-    if needed { Some(sluice_aws::sdk_config().await) } else { None }
-}
-
-fn data_dir(common: &CommonArgs) -> anyhow::Result<&std::path::Path> {
-    let dir = common.data_dir.as_path();
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn in_use_hint(common: &CommonArgs) -> String {
-    format!("cannot open the data in {} (is another sluice using it?)", common.data_dir.display())
-}
-
-/// The configured store; with `outbox` and the embedded store, also the embedded handle
-/// whose analytics outbox the caller relays. `config` applies to the embedded store.
-async fn open_store(
-    common: &CommonArgs,
-    conf: Option<&aws_config::SdkConfig>,
-    metrics: Arc<Metrics>,
-    config: StoreConfig,
-) -> anyhow::Result<(Arc<dyn MessageStore>, Option<EmbeddedStore>)> {
-    Ok(match (common.store_kind(), conf) {
-        (StoreKind::Dynamodb, Some(conf)) => (
-            Arc::new(sluice_aws::DynamoStore::from_conf(
-                conf,
-                &sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes),
-                metrics,
-            )),
-            None,
-        ),
-        _ => {
-            let store = EmbeddedStore::open_with(&data_dir(common)?.join("store.redb"), config).with_context(|| in_use_hint(common))?;
-            (Arc::new(store.clone()), config.outbox.then_some(store))
-        }
-    })
-}
-
-async fn open_queue(
-    common: &CommonArgs,
-    conf: Option<&aws_config::SdkConfig>,
-    metrics: Arc<Metrics>,
-    config: QueueConfig,
-) -> anyhow::Result<Arc<dyn SpikeQueue>> {
-    Ok(match (common.queue_kind(), conf) {
-        (QueueKind::Sqs, Some(conf)) => {
-            let names = sluice_aws::Names::new(&common.resource_prefix).with_lanes(common.sqs_lanes);
-            let q = sluice_aws::SqsQueue::from_conf(conf, &names, metrics).await.with_context(|| {
-                format!("cannot find the SQS queues {} .. {} (create them with `sluice migrate --backend aws --with-queues` and the same --sqs-lanes)", names.queue(), names.lane_queue(names.lanes - 1))
-            })?;
-            Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
-        }
-        _ => Arc::new(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), config).with_context(|| in_use_hint(common))?),
-    })
-}
-
-/// Where per-user limits live: with the hub (Redis when gateways share one).
-async fn open_limiter(common: &CommonArgs) -> anyhow::Result<Arc<dyn Limiter>> {
-    Ok(match common.hub_kind() {
-        HubKind::Local => Arc::new(LocalLimiter::new()),
-        HubKind::Redis => {
-            let endpoint = redis_endpoint(common, "per-user limits need SLUICE_REDIS_URL (--redis-url)")?;
-            Arc::new(
-                RedisLimiter::connect(&endpoint, &common.resource_prefix, Duration::from_secs(2))
-                    .await
-                    .context("cannot connect to Redis (--redis-url)")?,
-            )
-        }
-    })
-}
-
-/// Where Redis is: `--redis-url`, the CA certificate `--redis-tls-ca` names (read), and
-/// `--redis-cluster`.
-fn redis_endpoint(common: &CommonArgs, missing: &'static str) -> anyhow::Result<Endpoint> {
-    let url = common.redis_url.clone().context(missing)?;
-    let tls_ca = match &common.redis_tls_ca {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --redis-tls-ca {}", path.display()))?),
-        None => None,
-    };
-    Ok(Endpoint { url, tls_ca, cluster: common.redis_cluster })
-}
-
-async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
-    Ok(match common.hub_kind() {
-        HubKind::Local => Arc::new(LocalHub::new()),
-        HubKind::Redis => {
-            let endpoint = redis_endpoint(common, "the redis hub needs SLUICE_REDIS_URL (--redis-url), e.g. redis://127.0.0.1:6379")?;
-            let config = RedisHubConfig { prefix: common.resource_prefix.clone(), endpoint, ..RedisHubConfig::new("") };
-            Arc::new(RedisHub::connect(config).await.context("cannot connect to Redis (--redis-url)")?)
-        }
-    })
-}
-
-fn events_kind(args: &ServeArgs) -> EventsKind {
-    args.events.unwrap_or(match (args.common.backend, &args.events_file) {
-        (Backend::Aws, _) => EventsKind::Kinesis,
-        (_, Some(_)) => EventsKind::File,
-        _ => EventsKind::Off,
-    })
-}
-
-fn open_events(args: &ServeArgs, conf: Option<&aws_config::SdkConfig>, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn EventSink>> {
-    Ok(match events_kind(args) {
-        EventsKind::Off => Arc::new(NoEvents),
-        EventsKind::File => {
-            let path = args.events_file.as_ref().context("--events file needs --events-file")?;
-            let dropped = metrics.events_dropped.clone();
-            Arc::new(
-                FileEvents::open(path, Box::new(move |n| dropped.inc_by(n)))
-                    .with_context(|| format!("cannot open events file {}", path.display()))?,
-            )
-        }
-        EventsKind::Kinesis => {
-            let Some(conf) = conf else {
-                bail!("--events kinesis needs the AWS configuration (use it with --backend aws)");
-            };
-            let names = sluice_aws::Names::new(&args.common.resource_prefix).with_lanes(args.common.sqs_lanes);
-            Arc::new(sluice_aws::KinesisEvents::from_conf(conf, &names, metrics.clone(), sluice_aws::kinesis::KinesisConfig::default()))
-        }
-    })
 }
 
 /// `sluice migrate`: the embedded files, or the DynamoDB tables (and with --with-queues the
@@ -376,6 +250,39 @@ impl Listeners {
     }
 }
 
+/// A Sluice running inside the caller's process (see [`start`]).
+pub struct Running {
+    /// The gateway's HTTP and gRPC addresses.
+    pub http_grpc: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    pub admin: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Cancels its shutdown token and waits until it has stopped (within the grace period).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("the roles' task panicked")?
+    }
+}
+
+/// Binds the addresses `args` names and runs `roles` on `opened` in a task of the caller's
+/// runtime: a program (or a test) that embeds Sluice.
+pub async fn start(opened: Opened, args: ServeArgs, roles: Roles) -> anyhow::Result<Running> {
+    check_roles(&args.common, roles)?;
+    let listeners = Listeners::bind(&args, roles).await?;
+    let http_grpc = match &listeners.http_grpc {
+        Some((h, g)) => Some((h.local_addr()?, g.local_addr()?)),
+        None => None,
+    };
+    let admin = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { serve_on(opened, &args, roles, listeners, token).await });
+    Ok(Running { http_grpc, admin, shutdown, task })
+}
+
 /// `serve` (both roles), `gateway` or `worker` as a command: binds, stops on SIGINT, SIGTERM
 /// or `--max-runtime-secs`, and runs [`serve`].
 async fn run_roles(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
@@ -411,62 +318,49 @@ fn check_roles(common: &CommonArgs, roles: Roles) -> anyhow::Result<()> {
 /// What `sluice serve`, `gateway` and `worker` run, and what a test can run in its own
 /// process.
 pub async fn serve(args: ServeArgs, roles: Roles, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    check_roles(&args.common, roles)?;
+    let opened = Opened::from_config(&args).await?;
+    serve_on(opened, &args, roles, listeners, shutdown).await
+}
+
+/// Runs `roles` on backends already opened (a caller may have wrapped one of them), with the
+/// rest of `args`: secrets, limits, the worker's settings and the grace period.
+pub async fn serve_on(
+    opened: Opened,
+    args: &ServeArgs,
+    roles: Roles,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let common = &args.common;
     check_roles(common, roles)?;
     let s = secrets::load(&common.data_dir, common.jwt_secret.as_deref(), common.service_token.as_deref())?;
-    let metrics = Arc::new(Metrics::new());
-    let conf = aws_conf(common).await;
-    let events_on = events_kind(&args) != EventsKind::Off;
-    let store_config = StoreConfig { outbox: events_on, cache_bytes: (args.store_cache_mib as usize) << 20, ..StoreConfig::default() };
-    let (mut store, outbox) = open_store(common, conf.as_ref(), metrics.clone(), store_config).await?;
-    if let Some(latency) = args.store_latency_ms {
-        tracing::warn!(?latency, "every store call is delayed (--store-latency-ms, for benchmarks)");
-        store = Arc::new(sluice_core::latency::LatencyStore::new(store, latency));
-    }
-    let weights = sluice_core::queue::TenantWeights::parse(&args.tenant_weights).map_err(anyhow::Error::msg).context("--tenant-weight")?;
-    let queue_config =
-        QueueConfig { cache_bytes: (args.queue_cache_mib as usize) << 20, weights: Arc::new(weights), ..QueueConfig::default() };
-    let queue = open_queue(common, conf.as_ref(), metrics.clone(), queue_config).await?;
-    let hub = open_hub(common).await?;
-    let events = open_events(&args, conf.as_ref(), &metrics)?;
     let Listeners { http_grpc: listeners, admin } = listeners;
     if roles.gateway != listeners.is_some() {
         bail!("a gateway serves on HTTP and gRPC listeners, and only a gateway does");
     }
-
-    // The embedded store writes `message_persisted` with the message (its outbox), so a
-    // crash after a commit cannot lose it; the relay stops after the worker and gateway.
+    let Opened { backends, outbox } = opened;
+    let events = backends.events.clone();
+    // The relay of the embedded store's outbox stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
-    let limiter = open_limiter(common).await?;
-    // One publication order for both lanes of this process.
-    let fanout = if relay.is_some() { Fanout::with_outbox(hub.clone(), events.clone()) } else { Fanout::new(hub.clone(), events.clone()) };
     let worker_task = roles.worker.then(|| {
-        let worker = Arc::new(Worker::new(
-            Backends {
-                store: store.clone(),
-                queue: queue.clone(),
-                fanout: fanout.clone(),
-                limiter: limiter.clone(),
-                metrics: metrics.clone(),
-            },
-            WorkerConfig { watch_runtime_lag: roles.gateway && args.runtime_lag_target_ms > 0.0, ..worker_config(&args) },
+        let config = WorkerConfig { watch_runtime_lag: roles.gateway && args.runtime_lag_target_ms > 0.0, ..worker_config(args) };
+        let worker = Arc::new(Worker::new(backends.clone(), config));
+        tokio::spawn(sluice_worker::watch_queue(
+            backends.queue.clone(),
+            backends.metrics.clone(),
+            Duration::from_secs(1),
+            shutdown.clone(),
         ));
-        tokio::spawn(sluice_worker::watch_queue(queue.clone(), metrics.clone(), Duration::from_secs(1), shutdown.clone()));
         tokio::spawn(worker.run(shutdown.clone()))
     });
     let served = match listeners {
         Some((http, grpc)) => {
             let app = Arc::new(App {
-                store,
-                queue,
-                hub,
-                events: events.clone(),
-                fanout,
-                limiter,
-                metrics,
+                backends,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
-                limits: limits(&args),
+                limits: limits(args),
                 campaign_rates: Default::default(),
                 shutdown: shutdown.clone(),
             });
@@ -485,7 +379,7 @@ pub async fn serve(args: ServeArgs, roles: Roles, listeners: Listeners, shutdown
                 let admin_addr = admin.local_addr()?;
                 tracing::info!(%admin_addr, "sluice worker running");
                 println!("sluice worker running admin={admin_addr}");
-                let probes = sluice_gateway::http::Probes { store, queue, hub, metrics, shutdown: shutdown.clone() };
+                let probes = sluice_gateway::http::Probes { backends, shutdown: shutdown.clone() };
                 let served = sluice_gateway::http::serve_admin(admin, probes).await;
                 shutdown.cancel();
                 served.context("admin listener failed")

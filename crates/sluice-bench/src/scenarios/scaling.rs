@@ -1,6 +1,7 @@
 //! Scenario `scaling`: the drain rate with 1, 2, 4, 8, ... workers. Each count gets a fresh
-//! `sluice serve` whose store adds a remote store's round trip to every call
-//! (`--store-latency-ms`, 5-10 ms like a DynamoDB transaction) and whose worker receives at
+//! `sluice serve`, run inside the bench's process through the library, whose store adds a
+//! remote store's round trip to every call (`sluice_testkit::latency`, `--latency-ms` 5-10 ms
+//! like a DynamoDB transaction) and whose worker receives at
 //! most 10 messages at a time, like SQS. One worker here is one queue poller
 //! (`--worker-concurrency`), which is what one more worker replica adds. A campaign of
 //! workers x `--messages-per-worker` one-offs is enqueued, and the rate is the messages over
@@ -24,6 +25,7 @@ use crate::report::{Line, Report, Series};
 use crate::stats::Progress;
 use crate::target::{Launch, Metrics, Target as Server};
 use anyhow::bail;
+use sluice_testkit::latency::LatencyStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,16 +48,11 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &ScalingArgs, run: &str
     );
     let mut rates: Vec<(f64, f64)> = vec![];
     for &n in &a.workers {
-        let launch = Launch {
-            program,
-            args: vec![
-                format!("--worker-concurrency={n}"),
-                format!("--worker-batch={}", a.batch),
-                format!("--store-latency-ms={}", a.latency_ms),
-            ],
-            env: vec![],
-        };
-        let server = Server::start(launch, &target.server_args).await?;
+        let args: Vec<String> = [format!("--worker-concurrency={n}"), format!("--worker-batch={}", a.batch)]
+            .into_iter()
+            .chain(target.server_args.iter().cloned())
+            .collect();
+        let server = Server::in_process(&args, |b| b.store = Arc::new(LatencyStore::new(b.store.clone(), latency))).await?;
         let messages = n as u64 * a.messages_per_worker;
         let rate = drain(&server, messages, &format!("{run}-w{n}")).await?;
         server.stop().await;

@@ -1,35 +1,29 @@
-//! Test support: the real `sluice` binary on free loopback ports, and real WebSocket and
-//! gRPC clients.
+//! Test support of this crate's tests: the real `sluice` binary through the shared launcher
+//! (`sluice_testkit::server`), Sluice inside the test's process through the library, and what
+//! the distributed tests share (the emulators' environment, the rendered deployment's).
 
-#![allow(dead_code, unreachable_pub)]
+// Each test binary uses a part of this module.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use futures::future::join_all;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice_proto::v1;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-/// A test server never outlives this, whatever happens to the test.
-const MAX_RUNTIME_SECS: &str = "600";
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+pub use sluice_testkit::client::{RECV_TIMEOUT, Ws, http_get};
 
-/// A running `sluice serve` process.
-pub struct Server {
-    child: tokio::process::Child,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    /// The admin listener, when started with `--admin-addr`.
-    pub admin: Option<SocketAddr>,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
+/// A running `sluice` process (the shared launcher, `sluice_testkit::server`), with the
+/// shortcuts a test wants: it panics where a test should fail.
+pub struct Server(sluice_testkit::server::Server);
+
+impl std::ops::Deref for Server {
+    type Target = sluice_testkit::server::Server;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Server {
@@ -41,69 +35,27 @@ impl Server {
     /// Starts `sluice <role>` (`serve`, `gateway` or `worker`) with extra arguments and
     /// environment. A worker has no ports: `http` and `grpc` are then 0.0.0.0:0.
     pub async fn start_role(role: &str, data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
-        let log = data_dir
-            .with_extension(format!("log.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.arg(role).arg("--data-dir").arg(data_dir);
-        if role != "worker" {
-            cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
-        }
-        let mut child = cmd
-            .args(["--max-runtime-secs", MAX_RUNTIME_SECS])
-            .args(extra)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn sluice");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-        let line = match line {
-            Ok(Ok(Some(l))) => l,
-            other => panic!("sluice {role} did not start ({other:?}); its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
-        };
-        let addr = |key: &str| -> SocketAddr {
-            match line.split_whitespace().find_map(|w| w.strip_prefix(key)) {
-                Some(v) => v.parse().unwrap(),
-                None if role == "worker" => "0.0.0.0:0".parse().unwrap(),
-                None => panic!("no {key} in {line:?}"),
-            }
-        };
-        let admin = line.split_whitespace().find_map(|w| w.strip_prefix("admin=")).map(|v| v.parse().unwrap());
-        Server { http: addr("http="), grpc: addr("grpc="), admin, data_dir: data_dir.to_path_buf(), log, child }
+        let launch = sluice_testkit::server::Launch::new(BIN, role, data_dir).args(extra.iter().copied()).env(env);
+        Server(sluice_testkit::server::Server::start(launch).await.unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     /// SIGKILL: no shutdown, no flush.
-    pub async fn kill9(mut self) {
-        self.child.kill().await.unwrap();
+    pub async fn kill9(self) {
+        self.0.kill9().await
     }
 
     /// SIGTERM, then waits for a clean exit.
-    pub async fn stop(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exits after SIGTERM").unwrap();
-        assert!(status.success(), "clean exit after SIGTERM: {status:?}");
-    }
-
-    pub fn token(&self, user: &str) -> String {
-        cli(&["token", "--data-dir", self.data_dir.to_str().unwrap(), "--user", user])
-    }
-
-    pub fn service_token(&self) -> String {
-        cli(&["token", "--data-dir", self.data_dir.to_str().unwrap(), "--service"])
+    pub async fn stop(self) {
+        self.0.stop().await.unwrap_or_else(|e| panic!("clean exit after SIGTERM: {e:#}"))
     }
 
     pub async fn ws(&self, user: &str) -> Ws {
-        Ws::connect(&format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await
+        Ws::connect(&self.ws_url(user)).await
     }
 
     /// The HTTP status of a WebSocket handshake the server refuses (panics if it accepts).
     pub async fn ws_refused(&self, user: &str) -> u16 {
-        match tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await {
+        match tokio_tungstenite::connect_async(self.ws_url(user)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
             Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
             Ok(_) => panic!("the handshake of {user} was accepted"),
@@ -111,7 +63,7 @@ impl Server {
     }
 
     pub async fn grpc(&self) -> Grpc {
-        sluice_proto::client::connect(self.grpc, Bearer::service(&self.service_token()).unwrap()).await.unwrap()
+        self.0.grpc().await.unwrap()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
@@ -120,13 +72,12 @@ impl Server {
     }
 }
 
-/// `sluice serve` run inside the test's process through the library's composition root
-/// (`sluice::serve`), on loopback ports the OS picks, with fixed secrets.
+/// `sluice serve` run inside the test's process through the library (`sluice::start`), on
+/// loopback ports the OS picks, with fixed secrets.
 pub struct InProcess {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: sluice::Running,
 }
 
 impl InProcess {
@@ -134,30 +85,29 @@ impl InProcess {
     pub const SERVICE_TOKEN: &str = "in-process-service-token";
 
     pub async fn start(data_dir: &Path) -> InProcess {
-        let argv =
-            ["sluice", "serve", "--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
-                .into_iter()
-                .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN]);
-        let args = match clap::Parser::try_parse_from(argv).map(|c: sluice::config::Cli| c.command) {
-            Ok(sluice::config::Command::Serve(args)) => args,
-            other => panic!("not a serve command line: {other:?}"),
-        };
-        let listeners = sluice::Listeners::bind(&args, sluice::Roles::SERVE).await.unwrap();
-        let (http, grpc) = {
-            let (h, g) = listeners.http_grpc.as_ref().unwrap();
-            (h.local_addr().unwrap(), g.local_addr().unwrap())
-        };
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(sluice::serve(args, sluice::Roles::SERVE, listeners, shutdown.clone()));
-        InProcess { http, grpc, shutdown, task }
+        InProcess::start_with(data_dir, &[], |_| {}).await
+    }
+
+    /// With extra `serve` arguments, on backends `wrap` may change (a failing store).
+    pub async fn start_with(data_dir: &Path, extra: &[&str], wrap: impl FnOnce(&mut sluice_core::backends::Backends)) -> InProcess {
+        let argv = ["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
+            .into_iter()
+            .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN])
+            .chain(extra.iter().copied());
+        let args = sluice::config::ServeArgs::from_args(argv).unwrap();
+        let mut opened = sluice::Opened::from_config(&args).await.unwrap();
+        wrap(&mut opened.backends);
+        let running = sluice::start(opened, args, sluice::Roles::SERVE).await.unwrap();
+        let (http, grpc) = running.http_grpc.unwrap();
+        InProcess { http, grpc, running }
     }
 
     pub async fn grpc(&self) -> Grpc {
-        sluice_proto::client::connect(self.grpc, Bearer::service(Self::SERVICE_TOKEN).unwrap()).await.unwrap()
+        sluice_testkit::client::grpc(self.grpc, Self::SERVICE_TOKEN).await.unwrap()
     }
 
     pub fn token(&self, user: &str) -> String {
-        sluice_gateway::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap()
+        sluice_core::auth::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap()
     }
 
     pub async fn ws(&self, user: &str) -> Ws {
@@ -166,92 +116,16 @@ impl InProcess {
 
     /// Cancels its shutdown token and waits for a clean end.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("stops once its token is cancelled").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.running.stop()).await.expect("stops once its token is cancelled").unwrap();
     }
 }
 
 /// Runs the CLI and returns its trimmed stdout.
 pub fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN).args(args).output().unwrap();
-    assert!(out.status.success(), "sluice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A plain HTTP/1.1 GET over a raw socket; returns (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    sluice_testkit::server::cli(Path::new(BIN), args)
 }
 
 pub use sluice_proto::client::{Bearer, Client as Grpc};
-
-/// A WebSocket client speaking the v1 JSON frames.
-pub struct Ws {
-    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Ws {
-    pub async fn connect(url: &str) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
-        Ws { stream }
-    }
-
-    pub async fn send(&mut self, v: Value) {
-        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
-    }
-
-    pub async fn send_raw(&mut self, m: Message) {
-        self.stream.send(m).await.unwrap();
-    }
-
-    /// The next JSON frame (pings and pongs skipped).
-    pub async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(RECV_TIMEOUT, self.stream.next()).await.expect("a frame in time").expect("open").unwrap();
-            match m {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-
-    /// The next frame of type `t`, skipping others.
-    pub async fn recv_type(&mut self, t: &str) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["type"] == t {
-                return v;
-            }
-        }
-    }
-
-    /// Sends a message and waits for its ack (or error).
-    pub async fn say(&mut self, room: &str, id: &str, body: &str) -> Value {
-        self.send(json!({"type": "send", "room": room, "client_msg_id": id, "body": body})).await;
-        loop {
-            let v = self.recv().await;
-            if (v["type"] == "ack" || v["type"] == "error") && v.get("client_msg_id").or(v.get("ref")) == Some(&json!(id)) {
-                return v;
-            }
-        }
-    }
-
-    /// Whether any frame arrives within `d` (for "nothing was sent" checks).
-    pub async fn quiet_for(&mut self, d: Duration) -> Option<Value> {
-        match tokio::time::timeout(d, self.stream.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
-            _ => None,
-        }
-    }
-}
 
 /// The environment of every process on the distributed backends: the emulators' AWS
 /// endpoints (DynamoDB at `dynamodb`, which may be a fault proxy; SQS and Kinesis behind the

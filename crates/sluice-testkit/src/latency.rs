@@ -1,12 +1,12 @@
 //! A store wrapper that adds a round trip to every call, so the embedded store can stand in
 //! for a remote one (DynamoDB answers a transaction in about 5-10 ms) in benchmarks of worker
-//! scaling. `sluice serve --store-latency-ms MIN-MAX` turns it on; it is never on by default.
+//! scaling. `sluice-bench scaling` wraps the store of a server it runs in its own process.
 
-use crate::control::{Control, Controls, Scope};
-use crate::error::StoreError;
-use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
-use crate::store::{Membership, MessageStore};
 use async_trait::async_trait;
+use sluice_core::control::{Control, Controls, Scope};
+use sluice_core::error::StoreError;
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::store::{Membership, MessageStore};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,8 +1,10 @@
-//! Authentication: HS256 JWTs for WebSocket users, an opaque service token for gRPC callers.
+//! Credentials of the client contract: HS256 JWTs for WebSocket users, an opaque service token
+//! for gRPC callers. The gateway verifies them; `sluice token`, the tests and the benchmarks
+//! mint them.
 
+use crate::ids::{self, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sluice_core::ids;
 
 /// JWT claims Sluice issues and accepts: `sub` and `exp` are required, `nbf` is honoured,
 /// `iat` is optional.
@@ -68,21 +70,21 @@ impl Auth {
     /// Issues a token for `user`, valid for `ttl_secs`.
     pub fn mint_user(&self, user: &str, ttl_secs: u64) -> Result<String, AuthError> {
         ids::validate_user(user).map_err(AuthError)?;
-        let now = (sluice_core::now_ms() / 1000) as u64;
+        let now = (crate::now_ms() / 1000) as u64;
         let claims = Claims { sub: user.to_string(), iat: Some(now), nbf: None, exp: now + ttl_secs };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| AuthError(e.to_string()))
     }
 
     /// The user id of a valid, unexpired token.
-    pub fn verify_user(&self, token: &str) -> Result<String, AuthError> {
+    pub fn verify_user(&self, token: &str) -> Result<UserId, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError(format!("invalid token: {e}")))?;
-        ids::validate_user(&data.claims.sub).map_err(|e| AuthError(format!("invalid token subject: {e}")))?;
-        let now = (sluice_core::now_ms() / 1000) as u64;
+        let user = UserId::new(data.claims.sub).map_err(|e| AuthError(format!("invalid token subject: {e}")))?;
+        let now = (crate::now_ms() / 1000) as u64;
         if data.claims.exp > now + self.max_ttl_secs + CLOCK_SKEW_SECS {
             return Err(AuthError(format!("invalid token: it expires more than {} seconds from now", self.max_ttl_secs)));
         }
-        Ok(data.claims.sub)
+        Ok(user)
     }
 
     /// The service token internal callers present.
@@ -121,7 +123,7 @@ mod tests {
     #[test]
     fn expired_tokens_fail() {
         let a = Auth::new(b"secret-one-secret-one-secret-one", "svc");
-        let now = (sluice_core::now_ms() / 1000) as u64;
+        let now = (crate::now_ms() / 1000) as u64;
         let claims = Claims { sub: "alice".into(), iat: Some(now - 100), nbf: None, exp: now - 60 };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert!(a.verify_user(&t).unwrap_err().0.contains("xpired"));
@@ -132,7 +134,7 @@ mod tests {
     #[test]
     fn claims_follow_the_contract() {
         let a = Auth::new(b"secret-one-secret-one-secret-one", "svc").with_max_token_ttl(3_600);
-        let now = (sluice_core::now_ms() / 1000) as u64;
+        let now = (crate::now_ms() / 1000) as u64;
         let token = |claims: serde_json::Value| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert_eq!(a.verify_user(&token(serde_json::json!({"sub": "alice", "exp": now + 60}))).unwrap(), "alice", "no iat needed");
         let early = a.verify_user(&token(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 300}))).unwrap_err();

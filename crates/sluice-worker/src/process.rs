@@ -1,0 +1,229 @@
+//! One received batch: decode, hold what an operator paused, persist in one store call, ack
+//! what committed, publish; retryable failures come back later without counting toward the
+//! receive limit (this worker remembers its deferrals), the rest is dead-lettered.
+
+use crate::{RETRY_VISIBILITY_CAP, Worker};
+use sluice_core::fanout::Ticket;
+use sluice_core::queue::{Delivery, Receipt};
+use sluice_proto::convert::decode_queued_traced;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// See [`Worker::deferred`].
+#[derive(Default)]
+pub(crate) struct Deferred {
+    counts: std::collections::HashMap<String, u32>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Messages whose deferrals a worker remembers.
+const DEFERRED_CAP: usize = 100_000;
+
+impl Deferred {
+    fn add(&mut self, msg_id: &str) {
+        let n = self.counts.entry(msg_id.to_string()).or_insert_with(|| {
+            self.order.push_back(msg_id.to_string());
+            0
+        });
+        *n += 1;
+        while self.order.len() > DEFERRED_CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.counts.remove(&old);
+            }
+        }
+    }
+
+    fn of(&self, msg_id: &str) -> u32 {
+        self.counts.get(msg_id).copied().unwrap_or(0)
+    }
+
+    fn forget(&mut self, msg_id: &str) {
+        // Its place in `order` goes when it reaches the front.
+        self.counts.remove(msg_id);
+    }
+}
+
+impl Worker {
+    /// Processes one received batch; false when something failed in a retryable way.
+    pub async fn process(&self, batch: Vec<Delivery>) -> bool {
+        let m = &self.b.metrics;
+        let controls = self.controls();
+        let mut work = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        // One span per traced message, open until it is acked and published.
+        let mut spans = Vec::new();
+        for d in batch {
+            let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
+                if let Some(tp) = trace {
+                    let span = tracing::info_span!("deliver", msg_id = %msg.msg_id, room = %msg.room, receive_count = d.receive_count);
+                    sluice_core::trace::continue_trace(&span, &tp);
+                    spans.push(span);
+                }
+                msg
+            });
+            match decoded {
+                Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
+                    let reason = format!("received {} times without completing", d.receive_count);
+                    self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                }
+                Ok(msg) if let Some(scope) = controls.paused_scope(tenant_of(&d, &msg), msg.campaign_id.as_deref()) => {
+                    match self.b.queue.hold(&d.receipt, &scope.key()).await {
+                        Ok(()) => m.held.inc(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, %scope, "cannot hold a message of a paused scope; it returns after its visibility timeout")
+                        }
+                    }
+                }
+                Ok(msg) => {
+                    work.push(d);
+                    messages.push(msg);
+                }
+                Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
+            }
+        }
+        if messages.is_empty() {
+            return true;
+        }
+        let tickets: Vec<Ticket> = messages.iter().map(|msg| self.b.fanout.ticket(&msg.room)).collect();
+        let timer = m.persist_seconds.start_timer();
+        let receipts: Vec<Receipt> = work.iter().map(|d| d.receipt.clone()).collect();
+        let outcome = self.with_heartbeat(&receipts, self.b.store.persist(messages.clone())).await;
+        timer.observe_duration();
+        let results = match outcome {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() => {
+                // The store failed as a whole: not these messages' fault. They wait out their
+                // visibility (no quick redelivery), and the pollers probe the store.
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+                m.bulk_store_failures.inc();
+                if !self.store_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, n = work.len(), "the store failed; receiving stops until it answers");
+                }
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, n = work.len(), "persist failed; releasing the batch");
+                self.give_back(&work, &messages, &e.to_string()).await;
+                return false;
+            }
+        };
+        let mut acks = Vec::with_capacity(work.len());
+        let mut tenants = Vec::with_capacity(work.len());
+        let mut done = Vec::with_capacity(work.len());
+        let mut all_ok = true;
+        for (((d, msg), r), ticket) in work.iter().zip(&messages).zip(results).zip(tickets) {
+            match r {
+                Ok(p) => {
+                    acks.push(d.receipt.clone());
+                    self.deferred_lock().forget(&msg.msg_id);
+                    tenants.push(tenant_of(d, msg));
+                    done.push((p, ticket));
+                }
+                Err(e) if e.is_retryable() => {
+                    all_ok = false;
+                    self.store_failures.fetch_add(1, Ordering::Relaxed);
+                    m.bulk_store_failures.inc();
+                    self.retry_later(std::slice::from_ref(d), std::slice::from_ref(msg), &e.to_string()).await;
+                }
+                Err(e) => self.dead_letter(&d.receipt, &e.to_string(), msg.campaign_id.as_deref(), &msg.msg_id).await,
+            }
+        }
+        if let Err(e) = self.b.queue.ack(&acks).await {
+            // Committed but not acked: redelivery persists nothing new (same msg_id).
+            tracing::warn!(error = %e, n = acks.len(), "ack failed; messages will be redelivered");
+            all_ok = false;
+        } else {
+            m.drained.inc_by(acks.len() as u64);
+            for t in tenants {
+                m.tenant_drained.with_label_values(&[t]).inc();
+            }
+        }
+        for (p, ticket) in done {
+            if p.duplicate {
+                m.duplicates.inc();
+            } else {
+                m.persisted.with_label_values(&["queue"]).inc();
+            }
+            if !ticket.publish(&p, None).await {
+                m.fanout_failures.inc();
+            }
+        }
+        drop(spans);
+        all_ok
+    }
+
+    /// Runs `fut` while extending the visibility of `receipts` every third of the timeout.
+    pub(crate) async fn with_heartbeat<T>(&self, receipts: &[Receipt], fut: impl std::future::Future<Output = T>) -> T {
+        let every = self.config.visibility / 3;
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = self.b.queue.extend(receipts, self.config.visibility).await {
+                        tracing::warn!(error = %e, "visibility heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn deferred_lock(&self) -> std::sync::MutexGuard<'_, Deferred> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn deferrals(&self, msg_id: &str) -> u32 {
+        self.deferred_lock().of(msg_id)
+    }
+
+    /// Gives messages back after a retryable failure (throttling, conflicts: the store's
+    /// state, not the message's fault): each comes back after a visibility that doubles with
+    /// its deliveries, so a throttling store is not hammered with the same messages.
+    pub(crate) async fn retry_later(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
+        let mut later: std::collections::BTreeMap<Duration, Vec<Receipt>> = std::collections::BTreeMap::new();
+        {
+            let mut deferred = self.deferred_lock();
+            for (d, msg) in work.iter().zip(messages) {
+                deferred.add(&msg.msg_id);
+                later.entry(retry_visibility(d.receive_count)).or_default().push(d.receipt.clone());
+            }
+        }
+        tracing::debug!(n = work.len(), reason, "retryable store failure; the messages come back later");
+        self.come_back(later).await;
+    }
+
+    /// Gives messages back after a failure that may be theirs (a whole batch failing for no
+    /// retryable reason): after `max_receives` deliveries they are dead-lettered.
+    pub(crate) async fn give_back(&self, work: &[Delivery], messages: &[sluice_core::model::NewMessage], reason: &str) {
+        let mut later: std::collections::BTreeMap<Duration, Vec<Receipt>> = std::collections::BTreeMap::new();
+        for (d, msg) in work.iter().zip(messages) {
+            if d.receive_count >= self.max_receives() {
+                let reason = format!("gave up after {} deliveries: {reason}", d.receive_count);
+                self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+            } else {
+                later.entry(retry_visibility(d.receive_count)).or_default().push(d.receipt.clone());
+            }
+        }
+        self.come_back(later).await;
+    }
+
+    pub(crate) async fn come_back(&self, later: std::collections::BTreeMap<Duration, Vec<Receipt>>) {
+        for (visibility, receipts) in later {
+            if let Err(e) = self.b.queue.extend(&receipts, visibility).await {
+                tracing::warn!(error = %e, "could not set the retry visibility; messages return after their visibility timeout");
+            }
+        }
+    }
+}
+
+/// How long a message stays invisible after its `receive_count`-th delivery failed
+/// retryably: 1 s, 2 s, 4 s, ... up to [`RETRY_VISIBILITY_CAP`].
+pub(crate) fn retry_visibility(receive_count: u32) -> Duration {
+    Duration::from_secs(1u64 << receive_count.saturating_sub(1).min(6)).min(RETRY_VISIBILITY_CAP)
+}
+
+/// The tenant a queued message is drained for: messages queued before tenants existed
+/// belong to their sender, as their campaigns do.
+pub(crate) fn tenant_of<'a>(d: &'a Delivery, msg: &'a sluice_core::model::NewMessage) -> &'a str {
+    if d.tenant.is_empty() { &msg.sender } else { &d.tenant }
+}
