@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[]).await;
+    let s = Server::in_process(&dir.path().join("data"), &[]).await;
     let mut g = s.grpc().await;
     const N: usize = 10_000;
     let recipients: Vec<String> = (0..N).map(|i| format!("user{i:05}")).collect();
@@ -83,7 +83,7 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
 async fn a_bulk_burst_does_not_hold_up_interactive_sends() {
     let dir = tempfile::tempdir().unwrap();
     // A deliberately slow bulk lane: one poller taking one message at a time.
-    let s = Server::start(&dir.path().join("data"), &["--worker-concurrency", "1", "--worker-batch", "1"]).await;
+    let s = Server::in_process(&dir.path().join("data"), &["--worker-concurrency", "1", "--worker-batch", "1"]).await;
     let mut g = s.grpc().await;
     let recipients: Vec<String> = (0..3000).map(|i| format!("u{i}")).collect();
     g.enqueue_bulk(v1::EnqueueBulkRequest {

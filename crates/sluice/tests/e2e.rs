@@ -1,5 +1,6 @@
-//! End to end over real sockets against the `sluice` binary: the WebSocket contract v1 and
-//! the gRPC service, including refusals and bad input.
+//! End to end over real sockets: the WebSocket contract v1 and the gRPC service, including
+//! refusals and bad input, against Sluice run in the test's process through the library; the
+//! clean shutdown on SIGTERM against the `sluice` binary.
 
 mod common;
 
@@ -11,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn start() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let server = Server::in_process(&dir.path().join("data"), &[]).await;
     (dir, server)
 }
 
@@ -278,7 +279,7 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_per_user_and_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("a"), &["--send-rate", "1", "--max-connections-per-user", "3", "--handshake-rate-per-ip", "0"])
+    let s = Server::in_process(&dir.path().join("a"), &["--send-rate", "1", "--max-connections-per-user", "3", "--handshake-rate-per-ip", "0"])
         .await;
     create_room(&s, "general", &["alice", "bob"]).await;
     let mut sockets = Vec::new();
@@ -309,7 +310,7 @@ async fn limits_hold_per_user_and_per_address() {
     }
     assert!(again.is_some(), "a closed connection gives its place back");
 
-    let s2 = Server::start(&dir.path().join("b"), &["--handshake-rate-per-ip", "1"]).await;
+    let s2 = Server::in_process(&dir.path().join("b"), &["--handshake-rate-per-ip", "1"]).await;
     let _u1 = s2.ws("u1").await;
     let _u2 = s2.ws("u2").await;
     assert_eq!(s2.ws_refused("u3").await, 429, "a third handshake at once from one address (1/s, burst 2)");
@@ -318,7 +319,7 @@ async fn limits_hold_per_user_and_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_slow_consumers() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8", "--max-bulk-recipients", "10"]).await;
+    let s = Server::in_process(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8", "--max-bulk-recipients", "10"]).await;
     create_room(&s, "general", &["alice", "bob"]).await;
     let mut alice = s.ws("alice").await;
     let mut codes = Vec::new();
@@ -376,7 +377,7 @@ async fn rate_limits_and_slow_consumers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_and_allowed_origins() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &["--admin-addr", "127.0.0.1:0", "--allowed-origins", "https://chat.example.com/"]).await;
+    let s = Server::in_process(dir.path(), &["--admin-addr", "127.0.0.1:0", "--allowed-origins", "https://chat.example.com/"]).await;
     let admin = s.admin.expect("the listening line names the admin port");
     assert_eq!(http_get(s.http, "/healthz").await.0, 200);
     assert_eq!(http_get(s.http, "/metrics").await.0, 404, "metrics are not on the public port");

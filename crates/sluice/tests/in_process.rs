@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{InProcess, wait_done};
+use common::{Server, wait_done};
 use serde_json::json;
 use sluice_proto::v1;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_library_runs_every_role_in_the_callers_process_and_stops_on_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let server = InProcess::start(&dir.path().join("data")).await;
+    let server = Server::in_process(&dir.path().join("data"), &[]).await;
     let mut g = server.grpc().await;
     g.create_room(v1::CreateRoomRequest { room: "lobby".into(), members: vec!["ann".into(), "ben".into()] }).await.unwrap();
     let mut ann = server.ws("ann").await;

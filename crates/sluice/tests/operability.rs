@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{InProcess, Server, wait_done};
+use common::{Server, wait_done};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -18,10 +18,10 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_the_proto_finds_and_calls_the_service_by_reflection() {
     let dir = tempfile::tempdir().unwrap();
-    let server = InProcess::start(&dir.path().join("data")).await;
+    let server = Server::in_process(&dir.path().join("data"), &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reflection_client.py");
     let out = tokio::process::Command::new(deploy_tools_python())
-        .args([script, &server.grpc.to_string(), InProcess::SERVICE_TOKEN, "reflected"])
+        .args([script, &server.grpc.to_string(), Server::SERVICE_TOKEN, "reflected"])
         .output()
         .await
         .unwrap();

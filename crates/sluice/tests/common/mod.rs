@@ -1,6 +1,7 @@
-//! Test support of this crate's tests: the real `sluice` binary through the shared launcher
-//! (`sluice_testkit::server`), Sluice inside the test's process through the library, and what
-//! the distributed tests share (the emulators' environment, the rendered deployment's).
+//! Test support of this crate's tests: a Sluice to test, as a real `sluice` process (the
+//! shared launcher, `sluice_testkit::server`) or inside the test's process through the library,
+//! and what the distributed tests share (the emulators' environment, the rendered
+//! deployment's).
 
 // Each test binary uses a part of this module.
 #![allow(dead_code, unreachable_pub, unused_imports)]
@@ -9,44 +10,102 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use sluice_proto::v1;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 pub use sluice_testkit::client::{RECV_TIMEOUT, Ws, http_get};
 
-/// A running `sluice` process (the shared launcher, `sluice_testkit::server`), with the
-/// shortcuts a test wants: it panics where a test should fail.
-pub struct Server(sluice_testkit::server::Server);
+/// A running Sluice: a real `sluice` process (the shared launcher, `sluice_testkit::server`)
+/// or one inside the test's process through the library (`sluice::start`), with the shortcuts
+/// a test wants. It panics where a test should fail.
+pub struct Server {
+    /// The gateway's ports; `0.0.0.0:0` for a worker.
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    /// The admin listener, when started with `--admin-addr`.
+    pub admin: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    run: Run,
+}
 
-impl std::ops::Deref for Server {
-    type Target = sluice_testkit::server::Server;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+enum Run {
+    Child(sluice_testkit::server::Server),
+    InProcess(sluice::Running),
 }
 
 impl Server {
-    /// Starts `sluice serve` on `data_dir` with ports chosen by the OS.
+    /// The secrets of a server in the test's process.
+    pub const JWT_SECRET: &str = "in-process-test-secret-in-process-test";
+    pub const SERVICE_TOKEN: &str = "in-process-service-token";
+
+    /// Starts `sluice serve` on `data_dir` with ports chosen by the OS, as a process.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
         Server::start_role("serve", data_dir, extra, &[]).await
     }
 
     /// Starts `sluice <role>` (`serve`, `gateway` or `worker`) with extra arguments and
-    /// environment. A worker has no ports: `http` and `grpc` are then 0.0.0.0:0.
+    /// environment, as a process. A worker has no ports: `http` and `grpc` are then 0.0.0.0:0.
     pub async fn start_role(role: &str, data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
         let launch = sluice_testkit::server::Launch::new(BIN, role, data_dir).args(extra.iter().copied()).env(env);
-        Server(sluice_testkit::server::Server::start(launch).await.unwrap_or_else(|e| panic!("{e:#}")))
+        let child = sluice_testkit::server::Server::start(launch).await.unwrap_or_else(|e| panic!("{e:#}"));
+        Server { http: child.http, grpc: child.grpc, admin: child.admin, data_dir: data_dir.to_path_buf(), run: Run::Child(child) }
     }
 
-    /// SIGKILL: no shutdown, no flush.
+    /// Runs `sluice serve` on `data_dir` inside the test's process, with the secrets above:
+    /// for tests that need no signal, no kill and no second process.
+    pub async fn in_process(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::in_process_with(data_dir, extra, |_| {}).await
+    }
+
+    /// [`Server::in_process`] on backends `wrap` may change (a failing store).
+    pub async fn in_process_with(data_dir: &Path, extra: &[&str], wrap: impl FnOnce(&mut sluice_core::backends::Backends)) -> Server {
+        let argv = ["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
+            .into_iter()
+            .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN])
+            .chain(extra.iter().copied());
+        let args = sluice::config::ServeArgs::from_args(argv).unwrap();
+        let mut opened = sluice::Opened::from_config(&args).await.unwrap();
+        wrap(&mut opened.backends);
+        let running = sluice::start(opened, args, sluice::Roles::SERVE).await.unwrap();
+        let (http, grpc) = running.http_grpc.unwrap();
+        Server { http, grpc, admin: running.admin, data_dir: data_dir.to_path_buf(), run: Run::InProcess(running) }
+    }
+
+    /// SIGKILL: no shutdown, no flush (a process only).
     pub async fn kill9(self) {
-        self.0.kill9().await
+        match self.run {
+            Run::Child(c) => c.kill9().await,
+            Run::InProcess(_) => panic!("a server in the test's process cannot be killed"),
+        }
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM (or, in the test's process, its shutdown token), then waits for a clean exit.
     pub async fn stop(self) {
-        self.0.stop().await.unwrap_or_else(|e| panic!("clean exit after SIGTERM: {e:#}"))
+        match self.run {
+            Run::Child(c) => c.stop().await.unwrap_or_else(|e| panic!("clean exit after SIGTERM: {e:#}")),
+            Run::InProcess(r) => {
+                tokio::time::timeout(Duration::from_secs(30), r.stop()).await.expect("stops once its token is cancelled").unwrap()
+            }
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        match &self.run {
+            Run::Child(c) => c.token(user),
+            Run::InProcess(_) => sluice_core::auth::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap(),
+        }
+    }
+
+    pub fn service_token(&self) -> String {
+        match &self.run {
+            Run::Child(c) => c.service_token(),
+            Run::InProcess(_) => Self::SERVICE_TOKEN.to_string(),
+        }
+    }
+
+    pub fn ws_url(&self, user: &str) -> String {
+        format!("ws://{}/v1/ws?token={}", self.http, self.token(user))
     }
 
     pub async fn ws(&self, user: &str) -> Ws {
@@ -63,60 +122,12 @@ impl Server {
     }
 
     pub async fn grpc(&self) -> Grpc {
-        self.0.grpc().await.unwrap()
+        sluice_testkit::client::grpc(self.grpc, &self.service_token()).await.unwrap()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
         let body = http_get(self.admin.unwrap_or(self.http), "/metrics").await.1;
         body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-    }
-}
-
-/// `sluice serve` run inside the test's process through the library (`sluice::start`), on
-/// loopback ports the OS picks, with fixed secrets.
-pub struct InProcess {
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    running: sluice::Running,
-}
-
-impl InProcess {
-    pub const JWT_SECRET: &str = "in-process-test-secret-in-process-test";
-    pub const SERVICE_TOKEN: &str = "in-process-service-token";
-
-    pub async fn start(data_dir: &Path) -> InProcess {
-        InProcess::start_with(data_dir, &[], |_| {}).await
-    }
-
-    /// With extra `serve` arguments, on backends `wrap` may change (a failing store).
-    pub async fn start_with(data_dir: &Path, extra: &[&str], wrap: impl FnOnce(&mut sluice_core::backends::Backends)) -> InProcess {
-        let argv = ["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
-            .into_iter()
-            .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN])
-            .chain(extra.iter().copied());
-        let args = sluice::config::ServeArgs::from_args(argv).unwrap();
-        let mut opened = sluice::Opened::from_config(&args).await.unwrap();
-        wrap(&mut opened.backends);
-        let running = sluice::start(opened, args, sluice::Roles::SERVE).await.unwrap();
-        let (http, grpc) = running.http_grpc.unwrap();
-        InProcess { http, grpc, running }
-    }
-
-    pub async fn grpc(&self) -> Grpc {
-        sluice_testkit::client::grpc(self.grpc, Self::SERVICE_TOKEN).await.unwrap()
-    }
-
-    pub fn token(&self, user: &str) -> String {
-        sluice_core::auth::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap()
-    }
-
-    pub async fn ws(&self, user: &str) -> Ws {
-        Ws::connect(&format!("ws://{}/v1/ws?token={}", self.http, self.token(user))).await
-    }
-
-    /// Cancels its shutdown token and waits for a clean end.
-    pub async fn stop(self) {
-        tokio::time::timeout(Duration::from_secs(30), self.running.stop()).await.expect("stops once its token is cancelled").unwrap();
     }
 }
 
