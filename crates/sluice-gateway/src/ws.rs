@@ -8,15 +8,19 @@
 //!
 //! During a `resume`, live messages of the resumed rooms are held back until the replay of
 //! history has been written, then sent in seq order without the ones the replay covered.
+//!
+//! A session runs over any Sink + Stream of messages ([`serve_socket`]): axum's socket after
+//! the upgrade, or channels in a test.
 
 use crate::App;
 use crate::auth::bearer;
 use crate::error::AppError;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use sluice_core::error::ErrorCode;
 use sluice_core::frames::{ClientFrame, MessageOut, ServerFrame, parse_client_frame};
 use sluice_core::hub::{ConnId, Connection, LiveEvent};
@@ -161,7 +165,26 @@ enum Out {
 // One word per slot: the channel's first block (32 slots) is part of every idle connection.
 const _: () = assert!(std::mem::size_of::<Out>() <= 16);
 
-async fn session(app: Arc<App>, user: UserId, socket: WebSocket, slot: Slot) {
+/// Runs one WebSocket session of `user` over `socket`: axum's socket after an upgrade, or any
+/// pair of channels (a test drives a session so, without a network). It first takes one of the
+/// user's connection slots; `false` when the user already holds every slot (the upgrade
+/// refuses such a handshake with 429 before it gets here).
+pub async fn serve_socket<S>(app: Arc<App>, user: UserId, socket: S) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + 'static,
+{
+    let slot = Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() };
+    if !allowed(&app, slot.take().await) {
+        return false;
+    }
+    session(app, user, socket, slot).await;
+    true
+}
+
+async fn session<S>(app: Arc<App>, user: UserId, socket: S, slot: Slot)
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + 'static,
+{
     let conn = match app.backends.hub.connect(&user, app.limits.outbound_buffer).await {
         Ok(c) => c,
         Err(e) => {
@@ -183,7 +206,10 @@ async fn session(app: Arc<App>, user: UserId, socket: WebSocket, slot: Slot) {
     tracing::debug!(parent: &span, "disconnected");
 }
 
-async fn read_loop(app: &App, user: &UserId, conn_id: ConnId, mut stream: futures::stream::SplitStream<WebSocket>, out: mpsc::Sender<Out>) {
+async fn read_loop<S>(app: &App, user: &UserId, conn_id: ConnId, mut stream: SplitStream<S>, out: mpsc::Sender<Out>)
+where
+    S: Stream<Item = Result<Message, axum::Error>>,
+{
     let mut typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
     loop {
         let next = tokio::select! {
@@ -424,13 +450,10 @@ impl Sent {
     }
 }
 
-async fn write_loop(
-    app: Arc<App>,
-    mut conn: Connection,
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut replies: mpsc::Receiver<Out>,
-    slot: Slot,
-) {
+async fn write_loop<S>(app: Arc<App>, mut conn: Connection, mut sink: SplitSink<S, Message>, mut replies: mpsc::Receiver<Out>, slot: Slot)
+where
+    S: Sink<Message, Error = axum::Error>,
+{
     let mut resuming: HashMap<String, Resuming> = HashMap::new();
     let mut sent = Sent::default();
     let mut ping = tokio::time::interval(app.limits.ping_interval);

@@ -279,8 +279,9 @@ async fn bad_input_gets_clear_errors_and_the_socket_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_per_user_and_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::in_process(&dir.path().join("a"), &["--send-rate", "1", "--max-connections-per-user", "3", "--handshake-rate-per-ip", "0"])
-        .await;
+    let s =
+        Server::in_process(&dir.path().join("a"), &["--send-rate", "1", "--max-connections-per-user", "3", "--handshake-rate-per-ip", "0"])
+            .await;
     create_room(&s, "general", &["alice", "bob"]).await;
     let mut sockets = Vec::new();
     for _ in 0..3 {
@@ -319,7 +320,8 @@ async fn limits_hold_per_user_and_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_slow_consumers() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::in_process(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8", "--max-bulk-recipients", "10"]).await;
+    let s =
+        Server::in_process(&dir.path().join("data"), &["--send-rate", "1", "--outbound-buffer", "8", "--max-bulk-recipients", "10"]).await;
     create_room(&s, "general", &["alice", "bob"]).await;
     let mut alice = s.ws("alice").await;
     let mut codes = Vec::new();

@@ -93,7 +93,9 @@ impl Server {
     pub fn token(&self, user: &str) -> String {
         match &self.run {
             Run::Child(c) => c.token(user),
-            Run::InProcess(_) => sluice_core::auth::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap(),
+            Run::InProcess(_) => {
+                sluice_core::auth::Auth::new(Self::JWT_SECRET.as_bytes(), Self::SERVICE_TOKEN).mint_user(user, 600).unwrap()
+            }
         }
     }
 
