@@ -184,7 +184,16 @@ async fn retryable_store_failures_are_retried_then_dead_lettered() {
     drain(vec![worker(store, e.queue.clone(), e.metrics.clone(), config())], &e.queue).await;
     let dead = e.queue.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("received 4 times without completing"), "{}", dead[0].reason);
+    // Dead-lettered once its deliveries exceed max_receives (3). Under load the 500 ms
+    // visibility can lapse while a poller holds the 4th delivery, so another poller may see a
+    // 5th: the count is at least 4, never fewer.
+    let receives: u32 = dead[0]
+        .reason
+        .strip_prefix("received ")
+        .and_then(|r| r.strip_suffix(" times without completing"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reason {:?}", dead[0].reason));
+    assert!(receives >= 4, "dead-lettered after only {receives} deliveries");
     let c = e.store.campaign("c3").await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered), (10, 1));
 }

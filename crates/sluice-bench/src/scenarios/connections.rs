@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub const CONNECTIONS_TARGET: f64 = 50_000.0;
-pub const KIB_PER_CONNECTION_TARGET: f64 = 10.0;
+/// The product's target for an idle connection's server memory.
+pub const KIB_PER_CONNECTION_TARGET: f64 = 4.0;
 /// Ephemeral ports used per source address (the default range has 28,232).
 const PORTS_PER_ADDR: u32 = 25_000;
 /// Connections checked for an answer after the hold.
