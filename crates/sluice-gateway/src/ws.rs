@@ -1,13 +1,13 @@
 //! The WebSocket contract v1: `GET /v1/ws`, one session per socket.
 //!
-//! A session is two tasks. The reader parses client frames and handles them in order
-//! (sends are acked once durable); the writer owns the socket's sink and merges the reader's
-//! replies with live events from the hub. Both the hub buffer and the reply channel are
-//! bounded: a client that does not read is disconnected with close code 4008
-//! (`slow_consumer`) and recovers by `resume`, instead of growing server memory.
+//! A session is one task: it handles the client's frames in order (sends are acked once
+//! durable, replies written directly) and writes live events from the hub between them. The
+//! hub's buffer is bounded: a client that does not read, or whose events pile up while its
+//! frames are handled, is disconnected with close code 4008 (`slow_consumer`) and recovers by
+//! `resume`, instead of growing server memory.
 //!
-//! During a `resume`, live messages of the resumed rooms are held back until the replay of
-//! history has been written, then sent in seq order without the ones the replay covered.
+//! During a `resume`, live events wait in the hub's buffer until the replay of history has
+//! been written; then they go out without the messages the replay covered.
 //!
 //! A session runs over any Sink + Stream of messages ([`serve_socket`]): axum's socket after
 //! the upgrade, or channels in a test.
@@ -19,20 +19,18 @@ use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use sluice_core::error::ErrorCode;
 use sluice_core::frames::{ClientFrame, MessageOut, ServerFrame, parse_client_frame};
-use sluice_core::hub::{ConnId, Connection, LiveEvent};
+use sluice_core::hub::{Connection, LiveEvent};
 use sluice_core::ids::{RoomId, UserId};
-use sluice_core::model::{MAX_HISTORY_LIMIT, StoredMessage};
+use sluice_core::model::MAX_HISTORY_LIMIT;
 use sluice_core::ratelimit::TokenBucket;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// Close code for a client that does not read fast enough.
@@ -47,8 +45,6 @@ pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// How long one write to the socket may take before the client is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replies the reader may queue ahead of the writer.
-const REPLY_BUFFER: usize = 64;
 /// Bytes read from the socket per call, and the read buffer every connection holds from its
 /// start (tungstenite's default is 128 KiB, zero-filled: 128 KiB resident per idle
 /// connection). A chat frame fits in one read; a larger one grows the buffer as it needs and
@@ -147,23 +143,63 @@ fn unauthorized(app: &App, message: &str) -> Response {
     (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// What the reader hands the writer, in order.
-///
-/// Boxed payloads keep this small: a tokio channel allocates its first block of 32 slots
-/// when created, so every connection pays 32 x `size_of::<Out>()` even when idle.
-#[allow(clippy::box_collection)] // a `String` (24 bytes) would double the slot
-enum Out {
-    Frame(Box<ServerFrame>),
-    /// Hold live messages of this room until `ResumeDone`; the replay starts after the seq.
-    ResumeStart(Box<(String, u64)>),
-    Replay(Box<StoredMessage>),
-    ResumeDone(Box<String>),
-    /// Write this close frame (or, for `None`, answer the client's close) and end.
-    Close(Option<Box<CloseFrame>>),
+/// One connection: its socket, its hub registration, what it has written, and its limits.
+/// A session is one task: it reads a frame and handles it (replies are written directly), or
+/// writes a live event from the hub, or pings, whichever comes first. Live events wait in the
+/// hub's bounded channel while a frame is handled; a client whose events overflow it is cut
+/// off (`slow_consumer`). One task and no reply channel keep an idle connection small.
+struct Session<S> {
+    app: Arc<App>,
+    socket: S,
+    conn: Connection,
+    sent: Sent,
+    typing: TokenBucket,
 }
 
-// One word per slot: the channel's first block (32 slots) is part of every idle connection.
-const _: () = assert!(std::mem::size_of::<Out>() <= 16);
+/// The socket can no longer be written (closed, failed, or a write timed out).
+struct Gone;
+
+impl<S> Session<S>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    /// Writes `frames` and flushes.
+    async fn write(&mut self, frames: Vec<ServerFrame>) -> Result<(), Gone> {
+        let n = frames.len();
+        for f in frames {
+            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, self.socket.feed(Message::Text(f.to_json().into()))).await, Ok(Ok(()))) {
+                return Err(Gone);
+            }
+        }
+        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, self.socket.flush()).await, Ok(Ok(()))) {
+            return Err(Gone);
+        }
+        self.app.backends.metrics.frames_out.inc_by(n as u64);
+        Ok(())
+    }
+
+    async fn reply(&mut self, frame: ServerFrame) -> Result<(), Gone> {
+        self.write(vec![frame]).await
+    }
+
+    /// Answers an error frame; a socket that cannot take it is noticed at the next write.
+    async fn reply_err(&mut self, e: AppError, reference: Option<String>) {
+        self.app.backends.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
+        let _ = self.reply(e.frame(reference)).await;
+    }
+
+    /// Writes `frame` (or, for `None`, the answer to the client's close, which the protocol
+    /// already holds) and closes the socket.
+    async fn close(&mut self, frame: Option<CloseFrame>) {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+            if let Some(frame) = frame {
+                self.socket.send(Message::Close(Some(frame))).await?;
+            }
+            self.socket.close().await
+        })
+        .await;
+    }
+}
 
 /// Runs one WebSocket session of `user` over `socket`: axum's socket after an upgrade, or any
 /// pair of channels (a test drives a session so, without a network). It first takes one of the
@@ -171,7 +207,7 @@ const _: () = assert!(std::mem::size_of::<Out>() <= 16);
 /// refuses such a handshake with 429 before it gets here).
 pub async fn serve_socket<S>(app: Arc<App>, user: UserId, socket: S) -> bool
 where
-    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + 'static,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
 {
     let slot = Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() };
     if !allowed(&app, slot.take().await) {
@@ -183,7 +219,7 @@ where
 
 async fn session<S>(app: Arc<App>, user: UserId, socket: S, slot: Slot)
 where
-    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + 'static,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
 {
     let conn = match app.backends.hub.connect(&user, app.limits.outbound_buffer).await {
         Ok(c) => c,
@@ -196,80 +232,115 @@ where
     let span = tracing::info_span!("ws", conn_id, user = %user);
     tracing::debug!(parent: &span, "connected");
     app.backends.metrics.connections.inc();
-    let (sink, stream) = socket.split();
-    let (out_tx, out_rx) = mpsc::channel(REPLY_BUFFER);
-    let writer = tokio::spawn(write_loop(app.clone(), conn, sink, out_rx, slot).instrument(span.clone()));
-    read_loop(&app, &user, conn_id, stream, out_tx).instrument(span.clone()).await;
-    let _ = writer.await;
+    let typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
+    let mut s = Session { app: app.clone(), socket, conn, sent: Sent::default(), typing };
+    run(&mut s, &user, &slot).instrument(span.clone()).await;
+    drop(s);
     app.backends.hub.disconnect(&user, conn_id).await;
     app.backends.metrics.connections.dec();
     tracing::debug!(parent: &span, "disconnected");
 }
 
-async fn read_loop<S>(app: &App, user: &UserId, conn_id: ConnId, mut stream: SplitStream<S>, out: mpsc::Sender<Out>)
+/// The session's loop, until the client leaves, goes idle or falls behind, or the server
+/// shuts down.
+async fn run<S>(s: &mut Session<S>, user: &UserId, slot: &Slot)
 where
-    S: Stream<Item = Result<Message, axum::Error>>,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let mut typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
+    let app = s.app.clone();
+    let close = |code: u16, reason: &'static str| CloseFrame { code, reason: reason.into() };
+    let mut ping = tokio::time::interval(app.limits.ping_interval);
+    ping.tick().await;
+    let mut idle_until = tokio::time::Instant::now() + app.limits.idle_timeout;
     loop {
-        let next = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            _ = out.closed() => return,
-            n = tokio::time::timeout(app.limits.idle_timeout, stream.next()) => n,
-        };
-        let msg = match next {
-            Err(_) => {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                s.close(Some(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
+                return;
+            }
+            ev = s.conn.events.recv() => match ev {
+                None => {
+                    if s.conn.overflowed.load(Ordering::Acquire) {
+                        app.backends.metrics.slow_consumers.inc();
+                        s.close(Some(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
+                    }
+                    return;
+                }
+                Some(ev) => {
+                    if let Some(f) = live_frame(&ev, &s.conn, &mut s.sent)
+                        && s.reply(f).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            },
+            msg = s.socket.next() => {
+                idle_until = tokio::time::Instant::now() + app.limits.idle_timeout;
+                if on_message(s, user, msg).await.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_until) => {
                 tracing::debug!("idle timeout");
                 return;
             }
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
-                // RFC 6455 7.4.1: say why before the connection goes.
-                if let Some(frame) = close_for(e) {
-                    app.backends
-                        .metrics
-                        .errors
-                        .with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }])
-                        .inc();
-                    let _ = out.send(Out::Close(Some(Box::new(frame)))).await;
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, s.socket.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+                    return;
                 }
-                return;
+                // Renewed, not re-checked: a slot held is kept (an error only means Redis is away).
+                let _ = slot.take().await;
             }
-            Ok(Some(Ok(m))) => m,
-        };
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                reply_err(app, &out, AppError::bad("binary frames are not supported; send JSON text frames"), None).await;
-                continue;
-            }
-            Message::Close(_) => {
-                // The reply (echoing the client's code) is queued by the protocol; the writer
-                // sends it and closes.
-                let _ = out.send(Out::Close(None)).await;
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-        };
-        if text.len() > app.limits.max_frame_bytes {
-            let e = AppError::too_large(format!("frame of {} bytes; at most {}", text.len(), app.limits.max_frame_bytes));
-            reply_err(app, &out, e, None).await;
-            continue;
-        }
-        let frame = match parse_client_frame(text.as_str()) {
-            Ok(f) => f,
-            Err(e) => {
-                reply_err(app, &out, AppError::new(e.code, e.message), e.reference).await;
-                continue;
-            }
-        };
-        app.backends.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
-        // Boxed: handling a frame awaits the store and hub, a state machine of several KiB
-        // that an idle connection should not carry in its task.
-        if Box::pin(handle(app, user, conn_id, frame, &out, &mut typing)).await.is_err() {
-            return;
         }
     }
+}
+
+/// What the client sent: a frame to handle, or the end of the connection (`Err`).
+async fn on_message<S>(s: &mut Session<S>, user: &UserId, msg: Option<Result<Message, axum::Error>>) -> Result<(), Gone>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let app = s.app.clone();
+    let text = match msg {
+        None => return Err(Gone),
+        Some(Err(e)) => {
+            // RFC 6455 7.4.1: say why before the connection goes.
+            if let Some(frame) = close_for(e) {
+                app.backends.metrics.errors.with_label_values(&[if frame.code == CLOSE_TOO_BIG { "too_large" } else { "bad_frame" }]).inc();
+                s.close(Some(frame)).await;
+            }
+            return Err(Gone);
+        }
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Binary(_))) => {
+            s.reply_err(AppError::bad("binary frames are not supported; send JSON text frames"), None).await;
+            return Ok(());
+        }
+        Some(Ok(Message::Close(_))) => {
+            // The reply (echoing the client's code) is queued by the protocol; closing the
+            // socket writes it.
+            s.close(None).await;
+            return Err(Gone);
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+    };
+    if text.len() > app.limits.max_frame_bytes {
+        let e = AppError::too_large(format!("frame of {} bytes; at most {}", text.len(), app.limits.max_frame_bytes));
+        s.reply_err(e, None).await;
+        return Ok(());
+    }
+    let frame = match parse_client_frame(text.as_str()) {
+        Ok(f) => f,
+        Err(e) => {
+            s.reply_err(AppError::new(e.code, e.message), e.reference).await;
+            return Ok(());
+        }
+    };
+    app.backends.metrics.frames_in.with_label_values(&[frame.kind()]).inc();
+    // Boxed: handling a frame awaits the store and hub, a state machine of several KiB that
+    // an idle connection should not carry in its task.
+    Box::pin(handle(s, user, frame)).await
 }
 
 /// The close frame a read error deserves, if the connection can still carry one.
@@ -284,66 +355,54 @@ fn close_for(e: axum::Error) -> Option<CloseFrame> {
     }
 }
 
-struct WriterGone;
-
-async fn reply(out: &mpsc::Sender<Out>, frame: ServerFrame) -> Result<(), WriterGone> {
-    out.send(Out::Frame(Box::new(frame))).await.map_err(|_| WriterGone)
-}
-
-async fn reply_err(app: &App, out: &mpsc::Sender<Out>, e: AppError, reference: Option<String>) {
-    app.backends.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
-    let _ = reply(out, e.frame(reference)).await;
-}
-
-async fn handle(
-    app: &App,
-    user: &UserId,
-    conn_id: ConnId,
-    frame: ClientFrame,
-    out: &mpsc::Sender<Out>,
-    typing: &mut TokenBucket,
-) -> Result<(), WriterGone> {
+async fn handle<S>(s: &mut Session<S>, user: &UserId, frame: ClientFrame) -> Result<(), Gone>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let app = s.app.clone();
+    let app = &*app;
+    let conn_id = s.conn.id;
     match frame {
         ClientFrame::Send { room, client_msg_id, body } => {
             // Per user, whatever the number of sockets and gateways they use.
             let rate = (app.limits.send_rate, app.limits.send_burst);
             if !allowed(app, app.backends.limiter.take(&format!("send:{user}"), rate.0, rate.1).await) {
                 let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second for this user", app.limits.send_rate));
-                reply_err(app, out, e, Some(client_msg_id)).await;
+                s.reply_err(e, Some(client_msg_id)).await;
                 return Ok(());
             }
             let sent = async { app.send(user, &RoomId::new(room)?, &client_msg_id, &body, Some(conn_id)).await };
             match sent.await {
                 Ok(p) => {
                     let m = &p.message;
-                    reply(out, ServerFrame::Ack { client_msg_id, room: m.room.clone(), seq: m.seq, msg_id: m.msg_id.clone() }).await?;
+                    s.reply(ServerFrame::Ack { client_msg_id, room: m.room.clone(), seq: m.seq, msg_id: m.msg_id.clone() }).await?;
                 }
-                Err(e) => reply_err(app, out, e, Some(client_msg_id)).await,
+                Err(e) => s.reply_err(e, Some(client_msg_id)).await,
             }
         }
         ClientFrame::Read { room, seq } => {
             // The new counters reach every socket of the user (this one included) through the hub.
             if let Err(e) = async { app.read(user, &RoomId::new(room.as_str())?, seq).await }.await {
-                reply_err(app, out, e, Some(room)).await;
+                s.reply_err(e, Some(room)).await;
             }
         }
         ClientFrame::History { room, before, after, limit } => {
             match async { app.history(Some(user), &RoomId::new(room.as_str())?, before, after, limit).await }.await {
-                Ok(msgs) => reply(out, ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
-                Err(e) => reply_err(app, out, e, Some(room)).await,
+                Ok(msgs) => s.reply(ServerFrame::History { room, messages: msgs.iter().map(MessageOut::from).collect() }).await?,
+                Err(e) => s.reply_err(e, Some(room)).await,
             }
         }
         ClientFrame::Inbox { after, limit } => match app.inbox(user, after, limit).await {
-            Ok(inbox) => reply(out, ServerFrame::inbox(&inbox)).await?,
-            Err(e) => reply_err(app, out, e, None).await,
+            Ok(inbox) => s.reply(ServerFrame::inbox(&inbox)).await?,
+            Err(e) => s.reply_err(e, None).await,
         },
         ClientFrame::Resume { rooms } => {
             if rooms.len() > app.limits.max_resume_rooms {
                 let e = AppError::too_large(format!("at most {} rooms per resume", app.limits.max_resume_rooms));
-                reply_err(app, out, e, None).await;
+                s.reply_err(e, None).await;
                 return Ok(());
             }
-            // Authorized first: the writer keeps state only for rooms the user may read.
+            // Authorized first: only rooms the user may read are replayed.
             let mut readable = Vec::with_capacity(rooms.len());
             for (room, after) in rooms {
                 let checked = async {
@@ -352,49 +411,49 @@ async fn handle(
                 };
                 match checked.await {
                     Ok(id) => readable.push((id, after)),
-                    Err(e) => reply_err(app, out, e, Some(room)).await,
+                    Err(e) => s.reply_err(e, Some(room)).await,
                 }
             }
-            // Hold live messages of every room in the frame from now on, so none slips out
-            // between the replays of two rooms.
-            for (room, after) in &readable {
-                out.send(Out::ResumeStart(Box::new((room.to_string(), *after)))).await.map_err(|_| WriterGone)?;
-            }
+            // Live events wait in the hub's channel while this frame is handled; once the
+            // replays are written they go out less what a replay covered (`Sent::replayed`).
             let mut done = BTreeMap::new();
             for (room, after) in readable {
-                let last = replay(app, user, &room, after, out).await?;
-                let room = room.into_string();
-                done.insert(room.clone(), last);
-                out.send(Out::ResumeDone(Box::new(room))).await.map_err(|_| WriterGone)?;
+                let last = replay(s, user, &room, after).await?;
+                s.sent.replayed(&room, last);
+                done.insert(room.into_string(), last);
             }
-            reply(out, ServerFrame::Resumed { rooms: done }).await?;
+            s.reply(ServerFrame::Resumed { rooms: done }).await?;
         }
         ClientFrame::Typing { room } => {
-            if !typing.try_take() {
+            if !s.typing.try_take() {
                 return Ok(());
             }
             if let Err(e) = async { app.typing(user, &RoomId::new(room.as_str())?).await }.await {
-                reply_err(app, out, e, Some(room)).await;
+                s.reply_err(e, Some(room)).await;
             }
         }
     }
     Ok(())
 }
 
-/// Sends every message of `room` after `after`, page by page; returns the last seq sent.
-async fn replay(app: &App, user: &UserId, room: &RoomId, after: u64, out: &mpsc::Sender<Out>) -> Result<u64, WriterGone> {
+/// Writes every message of `room` after `after`, page by page; returns the last seq written.
+async fn replay<S>(s: &mut Session<S>, user: &UserId, room: &RoomId, after: u64) -> Result<u64, Gone>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let app = s.app.clone();
     let mut last = after;
     loop {
         match app.history(Some(user), room, None, Some(last), Some(MAX_HISTORY_LIMIT as u64)).await {
             Ok(page) if page.is_empty() => break,
             Ok(page) => {
                 last = page.last().map_or(last, |m| m.seq);
-                for m in page {
-                    out.send(Out::Replay(Box::new(m))).await.map_err(|_| WriterGone)?;
-                }
+                let frames: Vec<ServerFrame> =
+                    page.iter().filter(|m| s.sent.first_time(&m.room, m.seq)).map(|m| ServerFrame::Message(MessageOut::from(m))).collect();
+                s.write(frames).await?;
             }
             Err(e) => {
-                reply_err(app, out, e, Some(room.to_string())).await;
+                s.reply_err(e, Some(room.to_string())).await;
                 break;
             }
         }
@@ -402,168 +461,68 @@ async fn replay(app: &App, user: &UserId, room: &RoomId, after: u64, out: &mpsc:
     Ok(last)
 }
 
-/// Per-room state of a resume in progress, kept by the writer from `ResumeStart` until
-/// `ResumeDone` and then dropped.
-struct Resuming {
-    /// The highest seq the replay covered so far.
-    last: u64,
-    /// Live messages that arrived during the replay.
-    held: Vec<Arc<StoredMessage>>,
-}
-
-/// Seqs recently written per room, so that a message both replayed and pushed live is written
-/// once. Bounded: at most [`Sent::ROOMS`] rooms (the oldest room is forgotten first) of
-/// [`Sent::KEEP`] seqs each, whatever the number of rooms a socket sees (a campaign sender's
-/// socket sees one room per recipient).
+/// What a socket has written per room, so that a message both replayed and pushed live is
+/// written once. Bounded: at most [`Sent::ROOMS`] rooms (the oldest room is forgotten first),
+/// each with [`Sent::KEEP`] recent seqs and the seq a resume's replay reached, whatever the
+/// number of rooms a socket sees (a campaign sender's socket sees one room per recipient).
 #[derive(Default)]
 struct Sent {
-    rooms: HashMap<String, VecDeque<u64>>,
+    rooms: HashMap<String, RoomSent>,
     order: VecDeque<String>,
     /// The version of the last unread frame written.
     unread_version: u64,
+}
+
+#[derive(Default)]
+struct RoomSent {
+    seqs: VecDeque<u64>,
+    /// Every message up to this seq was written by a replay: live events that waited during
+    /// the replay and are at or below it are not written again.
+    replayed: u64,
 }
 
 impl Sent {
     const KEEP: usize = 64;
     const ROOMS: usize = 256;
 
-    /// Records `seq` as sent; false if it was sent already.
+    fn room(&mut self, room: &str) -> &mut RoomSent {
+        if !self.rooms.contains_key(room) {
+            if self.order.len() == Self::ROOMS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.rooms.remove(&oldest);
+            }
+            self.order.push_back(room.to_string());
+        }
+        self.rooms.entry(room.to_string()).or_default()
+    }
+
+    /// Records `seq` as sent; false if it was sent already. A message published late (below
+    /// a seq already written) is still written, never dropped for being "old".
     fn first_time(&mut self, room: &str, seq: u64) -> bool {
-        if let Some(seqs) = self.rooms.get_mut(room) {
-            if seqs.contains(&seq) {
-                return false;
-            }
-            if seqs.len() == Self::KEEP {
-                seqs.pop_front();
-            }
-            seqs.push_back(seq);
-            return true;
+        let r = self.room(room);
+        if seq <= r.replayed || r.seqs.contains(&seq) {
+            return false;
         }
-        if self.order.len() == Self::ROOMS
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.rooms.remove(&oldest);
+        if r.seqs.len() == Self::KEEP {
+            r.seqs.pop_front();
         }
-        self.order.push_back(room.to_string());
-        self.rooms.insert(room.to_string(), VecDeque::from([seq]));
+        r.seqs.push_back(seq);
         true
     }
-}
 
-async fn write_loop<S>(app: Arc<App>, mut conn: Connection, mut sink: SplitSink<S, Message>, mut replies: mpsc::Receiver<Out>, slot: Slot)
-where
-    S: Sink<Message, Error = axum::Error>,
-{
-    let mut resuming: HashMap<String, Resuming> = HashMap::new();
-    let mut sent = Sent::default();
-    let mut ping = tokio::time::interval(app.limits.ping_interval);
-    ping.tick().await;
-    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-    loop {
-        let mut batch: Vec<ServerFrame> = Vec::new();
-        // Replies first: a resume's ResumeStart must be seen before live events that arrive
-        // after it, so they are held back instead of overtaking the replay.
-        tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
-                break;
-            }
-            r = replies.recv() => match r {
-                None => break,
-                Some(Out::Close(frame)) => {
-                    // With `None` the protocol already holds the answer to the client's close
-                    // (echoing its code): closing the sink writes it out.
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-                        if let Some(frame) = frame {
-                            sink.send(Message::Close(Some(*frame))).await?;
-                        }
-                        sink.close().await
-                    })
-                    .await;
-                    break;
-                }
-                Some(Out::Frame(f)) => batch.push(*f),
-                Some(Out::ResumeStart(start)) => {
-                    let (room, after) = *start;
-                    resuming.insert(room, Resuming { last: after, held: Vec::new() });
-                }
-                Some(Out::Replay(m)) => {
-                    if let Some(r) = resuming.get_mut(&m.room) {
-                        r.last = r.last.max(m.seq);
-                    }
-                    if sent.first_time(&m.room, m.seq) {
-                        batch.push(ServerFrame::Message(MessageOut::from(&*m)));
-                    }
-                }
-                Some(Out::ResumeDone(room)) => {
-                    // What arrived live during the replay goes out now, in seq order, less
-                    // what the replay covered. Later live messages go out as they come: a
-                    // message published late (below a seq already written) is still written,
-                    // never dropped for being "old".
-                    if let Some(mut r) = resuming.remove(room.as_str()) {
-                        r.held.sort_by_key(|m| m.seq);
-                        for m in r.held {
-                            if m.seq > r.last && sent.first_time(&m.room, m.seq) {
-                                batch.push(ServerFrame::Message(MessageOut::from(&*m)));
-                            }
-                        }
-                    }
-                }
-            },
-            ev = conn.events.recv() => match ev {
-                None => {
-                    if conn.overflowed.load(Ordering::Acquire) {
-                        app.backends.metrics.slow_consumers.inc();
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
-                    }
-                    break;
-                }
-                Some(ev) => {
-                    if let Some(f) = live_frame(&ev, &conn, &mut resuming, &mut sent) {
-                        batch.push(f);
-                    } else if resuming.values().any(|r| r.held.len() > app.limits.outbound_buffer) {
-                        app.backends.metrics.slow_consumers.inc();
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
-                        break;
-                    }
-                }
-            },
-            _ = ping.tick() => {
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
-                    break;
-                }
-                // Renewed, not re-checked: a slot held is kept (an error only means Redis is away).
-                let _ = slot.take().await;
-                continue;
-            }
-        }
-        let n = batch.len();
-        let mut ok = true;
-        for f in batch {
-            ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.feed(Message::Text(f.to_json().into()))).await, Ok(Ok(())));
-            if !ok {
-                break;
-            }
-        }
-        if !ok || !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
-            break;
-        }
-        app.backends.metrics.frames_out.inc_by(n as u64);
+    /// A replay of `room` wrote everything up to `last`.
+    fn replayed(&mut self, room: &str, last: u64) {
+        let r = self.room(room);
+        r.replayed = r.replayed.max(last);
     }
-    // Closing the reply channel stops the reader.
-    replies.close();
 }
 
 /// The frame a live event becomes on this connection, if any.
-fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, Resuming>, sent: &mut Sent) -> Option<ServerFrame> {
+fn live_frame(ev: &LiveEvent, conn: &Connection, sent: &mut Sent) -> Option<ServerFrame> {
     match ev {
         LiveEvent::Message { message, origin } => {
             if *origin == Some(conn.id) {
-                return None;
-            }
-            if let Some(r) = resuming.get_mut(&message.room) {
-                r.held.push(message.clone());
                 return None;
             }
             sent.first_time(&message.room, message.seq).then(|| ServerFrame::Message(MessageOut::from(&**message)))
@@ -579,5 +538,35 @@ fn live_frame(ev: &LiveEvent, conn: &Connection, resuming: &mut HashMap<String, 
         }
         LiveEvent::Typing { room, user } => (user != &conn.user).then(|| ServerFrame::Typing { room: room.clone(), user: user.clone() }),
         LiveEvent::Read { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sent;
+
+    #[test]
+    fn sent_writes_each_seq_once_and_skips_what_a_replay_covered() {
+        let mut sent = Sent::default();
+        assert!(sent.first_time("r", 5));
+        assert!(!sent.first_time("r", 5), "a seq is written once");
+        assert!(sent.first_time("r", 3), "a message published late is still written");
+        sent.replayed("r", 200);
+        assert!(!sent.first_time("r", 150), "covered by the replay, even beyond the recent window");
+        assert!(sent.first_time("r", 201));
+        assert!(sent.first_time("other", 150), "per room");
+    }
+
+    #[test]
+    fn sent_stays_bounded_whatever_the_rooms_and_seqs() {
+        let mut sent = Sent::default();
+        for seq in 1..=1_000 {
+            assert!(sent.first_time("r", seq));
+        }
+        assert_eq!(sent.rooms["r"].seqs.len(), Sent::KEEP);
+        for room in 0..1_000 {
+            sent.first_time(&format!("room-{room}"), 1);
+        }
+        assert_eq!((sent.rooms.len(), sent.order.len()), (Sent::ROOMS, Sent::ROOMS), "the oldest rooms are forgotten");
     }
 }
