@@ -6,9 +6,9 @@ use crate::model::{StoredMessage, UnreadUpdate};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// Identifies one connection (a WebSocket or a gRPC subscription) in this process.
 pub type ConnId = u64;
@@ -29,14 +29,119 @@ pub enum LiveEvent {
 }
 
 /// A registered connection: events addressed to its user arrive on `events`.
-///
-/// The channel is bounded. When it is full the hub drops the connection's sender and sets
-/// `overflowed`, so a slow consumer is cut off (and resumes by seq) instead of growing memory.
 pub struct Connection {
     pub id: ConnId,
     pub user: String,
-    pub events: mpsc::Receiver<Arc<LiveEvent>>,
-    pub overflowed: Arc<AtomicBool>,
+    pub events: Events,
+}
+
+/// A connection's buffer of live events, bounded. When it is full the hub cuts the connection
+/// off: the buffer closes and says it [`overflowed`](Events::overflowed), so a slow consumer
+/// resumes by seq instead of growing memory.
+///
+/// Lighter than a tokio channel, which an idle connection would pay about 800 bytes for (its
+/// shared state padded to cache lines and a first block of 32 slots): one small allocation,
+/// and the queue's storage only while events wait.
+pub struct Events {
+    shared: Arc<Mailbox>,
+}
+
+/// Why [`Events::try_recv`] has no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// None waits; more may come.
+    Empty,
+    /// The buffer is closed and drained.
+    Closed,
+}
+
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    /// One waiter at most (the connection's session); a notification without a waiter is kept.
+    ready: tokio::sync::Notify,
+}
+
+struct MailboxState {
+    queue: std::collections::VecDeque<Arc<LiveEvent>>,
+    capacity: usize,
+    /// No more events: the hub removed the connection, or the receiver is gone.
+    closed: bool,
+    overflowed: bool,
+}
+
+impl Mailbox {
+    fn new(capacity: usize) -> Arc<Self> {
+        let state = MailboxState { queue: Default::default(), capacity: capacity.max(1), closed: false, overflowed: false };
+        Arc::new(Mailbox { state: Mutex::new(state), ready: tokio::sync::Notify::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `event`; false when the connection is gone or was just cut off as too slow.
+    fn offer(&self, event: &Arc<LiveEvent>) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        if st.queue.len() >= st.capacity {
+            st.overflowed = true;
+            st.closed = true;
+            drop(st);
+            self.ready.notify_one();
+            return false;
+        }
+        st.queue.push_back(event.clone());
+        drop(st);
+        self.ready.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+impl Events {
+    /// The next event; `None` once the buffer is closed and drained. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<LiveEvent>> {
+        loop {
+            match self.try_recv() {
+                Ok(ev) => return Some(ev),
+                Err(TryRecvError::Empty) => self.shared.ready.notified().await,
+                Err(TryRecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one waits.
+    pub fn try_recv(&mut self) -> Result<Arc<LiveEvent>, TryRecvError> {
+        let mut st = self.shared.lock();
+        match st.queue.pop_front() {
+            Some(ev) => {
+                if st.queue.is_empty() && st.queue.capacity() > 64 {
+                    // A burst's storage is not kept by an idle connection.
+                    st.queue = Default::default();
+                }
+                Ok(ev)
+            }
+            None if st.closed => Err(TryRecvError::Closed),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Whether the hub cut this connection off for not keeping up.
+    pub fn overflowed(&self) -> bool {
+        self.shared.lock().overflowed
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 /// Sessions, presence and fan-out.
@@ -66,8 +171,14 @@ pub trait Hub: Send + Sync + 'static {
 
 struct LocalConn {
     id: ConnId,
-    tx: mpsc::Sender<Arc<LiveEvent>>,
-    overflowed: Arc<AtomicBool>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Drop for LocalConn {
+    fn drop(&mut self) {
+        // Removed from the hub: the session sees the end of its events.
+        self.mailbox.close();
+    }
 }
 
 /// The connections of this process, by user: what every hub implementation keeps locally.
@@ -97,10 +208,9 @@ impl LocalConnections {
     /// Registers a connection of `user` with a buffer of `capacity` events.
     pub fn connect(&self, user: &str, capacity: usize) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let overflowed = Arc::new(AtomicBool::new(false));
-        self.lock().entry(user.to_string()).or_default().push(LocalConn { id, tx, overflowed: overflowed.clone() });
-        Connection { id, user: user.to_string(), events: rx, overflowed }
+        let mailbox = Mailbox::new(capacity);
+        self.lock().entry(user.to_string()).or_default().push(LocalConn { id, mailbox: mailbox.clone() });
+        Connection { id, user: user.to_string(), events: Events { shared: mailbox } }
     }
 
     /// Removes a connection; returns true when the user has no connection left here.
@@ -122,16 +232,9 @@ impl LocalConnections {
         let mut conns = self.lock();
         for user in targets {
             let Some(list) = conns.get_mut(user) else { continue };
-            list.retain(|c| match c.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Dropping the sender closes the channel: the session drains what it has,
-                    // sees `overflowed` and closes with a clear code.
-                    c.overflowed.store(true, Ordering::Release);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            // A full buffer closes: the session drains what it has, sees `overflowed` and
+            // closes with a clear code.
+            list.retain(|c| c.mailbox.offer(event));
             if list.is_empty() {
                 conns.remove(user);
                 gone.push(user.clone());

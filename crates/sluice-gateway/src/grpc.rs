@@ -221,7 +221,7 @@ impl ChatService for Grpc {
                             }
                         }
                         None => {
-                            if conn.overflowed.load(std::sync::atomic::Ordering::Acquire) {
+                            if conn.events.overflowed() {
                                 let _ = tx.send(Err(Status::resource_exhausted("subscriber too slow; resubscribe and read history"))).await;
                             }
                             break;

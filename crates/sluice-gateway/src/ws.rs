@@ -29,7 +29,6 @@ use sluice_core::ratelimit::TokenBucket;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -261,7 +260,7 @@ where
             }
             ev = s.conn.events.recv() => match ev {
                 None => {
-                    if s.conn.overflowed.load(Ordering::Acquire) {
+                    if s.conn.events.overflowed() {
                         app.backends.metrics.slow_consumers.inc();
                         s.close(Some(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
                     }

@@ -3,7 +3,6 @@
 
 use sluice_core::hub::{Hub, LiveEvent};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Generates one `#[tokio::test]` per hub conformance test for the hub made by `$make`,
@@ -33,7 +32,7 @@ fn typing(room: &str, user: &str) -> LiveEvent {
     LiveEvent::Typing { room: room.to_string(), user: user.to_string() }
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::Receiver<Arc<LiveEvent>>) -> Option<Arc<LiveEvent>> {
+async fn next(rx: &mut sluice_core::hub::Events) -> Option<Arc<LiveEvent>> {
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten()
 }
 
@@ -70,7 +69,7 @@ pub async fn slow_connections_are_cut_off(hub: Arc<dyn Hub>) {
         got += 1;
     }
     assert_eq!(got, 2, "the buffer is bounded, then the channel closes");
-    assert!(slow.overflowed.load(Ordering::Acquire));
+    assert!(slow.events.overflowed());
 }
 
 pub async fn presence_and_firehose(hub: Arc<dyn Hub>) {

@@ -184,7 +184,7 @@ impl Client {
 /// increasing seq order.
 fn take_live(b: &mut Backend, clients: &mut [Client]) -> Result<(), TestCaseError> {
     for (i, conn) in b.conns.iter_mut().enumerate() {
-        prop_assert!(!conn.overflowed.load(std::sync::atomic::Ordering::Acquire));
+        prop_assert!(!conn.events.overflowed());
         while let Ok(ev) = conn.events.try_recv() {
             if let LiveEvent::Message { message, .. } = &*ev {
                 let c = &mut clients[i];
