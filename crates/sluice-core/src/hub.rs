@@ -253,3 +253,45 @@ impl LocalConnections {
         self.lock().keys().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typing(room: &str) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent::Typing { room: room.into(), user: "x".into() })
+    }
+
+    #[tokio::test]
+    async fn a_connections_buffer_is_bounded_drains_and_closes() {
+        let local = LocalConnections::new();
+        let mut c = local.connect("alice", 2);
+        assert_eq!(c.events.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert!(local.deliver(&["alice".into()], &typing("a")).is_empty());
+        assert!(matches!(c.events.recv().await.as_deref(), Some(LiveEvent::Typing { room, .. }) if room == "a"));
+        for r in ["b", "c"] {
+            local.deliver(&["alice".into()], &typing(r));
+        }
+        assert_eq!(local.deliver(&["alice".into()], &typing("d")), vec!["alice".to_string()], "a full buffer cuts it off");
+        assert!(c.events.overflowed());
+        let drained: Vec<_> = std::iter::from_fn(|| c.events.try_recv().ok()).collect();
+        assert_eq!(drained.len(), 2, "what was queued before the cut is still read");
+        assert_eq!(c.events.recv().await.map(|_| ()), None, "then the end");
+    }
+
+    #[tokio::test]
+    async fn disconnect_ends_the_events_and_a_dropped_receiver_stops_delivery() {
+        let local = LocalConnections::new();
+        let mut c = local.connect("bob", 8);
+        let id = c.id;
+        let waiting = tokio::spawn(async move { c.events.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        assert!(local.disconnect("bob", id));
+        assert!(waiting.await.unwrap(), "a waiting receiver sees the end");
+
+        let gone = local.connect("carol", 8);
+        drop(gone);
+        assert_eq!(local.deliver(&["carol".into()], &typing("r")), vec!["carol".to_string()], "nobody reads it any more");
+        assert!(!local.is_connected("carol"));
+    }
+}

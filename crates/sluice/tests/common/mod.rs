@@ -49,7 +49,13 @@ impl Server {
     pub async fn start_role(role: &str, data_dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
         let launch = sluice_testkit::server::Launch::new(BIN, role, data_dir).args(extra.iter().copied()).env(env);
         let child = sluice_testkit::server::Server::start(launch).await.unwrap_or_else(|e| panic!("{e:#}"));
-        Server { http: child.http, grpc: child.grpc, admin: child.admin, data_dir: data_dir.to_path_buf(), run: Run::Child(Box::new(child)) }
+        Server {
+            http: child.http,
+            grpc: child.grpc,
+            admin: child.admin,
+            data_dir: data_dir.to_path_buf(),
+            run: Run::Child(Box::new(child)),
+        }
     }
 
     /// Runs `sluice serve` on `data_dir` inside the test's process, with the secrets above:
