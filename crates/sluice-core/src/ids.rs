@@ -159,8 +159,13 @@ impl RoomId {
     }
 
     /// Whether `user` is neither member of this direct room (`false` for any other room).
+    /// Allocation-free: it runs on every send, read and authorization.
     pub fn excludes_from_dm(&self, user: &UserId) -> bool {
-        self.dm_members().is_some_and(|m| !m.contains(user))
+        // A RoomId starting with `dm:` is a well-formed direct room (checked on construction).
+        match self.0.strip_prefix(DM_PREFIX).and_then(|rest| rest.split_once(':')) {
+            Some((a, b)) => a != user.as_str() && b != user.as_str(),
+            None => false,
+        }
     }
 }
 

@@ -85,7 +85,7 @@ pub async fn upgrade(
         Some(Err(e)) => return unauthorized(&app, &e.0),
         None => return unauthorized(&app, "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>"),
     };
-    let slot = Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() };
+    let slot = Slot::new(&app, &user);
     if !allowed(&app, slot.take().await) {
         let max = app.limits.max_connections_per_user;
         return too_many(&app, format!("{user} already holds {max} connections (at most {max} per user)"));
@@ -121,6 +121,10 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(app: &Arc<App>, user: &UserId) -> Slot {
+        Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() }
+    }
+
     async fn take(&self) -> Result<bool, sluice_core::error::HubError> {
         let ttl = 3 * self.app.limits.ping_interval;
         self.app.backends.limiter.lease(&self.key, &self.id, self.app.limits.max_connections_per_user, ttl).await
@@ -163,9 +167,10 @@ where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     /// Writes `frames` and flushes.
-    async fn write(&mut self, frames: Vec<ServerFrame>) -> Result<(), Gone> {
-        let n = frames.len();
+    async fn write(&mut self, frames: impl IntoIterator<Item = ServerFrame>) -> Result<(), Gone> {
+        let mut n = 0;
         for f in frames {
+            n += 1;
             if !matches!(tokio::time::timeout(WRITE_TIMEOUT, self.socket.feed(Message::Text(f.to_json().into()))).await, Ok(Ok(()))) {
                 return Err(Gone);
             }
@@ -178,7 +183,7 @@ where
     }
 
     async fn reply(&mut self, frame: ServerFrame) -> Result<(), Gone> {
-        self.write(vec![frame]).await
+        self.write([frame]).await
     }
 
     /// Answers an error frame; a socket that cannot take it is noticed at the next write.
@@ -208,7 +213,7 @@ pub async fn serve_socket<S>(app: Arc<App>, user: UserId, socket: S) -> bool
 where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
 {
-    let slot = Slot { app: app.clone(), key: format!("conns:{user}"), id: sluice_core::ids::random_id() };
+    let slot = Slot::new(&app, &user);
     if !allowed(&app, slot.take().await) {
         return false;
     }
