@@ -49,6 +49,20 @@ impl LatencyWindow {
 
     /// The 99th percentile of the samples of the last window; `None` without samples.
     pub fn p99_at(&self, now: Instant) -> Option<Duration> {
+        self.quantile_at(now, 0.99)
+    }
+
+    pub fn p99(&self) -> Option<Duration> {
+        self.p99_at(Instant::now())
+    }
+
+    /// The median of the samples of the last window.
+    pub fn p50(&self) -> Option<Duration> {
+        self.quantile_at(Instant::now(), 0.5)
+    }
+
+    /// Quantile `q` (0-1) of the samples of the last window; `None` without samples.
+    pub fn quantile_at(&self, now: Instant, q: f64) -> Option<Duration> {
         let mut s = self.lock();
         while s.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.window) {
             s.pop_front();
@@ -58,13 +72,9 @@ impl LatencyWindow {
         }
         let mut v: Vec<Duration> = s.iter().map(|(_, d)| *d).collect();
         drop(s);
-        let k = (((v.len() as f64) * 0.99).ceil() as usize - 1).min(v.len() - 1);
-        let (_, p99, _) = v.select_nth_unstable(k);
-        Some(*p99)
-    }
-
-    pub fn p99(&self) -> Option<Duration> {
-        self.p99_at(Instant::now())
+        let k = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        let (_, at, _) = v.select_nth_unstable(k);
+        Some(*at)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`control`]: the operator's pause, resume and rate of the drain, a tenant or a campaign.
 //! - [`governor`]: the drain governor (AIMD on interactive latency and store throttling).
 //! - [`limits`]: per-user and per-address rate limits and leases shared by every gateway.
+//! - [`fleet`]: what every process reports once a second, summed for the operations console.
 //! - [`auth`]: user tokens (JWT) and the service token.
 //! - [`backends`]: the ports one process runs on, shared by its roles.
 //! - [`backoff`], [`ratelimit`], [`metrics`]: small shared mechanisms.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod fleet;
 pub mod frames;
 pub mod governor;
 pub mod hub;

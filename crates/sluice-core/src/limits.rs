@@ -32,12 +32,26 @@ pub trait Limiter: Send + Sync + 'static {
     /// Gives lease `id` of `key` back.
     async fn release(&self, key: &str, id: &str);
 
-    /// Publishes `value` as `node`'s current reading of `key`, valid for `ttl`.
+    /// Publishes `value` as `node`'s current reading of `key`, valid for `ttl`. A key keeps
+    /// at most [`READINGS_PER_KEY`] readings; beyond it the one that lapses first is dropped.
     async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError>;
 
+    /// Every node's valid reading of `key`, as (node, value), in no particular order.
+    async fn readings(&self, key: &str) -> Result<Vec<(String, f64)>, HubError>;
+
     /// The highest reading of `key` over every node whose reading is still valid.
-    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError>;
+    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
+        Ok(self.readings(key).await?.into_iter().map(|(_, v)| v).reduce(f64::max))
+    }
+
+    /// The sum of the valid readings of `key` (0 when none).
+    async fn total(&self, key: &str) -> Result<f64, HubError> {
+        Ok(self.readings(key).await?.into_iter().map(|(_, v)| v).sum())
+    }
 }
+
+/// Most readings one key keeps (nodes of a fleet, or campaigns in the console's list).
+pub const READINGS_PER_KEY: usize = 10_000;
 
 /// Most buckets kept in memory by [`LocalLimiter`]; beyond it, full (idle) ones are dropped.
 const LOCAL_KEYS: usize = 100_000;
@@ -107,15 +121,25 @@ impl Limiter for LocalLimiter {
 
     async fn report(&self, key: &str, node: &str, value: f64, ttl: Duration) -> Result<(), HubError> {
         let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
-        readings.entry(key.to_string()).or_default().insert(node.to_string(), (value, Instant::now() + ttl));
+        let nodes = readings.entry(key.to_string()).or_default();
+        nodes.insert(node.to_string(), (value, Instant::now() + ttl));
+        if nodes.len() > READINGS_PER_KEY
+            && let Some(first) = nodes.iter().min_by_key(|(_, (_, until))| *until).map(|(n, _)| n.clone())
+        {
+            nodes.remove(&first);
+        }
         Ok(())
     }
 
-    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
+    async fn readings(&self, key: &str) -> Result<Vec<(String, f64)>, HubError> {
         let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(nodes) = readings.get_mut(key) else { return Ok(None) };
+        let Some(nodes) = readings.get_mut(key) else { return Ok(Vec::new()) };
         let now = Instant::now();
         nodes.retain(|_, (_, until)| *until > now);
-        Ok(nodes.values().map(|(v, _)| *v).reduce(f64::max))
+        let valid = nodes.iter().map(|(n, (v, _))| (n.clone(), *v)).collect();
+        if nodes.is_empty() {
+            readings.remove(key);
+        }
+        Ok(valid)
     }
 }

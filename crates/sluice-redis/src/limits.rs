@@ -7,14 +7,14 @@
 //!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
 //!   its leases lapse by themselves;
 //! - readings: a hash per key (node → value) beside a sorted set (node → when the reading
-//!   lapses); reading the highest drops the lapsed ones first. The two keys share a hash tag
+//!   lapses); reading them drops the lapsed ones first. The two keys share a hash tag
 //!   (`{key}`), so in cluster mode they live in one slot, as a script needs.
 
 use crate::conn::{Commands, Endpoint, Target};
 use async_trait::async_trait;
 use redis::Script;
 use sluice_core::error::HubError;
-use sluice_core::limits::Limiter;
+use sluice_core::limits::{Limiter, READINGS_PER_KEY};
 use std::time::Duration;
 
 const TAKE: &str = r"
@@ -64,25 +64,25 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
+if redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[4]) then
+  local first = redis.call('ZPOPMIN', KEYS[2])
+  redis.call('HDEL', KEYS[1], first[1])
+end
+-- Keys live as long as their longest reading (a short one must not cut a long one off).
+for _, k in ipairs(KEYS) do
+  if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+end
 return 1
 ";
 
-const HIGHEST: &str = r"
+const READINGS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('HDEL', KEYS[1], node)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local best = nil
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local x = tonumber(v)
-  if best == nil or x > best then best = x end
-end
-if best == nil then return false end
-return tostring(best)
+return redis.call('HGETALL', KEYS[1])
 ";
 
 /// Limits kept in Redis under `<prefix>:lim:...`.
@@ -94,7 +94,7 @@ pub struct RedisLimiter {
     lend: Script,
     lease: Script,
     report: Script,
-    highest: Script,
+    readings: Script,
 }
 
 impl RedisLimiter {
@@ -108,7 +108,7 @@ impl RedisLimiter {
             lend: Script::new(LEND),
             lease: Script::new(LEASE),
             report: Script::new(REPORT),
-            highest: Script::new(HIGHEST),
+            readings: Script::new(READINGS),
         })
     }
 
@@ -148,6 +148,7 @@ impl Limiter for RedisLimiter {
             .arg(id)
             .arg(max)
             .arg(ttl.as_millis() as u64)
+            .arg(READINGS_PER_KEY)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -164,17 +165,18 @@ impl Limiter for RedisLimiter {
             .arg(node)
             .arg(value)
             .arg(ttl.as_millis() as u64)
+            .arg(READINGS_PER_KEY)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn highest(&self, key: &str) -> Result<Option<f64>, HubError> {
+    async fn readings(&self, key: &str) -> Result<Vec<(String, f64)>, HubError> {
         let mut conn = self.conn.clone();
         let (vals, exp) = self.reading_keys(key);
-        let best: Option<String> = self.highest.key(vals).key(exp).invoke_async(&mut conn).await.map_err(unavailable)?;
-        Ok(best.and_then(|b| b.parse().ok()))
+        let all: Vec<(String, String)> = self.readings.key(vals).key(exp).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(all.into_iter().filter_map(|(node, v)| v.parse().ok().map(|v| (node, v))).collect())
     }
 
     async fn release(&self, key: &str, id: &str) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 macro_rules! limiter_conformance {
     ($make:expr) => {
         $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal,
-            the_highest_valid_reading_wins, a_lending_bucket_makes_later_takers_wait);
+            valid_readings_are_listed_summed_and_maxed, a_lending_bucket_makes_later_takers_wait);
     };
 }
 
@@ -59,15 +59,22 @@ pub async fn leases_lapse_without_renewal(l: Arc<dyn Limiter>) {
     assert!(l.lease("conns:dead", "new", 1, Duration::from_secs(60)).await.unwrap(), "a lapsed lease frees its place");
 }
 
-pub async fn the_highest_valid_reading_wins(l: Arc<dyn Limiter>) {
+pub async fn valid_readings_are_listed_summed_and_maxed(l: Arc<dyn Limiter>) {
     assert_eq!(l.highest("p99").await.unwrap(), None, "nothing reported yet");
+    assert_eq!(l.total("p99").await.unwrap(), 0.0);
     l.report("p99", "gw-a", 3.5, Duration::from_secs(60)).await.unwrap();
     l.report("p99", "gw-b", 12.25, Duration::from_millis(100)).await.unwrap();
     assert_eq!(l.highest("p99").await.unwrap(), Some(12.25));
+    assert_eq!(l.total("p99").await.unwrap(), 15.75);
+    let mut all = l.readings("p99").await.unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(all, vec![("gw-a".to_string(), 3.5), ("gw-b".to_string(), 12.25)]);
     l.report("p99", "gw-a", 4.0, Duration::from_secs(60)).await.unwrap();
     // gw-b stopped reporting (a gateway that died): its reading lapses.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(l.highest("p99").await.unwrap(), Some(4.0), "a node's new reading replaces its old one; lapsed ones drop out");
+    assert_eq!(l.readings("p99").await.unwrap(), vec![("gw-a".to_string(), 4.0)]);
+    assert_eq!(l.readings("other").await.unwrap(), vec![], "keys are apart");
 }
 
 pub async fn a_lending_bucket_makes_later_takers_wait(l: Arc<dyn Limiter>) {
