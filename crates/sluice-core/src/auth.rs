@@ -67,6 +67,11 @@ impl Auth {
         self
     }
 
+    /// The longest lifetime a user token may have.
+    pub fn max_token_ttl(&self) -> u64 {
+        self.max_ttl_secs
+    }
+
     /// Issues a token for `user`, valid for `ttl_secs`.
     pub fn mint_user(&self, user: &str, ttl_secs: u64) -> Result<String, AuthError> {
         ids::validate_user(user).map_err(AuthError)?;

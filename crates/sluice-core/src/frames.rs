@@ -35,6 +35,10 @@ pub enum ClientFrame {
     Typing {
         room: String,
     },
+    /// Which other members of a room are online now.
+    Presence {
+        room: String,
+    },
 }
 
 impl ClientFrame {
@@ -47,6 +51,7 @@ impl ClientFrame {
             ClientFrame::Inbox { .. } => "inbox",
             ClientFrame::Resume { .. } => "resume",
             ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Presence { .. } => "presence",
         }
     }
 }
@@ -59,6 +64,9 @@ pub struct FrameError {
     /// The frame's `client_msg_id`, when it had one.
     pub reference: Option<String>,
 }
+
+/// Members of a room a `presence` frame looks at (a large room answers for its first ones).
+pub const MAX_PRESENCE_MEMBERS: usize = 100;
 
 /// Longest `client_msg_id` accepted.
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
@@ -156,6 +164,12 @@ pub enum ServerFrame {
         room: String,
         user: String,
     },
+    /// The other members of `room` online now (at most the first
+    /// [`crate::frames::MAX_PRESENCE_MEMBERS`] members are looked at).
+    Presence {
+        room: String,
+        online: Vec<String>,
+    },
     /// Ends the replay of a `resume`: the last seq sent per room; live messages follow.
     Resumed {
         rooms: BTreeMap<String, u64>,
@@ -210,6 +224,7 @@ mod tests {
             ClientFrame::History { room: "r".into(), before: None, after: Some(2), limit: Some(10) }
         );
         assert_eq!(parse_client_frame(r#"{"type":"inbox"}"#).unwrap(), ClientFrame::Inbox { after: None, limit: None });
+        assert_eq!(parse_client_frame(r#"{"type":"presence","room":"r"}"#).unwrap(), ClientFrame::Presence { room: "r".into() });
         assert_eq!(
             parse_client_frame(r#"{"type":"inbox","after":"dm:a:b","limit":2}"#).unwrap(),
             ClientFrame::Inbox { after: Some("dm:a:b".into()), limit: Some(2) }

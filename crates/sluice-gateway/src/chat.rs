@@ -4,6 +4,7 @@
 
 use crate::error::AppError;
 use sluice_core::error::ErrorCode;
+use sluice_core::frames::MAX_PRESENCE_MEMBERS;
 use sluice_core::hub::{ConnId, LiveEvent};
 use sluice_core::ids::{self, CampaignId, RoomId, UserId};
 use sluice_core::model::{
@@ -142,6 +143,15 @@ impl App {
         Ok(())
     }
 
+    /// The other members of `room` online now, for a member of it.
+    pub async fn presence(&self, user: &UserId, room: &RoomId) -> Result<Vec<String>, AppError> {
+        self.authorize(user, room).await?;
+        let r = self.backends.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
+        let others: Vec<String> = r.members.into_iter().filter(|m| user != m.as_str()).take(MAX_PRESENCE_MEMBERS).collect();
+        let online = self.backends.hub.online(&others).await?;
+        Ok(others.into_iter().zip(online).filter_map(|(m, on)| on.then_some(m)).collect())
+    }
+
     /// Creates `room` (`None`: a fresh id) with `members`, checked here (at most
     /// `max_room_members` per call).
     pub async fn create_room(&self, room: Option<RoomId>, members: &[String]) -> Result<Room, AppError> {
@@ -218,6 +228,7 @@ impl App {
             self.backends.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), entries as u64, &recorded).await?;
             drop(recorded);
             self.enqueue_chunks(&campaign_id, tenant, sender, body, &accepted).await?;
+            crate::admin::note_campaign(self, &campaign_id).await;
         }
         match refused {
             Some(r) if !r.is_empty() => {

@@ -1,5 +1,6 @@
-//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and the demo page; the
-//! operator's routes also stand alone for a worker's admin listener ([`serve_admin`]).
+//! HTTP routes: the WebSocket endpoint, health, readiness, metrics, the web chat client and
+//! the operations console; the operator's routes also stand alone for a worker's admin
+//! listener ([`serve_admin`]).
 
 use crate::App;
 use axum::Router;
@@ -17,10 +18,18 @@ pub fn router(app: Arc<App>) -> Router {
     public_router(app.clone()).merge(operator_routes(Probes::of(&app)))
 }
 
-/// What clients reach when the operator's routes live on an admin port: the page, the
-/// WebSocket and liveness.
+/// What clients reach when the operator's routes live on an admin port: the web pages,
+/// the WebSocket, the console's API (service token) and liveness.
 pub fn public_router(app: Arc<App>) -> Router {
-    Router::new().route("/", get(index)).route("/v1/ws", get(crate::ws::upgrade)).route("/healthz", get(healthz)).with_state(app)
+    Router::new()
+        .route("/", get(|| async { page(CHAT_HTML) }))
+        .route("/console", get(|| async { page(CONSOLE_HTML) }))
+        .route("/assets/{file}", get(asset))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(app.clone())
+        .merge(crate::admin::routes(app))
 }
 
 /// The operator's routes of any role: liveness, readiness and metrics.
@@ -52,8 +61,27 @@ pub async fn serve_admin(listener: TcpListener, probes: Probes) -> std::io::Resu
     axum::serve(listener, admin_router(probes)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
+const CHAT_HTML: &str = include_str!("../web/chat.html");
+const CONSOLE_HTML: &str = include_str!("../web/console.html");
+/// The pages' scripts and style, embedded so that the binary needs nothing beside it.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("chat.js", "text/javascript; charset=utf-8", include_str!("../web/chat.js")),
+    ("console.js", "text/javascript; charset=utf-8", include_str!("../web/console.js")),
+    ("common.js", "text/javascript; charset=utf-8", include_str!("../web/common.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+];
+
+/// Headers every page carries: no framing by other sites, scripts only from here.
+fn page(html: &'static str) -> Response {
+    let csp = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'";
+    ([(header::CONTENT_SECURITY_POLICY, csp), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], Html(html)).into_response()
+}
+
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "no-cache")], *body).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -4,7 +4,10 @@
 //! - [`ws`]: the WebSocket contract v1, one session per socket.
 //! - [`grpc`]: `sluice.v1.ChatService` for internal services and the bulk scheduler, served
 //!   beside gRPC health checking and server reflection.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics` and a small browser demo at `/`.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, and the web chat client at `/` and the
+//!   operations console at `/console` (static pages embedded in the binary).
+//! - [`admin`]: the console's JSON API (`/v1/admin/...`, service token) and the development
+//!   sign-in (`/v1/dev/token`).
 //! - [`control`]: the operator's pause, resume and rate of the drain; campaign state and ETA.
 //! - [`auth`] (from core): user JWTs and the service token; [`error`]: one error type for both transports.
 //!
@@ -12,6 +15,7 @@
 //! number of gateways can run and clients reconnect to any of them.
 
 pub use sluice_core::auth;
+pub mod admin;
 pub mod chat;
 pub mod control;
 pub mod error;
@@ -101,6 +105,9 @@ pub struct App {
     pub campaign_rates: control::CampaignRates,
     /// Cancelled on shutdown: sessions close with 1001, streams end.
     pub shutdown: CancellationToken,
+    /// Whether `POST /v1/dev/token` mints user tokens for anyone who asks (development only:
+    /// no JWT secret configured, listening on loopback).
+    pub dev_sign_in: bool,
 }
 
 /// Publishes this gateway's interactive persist p99 every [`REPORT_EVERY`] until shutdown,

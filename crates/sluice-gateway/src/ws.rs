@@ -428,6 +428,10 @@ where
             }
             s.reply(ServerFrame::Resumed { rooms: done }).await?;
         }
+        ClientFrame::Presence { room } => match async { app.presence(user, &RoomId::new(room.as_str())?).await }.await {
+            Ok(online) => s.reply(ServerFrame::Presence { room, online }).await?,
+            Err(e) => s.reply_err(e, Some(room)).await,
+        },
         ClientFrame::Typing { room } => {
             if !s.typing.try_take() {
                 return Ok(());

@@ -33,6 +33,7 @@ fn env() -> Env {
         limits: Limits::default(),
         campaign_rates: Default::default(),
         shutdown: CancellationToken::new(),
+        dev_sign_in: false,
     });
     Env { _dir: dir, app, store }
 }

@@ -64,6 +64,7 @@ async fn gateway() -> Gateway {
         limits: Limits::default(),
         campaign_rates: Default::default(),
         shutdown: shutdown.clone(),
+        dev_sign_in: false,
     });
     let (alice, club) = (UserId::new("alice").unwrap(), RoomId::new("club").unwrap());
     app.create_room(Some(club.clone()), &["alice".into(), "bob".into()]).await.unwrap();

@@ -93,6 +93,7 @@ fn env(limits: Limits) -> Env {
         limits,
         campaign_rates: Default::default(),
         shutdown: CancellationToken::new(),
+        dev_sign_in: false,
     });
     Env { _dir: dir, app }
 }
@@ -175,4 +176,27 @@ async fn a_silent_client_is_pinged_then_dropped_at_the_idle_timeout() {
     assert!(alice.session.await.unwrap());
     assert_eq!(pings, 2, "pinged at 30 s and 60 s");
     assert!(lived >= Duration::from_secs(90) && lived < Duration::from_secs(120), "ended at the idle timeout: {lived:?}");
+}
+
+#[tokio::test]
+async fn presence_names_the_other_members_online_and_only_for_a_member() {
+    let e = env(Limits::default());
+    let (mut alice, mut bob) = (connect(&e.app, "alice"), connect(&e.app, "bob"));
+    for c in [&mut alice, &mut bob] {
+        c.send(json!({"type": "inbox"})).await;
+        assert_eq!(c.frame().await["type"], "inbox");
+    }
+    alice.send(json!({"type": "send", "room": "dm:alice:bob", "client_msg_id": "1", "body": "hi"})).await;
+    assert_eq!(alice.frame().await["type"], "ack");
+    alice.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    assert_eq!(alice.frame().await, json!({"type": "presence", "room": "dm:alice:bob", "online": ["bob"]}));
+    // Bob leaves: his session ends with his socket.
+    drop(bob.tx);
+    assert!(bob.session.await.is_ok());
+    alice.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    assert_eq!(alice.frame().await, json!({"type": "presence", "room": "dm:alice:bob", "online": []}));
+    let mut carol = connect(&e.app, "carol");
+    carol.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    let refused = carol.frame().await;
+    assert_eq!((refused["code"].as_str(), refused["ref"].as_str()), (Some("not_member"), Some("dm:alice:bob")), "{refused}");
 }

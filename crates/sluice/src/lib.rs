@@ -341,6 +341,14 @@ pub async fn serve_on(
     }
     let Opened { backends, outbox } = opened;
     let events = backends.events.clone();
+    // Every role reports its figures for the operations console of any gateway.
+    tokio::spawn(sluice_core::fleet::report(
+        backends.limiter.clone(),
+        backends.metrics.clone(),
+        sluice_core::ids::random_id(),
+        roles.worker,
+        shutdown.clone(),
+    ));
     // The relay of the embedded store's outbox stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
@@ -357,12 +365,21 @@ pub async fn serve_on(
     });
     let served = match listeners {
         Some((http, grpc)) => {
+            // Minting tokens for anyone who asks is for a developer's own machine: never with
+            // a configured secret, never reachable from the network.
+            let dev_sign_in = common.jwt_secret.is_none() && http.local_addr()?.ip().is_loopback();
+            if dev_sign_in {
+                tracing::info!(
+                    "development sign-in is on (no --jwt-secret configured, loopback only): the page at / mints tokens for any user name"
+                );
+            }
             let app = Arc::new(App {
                 backends,
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(args),
                 campaign_rates: Default::default(),
                 shutdown: shutdown.clone(),
+                dev_sign_in,
             });
             let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
             tracing::info!(%http_addr, %grpc_addr, ?roles, "sluice serving");

@@ -66,10 +66,25 @@ impl Server {
 
     /// [`Server::in_process`] on backends `wrap` may change (a failing store).
     pub async fn in_process_with(data_dir: &Path, extra: &[&str], wrap: impl FnOnce(&mut sluice_core::backends::Backends)) -> Server {
-        let argv = ["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
-            .into_iter()
-            .chain(["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN])
-            .chain(extra.iter().copied());
+        let secrets = ["--jwt-secret", Self::JWT_SECRET, "--service-token", Self::SERVICE_TOKEN];
+        Server::in_process_args(data_dir, secrets.into_iter().chain(extra.iter().copied()), wrap).await
+    }
+
+    /// [`Server::in_process`] as a developer runs it: no JWT secret configured (one is
+    /// generated into the data dir), so the page's development sign-in is on.
+    /// [`Server::token`] does not apply.
+    pub async fn in_process_dev(data_dir: &Path, extra: &[&str]) -> Server {
+        let secrets = ["--service-token", Self::SERVICE_TOKEN];
+        Server::in_process_args(data_dir, secrets.into_iter().chain(extra.iter().copied()), |_| {}).await
+    }
+
+    async fn in_process_args<'a>(
+        data_dir: &'a Path,
+        args: impl Iterator<Item = &'a str>,
+        wrap: impl FnOnce(&mut sluice_core::backends::Backends),
+    ) -> Server {
+        let argv =
+            ["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"].into_iter().chain(args);
         let args = sluice::config::ServeArgs::from_args(argv).unwrap();
         let mut opened = sluice::Opened::from_config(&args).await.unwrap();
         wrap(&mut opened.backends);
