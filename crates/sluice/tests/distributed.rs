@@ -105,6 +105,26 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     let enqueued_in = started.elapsed();
     eprintln!("enqueued in {enqueued_in:?}");
 
+    // The console of either gateway sees the whole deployment: the campaign enqueued through
+    // A, the connections on both, every process reporting; presence crosses gateways too.
+    let listed = gw_b.admin("/v1/admin/campaigns").await;
+    assert!(listed["campaigns"].as_array().unwrap().iter().any(|c| c["campaign_id"] == campaign.as_str()), "{listed}");
+    let mut fleet = json!(null);
+    for _ in 0..50 {
+        fleet = gw_b.admin("/v1/admin/overview").await["fleet"].clone();
+        if fleet["processes"].as_u64() >= Some(4) && fleet["connections"].as_f64() >= Some(2.0) {
+            break;
+        }
+        on_a.quiet_for(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fleet["processes"].as_u64() >= Some(4) && fleet["connections"].as_f64() >= Some(2.0),
+        "two gateways, two workers, alice on A and bob on B: {fleet}"
+    );
+    on_a.send(json!({"type": "presence", "room": room.as_str()})).await;
+    let presence = on_a.recv_type("presence").await;
+    assert_eq!(presence["online"], json!([bob.as_str()]), "bob, on gateway B, is online for alice on A");
+
     // Mid-drain: SIGKILL one worker, restart Redis, start the worker again.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-pub use sluice_testkit::client::{RECV_TIMEOUT, Ws, http_get};
+pub use sluice_testkit::client::{RECV_TIMEOUT, Ws, http_get, http_get_with};
 
 /// A running Sluice: a real `sluice` process (the shared launcher, `sluice_testkit::server`)
 /// or one inside the test's process through the library (`sluice::start`), with the shortcuts
@@ -146,6 +146,14 @@ impl Server {
 
     pub async fn grpc(&self) -> Grpc {
         sluice_testkit::client::grpc(self.grpc, &self.service_token()).await.unwrap()
+    }
+
+    /// GET `path` of the console's admin API with the service token, as JSON.
+    pub async fn admin(&self, path: &str) -> Value {
+        let auth = format!("Bearer {}", self.service_token());
+        let (status, body) = http_get_with(self.http, path, &[("Authorization", &auth)]).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
