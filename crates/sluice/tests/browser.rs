@@ -66,11 +66,28 @@ async fn finish(child: tokio::process::Child, seen: String) {
 async fn two_users_chat_and_a_network_drop_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::in_process_dev(&dir.path().join("data"), &[]).await;
+    // A room with a long history for the scroll-back.
+    const LONG: u64 = 120;
+    let mut g = server.grpc().await;
+    g.create_room(v1::CreateRoomRequest { room: "lobby".into(), members: vec!["alice".into(), "carol".into()] }).await.unwrap();
+    for i in 1..=LONG {
+        let send = v1::SendMessageRequest {
+            room: "lobby".into(),
+            sender: "carol".into(),
+            body: format!("lobby {i}"),
+            client_msg_id: format!("l{i}"),
+        };
+        g.send_message(send).await.unwrap();
+    }
     let shots = screenshots(dir.path());
-    let child = script("chat.cjs", server.http, &shots).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("node runs");
+    let child = script("chat.cjs", server.http, &shots)
+        .env("SLUICE_LONG_ROOM_MESSAGES", LONG.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
     finish(child, String::new()).await;
     // What the page showed is what the store holds.
-    let mut g = server.grpc().await;
     let h = g.get_history(v1::GetHistoryRequest { room: "dm:alice:bob".into(), ..Default::default() }).await.unwrap().into_inner();
     let bodies: Vec<&str> = h.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(

@@ -93,6 +93,25 @@ run(async () => {
   await bob.locator('#messages li[data-seq="6"] .body', { hasText: "sent while offline" }).waitFor();
   check((await shown(bob)).length === 6, "bob shows the six messages once each");
 
+  // Scroll-back: a room with a long history opens at its newest page and loads older
+  // pages as alice scrolls up, each message once.
+  const LONG = Number(process.env.SLUICE_LONG_ROOM_MESSAGES);
+  await alice.locator('#room-list li[data-room="lobby"]').click();
+  await alice.locator(`#messages li[data-seq="${LONG}"]`).waitFor();
+  check((await shown(alice)).length === 50, "the long room opens at its newest 50 messages");
+  for (let pages = 0; pages < 10 && (await alice.locator("#messages li[data-seq='1']").count()) === 0; pages++) {
+    const before = (await shown(alice)).length;
+    await alice.locator("#messages").evaluate((m) => {
+      m.scrollTop = 0;
+      m.dispatchEvent(new Event("scroll"));
+    });
+    await alice.waitForFunction((n) => document.querySelectorAll("#messages li[data-seq]").length > n, before);
+  }
+  const all = await shown(alice);
+  check(all.length === LONG && all.every((m, i) => m.seq === i + 1), "scrolling up loads every older page once: " + all.length + " messages");
+  check((await alice.locator("#messages button.older").count()) === 0, "no older page is offered past the first message");
+
+  await alice.locator('#room-list li[data-room="dm:alice:bob"]').click();
   await alice.getByRole("textbox", { name: "Message" }).fill("");
   await screenshot(alice, "chat.png");
   await browser.close();

@@ -45,6 +45,14 @@ run(async () => {
   await p.waitForTimeout(1500);
   await screenshot(p, "console.png", true);
 
+  // A test campaign from the page's form.
+  await p.getByLabel("Campaign id (optional)").fill("from-the-form");
+  await p.getByLabel("Generated recipients").fill("5");
+  await p.getByRole("button", { name: "Enqueue" }).click();
+  await p.locator("#send-result", { hasText: "campaign from-the-form: 5 accepted" }).waitFor();
+  await p.locator('#campaigns tr[data-campaign="from-the-form"][data-state="done"]').waitFor({ timeout: 30000 });
+  check(true, "a test campaign sent from the form is listed and drains");
+
   await p.getByLabel("Rate ceiling (msg/s, 0 = none)").fill("0");
   await p.getByRole("button", { name: "Set rate" }).click();
   await p.locator("#drain-state", { hasText: /^running$/ }).waitFor();
