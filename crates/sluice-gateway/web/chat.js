@@ -225,6 +225,12 @@ function room(id) {
 }
 
 function onMessage(m) {
+  // A message ends its sender's typing.
+  const t = state.typing.get(m.room);
+  if (t && t.user === m.sender) {
+    state.typing.delete(m.room);
+    renderTyping();
+  }
   const r = room(m.room);
   r.last_seq = Math.max(r.last_seq, m.seq);
   const l = state.loaded.get(m.room);
