@@ -140,7 +140,9 @@ async fn a_commit_whose_answer_was_lost_is_reported_as_this_calls_own() {
     let p = store.persist(vec![chat(&room, &a, "once")]).await.unwrap().pop().unwrap().unwrap();
     assert!(proxy.counts.transactions.load(Ordering::Relaxed) >= 2, "the answer was lost and the call retried");
     assert_eq!((p.message.seq, p.duplicate), (1, false), "this call committed it");
-    assert_eq!(p.unread.iter().map(|u| (u.user.as_str(), u.unread)).collect::<Vec<_>>(), vec![(b.as_str(), 1)], "the counter to push");
+    assert_eq!(p.unread_deferred, vec![b.clone()], "the counter to push, read by the publisher");
+    let counters = store.counters(&room, &p.unread_deferred).await.unwrap();
+    assert_eq!((counters[0].unread, counters[0].total_unread), (1, 1));
     // A producer retry later is a duplicate, and nothing was written twice.
     let again = store.persist(vec![chat(&room, &a, "once")]).await.unwrap().pop().unwrap().unwrap();
     assert!(again.duplicate);
@@ -213,7 +215,7 @@ async fn a_committed_campaign_message_is_counted_by_its_next_delivery() {
 
     let again = store.persist(vec![one_off(&rs[0])]).await.unwrap().pop().unwrap().unwrap();
     assert_eq!((again.message.seq, again.duplicate), (1, false), "announced by the delivery that counted it");
-    assert_eq!(again.unread.len(), 1, "with the recipient's counter to push");
+    assert_eq!(again.unread_deferred.len(), 1, "with the recipient's counter to push");
     let third = store.persist(vec![one_off(&rs[0])]).await.unwrap().pop().unwrap().unwrap();
     assert!(third.duplicate);
     store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, &rs[1])).await.unwrap();
@@ -327,4 +329,57 @@ async fn concurrent_calls_of_one_campaign_all_record() {
     let c = store.campaign(&cid).await.unwrap().unwrap();
     assert_eq!((c.requested, c.enqueued), (1200, 1200));
     eprintln!("item conflicts by table: {:?}", proxy.counts.conflicts_by_table());
+}
+
+/// The recipients' counters are not read back by the store: the publisher reads them for the
+/// recipients online and pushes them, and reads nothing for a recipient who is offline (most
+/// of a campaign's), which saves a DynamoDB request per one-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_read_for_online_recipients_only() {
+    use sluice_core::hub::{Hub, LiveEvent};
+    let (store, metrics) = common::store("online").await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(sluice_embedded::EmbeddedQueue::open(&dir.path().join("q.redb"), Default::default()).unwrap());
+    let hub: Arc<dyn Hub> = Arc::new(sluice_embedded::LocalHub::new());
+    let b = sluice_core::backends::Backends::new(
+        store.clone(),
+        queue,
+        hub.clone(),
+        Arc::new(sluice_core::events::NoEvents),
+        Arc::new(sluice_core::limits::LocalLimiter::new()),
+        metrics.clone(),
+    );
+    let tag = ids::random_id();
+    let (alice, bob, carol) = (format!("a-{tag}"), format!("b-{tag}"), format!("c-{tag}"));
+    let (online_room, offline_room) = (format!("on-{tag}"), format!("off-{tag}"));
+    store.create_room(&online_room, &[alice.clone(), bob.clone()], 1).await.unwrap();
+    store.create_room(&offline_room, &[alice.clone(), carol.clone()], 1).await.unwrap();
+    let mut bob_conn = hub.connect(&bob, 16).await.unwrap();
+    let reads = || metrics.aws_requests.with_label_values(&["dynamodb", "BatchGetItem"]).get();
+
+    let publish = |room: String, id: &'static str| {
+        let (b, store, alice) = (b.clone(), store.clone(), alice.clone());
+        async move {
+            let ticket = b.fanout.ticket(&room);
+            let p = store.persist(vec![chat(&room, &alice, id)]).await.unwrap().pop().unwrap().unwrap();
+            assert!(p.unread.is_empty() && p.unread_deferred.len() == 1, "deferred: {p:?}");
+            assert!(ticket.publish(&p, None).await);
+        }
+    };
+    let before = reads();
+    publish(offline_room.clone(), "1").await;
+    assert_eq!(reads(), before, "carol is offline: nothing read back");
+    publish(online_room.clone(), "1").await;
+    publish(online_room.clone(), "2").await;
+    assert_eq!(reads(), before + 2, "bob is online: his counters read once per message");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), bob_conn.events.recv()).await.unwrap().unwrap();
+        if let LiveEvent::Unread(u) = &*e {
+            seen.push((u.room.clone(), u.unread, u.total_unread, u.version));
+        }
+    }
+    assert_eq!((seen[0].1, seen[0].2, seen[1].1, seen[1].2), (1, 1, 2, 2), "exact counters pushed: {seen:?}");
+    assert!(seen[0].3 < seen[1].3, "in version order: {seen:?}");
+    assert!(seen.iter().all(|s| s.0 == online_room));
 }

@@ -39,7 +39,7 @@ impl Backends {
         limiter: Arc<dyn Limiter>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let fanout = Fanout::new(hub.clone(), events.clone());
+        let fanout = Fanout::new(hub.clone(), events.clone(), Some(store.clone()));
         Backends { store, queue, hub, events, fanout, limiter, metrics }
     }
 }

@@ -19,6 +19,7 @@ use crate::events::{AnalyticsEvent, EventSink};
 use crate::hub::{ConnId, Hub, LiveEvent};
 use crate::model::{Persisted, ReadOutcome, UnreadUpdate};
 use crate::now_ms;
+use crate::store::MessageStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,9 @@ use std::sync::{Arc, Mutex};
 pub struct Fanout {
     hub: Arc<dyn Hub>,
     events: Arc<dyn EventSink>,
+    /// Reads the counters a store deferred ([`Persisted::unread_deferred`]); without it
+    /// those recipients get no `unread` push.
+    store: Option<Arc<dyn MessageStore>>,
     /// Whether `message_persisted` goes out from here (false when the store's outbox sends it).
     emit_persisted: bool,
     rooms: Mutex<HashMap<String, RoomOrder>>,
@@ -59,14 +63,14 @@ pub struct Ticket {
 }
 
 impl Fanout {
-    pub fn new(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>) -> Arc<Self> {
-        Arc::new(Fanout { hub, events, emit_persisted: true, rooms: Mutex::new(HashMap::new()) })
+    pub fn new(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>, store: Option<Arc<dyn MessageStore>>) -> Arc<Self> {
+        Arc::new(Fanout { hub, events, store, emit_persisted: true, rooms: Mutex::new(HashMap::new()) })
     }
 
     /// A fan-out for a store whose outbox emits `message_persisted` itself (written with the
     /// message, so a crash after the commit cannot lose it); reads still emit `room_read`.
-    pub fn with_outbox(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>) -> Arc<Self> {
-        Arc::new(Fanout { hub, events, emit_persisted: false, rooms: Mutex::new(HashMap::new()) })
+    pub fn with_outbox(hub: Arc<dyn Hub>, events: Arc<dyn EventSink>, store: Option<Arc<dyn MessageStore>>) -> Arc<Self> {
+        Arc::new(Fanout { hub, events, store, emit_persisted: false, rooms: Mutex::new(HashMap::new()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomOrder>> {
@@ -133,7 +137,7 @@ impl Fanout {
         while let Some(ready) = self.ready(room) {
             for h in ready {
                 let events = self.emit_persisted.then_some(self.events.as_ref());
-                ok &= after_persist(self.hub.as_ref(), events, &h.persisted, h.origin).await;
+                ok &= after_persist(self.hub.as_ref(), self.store.as_deref(), events, &h.persisted, h.origin).await;
             }
         }
         guard.active = false;
@@ -220,14 +224,31 @@ impl Drop for Ticket {
 
 /// Pushes a newly persisted message to the room's members and the new counters to its
 /// recipients, and emits `message_persisted`. Duplicates push nothing (they were pushed when
-/// first persisted). Hub failures are reported as false, never returned: the message is
-/// durable and clients recover it by seq.
-async fn after_persist(hub: &dyn Hub, events: Option<&dyn EventSink>, p: &Persisted, origin: Option<ConnId>) -> bool {
+/// first persisted). Deferred counters are read for the recipients online only. Hub and
+/// store failures are reported as false, never returned: the message is durable, clients
+/// recover it by seq and their counters from the inbox.
+async fn after_persist(
+    hub: &dyn Hub,
+    store: Option<&dyn MessageStore>,
+    events: Option<&dyn EventSink>,
+    p: &Persisted,
+    origin: Option<ConnId>,
+) -> bool {
     if p.duplicate {
         return true;
     }
     let mut ok = hub.publish(&p.members, LiveEvent::Message { message: p.message.clone(), origin }).await.is_ok();
-    for u in &p.unread {
+    let read_now = match (store, p.unread_deferred.is_empty()) {
+        (Some(store), false) => match online_counters(hub, store, &p.message.room, &p.unread_deferred).await {
+            Ok(counters) => counters,
+            Err(()) => {
+                ok = false;
+                Vec::new()
+            }
+        },
+        _ => Vec::new(),
+    };
+    for u in p.unread.iter().chain(&read_now) {
         ok &= hub.publish(std::slice::from_ref(&u.user), LiveEvent::Unread(u.clone())).await.is_ok();
     }
     let Some(events) = events else { return ok };
@@ -241,9 +262,19 @@ async fn after_persist(hub: &dyn Hub, events: Option<&dyn EventSink>, p: &Persis
         campaign_id: m.campaign_id.clone(),
         sent_at_ms: m.sent_at_ms,
         persisted_at_ms: now_ms(),
-        recipients: p.unread.len() as u32,
+        recipients: (p.unread.len() + p.unread_deferred.len()) as u32,
     }]);
     ok
+}
+
+/// The counters of those of `users` online now (none read when nobody is).
+async fn online_counters(hub: &dyn Hub, store: &dyn MessageStore, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, ()> {
+    let online = hub.online(users).await.map_err(|e| tracing::debug!(error = %e, "presence unknown; counters not pushed"))?;
+    let here: Vec<String> = users.iter().zip(online).filter(|(_, on)| *on).map(|(u, _)| u.clone()).collect();
+    if here.is_empty() {
+        return Ok(Vec::new());
+    }
+    store.counters(room, &here).await.map_err(|e| tracing::debug!(error = %e, "counters not read; not pushed"))
 }
 
 #[cfg(test)]

@@ -121,6 +121,11 @@ pub struct Persisted {
     pub members: Arc<Vec<String>>,
     /// The recipients' new counters (empty for duplicates).
     pub unread: Vec<UnreadUpdate>,
+    /// Recipients whose counters the message changed but were not read back: a store where
+    /// that read costs a request leaves it to the publisher, which reads them with
+    /// [`crate::store::MessageStore::counters`] only for the recipients online (most of a
+    /// campaign's are not).
+    pub unread_deferred: Vec<String>,
 }
 
 /// A room and its members.

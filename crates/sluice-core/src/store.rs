@@ -3,7 +3,9 @@
 
 use crate::control::{Control, Controls, Scope};
 use crate::error::StoreError;
-use crate::model::{Campaign, HistoryQuery, Inbox, InboxPage, MAX_INBOX_LIMIT, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use crate::model::{
+    Campaign, HistoryQuery, Inbox, InboxPage, MAX_INBOX_LIMIT, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
+};
 use async_trait::async_trait;
 
 /// Where a user stands in a room.
@@ -48,6 +50,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// same room in the batch are not attempted (they fail retryable too), so a room's order
     /// survives a retry. The outer error means nothing in the batch committed.
     async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError>;
+
+    /// The counters of `users` in `room` now: unread, total and version, for the recipients
+    /// of a message whose counters were not read back ([`Persisted::unread_deferred`]).
+    async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError>;
 
     /// Moves `user`'s read position in `room` up to `seq` (capped at the room's last seq;
     /// never backwards) and recomputes unread and total under the same commit.

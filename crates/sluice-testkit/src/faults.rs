@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::{QueueError, StoreError};
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate};
 use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
 use sluice_core::store::{Membership, MessageStore};
 use std::sync::Arc;
@@ -153,6 +153,9 @@ impl MessageStore for FaultyStore {
             return Err(StoreError::Unavailable("injected persist failure".into()));
         }
         self.inner.persist(batch).await
+    }
+    async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
+        self.inner.counters(room, users).await
     }
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
         self.inner.mark_read(user, room, seq, now_ms).await

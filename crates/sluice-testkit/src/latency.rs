@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate};
 use sluice_core::store::{Membership, MessageStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,10 @@ impl MessageStore for LatencyStore {
     async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
         self.wait().await;
         self.inner.persist(batch).await
+    }
+    async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
+        self.wait().await;
+        self.inner.counters(room, users).await
     }
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {
         self.wait().await;

@@ -17,7 +17,7 @@ macro_rules! store_conformance {
             room_lifecycle, gap_free_seq_under_concurrent_senders, exactly_once_per_msg_id,
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
-            reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters,
+            reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters, counters_are_read_for_any_user,
             drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant);
     };
 }
@@ -75,6 +75,15 @@ fn unique_room(prefix: &str) -> String {
 async fn persist_ok(store: &dyn MessageStore, m: NewMessage) -> sluice_core::model::Persisted {
     let mut out = store.persist(vec![m]).await.expect("persist call");
     out.pop().expect("one result").expect("message persists")
+}
+
+/// The recipients' counters after a persist: those it returned, and those it deferred, read now.
+async fn counters_after(store: &dyn MessageStore, p: &sluice_core::model::Persisted) -> Vec<sluice_core::model::UnreadUpdate> {
+    let mut all = p.unread.clone();
+    if !p.unread_deferred.is_empty() {
+        all.extend(store.counters(&p.message.room, &p.unread_deferred).await.expect("counters"));
+    }
+    all
 }
 
 async fn unread_of(store: &dyn MessageStore, user: &str, room: &str) -> (u64, u64) {
@@ -149,12 +158,12 @@ pub async fn exactly_once_per_msg_id(store: Arc<dyn MessageStore>) {
     let m = chat(&room, "alice", "c1");
     let first = persist_ok(store.as_ref(), m.clone()).await;
     assert!(!first.duplicate);
-    assert_eq!(first.unread.len(), 1);
+    assert_eq!(counters_after(store.as_ref(), &first).await.len(), 1);
     let again = persist_ok(store.as_ref(), m.clone()).await;
     assert!(again.duplicate);
     assert_eq!(again.message.seq, first.message.seq);
     assert_eq!(again.message.msg_id, first.message.msg_id);
-    assert!(again.unread.is_empty());
+    assert!(again.unread.is_empty() && again.unread_deferred.is_empty(), "a duplicate changes no counter");
     // The same id twice inside one batch, next to a new message.
     let m2 = chat(&room, "alice", "c2");
     let out = store.persist(vec![m2.clone(), m2.clone(), m.clone()]).await.unwrap();
@@ -242,17 +251,40 @@ pub async fn reads_racing_sends_keep_counters_exact(store: Arc<dyn MessageStore>
     }
 }
 
+/// `counters` reads what a persist may defer: each user's unread in the room and total.
+pub async fn counters_are_read_for_any_user(store: Arc<dyn MessageStore>) {
+    let room = unique_room("counters");
+    let (a, b, c) = (format!("ca-{}", ids::random_id()), format!("cb-{}", ids::random_id()), format!("cc-{}", ids::random_id()));
+    store.create_room(&room, &[a.clone(), b.clone()], 1).await.unwrap();
+    for i in 0..3 {
+        persist_ok(store.as_ref(), chat(&room, &a, &i.to_string())).await;
+    }
+    let got = store.counters(&room, &[b.clone(), a.clone(), c.clone()]).await.unwrap();
+    let view: Vec<(&str, &str, u64, u64)> = got.iter().map(|u| (u.user.as_str(), u.room.as_str(), u.unread, u.total_unread)).collect();
+    assert_eq!(
+        view,
+        vec![(b.as_str(), room.as_str(), 3, 3), (a.as_str(), room.as_str(), 0, 0), (c.as_str(), room.as_str(), 0, 0)],
+        "in the order asked, a stranger at 0"
+    );
+    assert!(got[0].version > 0, "b's counters moved: {:?}", got[0]);
+    let read = store.mark_read(&b, &room, 2, 2).await.unwrap();
+    let after = store.counters(&room, std::slice::from_ref(&b)).await.unwrap();
+    assert_eq!((after[0].unread, after[0].total_unread), (1, 1));
+    assert!(after[0].version >= read.version, "a read after the mark-read is at least its version");
+}
+
 /// Every change of a user's counters carries a higher version than the one before, so a
 /// client can tell a stale unread update from a fresh one (a read racing a send).
 pub async fn unread_versions_order_a_users_counters(store: Arc<dyn MessageStore>) {
     let room = unique_room("versions");
     let (a, b) = (format!("va-{}", ids::random_id()), format!("vb-{}", ids::random_id()));
     store.create_room(&room, &[a.clone(), b.clone()], 1).await.unwrap();
-    let v1 = persist_ok(store.as_ref(), chat(&room, &a, "1")).await.unread[0].version;
-    let v2 = persist_ok(store.as_ref(), chat(&room, &a, "2")).await.unread[0].version;
+    let s = store.as_ref();
+    let v1 = counters_after(s, &persist_ok(s, chat(&room, &a, "1")).await).await[0].version;
+    let v2 = counters_after(s, &persist_ok(s, chat(&room, &a, "2")).await).await[0].version;
     let read = store.mark_read(&b, &room, 1, 2).await.unwrap();
     assert!(read.changed);
-    let v4 = persist_ok(store.as_ref(), chat(&room, &a, "3")).await.unread[0].version;
+    let v4 = counters_after(s, &persist_ok(s, chat(&room, &a, "3")).await).await[0].version;
     assert!(v1 < v2 && v2 < read.version && read.version < v4, "{v1} < {v2} < {} < {v4}", read.version);
     let same = store.mark_read(&b, &room, 1, 3).await.unwrap();
     assert!(!same.changed);
@@ -325,8 +357,9 @@ pub async fn direct_rooms_are_created_on_first_use(store: Arc<dyn MessageStore>)
     let mut want = vec![shop.clone(), "alice".to_string()];
     want.sort();
     assert_eq!(r.members, want);
-    assert_eq!(p.unread.len(), 1);
-    assert_eq!(p.unread[0].user, "alice");
+    let counters = counters_after(store.as_ref(), &p).await;
+    assert_eq!(counters.len(), 1);
+    assert_eq!((counters[0].user.as_str(), counters[0].unread, counters[0].total_unread), ("alice", 1, 1));
     // Both members' rows exist as they stand after the first message, however the room was made.
     let page = || InboxPage { after: None, limit: 10 };
     let sender = store.inbox_page(&shop, page()).await.unwrap();

@@ -46,7 +46,7 @@ impl Opened {
         if outbox.is_some() {
             // The embedded store writes `message_persisted` with the message (its outbox), so a
             // crash after a commit cannot lose it.
-            backends.fanout = Fanout::with_outbox(backends.hub.clone(), backends.events.clone());
+            backends.fanout = Fanout::with_outbox(backends.hub.clone(), backends.events.clone(), Some(backends.store.clone()));
         }
         Ok(Opened { backends, outbox })
     }

@@ -416,7 +416,7 @@ async fn health_metrics_events_and_clean_shutdown() {
     assert_eq!(http_get(s.http, "/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(http_get(s.http, "/readyz").await.0, 200);
     let (status, page) = http_get(s.http, "/").await;
-    assert!(status == 200 && page.contains("/v1/ws"), "the demo page is served");
+    assert!(status == 200 && page.contains("/assets/chat.js"), "the chat client is served");
     let mut alice = s.ws("alice").await;
     alice.say("dm:alice:bob", "1", "hi").await;
     let (_, metrics) = http_get(s.http, "/metrics").await;

@@ -44,7 +44,7 @@ use sluice_core::backoff::Backoff;
 use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::metrics::Metrics;
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate};
 use sluice_core::store::{Membership, MessageStore};
 use std::sync::Arc;
 
@@ -351,6 +351,10 @@ impl MessageStore for DynamoStore {
 
     async fn persist(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
         Ok(persist::persist_batch(self, batch).await)
+    }
+
+    async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
+        persist::counters(self, room, users).await
     }
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {

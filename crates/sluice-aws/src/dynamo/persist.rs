@@ -80,7 +80,7 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
                     uncounted.entry(u.campaign.clone()).or_default().push((i, u));
                 } else {
                     // Given twice in one batch: counted and announced once.
-                    p = Persisted { duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new(), ..p };
+                    p = Persisted { duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new(), unread_deferred: Vec::new(), ..p };
                 }
             }
             p
@@ -205,7 +205,14 @@ async fn already_persisted(store: &DynamoStore, m: &NewMessage, marker: Marker, 
         return Ok((persisted, uncounted));
     }
     store.metrics.duplicates.inc();
-    Ok((Persisted { message: Arc::new(message), duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new() }, None))
+    let duplicate = Persisted {
+        message: Arc::new(message),
+        duplicate: true,
+        members: Arc::new(Vec::new()),
+        unread: Vec::new(),
+        unread_deferred: Vec::new(),
+    };
+    Ok((duplicate, None))
 }
 
 /// Where each kind of item sits in the transaction, to read its cancellation reason.
@@ -432,8 +439,10 @@ fn stored(m: &NewMessage, seq: u64) -> StoredMessage {
     }
 }
 
-/// The result of a committed message, with the recipients' counters read back (small
-/// rooms; large rooms compute unread on read and push none).
+/// The result of a committed message. The recipients' counters (small rooms; large rooms
+/// compute unread on read and push none) are not read back here: a read is a request, and
+/// most recipients of a campaign are offline, so the publisher reads them for those online
+/// ([`sluice_core::store::MessageStore::counters`]).
 async fn committed(
     store: &DynamoStore,
     message: StoredMessage,
@@ -441,18 +450,18 @@ async fn committed(
     recipients: Vec<&String>,
 ) -> Result<Persisted, StoreError> {
     let members = store.members_of(&message.room, meta).await?;
-    let users: Vec<String> = recipients.into_iter().cloned().collect();
-    let unread = if users.is_empty() {
-        Vec::new()
-    } else {
-        let counters = reads::counters(store, &message.room, &users).await?;
-        users
-            .into_iter()
-            .map(|user| {
-                let (unread, total_unread, version) = counters.get(&user).copied().unwrap_or((0, 0, 0));
-                UnreadUpdate { user, room: message.room.clone(), unread, total_unread, version }
-            })
-            .collect()
-    };
-    Ok(Persisted { message: Arc::new(message), duplicate: false, members, unread })
+    let unread_deferred = recipients.into_iter().cloned().collect();
+    Ok(Persisted { message: Arc::new(message), duplicate: false, members, unread: Vec::new(), unread_deferred })
+}
+
+/// The counters of `users` in `room` now.
+pub(crate) async fn counters(store: &DynamoStore, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
+    let counters = reads::counters(store, room, users).await?;
+    Ok(users
+        .iter()
+        .map(|user| {
+            let (unread, total_unread, version) = counters.get(user).copied().unwrap_or((0, 0, 0));
+            UnreadUpdate { user: user.clone(), room: room.to_string(), unread, total_unread, version }
+        })
+        .collect())
 }

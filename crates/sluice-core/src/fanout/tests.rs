@@ -52,12 +52,13 @@ fn persisted(seq: u64) -> Persisted {
         duplicate: false,
         members: Arc::new(vec!["a".into(), "b".into()]),
         unread: Vec::new(),
+        unread_deferred: Vec::new(),
     }
 }
 
 fn setup() -> (Arc<Recorder>, Arc<Fanout>) {
     let hub = Arc::new(Recorder::default());
-    (hub.clone(), Fanout::new(hub, Arc::new(NoEvents)))
+    (hub.clone(), Fanout::new(hub, Arc::new(NoEvents), None))
 }
 
 fn published(hub: &Recorder) -> Vec<u64> {

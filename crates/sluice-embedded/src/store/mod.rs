@@ -40,7 +40,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use sluice_core::control::{Control, Controls, Scope};
 use sluice_core::error::StoreError;
 use sluice_core::ids;
-use sluice_core::model::{Campaign, HistoryQuery, Inbox, InboxPage, InboxRoom, NewMessage, Persisted, ReadOutcome, Room, StoredMessage};
+use sluice_core::model::{
+    Campaign, HistoryQuery, Inbox, InboxPage, InboxRoom, NewMessage, Persisted, ReadOutcome, Room, StoredMessage, UnreadUpdate,
+};
 use sluice_core::store::{Membership, MessageStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -324,6 +326,24 @@ impl MessageStore for EmbeddedStore {
             }
         }
         Ok(out.into_iter().map(|r| r.expect("every position answered")).collect())
+    }
+
+    async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
+        let (room, users) = (room.to_string(), users.to_vec());
+        self.read(move |txn| {
+            let (inbox, totals) = (txn.open_table(INBOX)?, txn.open_table(TOTALS)?);
+            // The snapshot's version, as in a read that changes nothing.
+            let version = txn.open_table(META)?.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
+            let mut out = Vec::with_capacity(users.len());
+            for user in users {
+                let unread =
+                    inbox.get((user.as_str(), room.as_str()))?.map(|v| decode::<InboxRec>(v.value())).transpose()?.map_or(0, |r| r.unread);
+                let total_unread = totals.get(user.as_str())?.map_or(0, |v| v.value());
+                out.push(UnreadUpdate { user, room: room.clone(), unread, total_unread, version });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn mark_read(&self, user: &str, room: &str, seq: u64, now_ms: i64) -> Result<ReadOutcome, StoreError> {

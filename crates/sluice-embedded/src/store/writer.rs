@@ -246,6 +246,7 @@ impl<'t> Writer<'t> {
                 duplicate: true,
                 members: Arc::new(Vec::new()),
                 unread: Vec::new(),
+                unread_deferred: Vec::new(),
             }));
         }
         let room = m.room.as_str();
@@ -333,7 +334,13 @@ impl<'t> Writer<'t> {
             outbox.insert(version, encode(&rec).as_slice())?;
             self.outbox_written = true;
         }
-        Ok(Ok(Persisted { message: Arc::new(stored(room, seq, msg)), duplicate: false, members: Arc::new(members), unread }))
+        Ok(Ok(Persisted {
+            message: Arc::new(stored(room, seq, msg)),
+            duplicate: false,
+            members: Arc::new(members),
+            unread,
+            unread_deferred: Vec::new(),
+        }))
     }
 
     /// Applies a read counted on a snapshot. Messages committed since the snapshot all have
