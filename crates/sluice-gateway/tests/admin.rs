@@ -7,18 +7,18 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sluice_core::events::NoEvents;
 use sluice_core::metrics::Metrics;
 use sluice_core::queue::Enqueue;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
 use sluice_gateway::http::router;
-use sluice_gateway::{App, Auth, Backends, Limits};
+use sluice_gateway::{App, Limits};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const SERVICE: &str = "svc-token";
+mod common;
+
+const SERVICE: &str = common::SERVICE_TOKEN;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -26,18 +26,7 @@ struct Env {
 }
 
 fn env(dev_sign_in: bool) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-    let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
-    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
-    let app = Arc::new(App {
-        backends: Backends::new(store, queue, Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter, Arc::new(Metrics::new())),
-        auth: Auth::new(b"admin-test-secret-admin-test-secret", SERVICE),
-        limits: Limits::default(),
-        campaign_rates: Default::default(),
-        shutdown: CancellationToken::new(),
-        dev_sign_in,
-    });
+    let (dir, app) = common::app(Limits::default(), dev_sign_in);
     Env { _dir: dir, app }
 }
 

@@ -2,18 +2,16 @@
 //! `oneshot` (health, readiness, metrics; what the public port shows when an admin listener
 //! holds the operator's routes), on embedded backends and a store that can be taken down.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use sluice_core::events::NoEvents;
-use sluice_core::metrics::Metrics;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
 use sluice_gateway::http::{Probes, admin_router, public_router, router};
-use sluice_gateway::{App, Auth, Backends, Limits};
+use sluice_gateway::{App, Limits};
 use sluice_testkit::faults::FaultyStore;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 struct Env {
@@ -23,19 +21,13 @@ struct Env {
 }
 
 fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyStore::new(Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap())));
-    let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
-    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
-    let app = Arc::new(App {
-        backends: Backends::new(store.clone(), queue, Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter, Arc::new(Metrics::new())),
-        auth: Auth::new(b"http-test-secret-http-test-secret", "svc"),
-        limits: Limits::default(),
-        campaign_rates: Default::default(),
-        shutdown: CancellationToken::new(),
-        dev_sign_in: false,
+    let mut faulty = None;
+    let (dir, app) = common::app_with(Limits::default(), false, |s| {
+        let store = Arc::new(FaultyStore::new(s));
+        faulty = Some(store.clone());
+        store
     });
-    Env { _dir: dir, app, store }
+    Env { _dir: dir, app, store: faulty.unwrap() }
 }
 
 async fn get(router: axum::Router, path: &str) -> (StatusCode, String) {

@@ -7,16 +7,14 @@ use axum::extract::ws::Message;
 use futures::channel::mpsc;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
-use sluice_core::events::NoEvents;
 use sluice_core::ids::UserId;
-use sluice_core::metrics::Metrics;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
-use sluice_gateway::{App, Auth, Backends, Limits};
+use sluice_gateway::{App, Limits};
+mod common;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The server's end of a socket: what the client sends arrives on `rx`, what the session
 /// writes goes to `tx`.
@@ -65,6 +63,12 @@ impl Client {
         tokio::time::timeout(Duration::from_secs(600), self.rx.next()).await.expect("the session writes or ends")
     }
 
+    /// Registered with the hub: a session is once it has answered a frame.
+    async fn registered(&mut self) {
+        self.send(json!({"type": "inbox"})).await;
+        assert_eq!(self.frame().await["type"], "inbox");
+    }
+
     /// The next JSON frame, skipping pings.
     async fn frame(&mut self) -> Value {
         loop {
@@ -83,18 +87,7 @@ struct Env {
 }
 
 fn env(limits: Limits) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-    let queue = Arc::new(EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap());
-    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
-    let app = Arc::new(App {
-        backends: Backends::new(store, queue, Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter, Arc::new(Metrics::new())),
-        auth: Auth::new(b"session-test-secret-session-test", "svc"),
-        limits,
-        campaign_rates: Default::default(),
-        shutdown: CancellationToken::new(),
-        dev_sign_in: false,
-    });
+    let (dir, app) = common::app(limits, false);
     Env { _dir: dir, app }
 }
 
@@ -110,11 +103,8 @@ fn connect(app: &Arc<App>, user: &str) -> Client {
 async fn a_session_over_channels_sends_delivers_and_answers_bad_frames() {
     let e = env(Limits::default());
     let (mut alice, mut bob) = (connect(&e.app, "alice"), connect(&e.app, "bob"));
-    // Both sessions are registered with the hub once they answer a frame.
-    for c in [&mut alice, &mut bob] {
-        c.send(json!({"type": "inbox"})).await;
-        assert_eq!(c.frame().await["type"], "inbox");
-    }
+    alice.registered().await;
+    bob.registered().await;
     alice.send(json!({"type": "send", "room": "dm:alice:bob", "client_msg_id": "1", "body": "hi"})).await;
     let ack = alice.frame().await;
     assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(1)), "{ack}");
@@ -182,10 +172,8 @@ async fn a_silent_client_is_pinged_then_dropped_at_the_idle_timeout() {
 async fn presence_names_the_other_members_online_and_only_for_a_member() {
     let e = env(Limits::default());
     let (mut alice, mut bob) = (connect(&e.app, "alice"), connect(&e.app, "bob"));
-    for c in [&mut alice, &mut bob] {
-        c.send(json!({"type": "inbox"})).await;
-        assert_eq!(c.frame().await["type"], "inbox");
-    }
+    alice.registered().await;
+    bob.registered().await;
     alice.send(json!({"type": "send", "room": "dm:alice:bob", "client_msg_id": "1", "body": "hi"})).await;
     assert_eq!(alice.frame().await["type"], "ack");
     alice.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;

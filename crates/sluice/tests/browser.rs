@@ -20,25 +20,76 @@ fn root() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).canonicalize().unwrap()
 }
 
-/// The browser script `name`, ready to run against the server at `http`.
-fn script(name: &str, http: std::net::SocketAddr, shots: &Path) -> Command {
-    let playwright = root().join(".test-services/playwright/node_modules/playwright-core");
-    assert!(
-        playwright.join("package.json").exists(),
-        "playwright-core is missing at {}: run scripts/install-test-deps.sh",
-        playwright.display()
-    );
-    let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).exists(), "no chromium at {chromium}: run scripts/install-test-deps.sh (Debian's chromium package)");
-    let mut cmd = Command::new("node");
-    cmd.arg(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser")).join(name))
-        .env("SLUICE_URL", format!("http://{http}"))
-        .env("SLUICE_SERVICE_TOKEN", Server::SERVICE_TOKEN)
-        .env("PLAYWRIGHT_CORE", playwright)
-        .env("CHROMIUM", chromium)
-        .env("SLUICE_SCREENSHOTS", shots)
-        .kill_on_drop(true);
-    cmd
+/// A browser script running against a server: its output lines as they come, and its end.
+struct Script {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line so far, for the failure message.
+    seen: String,
+}
+
+impl Script {
+    /// Starts `tests/browser/<name>` against the server at `http` with `env`.
+    fn start(name: &str, http: std::net::SocketAddr, shots: &Path, env: &[(&str, String)]) -> Script {
+        let playwright = root().join(".test-services/playwright/node_modules/playwright-core");
+        assert!(
+            playwright.join("package.json").exists(),
+            "playwright-core is missing at {}: run scripts/install-test-deps.sh",
+            playwright.display()
+        );
+        let chromium = std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(Path::new(&chromium).exists(), "no chromium at {chromium}: run scripts/install-test-deps.sh (Debian's chromium package)");
+        let mut child = Command::new("node")
+            .arg(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser")).join(name))
+            .env("SLUICE_URL", format!("http://{http}"))
+            .env("SLUICE_SERVICE_TOKEN", Server::SERVICE_TOKEN)
+            .env("PLAYWRIGHT_CORE", playwright)
+            .env("CHROMIUM", chromium)
+            .env("SLUICE_SCREENSHOTS", shots)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                println!("{line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Script { child, lines, seen: String::new() }
+    }
+
+    /// Waits (at most 60 s) for the script to print `want`.
+    async fn wait_for(&mut self, want: &str) {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {want:?} within 60 s:\n{}", self.seen));
+            let Some(line) = line else { panic!("the script ended before printing {want:?}:\n{}", self.seen) };
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+            if line == want {
+                return;
+            }
+        }
+    }
+
+    /// Waits (at most 200 s) for the script to end, and fails unless every check passed.
+    async fn finish(mut self) {
+        let status =
+            tokio::time::timeout(Duration::from_secs(200), self.child.wait()).await.expect("the browser script ends within 200 s").unwrap();
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        assert!(status.success(), "browser script failed ({status}); its errors are above:\n{}", self.seen);
+    }
 }
 
 fn screenshots(tmp: &Path) -> PathBuf {
@@ -49,17 +100,6 @@ fn screenshots(tmp: &Path) -> PathBuf {
     } else {
         tmp.to_path_buf()
     }
-}
-
-/// Waits for the script to end and fails with its output unless it succeeded.
-async fn finish(child: tokio::process::Child, seen: String) {
-    let out = tokio::time::timeout(Duration::from_secs(200), child.wait_with_output())
-        .await
-        .expect("the browser script ends within 200 s")
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{seen}{stdout}");
-    assert!(out.status.success(), "browser script failed ({}):\n{seen}{stdout}\n{stderr}", out.status);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,13 +120,7 @@ async fn two_users_chat_and_a_network_drop_loses_and_repeats_nothing() {
         g.send_message(send).await.unwrap();
     }
     let shots = screenshots(dir.path());
-    let child = script("chat.cjs", server.http, &shots)
-        .env("SLUICE_LONG_ROOM_MESSAGES", LONG.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    finish(child, String::new()).await;
+    Script::start("chat.cjs", server.http, &shots, &[("SLUICE_LONG_ROOM_MESSAGES", LONG.to_string())]).finish().await;
     // What the page showed is what the store holds.
     let h = g.get_history(v1::GetHistoryRequest { room: "dm:alice:bob".into(), ..Default::default() }).await.unwrap().into_inner();
     let bodies: Vec<&str> = h.messages.iter().map(|m| m.body.as_str()).collect();
@@ -104,27 +138,14 @@ async fn the_console_follows_a_campaign_sent_over_grpc_to_done() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::in_process_dev(&dir.path().join("data"), &[]).await;
     let shots = screenshots(dir.path());
-    let mut child = script("console.cjs", server.http, &shots)
-        .env("SLUICE_CAMPAIGN", CAMPAIGN)
-        .env("SLUICE_RECIPIENTS", RECIPIENTS.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
+    let mut script = Script::start(
+        "console.cjs",
+        server.http,
+        &shots,
+        &[("SLUICE_CAMPAIGN", CAMPAIGN.into()), ("SLUICE_RECIPIENTS", RECIPIENTS.to_string())],
+    );
     // The page signs in and caps the drain; then the campaign goes in over gRPC.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = String::new();
-    loop {
-        let line =
-            tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the console is ready within 60 s").unwrap();
-        let Some(line) = line else { break };
-        seen.push_str(&line);
-        seen.push('\n');
-        if line == "ready" {
-            break;
-        }
-    }
-    assert!(seen.ends_with("ready\n"), "the script ended before it was ready:\n{seen}");
+    script.wait_for("ready").await;
     let mut g = server.grpc().await;
     // Chat goes on while the campaign drains, so the latency chart has something to show.
     let chat = tokio::spawn({
@@ -156,22 +177,8 @@ async fn the_console_follows_a_campaign_sent_over_grpc_to_done() {
         .unwrap()
         .into_inner();
     assert_eq!(r.accepted, RECIPIENTS as u64);
-    // The rest of the output, then the verdict.
-    let rest = tokio::spawn(async move {
-        let mut more = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            more.push_str(&line);
-            more.push('\n');
-        }
-        more
-    });
-    let status = tokio::time::timeout(Duration::from_secs(200), child.wait()).await.expect("the browser script ends within 200 s").unwrap();
+    script.finish().await;
     chat.abort();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
-    let out = format!("{seen}{}", rest.await.unwrap());
-    println!("{out}");
-    assert!(status.success(), "browser script failed ({status}):\n{out}\n{stderr}");
     let c = common::wait_done(&mut g, CAMPAIGN, Duration::from_secs(5)).await;
     assert_eq!((c.persisted, c.dead_lettered), (RECIPIENTS as u64, 0), "every message persisted once");
     server.stop().await;
