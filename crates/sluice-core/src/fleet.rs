@@ -116,16 +116,27 @@ pub async fn report(limiter: Arc<dyn Limiter>, metrics: Arc<Metrics>, node: Stri
 
 /// The fleet's figures: sums of the processes' readings, maxima of their latencies.
 pub async fn read(limiter: &dyn Limiter) -> Result<Fleet, crate::error::HubError> {
+    let (up, connections, drain_rate, enqueue_rate, conflicts, throttles, drain_limit, p50, p99) = tokio::join!(
+        limiter.readings(UP),
+        limiter.total(CONNECTIONS),
+        limiter.total(DRAIN_RATE),
+        limiter.total(ENQUEUE_RATE),
+        limiter.total(CONFLICTS),
+        limiter.total(THROTTLES),
+        limiter.total(DRAIN_LIMIT),
+        limiter.highest(P50),
+        limiter.highest(P99),
+    );
     Ok(Fleet {
-        processes: limiter.readings(UP).await?.len(),
-        connections: limiter.total(CONNECTIONS).await?,
-        drain_rate: limiter.total(DRAIN_RATE).await?,
-        enqueue_rate: limiter.total(ENQUEUE_RATE).await?,
-        conflicts_per_s: limiter.total(CONFLICTS).await?,
-        throttles_per_s: limiter.total(THROTTLES).await?,
-        drain_limit: limiter.total(DRAIN_LIMIT).await?,
-        interactive_p50_ms: limiter.highest(P50).await?,
-        interactive_p99_ms: limiter.highest(P99).await?,
+        processes: up?.len(),
+        connections: connections?,
+        drain_rate: drain_rate?,
+        enqueue_rate: enqueue_rate?,
+        conflicts_per_s: conflicts?,
+        throttles_per_s: throttles?,
+        drain_limit: drain_limit?,
+        interactive_p50_ms: p50?,
+        interactive_p99_ms: p99?,
     })
 }
 

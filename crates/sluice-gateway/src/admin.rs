@@ -32,6 +32,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::control::Scope;
@@ -46,6 +47,8 @@ const RECENT_CAMPAIGNS: &str = "console:campaigns";
 const RECENT_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Most campaigns (and dead letters) one answer lists.
 const MAX_LIST: usize = 200;
+/// Campaigns whose progress one list reads at a time.
+const CAMPAIGN_READS: usize = 8;
 /// Lifetime of a development sign-in token.
 const DEV_TOKEN_TTL_SECS: u64 = 12 * 3600;
 
@@ -187,18 +190,28 @@ async fn campaigns(_: Operator, State(app): State<Arc<App>>, Query(q): Query<Lim
     let mut recent = app.backends.limiter.readings(RECENT_CAMPAIGNS).await?;
     recent.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     recent.truncate(q.get(50));
-    let mut out = Vec::with_capacity(recent.len());
-    for (id, noted_ms) in recent {
-        let Ok(id) = CampaignId::new(id) else { continue };
-        match app.campaign_status(&id, None).await {
-            Ok(s) => {
-                let mut v = status_json(&s);
-                v["noted_at_ms"] = json!(noted_ms as i64);
-                out.push(v);
+    let controls = app.backends.store.controls().await.map_err(AppError::from)?;
+    let (app, controls) = (&app, &controls);
+    // A few reads at a time, in the list's order.
+    let statuses: Vec<_> = futures::stream::iter(recent)
+        .map(|(id, noted_ms)| async move {
+            let Ok(id) = CampaignId::new(id) else { return Ok(None) };
+            match app.campaign_status_under(&id, None, controls).await {
+                Ok(s) => {
+                    let mut v = status_json(&s);
+                    v["noted_at_ms"] = json!(noted_ms as i64);
+                    Ok(Some(v))
+                }
+                Err(e) if e.grpc == tonic::Code::NotFound => Ok(None),
+                Err(e) => Err(e),
             }
-            Err(e) if e.grpc == tonic::Code::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        })
+        .buffered(CAMPAIGN_READS)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(statuses.len());
+    for s in statuses {
+        out.extend(s?);
     }
     Ok(Json(json!({ "campaigns": out })))
 }

@@ -133,8 +133,19 @@ impl App {
 
     /// A campaign with its state, recent rate and ETA.
     pub async fn campaign_status(&self, campaign_id: &CampaignId, tenant: Option<&str>) -> Result<CampaignStatus, AppError> {
-        let campaign = self.campaign(campaign_id, tenant).await?;
         let controls = self.backends.store.controls().await?;
+        self.campaign_status_under(campaign_id, tenant, &controls).await
+    }
+
+    /// [`App::campaign_status`] with the controls already read (a list of campaigns reads
+    /// them once).
+    pub async fn campaign_status_under(
+        &self,
+        campaign_id: &CampaignId,
+        tenant: Option<&str>,
+        controls: &Controls,
+    ) -> Result<CampaignStatus, AppError> {
+        let campaign = self.campaign(campaign_id, tenant).await?;
         let finished = campaign.persisted + campaign.dead_lettered;
         let rate = self.campaign_rates.rate(campaign_id, finished);
         let paused = controls.campaign_paused(&campaign.tenant, campaign_id);
