@@ -360,20 +360,61 @@ pub async fn direct_rooms_are_created_on_first_use(store: Arc<dyn MessageStore>)
     let counters = counters_after(store.as_ref(), &p).await;
     assert_eq!(counters.len(), 1);
     assert_eq!((counters[0].user.as_str(), counters[0].unread, counters[0].total_unread), ("alice", 1, 1));
-    // Both members' rows exist as they stand after the first message, however the room was made.
+    // The recipient's row stands as after the message; the sender, a member, has no row: a
+    // marketing sender's inbox does not list a room per recipient.
     let page = || InboxPage { after: None, limit: 10 };
     let sender = store.inbox_page(&shop, page()).await.unwrap();
-    assert_eq!(sender.rooms, vec![InboxRoom { room: room.clone(), unread: 0, read_seq: 0, last_seq: 1 }], "the sender's row");
-    assert_eq!(sender.total_unread, 0);
+    assert_eq!((sender.rooms.len(), sender.total_unread), (0, 0), "no row for the sender of the one-off: {sender:?}");
     let alice = store.inbox_page("alice", page()).await.unwrap();
     let row = alice.rooms.iter().find(|r| r.room == room).expect("the recipient's row");
     assert_eq!((row.unread, row.read_seq, row.last_seq), (1, 0, 1));
     assert_eq!(store.membership(&room, &shop).await.unwrap(), Membership::Member, "the sender is a member");
     let read = store.mark_read("alice", &room, 1, 2).await.unwrap();
     assert_eq!((read.read_seq, read.unread), (1, 0));
+    // The recipient answers: the room joins the sender's inbox, with the answer unread.
+    persist_ok(store.as_ref(), chat(&room, "alice", "thanks")).await;
+    let sender = store.inbox_page(&shop, page()).await.unwrap();
+    assert_eq!(
+        sender.rooms,
+        vec![InboxRoom { room: room.clone(), unread: 1, read_seq: 0, last_seq: 2 }],
+        "the answer makes the sender's row"
+    );
+    assert_eq!(sender.total_unread, 1);
+    let read = store.mark_read(&shop, &room, 2, 3).await.unwrap();
+    assert_eq!((read.read_seq, read.unread, read.total_unread), (2, 0, 0));
     let mut m2 = chat(&room, &shop, "promo2");
+    m2.kind = MessageKind::OneOff;
     m2.create_members = m.create_members.clone();
-    assert_eq!(persist_ok(store.as_ref(), m2).await.message.seq, 2, "an existing room is reused");
+    assert_eq!(persist_ok(store.as_ref(), m2).await.message.seq, 3, "an existing room is reused");
+    let row = store.inbox_page(&shop, page()).await.unwrap().rooms.pop().unwrap();
+    assert_eq!((row.unread, row.read_seq, row.last_seq), (0, 2, 3), "a one-off to an existing room moves the sender's last seq");
+
+    // Another one-off's sender reads its new room before anyone answers: the read makes its row.
+    let (shop2, bob) = (format!("shop-{}", ids::random_id()), format!("bob-{}", ids::random_id()));
+    let room2 = ids::dm_room(&shop2, &bob);
+    let mut m3 = chat(&room2, &shop2, "hello");
+    m3.kind = MessageKind::OneOff;
+    m3.create_members = vec![shop2.clone(), bob.clone()];
+    persist_ok(store.as_ref(), m3).await;
+    let read = store.mark_read(&shop2, &room2, 1, 4).await.unwrap();
+    assert_eq!((read.read_seq, read.unread, read.total_unread), (1, 0, 0));
+    let rows = store.inbox_page(&shop2, page()).await.unwrap().rooms;
+    assert_eq!(rows, vec![InboxRoom { room: room2.clone(), unread: 0, read_seq: 1, last_seq: 1 }]);
+    // And one whose second one-off (to the room the first made) makes its row before any read.
+    let (shop3, carol) = (format!("shop-{}", ids::random_id()), format!("carol-{}", ids::random_id()));
+    let room3 = ids::dm_room(&shop3, &carol);
+    for body in ["first", "second"] {
+        let mut m = chat(&room3, &shop3, body);
+        m.kind = MessageKind::OneOff;
+        m.create_members = vec![shop3.clone(), carol.clone()];
+        persist_ok(store.as_ref(), m).await;
+    }
+    let rows = store.inbox_page(&shop3, page()).await.unwrap().rooms;
+    assert_eq!(rows, vec![InboxRoom { room: room3.clone(), unread: 0, read_seq: 0, last_seq: 2 }]);
+    let read = store.mark_read(&shop3, &room3, 2, 6).await.unwrap();
+    assert_eq!((read.read_seq, read.unread, read.changed), (2, 0, true));
+    assert_eq!(store.inbox_page(&carol, page()).await.unwrap().total_unread, 2);
+    assert!(matches!(store.mark_read("mallory", &room2, 1, 5).await, Err(StoreError::NotMember { .. })), "a stranger still may not read");
 }
 
 pub async fn history_pages(store: Arc<dyn MessageStore>) {

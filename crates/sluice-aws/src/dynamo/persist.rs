@@ -372,6 +372,10 @@ fn transaction(
         vec![(":room", s(&m.room)), (":seq", n(seq)), (":by", n(nonce)), (":exp", n(marker_expiry(now))), (":one", n(1))],
     ));
     let row_key = |u: &str| key(&[("user", s(u)), ("room", s(&m.room))]);
+    // The one-off that creates a direct room writes no row for its sender: a marketing
+    // sender would otherwise hold a row (2 write units) per recipient, at unread 0. The room
+    // joins the sender's inbox when the recipient answers, or the sender writes or reads there.
+    let one_off = m.kind == sluice_core::model::MessageKind::OneOff;
     let add_to_total = |u: &str| {
         update(&t.inbox, key(&[("user", s(u)), ("room", s(TOTAL_SK))]), "ADD #total_unread :one, #version :one", None, vec![(":one", n(1))])
     };
@@ -397,7 +401,9 @@ fn transaction(
             }
             items.push(put(&t.inbox, item, None));
         };
-        row(&m.sender, 0);
+        if !one_off {
+            row(&m.sender, 0);
+        }
         for u in recipients {
             row(u, 1);
         }

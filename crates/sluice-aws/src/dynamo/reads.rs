@@ -181,14 +181,17 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
     loop {
         // The row first, then the room: a message committed in between either bumps the
         // row's version (and the write below is refused) or is the user's own.
-        let Some(row_item) = store.row(user, room).await? else {
-            return Err(match store.room_meta(room).await? {
-                Some(_) => StoreError::NotMember { user: user.to_string(), room: room.to_string() },
-                None => StoreError::UnknownRoom(room.to_string()),
-            });
-        };
-        let row = Row::from_item(&row_item);
+        let row_item = store.row(user, room).await?;
         let meta = store.room_meta(room).await?.ok_or_else(|| StoreError::UnknownRoom(room.to_string()))?;
+        // A row without a version: none yet (the sender of the one-off that created a direct
+        // room has none until it reads, writes or is written to), or one a message of the
+        // sender's put without counters.
+        let versioned = row_item.as_ref().is_some_and(|i| i.contains_key("version"));
+        let row = match &row_item {
+            Some(item) => Row::from_item(item),
+            None if !meta.large && meta.members.iter().any(|m| m == user) => Row::from_item(&Item::new()),
+            None => return Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }),
+        };
         let last = meta.last_seq;
         let target = seq.min(last);
         if target <= row.read_seq {
@@ -220,13 +223,24 @@ pub(crate) async fn mark_read(store: &DynamoStore, user: &str, room: &str, seq: 
             } else {
                 count_in(store, room, target + 1, last, user, false).await?
             };
-            let mut items = vec![update(
-                &store.t.inbox,
-                row_key,
-                "SET #read_seq = :t, #unread = :u, #updated_at = :now, #version = #version + :one",
-                Some("#version = :v AND attribute_not_exists(#member_of)"),
-                vec![(":t", n(target)), (":u", n(unread)), (":now", n(now_ms)), (":one", n(1)), (":v", n(row.version))],
-            )];
+            let mut items = vec![if versioned {
+                update(
+                    &store.t.inbox,
+                    row_key,
+                    "SET #read_seq = :t, #unread = :u, #updated_at = :now, #version = #version + :one",
+                    Some("#version = :v AND attribute_not_exists(#member_of)"),
+                    vec![(":t", n(target)), (":u", n(unread)), (":now", n(now_ms)), (":one", n(1)), (":v", n(row.version))],
+                )
+            } else {
+                // Created (or completed) by this read, unless a message gave it counters first.
+                update(
+                    &store.t.inbox,
+                    row_key,
+                    "SET #read_seq = :t, #unread = :u, #updated_at = :now, #version = :one, #last_seq = if_not_exists(#last_seq, :last)",
+                    Some("attribute_not_exists(#version) AND attribute_not_exists(#member_of)"),
+                    vec![(":t", n(target)), (":u", n(unread)), (":now", n(now_ms)), (":one", n(1)), (":last", n(last))],
+                )
+            }];
             let delta = unread as i64 - row.unread as i64;
             if delta != 0 {
                 items.push(update(

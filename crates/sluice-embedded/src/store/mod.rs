@@ -240,8 +240,11 @@ fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> R
     let Some(rec) = txn.open_table(ROOMS)?.get(room)?.map(|v| decode::<RoomRec>(v.value())).transpose()? else {
         return Ok(Err(StoreError::UnknownRoom(room.to_string())));
     };
-    let Some(row) = txn.open_table(INBOX)?.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? else {
-        return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
+    let row = match txn.open_table(INBOX)?.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? {
+        Some(row) => row,
+        // The sender of a one-off has no row until it reads, chats or is written to.
+        None if txn.open_table(MEMBERS)?.get((room, user))?.is_some() => InboxRec::default(),
+        None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
     };
     let target = seq.min(rec.last_seq);
     if target <= row.read_seq {

@@ -5,7 +5,7 @@ use super::records::*;
 use crate::codec::{decode, encode};
 use redb::{ReadableTable, Table};
 use sluice_core::error::StoreError;
-use sluice_core::model::{NewMessage, Persisted, ReadOutcome, Room, UnreadUpdate};
+use sluice_core::model::{MessageKind, NewMessage, Persisted, ReadOutcome, Room, UnreadUpdate};
 use std::sync::Arc;
 
 /// Characters of a message body kept in the inbox row as its preview.
@@ -271,14 +271,24 @@ impl<'t> Writer<'t> {
         rec.version += 1;
         let seq = rec.last_seq;
         self.rooms.insert(room, encode(&rec).as_slice())?;
+        let one_off = m.kind == MessageKind::OneOff;
         if let Some(members) = &fresh {
             // A room created by its first message (a one-off's direct room): each row is
             // written once, as it stands after the message, instead of created then updated.
             for user in members {
                 self.members.insert((room, user.as_str()), m.sent_at_ms)?;
             }
-            let sender_row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
-            self.inbox.insert((m.sender.as_str(), room), encode(&sender_row).as_slice())?;
+        }
+        // The one-off that creates a direct room writes no row for its sender (a marketing
+        // sender would list a million rooms at unread 0); any later message of the sender's
+        // puts the room in its inbox (as does an answer, or a read).
+        let sender_row = match &fresh {
+            Some(_) => !one_off,
+            None => self.inbox.get((m.sender.as_str(), room))?.is_none(),
+        };
+        if sender_row {
+            let row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
+            self.inbox.insert((m.sender.as_str(), room), encode(&row).as_slice())?;
         }
         let msg = MsgRec {
             msg_id: m.msg_id.clone(),
@@ -356,8 +366,11 @@ impl<'t> Writer<'t> {
         now_ms: i64,
     ) -> Result<Result<Option<ReadOutcome>, StoreError>, redb::Error> {
         let row = self.inbox.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()?;
-        let Some(mut row) = row else {
-            return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() }));
+        let mut row = match row {
+            Some(row) => row,
+            // The sender of a one-off has no row until it reads, chats or is written to.
+            None if self.members.get((room, user))?.is_some() => InboxRec::default(),
+            None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
         };
         let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
         if row.read_seq >= to {
