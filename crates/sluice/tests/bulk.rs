@@ -36,22 +36,9 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
     );
     assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered), (N as u64, N as u64, N as u64, 0));
     check_recipients(&g, "shop-42", &recipients, 1).await;
-    // The sender has one room per recipient: its inbox comes in pages (issue 16.5).
-    let first = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into(), ..Default::default() }).await.unwrap().into_inner();
-    assert_eq!((first.rooms.len(), first.total_unread), (200, 0), "a default page; the sender's own messages are never unread");
-    let mut rooms = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into(), after, limit: 1_000 }).await.unwrap().into_inner();
-        assert!(page.rooms.len() <= 1_000);
-        rooms.extend(page.rooms.into_iter().map(|r| r.room));
-        if page.next.is_empty() {
-            break;
-        }
-        after = page.next;
-    }
-    assert_eq!(rooms.len(), N, "every room once over the pages");
-    assert!(rooms.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+    // The one-offs that created the rooms made no rows for their sender.
+    let inbox = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!((inbox.rooms.len(), inbox.total_unread), (0, 0), "a marketing sender's inbox does not list its campaign's rooms");
 
     // The scheduler retries the whole call: nothing is sent twice.
     let again = g
@@ -77,6 +64,34 @@ async fn a_10k_campaign_drains_with_every_recipient_at_unread_1() {
         .into_inner();
     assert_eq!(h.messages.len(), 1);
     assert_eq!((h.messages[0].kind.as_str(), h.messages[0].body.as_str()), ("one_off", "20% off today"));
+
+    // A second campaign to the same people writes into rooms that exist: now the sender has one
+    // row per recipient, and its inbox comes in pages (issue 16.5).
+    g.enqueue_bulk(v1::EnqueueBulkRequest {
+        campaign_id: "autumn-sale".into(),
+        sender: "shop-42".into(),
+        recipients: recipients.clone(),
+        body: "30% off today".into(),
+        tenant: None,
+    })
+    .await
+    .unwrap();
+    wait_done(&mut g, "autumn-sale", Duration::from_secs(300)).await;
+    let first = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!((first.rooms.len(), first.total_unread), (200, 0), "a default page; the sender's own messages are never unread");
+    let mut rooms = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = g.get_inbox(v1::GetInboxRequest { user: "shop-42".into(), after, limit: 1_000 }).await.unwrap().into_inner();
+        assert!(page.rooms.len() <= 1_000);
+        rooms.extend(page.rooms.into_iter().map(|r| r.room));
+        if page.next.is_empty() {
+            break;
+        }
+        after = page.next;
+    }
+    assert_eq!(rooms.len(), N, "every room once over the pages");
+    assert!(rooms.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
