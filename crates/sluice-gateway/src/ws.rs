@@ -46,9 +46,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the socket per call, and the read buffer every connection holds from its
 /// start (tungstenite's default is 128 KiB, zero-filled: 128 KiB resident per idle
-/// connection). A chat frame fits in one read; a larger one grows the buffer as it needs and
+/// connection). A chat frame with a short body fits in one read; a larger one grows the buffer as it needs and
 /// takes a few reads. At 2 KiB this buffer was the largest part of an idle connection.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 
 #[derive(serde::Deserialize)]
 pub struct WsParams {
@@ -233,7 +233,9 @@ where
         }
     };
     let conn_id = conn.id;
-    let span = tracing::info_span!("ws", conn_id, user = %user);
+    // At debug level: an enabled span is an allocation of about 300 bytes that every idle
+    // connection would hold (its events are at debug level too).
+    let span = tracing::debug_span!("ws", conn_id, user = %user);
     tracing::debug!(parent: &span, "connected");
     app.backends.metrics.connections.inc();
     let typing = TokenBucket::new(app.limits.send_rate, app.limits.send_burst);
