@@ -115,7 +115,9 @@ pub struct CommonArgs {
     /// Directory of the embedded store, queue and generated secrets.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Secret that signs user JWTs (HS256). Default: generated into the data dir on first use.
+    /// Secret that signs user JWTs (HS256). Default: generated into the data dir on first use,
+    /// and then a gateway on a loopback address offers development sign-in (the web client
+    /// mints a token for any user name); configure a secret to turn that off.
     #[arg(long, env = "SLUICE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Token internal gRPC callers present. Default: generated into the data dir on first use.
