@@ -430,10 +430,19 @@ where
             }
             s.reply(ServerFrame::Resumed { rooms: done }).await?;
         }
-        ClientFrame::Presence { room } => match async { app.presence(user, &RoomId::new(room.as_str())?).await }.await {
-            Ok(online) => s.reply(ServerFrame::Presence { room, online }).await?,
-            Err(e) => s.reply_err(e, Some(room)).await,
-        },
+        ClientFrame::Presence { room } => {
+            // A store read and a hub lookup each: limited per user like sends, across sockets.
+            let rate = (app.limits.send_rate, app.limits.send_burst);
+            if !allowed(app, app.backends.limiter.take(&format!("presence:{user}"), rate.0, rate.1).await) {
+                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} presence queries per second for this user", rate.0));
+                s.reply_err(e, Some(room)).await;
+                return Ok(());
+            }
+            match async { app.presence(user, &RoomId::new(room.as_str())?).await }.await {
+                Ok(online) => s.reply(ServerFrame::Presence { room, online }).await?,
+                Err(e) => s.reply_err(e, Some(room)).await,
+            }
+        }
         ClientFrame::Typing { room } => {
             if !s.typing.try_take() {
                 return Ok(());

@@ -188,3 +188,25 @@ async fn presence_names_the_other_members_online_and_only_for_a_member() {
     let refused = carol.frame().await;
     assert_eq!((refused["code"].as_str(), refused["ref"].as_str()), (Some("not_member"), Some("dm:alice:bob")), "{refused}");
 }
+
+#[tokio::test]
+async fn presence_queries_are_limited_per_user_across_sockets() {
+    let e = env(Limits { send_rate: 0.001, send_burst: 2.0, ..Limits::default() });
+    let (mut first, mut second) = (connect(&e.app, "alice"), connect(&e.app, "alice"));
+    first.send(json!({"type": "send", "room": "dm:alice:bob", "client_msg_id": "1", "body": "hi"})).await;
+    assert_eq!(first.frame().await["type"], "ack");
+    first.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    assert_eq!(first.frame().await["type"], "presence");
+    second.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    let answer = loop {
+        // The other socket of alice got her message live first.
+        let f = second.frame().await;
+        if f["type"] != "message" {
+            break f;
+        }
+    };
+    assert_eq!(answer["type"], "presence", "{answer}");
+    first.send(json!({"type": "presence", "room": "dm:alice:bob"})).await;
+    let limited = first.frame().await;
+    assert_eq!((limited["code"].as_str(), limited["ref"].as_str()), (Some("rate_limited"), Some("dm:alice:bob")), "{limited}");
+}
