@@ -63,6 +63,22 @@ pub enum Scenario {
     /// Tenant fairness: a large campaign of one tenant, then small ones of two others, and
     /// how long the small ones take behind the large one's backlog.
     Fairness(FairnessArgs),
+    /// How the drain rate and chat latency grow with the messages already stored: a probe
+    /// campaign at each level of stored messages.
+    Growth(GrowthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GrowthArgs {
+    /// Messages stored before each probe, in ascending order (the store is filled with
+    /// one-offs between probes), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 1_000_000, 5_000_000])]
+    pub levels: Vec<u64>,
+    /// One-off messages of the probe campaign at each level.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub probe: u64,
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -43,6 +43,7 @@ pub async fn run(args: BenchArgs, program: &Path) -> anyhow::Result<()> {
         Scenario::Cost(a) => scenarios::cost::run(program, target, a, &run).await?,
         Scenario::Soak(a) => on_server(target, launch(), async |s| scenarios::soak::run(s, a, &run).await).await?,
         Scenario::Fairness(a) => on_server(target, launch(), async |s| scenarios::fairness::run(s, a, &run).await).await?,
+        Scenario::Growth(a) => on_server(target, launch(), async |s| scenarios::growth::run(s, a, &run).await).await?,
     };
     for path in report.write(&args.out)? {
         eprintln!("wrote {}", path.display());

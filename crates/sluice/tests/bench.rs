@@ -142,6 +142,33 @@ fn fairness_smoke() {
 }
 
 #[test]
+fn growth_smoke() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "growth",
+        "--levels",
+        "0,2000",
+        "--probe",
+        "500",
+        "--connections",
+        "4",
+        "--room-size",
+        "2",
+        "--rate",
+        "50",
+        "--warmup-secs",
+        "0.5",
+    ];
+    let json = bench(&args, out.path());
+    for level in ["0", "2,000"] {
+        assert!(figure(&json, &format!("drain rate with {level} stored")) > 0.0);
+        assert!(figure(&json, &format!("chat send->deliver p99 during that drain, {level} stored")) > 0.0, "chat was measured at {level}");
+    }
+    let series: Vec<&str> = json["series"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(series, ["drain", "chat"]);
+}
+
+#[test]
 fn refuses_a_bad_scenario_argument() {
     let out = std::process::Command::new(bench_bin()).args(["scaling", "--latency-ms", "10-5"]).output().unwrap();
     assert!(!out.status.success());

@@ -4,6 +4,7 @@ pub mod connections;
 pub mod cost;
 pub mod emulators;
 pub mod fairness;
+pub mod growth;
 pub mod interactive;
 pub mod scaling;
 pub mod soak;
