@@ -135,6 +135,20 @@ impl FromRequestParts<Arc<App>> for Operator {
     }
 }
 
+/// Query parameters, with a refusal in the API's error shape.
+struct Params<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => Err(ApiError(AppError::bad(e.body_text()))),
+        }
+    }
+}
+
 /// A JSON body, with a refusal in the API's error shape.
 struct Body<T>(T);
 
@@ -186,7 +200,7 @@ impl Limit {
     }
 }
 
-async fn campaigns(_: Operator, State(app): State<Arc<App>>, Query(q): Query<Limit>) -> ApiResult {
+async fn campaigns(_: Operator, State(app): State<Arc<App>>, Params(q): Params<Limit>) -> ApiResult {
     let mut recent = app.backends.limiter.readings(RECENT_CAMPAIGNS).await?;
     recent.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     recent.truncate(q.get(50));
@@ -269,7 +283,7 @@ async fn set_control(_: Operator, State(app): State<Arc<App>>, Body(r): Body<Con
     Ok(Json(control_json(&scope, c)))
 }
 
-async fn dead_letters(_: Operator, State(app): State<Arc<App>>, Query(q): Query<Limit>) -> ApiResult {
+async fn dead_letters(_: Operator, State(app): State<Arc<App>>, Params(q): Params<Limit>) -> ApiResult {
     let letters = app.backends.queue.dead_letters(q.get(100)).await?;
     let list: Vec<Value> = letters
         .iter()

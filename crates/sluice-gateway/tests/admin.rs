@@ -110,6 +110,8 @@ async fn a_campaign_sent_from_the_api_is_listed_with_its_progress() {
     let (_, limited) = e.call("GET", "/v1/admin/campaigns?limit=1", None).await;
     assert_eq!(limited["campaigns"].as_array().unwrap().len(), 1);
 
+    let (status, v) = e.call("GET", "/v1/admin/campaigns?limit=many", None).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_frame")), "{v}");
     let (status, v) = e.call("GET", "/v1/admin/campaigns/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     let (status, v) = e.call("POST", "/v1/admin/campaigns", Some(json!({"sender": "shop", "recipients": ["a b"], "body": "x"}))).await;
