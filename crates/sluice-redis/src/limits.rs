@@ -148,7 +148,6 @@ impl Limiter for RedisLimiter {
             .arg(id)
             .arg(max)
             .arg(ttl.as_millis() as u64)
-            .arg(READINGS_PER_KEY)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
