@@ -77,20 +77,8 @@ pub(crate) async fn note_campaign(app: &App, campaign_id: &CampaignId) {
 /// An admin API error: the contract's code, mapped to an HTTP status.
 struct ApiError(AppError);
 
-impl From<AppError> for ApiError {
-    fn from(e: AppError) -> Self {
-        ApiError(e)
-    }
-}
-
-impl From<sluice_core::error::QueueError> for ApiError {
-    fn from(e: sluice_core::error::QueueError) -> Self {
-        ApiError(e.into())
-    }
-}
-
-impl From<sluice_core::error::HubError> for ApiError {
-    fn from(e: sluice_core::error::HubError) -> Self {
+impl<E: Into<AppError>> From<E> for ApiError {
+    fn from(e: E) -> Self {
         ApiError(e.into())
     }
 }

@@ -136,20 +136,24 @@ impl App {
 
     /// Tells the other online members of `room` that `user` is typing.
     pub async fn typing(&self, user: &UserId, room: &RoomId) -> Result<(), AppError> {
-        self.authorize(user, room).await?;
-        let r = self.backends.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
-        let others: Vec<String> = r.members.into_iter().filter(|m| user != m.as_str()).collect();
+        let others = self.others(user, room).await?;
         self.backends.hub.publish(&others, LiveEvent::Typing { room: room.to_string(), user: user.to_string() }).await?;
         Ok(())
     }
 
     /// The other members of `room` online now, for a member of it.
     pub async fn presence(&self, user: &UserId, room: &RoomId) -> Result<Vec<String>, AppError> {
-        self.authorize(user, room).await?;
-        let r = self.backends.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
-        let others: Vec<String> = r.members.into_iter().filter(|m| user != m.as_str()).take(MAX_PRESENCE_MEMBERS).collect();
+        let mut others = self.others(user, room).await?;
+        others.truncate(MAX_PRESENCE_MEMBERS);
         let online = self.backends.hub.online(&others).await?;
         Ok(others.into_iter().zip(online).filter_map(|(m, on)| on.then_some(m)).collect())
+    }
+
+    /// The members of `room` but `user`, for a member.
+    async fn others(&self, user: &UserId, room: &RoomId) -> Result<Vec<String>, AppError> {
+        self.authorize(user, room).await?;
+        let r = self.backends.store.room(room).await?.ok_or_else(|| unknown_room(room))?;
+        Ok(r.members.into_iter().filter(|m| user != m.as_str()).collect())
     }
 
     /// Creates `room` (`None`: a fresh id) with `members`, checked here (at most

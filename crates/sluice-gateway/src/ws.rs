@@ -106,6 +106,14 @@ fn allowed(app: &App, decision: Result<bool, sluice_core::error::HubError>) -> b
     })
 }
 
+/// Takes one from `user`'s bucket `key` at the send rate, per user whatever the number of
+/// sockets and gateways; the `rate_limited` error (naming the `actions`) when it is empty.
+async fn over_rate(app: &App, key: &str, actions: &str, user: &UserId) -> Option<AppError> {
+    let (rate, burst) = (app.limits.send_rate, app.limits.send_burst);
+    let taken = allowed(app, app.backends.limiter.take(&format!("{key}:{user}"), rate, burst).await);
+    (!taken).then(|| AppError::new(ErrorCode::RateLimited, format!("more than {rate} {actions} per second for this user")))
+}
+
 fn too_many(app: &App, message: String) -> Response {
     app.backends.metrics.errors.with_label_values(&["rate_limited"]).inc();
     let body = ServerFrame::error(ErrorCode::RateLimited, message, None).to_json();
@@ -370,10 +378,7 @@ where
     let conn_id = s.conn.id;
     match frame {
         ClientFrame::Send { room, client_msg_id, body } => {
-            // Per user, whatever the number of sockets and gateways they use.
-            let rate = (app.limits.send_rate, app.limits.send_burst);
-            if !allowed(app, app.backends.limiter.take(&format!("send:{user}"), rate.0, rate.1).await) {
-                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} sends per second for this user", app.limits.send_rate));
+            if let Some(e) = over_rate(app, "send", "sends", user).await {
                 s.reply_err(e, Some(client_msg_id)).await;
                 return Ok(());
             }
@@ -431,10 +436,8 @@ where
             s.reply(ServerFrame::Resumed { rooms: done }).await?;
         }
         ClientFrame::Presence { room } => {
-            // A store read and a hub lookup each: limited per user like sends, across sockets.
-            let rate = (app.limits.send_rate, app.limits.send_burst);
-            if !allowed(app, app.backends.limiter.take(&format!("presence:{user}"), rate.0, rate.1).await) {
-                let e = AppError::new(ErrorCode::RateLimited, format!("more than {} presence queries per second for this user", rate.0));
+            // A store read and a hub lookup each: limited like sends.
+            if let Some(e) = over_rate(app, "presence", "presence queries", user).await {
                 s.reply_err(e, Some(room)).await;
                 return Ok(());
             }

@@ -281,10 +281,11 @@ impl<'t> Writer<'t> {
         }
         // The one-off that creates a direct room writes no row for its sender (a marketing
         // sender would list a million rooms at unread 0); any later message of the sender's
-        // puts the room in its inbox (as does an answer, or a read).
+        // puts the room in its inbox (as does an answer, or a read). Only a direct room can
+        // lack its sender's row, so other rooms skip the lookup.
         let sender_row = match &fresh {
             Some(_) => !one_off,
-            None => self.inbox.get((m.sender.as_str(), room))?.is_none(),
+            None => room.starts_with(sluice_core::ids::DM_PREFIX) && self.inbox.get((m.sender.as_str(), room))?.is_none(),
         };
         if sender_row {
             let row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
