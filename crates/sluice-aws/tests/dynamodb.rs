@@ -168,6 +168,7 @@ async fn eight_workers_on_one_campaign_do_not_cancel_each_other() {
     const PER_WORKER: usize = 48;
     let recipients: Vec<String> = (0..WORKERS * PER_WORKER).map(|i| format!("r{i}-{tag}")).collect();
     direct.record_enqueued(&cid, &shop, recipients.len() as u64, &recipients).await.unwrap();
+    assert_eq!(direct.tenant_backlog(&shop).await.unwrap(), Some(384), "the tenant's backlog counts what was enqueued");
     let one_off = |r: &str| sluice_testkit::store::one_off(&cid, &shop, r);
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
@@ -189,6 +190,43 @@ async fn eight_workers_on_one_campaign_do_not_cancel_each_other() {
     let again = direct.persist(recipients[..10].iter().map(|r| one_off(r)).collect()).await.unwrap();
     assert!(again.iter().all(|r| r.as_ref().is_ok_and(|p| p.duplicate)));
     assert_eq!(direct.campaign(&cid).await.unwrap().unwrap().persisted, 384);
+    assert_eq!(direct.tenant_backlog(&shop).await.unwrap(), Some(0), "and the tenant's backlog drained with it, once");
+}
+
+/// The tenant counters behind the queue quota on SQS: a tenant's backlog is its campaigns'
+/// messages enqueued and not yet persisted or dead-lettered, whichever sender sent them,
+/// apart from other tenants; repeats of recipients and of calls do not count twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_counts_its_campaigns_until_they_finish() {
+    let (client, names) = common::fresh_tables("tenants", None).await;
+    let store = DynamoStore::new(client, &names, Arc::new(Metrics::new()));
+    let tag = ids::random_id();
+    let (acme, globex) = (format!("acme-{tag}"), format!("globex-{tag}"));
+    let (shop_a, shop_b, shop_g) = (format!("shop-a-{tag}"), format!("shop-b-{tag}"), format!("shop-g-{tag}"));
+    let rs: Vec<String> = (0..6).map(|i| format!("r{i}-{tag}")).collect();
+    let (c1, c2, c3) = (format!("c1-{tag}"), format!("c2-{tag}"), format!("c3-{tag}"));
+    assert_eq!(store.tenant_backlog(&acme).await.unwrap(), Some(0), "a tenant with nothing enqueued");
+    store.record_enqueued(&c1, &ids::campaign_owner(&acme, &shop_a), 4, &rs[..4]).await.unwrap();
+    // The same call again (its answer was lost), then one that repeats two recipients.
+    store.record_enqueued(&c1, &ids::campaign_owner(&acme, &shop_a), 4, &rs[..4]).await.unwrap();
+    store.record_enqueued(&c1, &ids::campaign_owner(&acme, &shop_a), 4, &rs[2..6]).await.unwrap();
+    store.record_enqueued(&c2, &ids::campaign_owner(&acme, &shop_b), 3, &rs[..3]).await.unwrap();
+    store.record_enqueued(&c3, &ids::campaign_owner(&globex, &shop_g), 2, &rs[..2]).await.unwrap();
+    assert_eq!(store.tenant_backlog(&acme).await.unwrap(), Some(9), "6 distinct of c1 and 3 of c2");
+    assert_eq!(store.tenant_backlog(&globex).await.unwrap(), Some(2));
+
+    let fresh =
+        DynamoStore::new(common::dynamodb_client(&sluice_testkit::services::dynamodb_url()).await, &names, Arc::new(Metrics::new()));
+    let batch = rs[..4].iter().map(|r| sluice_testkit::store::one_off(&c1, &shop_a, r)).collect();
+    assert!(fresh.persist(batch).await.unwrap().iter().all(|r| r.as_ref().is_ok_and(|p| !p.duplicate)));
+    assert_eq!(fresh.tenant_backlog(&acme).await.unwrap(), Some(5), "a store that never saw the campaign finds its tenant");
+    fresh.record_dead_letter(&c2, &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
+    fresh.record_dead_letter(&c2, &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
+    assert_eq!(fresh.tenant_backlog(&acme).await.unwrap(), Some(4), "a dead letter finishes a message, once");
+    let again = fresh.persist(rs[..2].iter().map(|r| sluice_testkit::store::one_off(&c1, &shop_a, r)).collect()).await.unwrap();
+    assert!(again.iter().all(|r| r.as_ref().is_ok_and(|p| p.duplicate)));
+    assert_eq!(store.tenant_backlog(&acme).await.unwrap(), Some(4), "a redelivery counts nothing");
+    assert_eq!(store.tenant_backlog(&globex).await.unwrap(), Some(2), "other tenants are apart");
 }
 
 /// A campaign message committed by a delivery that could not count it (the campaigns table

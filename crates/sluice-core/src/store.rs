@@ -97,6 +97,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// A campaign's progress.
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError>;
 
+    /// Campaign messages of `tenant` enqueued and not yet persisted or dead-lettered, when the
+    /// store counts them per tenant (DynamoDB, for a queue that cannot: SQS); `None` when it
+    /// does not (the embedded queue counts them itself).
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, StoreError>;
+
     /// Sets the operator's control of `scope`, durably; the default control removes it.
     async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError>;
 

@@ -257,14 +257,19 @@ impl App {
         }
     }
 
-    /// How many more messages `tenant` may queue now, when a quota applies and the queue
-    /// counts per tenant (`None`: no limit).
+    /// How many more messages `tenant` may queue now, when a quota applies (`None`: no
+    /// limit). The backlog is the queue's count where it keeps one per tenant (embedded),
+    /// else the store's (DynamoDB, beside SQS).
     async fn quota_room(&self, tenant: &str, wanted: usize) -> Result<Option<usize>, AppError> {
         let quota = self.limits.tenant_quota;
         if quota == 0 || wanted == 0 {
             return Ok(None);
         }
-        let Some(backlog) = self.backends.queue.tenant_backlog(tenant).await? else { return Ok(None) };
+        let backlog = match self.backends.queue.tenant_backlog(tenant).await? {
+            Some(b) => Some(b),
+            None => self.backends.store.tenant_backlog(tenant).await?,
+        };
+        let Some(backlog) = backlog else { return Ok(None) };
         Ok(Some(quota.saturating_sub(backlog).min(wanted as u64) as usize))
     }
 

@@ -56,8 +56,8 @@ pub struct Limits {
     /// Recipients in one EnqueueBulk call.
     pub max_bulk_recipients: usize,
     /// Messages one tenant may have in the queue; beyond it EnqueueBulk accepts what fits and
-    /// answers RESOURCE_EXHAUSTED. 0: no quota. Enforced where the queue counts per tenant
-    /// (the embedded queue).
+    /// answers RESOURCE_EXHAUSTED. 0: no quota. The backlog is counted by the embedded
+    /// queue, or beside SQS by the DynamoDB store's tenant counters.
     pub tenant_quota: u64,
     /// Members in one CreateRoom/AddMembers call.
     pub max_room_members: usize,

@@ -184,6 +184,9 @@ impl MessageStore for FaultyStore {
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         self.inner.campaign(campaign_id).await
     }
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.tenant_backlog(tenant).await
+    }
     async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
         self.inner.set_control(scope, control).await
     }

@@ -123,6 +123,10 @@ impl MessageStore for LatencyStore {
         self.wait().await;
         self.inner.campaign(campaign_id).await
     }
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, StoreError> {
+        self.wait().await;
+        self.inner.tenant_backlog(tenant).await
+    }
     async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
         self.wait().await;
         self.inner.set_control(scope, control).await

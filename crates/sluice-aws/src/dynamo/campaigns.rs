@@ -1,5 +1,10 @@
 //! Campaign progress: enqueued recipients recorded on their msg_id markers, counters spread
 //! over shards so concurrent workers and EnqueueBulk calls rarely touch the same item.
+//!
+//! Every transaction that moves a campaign's counters moves its tenant's in the same way
+//! (partition `~tenant:<tenant>` of the campaigns table, sharded alike), so a tenant's backlog
+//! (enqueued, not yet persisted or dead-lettered) is exact on SQS, whose lanes are shared
+//! by tenants: it is what the per-tenant queue quota checks there.
 
 use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
 use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, put, s, update};
@@ -12,8 +17,10 @@ use sluice_core::ids;
 use sluice_core::model::Campaign;
 use std::collections::BTreeSet;
 
-/// Recipients recorded per transaction (plus one shard update).
-const CHUNK: usize = 99;
+/// Recipients recorded per transaction (plus the campaign's and the tenant's shard updates).
+const CHUNK: usize = 98;
+/// Campaign tenants a store remembers (a campaign's tenant never changes).
+const TENANTS_CACHED: usize = 10_000;
 /// Chunks recorded at once.
 const CONCURRENCY: usize = 8;
 
@@ -26,10 +33,15 @@ pub(crate) async fn record_enqueued(
 ) -> Result<Campaign, StoreError> {
     // The campaign belongs to its first owner (tenant and sender); checked before anything is recorded.
     update_meta(store, campaign_id, owner, "SET #owner = if_not_exists(#owner, :o)").await?;
+    let tenant = ids::owner_tenant(owner);
+    remember_tenant(store, campaign_id, tenant);
     let distinct: Vec<String> = recipients.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     let chunks: Vec<Vec<String>> = distinct.chunks(CHUNK).map(<[String]>::to_vec).collect();
-    let results: Vec<Result<(), StoreError>> =
-        futures::stream::iter(chunks).map(|chunk| record_chunk(store, campaign_id, chunk)).buffer_unordered(CONCURRENCY).collect().await;
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(chunks)
+        .map(|chunk| record_chunk(store, campaign_id, tenant, chunk))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     results.into_iter().collect::<Result<(), _>>()?;
     // Last, so that a call's request is never seen without its recipients (a campaign whose
     // recipients were all the sender is done as soon as its request is counted).
@@ -106,7 +118,7 @@ async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: 
 
 /// Marks each recipient's message as enqueued (once ever) and counts the new ones, in one
 /// transaction; recipients recorded before are dropped from the chunk and it is tried again.
-async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<String>) -> Result<(), StoreError> {
+async fn record_chunk(store: &DynamoStore, campaign_id: &str, tenant: &str, mut chunk: Vec<String>) -> Result<(), StoreError> {
     let expires = marker_expiry(sluice_core::now_ms());
     let mut tries = Tries::default();
     while !chunk.is_empty() {
@@ -124,13 +136,7 @@ async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<Str
                 )
             })
             .collect();
-        items.push(update(
-            &store.t.campaigns,
-            key(&[("campaign_id", s(campaign_id)), ("part", s(&shard))]),
-            "ADD #enqueued :k",
-            None,
-            vec![(":k", n(chunk.len()))],
-        ));
+        items.extend(counter_updates(store, campaign_id, Some(tenant), &shard, "ADD #enqueued :k", vec![(":k", n(chunk.len()))]));
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
             // Recorded before: they drop out, and the rest goes again at once.
@@ -143,23 +149,17 @@ async fn record_chunk(store: &DynamoStore, campaign_id: &str, mut chunk: Vec<Str
 
 pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
     let mut tries = Tries::default();
+    let tenant = campaign_tenant(store, campaign_id).await?;
     loop {
-        let items = vec![
-            update(
-                &store.t.msgids,
-                key(&[("msg_id", s(msg_id))]),
-                "SET #dead = :one, #campaign_id = :c, #expires_at = if_not_exists(#expires_at, :exp)",
-                Some("attribute_not_exists(#seq) AND attribute_not_exists(#dead)"),
-                vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(marker_expiry(sluice_core::now_ms())))],
-            ),
-            update(
-                &store.t.campaigns,
-                key(&[("campaign_id", s(campaign_id)), ("part", s(campaign_shard(msg_id)))]),
-                "ADD #dead_lettered :one",
-                None,
-                vec![(":one", n(1))],
-            ),
-        ];
+        let mut items = vec![update(
+            &store.t.msgids,
+            key(&[("msg_id", s(msg_id))]),
+            "SET #dead = :one, #campaign_id = :c, #expires_at = if_not_exists(#expires_at, :exp)",
+            Some("attribute_not_exists(#seq) AND attribute_not_exists(#dead)"),
+            vec![(":one", n(1)), (":c", s(campaign_id)), (":exp", n(marker_expiry(sluice_core::now_ms())))],
+        )];
+        let shard = campaign_shard(msg_id);
+        items.extend(counter_updates(store, campaign_id, tenant.as_deref(), &shard, "ADD #dead_lettered :one", vec![(":one", n(1))]));
         match store.transact(items, None).await {
             Ok(()) => return Ok(()),
             // Persisted after all, or counted already. A message persisted by a delivery that
@@ -174,6 +174,60 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
             Err(f) => store.again(&mut tries, f, "recording a dead letter").await?,
         }
     }
+}
+
+/// The updates of a campaign's counter shard `shard` and, when the tenant is known, its
+/// tenant's (one expression for both).
+pub(crate) fn counter_updates(
+    store: &DynamoStore,
+    campaign_id: &str,
+    tenant: Option<&str>,
+    shard: &str,
+    expr: &str,
+    values: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
+) -> Vec<aws_sdk_dynamodb::types::TransactWriteItem> {
+    let mut partitions = vec![campaign_id.to_string()];
+    partitions.extend(tenant.map(tenant_partition));
+    partitions
+        .into_iter()
+        .map(|p| update(&store.t.campaigns, key(&[("campaign_id", s(p)), ("part", s(shard))]), expr, None, values.clone()))
+        .collect()
+}
+
+/// The partition of the campaigns table that counts a tenant's campaign messages (`~` is no
+/// character of a campaign id, and `:` none of a tenant's).
+fn tenant_partition(tenant: &str) -> String {
+    format!("~tenant:{tenant}")
+}
+
+fn remember_tenant(store: &DynamoStore, campaign_id: &str, tenant: &str) {
+    let mut tenants = store.campaign_tenants.lock().unwrap_or_else(|p| p.into_inner());
+    if tenants.len() >= TENANTS_CACHED && !tenants.contains_key(campaign_id) {
+        tenants.clear();
+    }
+    tenants.insert(campaign_id.to_string(), tenant.to_string());
+}
+
+/// The tenant a campaign belongs to (from its meta item, then cached); `None` for a
+/// campaign never recorded (its counts have no tenant to go to).
+pub(crate) async fn campaign_tenant(store: &DynamoStore, campaign_id: &str) -> Result<Option<String>, StoreError> {
+    if let Some(t) = store.campaign_tenants.lock().unwrap_or_else(|p| p.into_inner()).get(campaign_id) {
+        return Ok(Some(t.clone()));
+    }
+    let meta = store.get(&store.t.campaigns, key(&[("campaign_id", s(campaign_id)), ("part", s(CAMPAIGN_META))])).await?;
+    let Some(tenant) = meta.as_ref().and_then(|m| get_s(m, "owner")).map(|o| ids::owner_tenant(o).to_string()) else { return Ok(None) };
+    remember_tenant(store, campaign_id, &tenant);
+    Ok(Some(tenant))
+}
+
+/// A tenant's campaign messages enqueued and not yet persisted or dead-lettered.
+pub(crate) async fn tenant_backlog(store: &DynamoStore, tenant: &str) -> Result<u64, StoreError> {
+    let (enqueued, finished) = partition(store, &tenant_partition(tenant)).await?.iter().fold((0i64, 0i64), |(e, f), item| {
+        (e + get_i64(item, "enqueued"), f + get_i64(item, "persisted") + get_i64(item, "dead_lettered"))
+    });
+    // Campaigns enqueued before tenants were counted add what finishes but not what was
+    // enqueued: never below zero.
+    Ok((enqueued - finished).max(0) as u64)
 }
 
 /// Every item of one partition of the campaigns table, strongly consistent.

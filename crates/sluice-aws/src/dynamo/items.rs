@@ -17,7 +17,9 @@
 //!   Items `~call:...` record an EnqueueBulk call whose request was counted.
 //! - campaigns: `campaign_id`, `part`: `#meta` (requested) and shards `p00`.. (enqueued,
 //!   persisted, dead_lettered), written by batch transactions (recording recipients, counting
-//!   persisted messages) and per dead letter, never by a message's own transaction.
+//!   persisted messages) and per dead letter, never by a message's own transaction. The same
+//!   transactions count into the shards of the partition `~tenant:<tenant>` (a tenant's
+//!   backlog, for its queue quota); the partition `~controls` holds the operator's controls.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use std::collections::HashMap;

@@ -104,6 +104,8 @@ pub struct DynamoStore {
     backoff: Backoff,
     /// Members of large rooms, read from the by-room index (bounded, and trusted briefly).
     members_cache: members::MembersCache,
+    /// The tenant of each campaign counted lately (bounded; a campaign's tenant never changes).
+    campaign_tenants: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl DynamoStore {
@@ -115,6 +117,7 @@ impl DynamoStore {
             metrics,
             backoff: Backoff { base: std::time::Duration::from_millis(10), cap: std::time::Duration::from_secs(1), max_attempts: 10 },
             members_cache: members::MembersCache::default(),
+            campaign_tenants: Default::default(),
         }
     }
 
@@ -385,6 +388,10 @@ impl MessageStore for DynamoStore {
 
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         campaigns::campaign(self, campaign_id).await
+    }
+
+    async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, StoreError> {
+        campaigns::tenant_backlog(self, tenant).await.map(Some)
     }
 
     async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {

@@ -6,8 +6,8 @@
 //! otherwise touch one of a few shared counter items, and on DynamoDB a transaction touching an
 //! item that another one holds is cancelled, so concurrent workers would mostly cancel each
 //! other. The marker of a committed campaign message carries `by` (the persisting call's
-//! nonce) but no `counted`; the counting transaction sets `counted` on up to 99 markers on the
-//! condition that it is not set yet, and adds their number to one shard, so each message is
+//! nonce) but no `counted`; the counting transaction sets `counted` on up to 98 markers on the
+//! condition that it is not set yet, and adds their number to one shard (and to the tenant's), so each message is
 //! counted exactly once however often it is redelivered. A message committed but not counted
 //! (the counting failed, or the worker died in between) is answered as a failure and counted
 //! by its redelivery, which also announces it, since no delivery announced it before.
@@ -16,7 +16,7 @@ use super::Tries;
 use super::call::TxFailure;
 use super::call::{drop_failed_conditions, only_contention};
 use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, ss, update};
-use super::{DynamoStore, PERSIST_CONCURRENCY, SMALL_ROOM_MAX_MEMBERS, reads, rooms};
+use super::{DynamoStore, PERSIST_CONCURRENCY, SMALL_ROOM_MAX_MEMBERS, campaigns, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use futures::StreamExt;
 use sluice_core::error::StoreError;
@@ -26,8 +26,8 @@ use std::sync::Arc;
 /// Characters of the body kept as the inbox preview.
 const PREVIEW_CHARS: usize = 100;
 
-/// Markers counted per counting transaction (plus one shard item).
-const COUNT_CHUNK: usize = 99;
+/// Markers counted per counting transaction (plus the campaign's and the tenant's shard).
+const COUNT_CHUNK: usize = 98;
 
 /// A campaign message committed but not yet counted for its campaign.
 #[derive(Debug, Clone)]
@@ -113,6 +113,10 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
 pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounted>) -> Result<(), StoreError> {
     debug_assert!(chunk.len() <= COUNT_CHUNK);
     let mut tries = Tries::default();
+    let tenant = match chunk.first() {
+        Some(first) => campaigns::campaign_tenant(store, &first.campaign).await?,
+        None => return Ok(()),
+    };
     while let Some(first) = chunk.first() {
         let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
         let undead = chunk.iter().filter(|u| u.undead).count() as i64;
@@ -133,7 +137,7 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
         } else {
             ("ADD #persisted :k", vec![(":k", n(chunk.len()))])
         };
-        items.push(update(&store.t.campaigns, key(&[("campaign_id", s(&first.campaign)), ("part", s(shard))]), expr, None, values));
+        items.extend(campaigns::counter_updates(store, &first.campaign, tenant.as_deref(), &shard, expr, values));
         match store.transact(items, None).await {
             Ok(()) => break,
             // Those counted already drop out, and the rest goes again at once.

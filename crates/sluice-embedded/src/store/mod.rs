@@ -479,6 +479,11 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
+    async fn tenant_backlog(&self, _tenant: &str) -> Result<Option<u64>, StoreError> {
+        // The embedded queue counts each tenant's messages itself.
+        Ok(None)
+    }
+
     async fn set_control(&self, scope: &Scope, control: Control) -> Result<(), StoreError> {
         // Rare and tiny: written beside the writer thread (redb serializes write transactions).
         let (db, key) = (self.inner.db.clone(), scope.key());
