@@ -7,6 +7,13 @@
 //! to the queue's held area under its scope's key, and a resume moves the scope's held
 //! messages back, so a pause of any length costs no receive count and no store write per
 //! message, and survives restarts of every process.
+//!
+//! A tenant's or campaign's rate uses the same held area: a message of a rated scope is
+//! persisted when the scope's fleet-wide bucket has a token for it, and held under the
+//! scope's [`Scope::rate_key`] otherwise; workers release the scope's held messages back to
+//! the queue at the rate (a second fleet-wide bucket), and all of them when the rate goes.
+//! So a rated campaign's backlog waits in the held area, not in flight, and costs each
+//! message about one hold and one release, however low the rate.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -34,6 +41,12 @@ impl Scope {
         }
     }
 
+    /// The key a rated scope's messages wait under while over its rate (apart from its
+    /// pause's, so that a resume does not release them all at once).
+    pub fn rate_key(&self) -> String {
+        format!("rate:{}", self.key())
+    }
+
     /// The scope of a key written by [`Scope::key`].
     pub fn parse(key: &str) -> Option<Scope> {
         match key.split_once(':') {
@@ -59,7 +72,7 @@ impl std::fmt::Display for Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Control {
     pub paused: bool,
-    /// Most messages per second (the whole drain only; across every worker).
+    /// Most messages per second of the scope, across every worker.
     pub rate: Option<f64>,
 }
 
@@ -96,6 +109,29 @@ impl Controls {
         self.get(&t).paused.then_some(t)
     }
 
+    /// The operator's rates that a message of `tenant` and `campaign` must fit: its
+    /// campaign's, then its tenant's (empty in the common case of none).
+    pub fn rates(&self, tenant: &str, campaign: Option<&str>) -> Vec<(&Scope, f64)> {
+        let mut out: Vec<(&Scope, f64)> = self
+            .entries
+            .iter()
+            .filter(|(s, _)| match s {
+                Scope::Campaign(c) => Some(c.as_str()) == campaign,
+                Scope::Tenant(t) => t == tenant,
+                Scope::Drain => false,
+            })
+            .filter_map(|(s, c)| c.rate.map(|r| (s, r)))
+            .collect();
+        out.sort_by_key(|(s, _)| !matches!(s, Scope::Campaign(_)));
+        out
+    }
+
+    /// The tenants and campaigns with a rate and no pause, with their rate: workers release
+    /// their rate-held messages at that rate.
+    pub fn rated(&self) -> impl Iterator<Item = (&Scope, f64)> {
+        self.entries.iter().filter(|(s, c)| *s != Scope::Drain && !c.paused).filter_map(|(s, c)| c.rate.map(|r| (s, r)))
+    }
+
     /// Whether a campaign of `tenant` is held by any pause, the whole drain's included.
     pub fn campaign_paused(&self, tenant: &str, campaign: &str) -> bool {
         self.drain().paused || self.paused_scope(tenant, Some(campaign)).is_some()
@@ -127,5 +163,26 @@ mod tests {
         assert!(!c.campaign_paused("globex", "other"));
         let all = Controls { entries: vec![(Scope::Drain, paused)] };
         assert!(all.campaign_paused("globex", "other") && all.paused_scope("globex", None).is_none());
+    }
+
+    #[test]
+    fn a_message_fits_its_campaign_rate_then_its_tenant_rate() {
+        let rate = |r| Control { paused: false, rate: Some(r) };
+        let (acme, spring) = (Scope::Tenant("acme".into()), Scope::Campaign("spring".into()));
+        let c = Controls {
+            entries: vec![
+                (Scope::Drain, rate(1000.0)),
+                (acme.clone(), rate(50.0)),
+                (spring.clone(), rate(5.0)),
+                (Scope::Campaign("summer".into()), Control { paused: true, rate: Some(7.0) }),
+            ],
+        };
+        assert_eq!(c.rates("acme", Some("spring")), vec![(&spring, 5.0), (&acme, 50.0)]);
+        assert_eq!(c.rates("acme", None), vec![(&acme, 50.0)]);
+        assert_eq!(c.rates("globex", Some("spring")), vec![(&spring, 5.0)], "the campaign's rate holds whoever's it is");
+        assert!(c.rates("globex", Some("autumn")).is_empty(), "the whole drain's rate is the fleet budget's, not a message's");
+        let rated: Vec<_> = c.rated().collect();
+        assert_eq!(rated, vec![(&acme, 50.0), (&spring, 5.0)], "a paused scope releases nothing");
+        assert_eq!(spring.rate_key(), "rate:campaign:spring");
     }
 }

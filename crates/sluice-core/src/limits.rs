@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 pub trait Limiter: Send + Sync + 'static {
     /// Takes one token from the bucket `key`, which refills at `rate` per second up to
     /// `burst`. False when the bucket is empty (the caller refuses the action).
-    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError>;
+    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError> {
+        Ok(self.take_up_to(key, 1, rate, burst).await? == 1)
+    }
+
+    /// Takes as many of `n` tokens from the bucket `key` as it holds (see [`Limiter::take`]);
+    /// returns how many it took.
+    async fn take_up_to(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<u64, HubError>;
 
     /// Takes `n` tokens from the lending bucket `key` (refilled at `rate` per second up to
     /// `burst`) even when it holds fewer, and returns how long the caller must wait for the
@@ -76,7 +82,7 @@ impl LocalLimiter {
 
 #[async_trait]
 impl Limiter for LocalLimiter {
-    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError> {
+    async fn take_up_to(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<u64, HubError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if buckets.len() >= LOCAL_KEYS && !buckets.contains_key(key) {
@@ -85,7 +91,7 @@ impl Limiter for LocalLimiter {
         }
         let (bucket, last) = buckets.entry(key.to_string()).or_insert_with(|| (TokenBucket::new(rate, burst), now));
         *last = now;
-        Ok(bucket.try_take_at(now))
+        Ok(bucket.take_up_to_at(n, now))
     }
 
     async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub tenant_backlog: prometheus::IntGaugeVec,
     /// Queue messages moved to the held area by an operator's pause.
     pub held: IntCounter,
+    /// Queue messages moved to the held area because their tenant or campaign was over the
+    /// operator's rate for it, and released back to the queue at that rate.
+    pub rate_held: IntCounter,
+    pub rate_released: IntCounter,
     /// Spike queue: messages in the held area.
     pub queue_held: IntGauge,
     /// 1 while an operator has paused the whole drain.
@@ -162,7 +166,15 @@ impl Metrics {
                 &["tenant"]
             )),
             held: reg!(IntCounter::new("held_total", "Queue messages moved aside by an operator's pause of their tenant or campaign")),
-            queue_held: reg!(IntGauge::new("queue_held", "Spike queue: messages held by an operator's pause")),
+            rate_held: reg!(IntCounter::new("rate_held_total", "Queue messages held while their tenant or campaign was over its rate")),
+            rate_released: reg!(IntCounter::new(
+                "rate_released_total",
+                "Rate-held queue messages released back to the queue at their tenant's or campaign's rate"
+            )),
+            queue_held: reg!(IntGauge::new(
+                "queue_held",
+                "Spike queue: messages held by an operator's pause or a tenant's or campaign's rate"
+            )),
             enqueue_bytes_held: reg!(IntGauge::new("enqueue_bytes_held", "Bytes of queued messages EnqueueBulk calls hold in memory")),
             enqueue_bytes_peak: reg!(IntGauge::new(
                 "enqueue_bytes_peak",

@@ -18,15 +18,17 @@ impl TokenBucket {
 
     /// Takes a token if one is available at `now`.
     pub fn try_take_at(&mut self, now: Instant) -> bool {
+        self.take_up_to_at(1, now) == 1
+    }
+
+    /// Takes as many of `n` tokens as are available at `now`; returns how many.
+    pub fn take_up_to_at(&mut self, n: u64, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let granted = (self.tokens.max(0.0).floor() as u64).min(n);
+        self.tokens -= granted as f64;
+        granted
     }
 
     /// Takes a token if one is available now.
@@ -53,5 +55,9 @@ mod tests {
         assert!(b.try_take_at(t0 + Duration::from_secs(60)));
         assert!(b.try_take_at(t0 + Duration::from_secs(60)));
         assert!(!b.try_take_at(t0 + Duration::from_secs(60)), "refill capped at burst");
+        let t1 = t0 + Duration::from_secs(120);
+        assert_eq!(b.take_up_to_at(5, t1), 3, "at most what the bucket holds");
+        assert_eq!(b.take_up_to_at(5, t1), 0);
+        assert_eq!(b.take_up_to_at(5, t1 + Duration::from_millis(250)), 2, "2.5 tokens refilled: 2 whole ones");
     }
 }

@@ -70,15 +70,10 @@ impl App {
                 CampaignId::new(c.as_str()).map_err(|e| AppError::bad_id("campaign_id", e))?;
             }
         }
-        if let Some(r) = rate {
-            if scope != Scope::Drain {
-                return Err(AppError::bad(format!(
-                    "a rate applies to the whole drain; {scope} can be paused and resumed (and weighted with --tenant-weight)"
-                )));
-            }
-            if !r.is_finite() || r < 0.0 {
-                return Err(AppError::bad("rate must be a number of messages per second, 0 or more"));
-            }
+        if let Some(r) = rate
+            && (!r.is_finite() || r < 0.0)
+        {
+            return Err(AppError::bad("rate must be a number of messages per second, 0 or more"));
         }
         let before = self.backends.store.controls().await?;
         let old = before.entries.iter().find(|(s, _)| *s == scope).map(|(_, c)| *c).unwrap_or_default();
@@ -92,24 +87,33 @@ impl App {
         };
         self.backends.store.set_control(&scope, new).await?;
         tracing::info!(%scope, paused = new.paused, rate = ?new.rate, "drain control set");
-        if old.paused && !new.paused && scope != Scope::Drain {
-            // Workers see the resume within a refresh; a worker that held a message on its
-            // stale view releases again when it sees the resume (sluice-worker).
-            let app = self.clone();
+        let keys = [
+            (old.paused && !new.paused).then(|| scope.key()),
+            // The messages that waited for the rate go back at once.
+            (old.rate.is_some() && new.rate.is_none()).then(|| scope.rate_key()),
+        ];
+        for key in keys.into_iter().flatten().filter(|_| scope != Scope::Drain) {
+            // Workers see the change within a refresh; a worker that held a message on its
+            // stale view releases again when it sees the change (sluice-worker).
+            let (app, scope) = (self.clone(), scope.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(2 * sluice_core::control::REFRESH).await;
-                app.release_held(&scope).await;
+                app.release_key(&scope, &key).await;
             });
         }
         Ok(new)
     }
 
-    /// Moves every message held under `scope` back to the queue.
+    /// Moves every message held under `scope`'s pause back to the queue.
     pub async fn release_held(&self, scope: &Scope) -> usize {
-        let key = scope.key();
+        self.release_key(scope, &scope.key()).await
+    }
+
+    /// Moves every message held under `key` (one of `scope`'s) back to the queue.
+    async fn release_key(&self, scope: &Scope, key: &str) -> usize {
         let mut total = 0;
         loop {
-            match self.backends.queue.release_held(&key, RELEASE_CHUNK).await {
+            match self.backends.queue.release_held(key, RELEASE_CHUNK).await {
                 Ok(0) => break,
                 Ok(n) => total += n,
                 Err(e) => {

@@ -209,12 +209,13 @@ async fn a_paused_campaign_is_held_across_a_restart_and_drains_once_resumed() {
     assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty(), "a resumed campaign leaves no control behind");
 }
 
-/// A rate belongs to the whole drain; tenants and campaigns are paused, not rated. Bad
-/// scopes and rates are refused and change nothing.
+/// Bad scopes and rates are refused and change nothing; every scope takes a rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_controls_refuse_what_they_cannot_apply() {
     let e = env();
-    let err = e.app.set_control(Scope::Tenant("acme".into()), None, Some(10.0)).await.unwrap_err();
+    let err = e.app.set_control(Scope::Tenant("acme".into()), None, Some(-10.0)).await.unwrap_err();
+    assert_eq!(err.grpc, tonic::Code::InvalidArgument, "{}", err.message);
+    let err = e.app.set_control(Scope::Campaign("spring".into()), None, Some(f64::INFINITY)).await.unwrap_err();
     assert_eq!(err.grpc, tonic::Code::InvalidArgument, "{}", err.message);
     assert_eq!(e.app.set_control(Scope::Drain, None, Some(-1.0)).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
     assert_eq!(e.app.set_control(Scope::Drain, None, Some(f64::NAN)).await.unwrap_err().grpc, tonic::Code::InvalidArgument);
@@ -227,6 +228,48 @@ async fn drain_controls_refuse_what_they_cannot_apply() {
     let c = e.app.set_control(Scope::Drain, Some(false), Some(0.0)).await.unwrap();
     assert_eq!((c.paused, c.rate), (false, None), "rate 0 removes it");
     assert!(e.app.drain_controls().await.unwrap().0.entries.is_empty());
+    let c = e.app.set_control(Scope::Tenant("acme".into()), None, Some(10.0)).await.unwrap();
+    assert_eq!((c.paused, c.rate), (false, Some(10.0)), "a tenant takes a rate");
+    let c = e.app.set_control(Scope::Campaign("spring".into()), None, Some(0.5)).await.unwrap();
+    assert_eq!((c.paused, c.rate), (false, Some(0.5)), "so does a campaign");
+    assert_eq!(e.app.drain_controls().await.unwrap().0.entries.len(), 2);
+}
+
+/// A campaign's rate holds its messages aside while another tenant's campaign drains freely;
+/// the held ones come back at the rate and persist; removing the rate releases the rest, and
+/// the campaign completes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rated_campaign_drains_at_its_rate_and_completes_once_the_rate_goes() {
+    let Env { dir: _dir, app, queue, worker } = env();
+    let worker = Arc::new(worker);
+    // One message a second: far slower than the 200 messages drain without it.
+    app.set_control(Scope::Campaign("slow".into()), None, Some(1.0)).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(shutdown.clone()));
+    let slow: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let free: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    app.enqueue_bulk(BulkSend { tenant: Some(uid("acme")), ..bulk("slow", "shop", &slow, "hi") }).await.unwrap();
+    app.enqueue_bulk(BulkSend { tenant: Some(uid("globex")), ..bulk("free", "shop-g", &free, "hi") }).await.unwrap();
+    eventually("the other tenant's campaign is done", || async { app.campaign(&cid("free"), None).await.unwrap().done() }).await;
+    eventually("the rated campaign's backlog waits held", || async { queue.stats().await.unwrap().held > 150 }).await;
+    let before = app.campaign(&cid("slow"), None).await.unwrap().persisted;
+    assert!(before < 150, "the rate holds most of the campaign back: {before} persisted");
+    eventually("held messages come back at the rate and persist", || async {
+        app.campaign(&cid("slow"), None).await.unwrap().persisted >= before + 2
+    })
+    .await;
+    assert_eq!(app.campaign_status(&cid("slow"), None).await.unwrap().state, "draining");
+
+    app.set_control(Scope::Campaign("slow".into()), None, Some(0.0)).await.unwrap();
+    eventually("without its rate the campaign is done", || async { app.campaign(&cid("slow"), None).await.unwrap().done() }).await;
+    let c = app.campaign(&cid("slow"), None).await.unwrap();
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered), (200, 200, 0));
+    for u in ["s0", "s99", "s199"] {
+        assert_eq!(app.inbox(&uid(u), None, None).await.unwrap().total_unread, 1, "{u} got the campaign once");
+    }
+    eventually("nothing stays held", || async { queue.stats().await.unwrap().held == 0 }).await;
+    shutdown.cancel();
+    run.await.unwrap();
 }
 
 /// Waits up to 30 s for `check`; panics with `what` otherwise.

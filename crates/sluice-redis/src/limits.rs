@@ -20,16 +20,16 @@ use std::time::Duration;
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(b[1]), tonumber(b[2])
 if tokens == nil then tokens, at = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local ok = 0
-if tokens >= 1 then tokens = tokens - 1; ok = 1 end
+local granted = math.min(n, math.floor(math.max(0, tokens)))
+tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return ok
+return granted
 ";
 
 const LEND: &str = r"
@@ -128,10 +128,10 @@ fn unavailable(e: redis::RedisError) -> HubError {
 
 #[async_trait]
 impl Limiter for RedisLimiter {
-    async fn take(&self, key: &str, rate: f64, burst: f64) -> Result<bool, HubError> {
+    async fn take_up_to(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<u64, HubError> {
         let mut conn = self.conn.clone();
-        let ok: i64 = self.take.key(self.key(key)).arg(rate).arg(burst).invoke_async(&mut conn).await.map_err(unavailable)?;
-        Ok(ok == 1)
+        let granted: u64 = self.take.key(self.key(key)).arg(rate).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(granted)
     }
 
     async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {

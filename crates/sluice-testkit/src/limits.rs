@@ -38,6 +38,9 @@ pub async fn buckets_allow_a_burst_then_refill(l: Arc<dyn Limiter>) {
     // Refill: at 20/s a token is back after 50 ms; wait far longer than that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(l.take("user:a", 20.0, 3.0).await.unwrap(), "refilled");
+    // Taking many at once takes what is there, never more.
+    assert_eq!(l.take_up_to("scope:c", 10, 0.5, 4.0).await.unwrap(), 4, "the burst, not the 10 asked");
+    assert_eq!(l.take_up_to("scope:c", 10, 0.5, 4.0).await.unwrap(), 0, "empty (one token per 2 s)");
 }
 
 pub async fn leases_are_counted_renewed_and_released(l: Arc<dyn Limiter>) {

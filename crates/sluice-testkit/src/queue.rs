@@ -215,8 +215,8 @@ pub async fn a_small_tenant_is_not_held_behind_a_large_one(q: Arc<dyn SpikeQueue
     assert!(last_small < 150, "small's last message went out at position {last_small} of 310: behind big's backlog");
 }
 
-/// A paused scope's messages are moved aside under its key, are not received while held, and
-/// come back (receive count reset, tenant and group kept) when their key is released.
+/// A paused (or rated) scope's messages are moved aside under its key, are not received while
+/// held, and come back (receive count reset, tenant and group kept) when their key is released.
 pub async fn held_messages_wait_until_released_by_key(q: Arc<dyn SpikeQueue>) {
     q.send(vec![
         tenant_msg("acme", "r1", "a1"),
@@ -234,14 +234,18 @@ pub async fn held_messages_wait_until_released_by_key(q: Arc<dyn SpikeQueue>) {
     }
     got.sort_by(|a, b| a.dedup_id.cmp(&b.dedup_id));
     for d in &got {
-        let key = if d.tenant == "acme" { "tenant:acme" } else { "tenant:globex" };
+        // globex waits under a rate's key (see `Scope::rate_key`).
+        let key = if d.tenant == "acme" { "tenant:acme" } else { "rate:tenant:globex" };
         q.hold(&d.receipt, key).await.unwrap();
     }
     let stats = q.stats().await.unwrap();
     assert_eq!((stats.visible, stats.in_flight, stats.held), (0, 0, 4), "{stats:?}");
     assert!(q.receive(10, SHORT_WAIT, LONG).await.unwrap().is_empty(), "held messages are not received");
     assert_eq!(q.release_held("tenant:nobody", 10).await.unwrap(), 0);
-    assert_eq!(q.release_held("tenant:acme", 10).await.unwrap(), 3);
+    // A release moves at most as many as asked (a rate's release each second).
+    assert_eq!(q.release_held("tenant:acme", 2).await.unwrap(), 2);
+    assert_eq!(q.stats().await.unwrap().held, 2);
+    assert_eq!(q.release_held("tenant:acme", 10).await.unwrap(), 1);
     assert_eq!(q.stats().await.unwrap().held, 1);
     let mut back = Vec::new();
     while back.len() < 3 {
@@ -256,7 +260,8 @@ pub async fn held_messages_wait_until_released_by_key(q: Arc<dyn SpikeQueue>) {
     assert_eq!(back[0].body, Bytes::from("body of a1"));
     q.ack(&back.iter().map(|d| d.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
     assert!(q.receive(10, SHORT_WAIT, LONG).await.unwrap().is_empty(), "globex is still held");
-    assert_eq!(q.release_held("tenant:globex", 10).await.unwrap(), 1);
+    assert_eq!(q.release_held("tenant:globex", 10).await.unwrap(), 0, "a pause's key is not a rate's");
+    assert_eq!(q.release_held("rate:tenant:globex", 10).await.unwrap(), 1);
     let g = q.receive(10, WAIT, LONG).await.unwrap();
     assert_eq!((g.len(), g[0].dedup_id.as_str()), (1, "g1"));
     q.ack(&[g[0].receipt.clone()]).await.unwrap();

@@ -30,7 +30,9 @@
 //! Operator controls ([`sluice_core::control`]), read from the store every second: while the
 //! whole drain is paused the pollers receive nothing; an operator's drain rate caps the
 //! fleet's budget; a message of a paused tenant or campaign is moved to the queue's held
-//! area under its scope's key instead of being persisted (a resume releases it).
+//! area under its scope's key instead of being persisted (a resume releases it); a message
+//! over its tenant's or campaign's rate is held under the scope's rate key, and every second
+//! the workers release such messages at the rate (both through fleet-wide buckets).
 //!
 //! Shutdown: on cancellation the pollers stop receiving, finish the batch in hand (persist,
 //! ack) and return; nothing unpersisted is acked.

@@ -1,11 +1,15 @@
-//! One received batch: decode, hold what an operator paused, persist in one store call, ack
+//! One received batch: decode, hold what an operator paused or what is over its tenant's or
+//! campaign's rate, persist in one store call, ack
 //! what committed, publish; retryable failures come back later without counting toward the
 //! receive limit (this worker remembers its deferrals), the rest is dead-lettered.
 
 use crate::{RETRY_VISIBILITY_CAP, Worker};
+use sluice_core::control::{Controls, Scope};
 use sluice_core::fanout::Ticket;
+use sluice_core::model::NewMessage;
 use sluice_core::queue::{Delivery, Receipt};
 use sluice_proto::convert::decode_queued_traced;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -81,6 +85,7 @@ impl Worker {
                 Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
             }
         }
+        let (work, messages) = self.within_rates(&controls, work, messages).await;
         if messages.is_empty() {
             return true;
         }
@@ -152,6 +157,80 @@ impl Worker {
         all_ok
     }
 
+    /// Holds the messages over their campaign's or tenant's rate (under the scope's rate
+    /// key, released at the rate by [`Worker::release_rated`]) and returns the rest. Each
+    /// rated scope takes the tokens its messages in the batch need from its fleet-wide
+    /// bucket at once; when the limits backend cannot be reached, rates are not applied
+    /// (the governor and the fleet budget still hold).
+    async fn within_rates(&self, controls: &Controls, work: Vec<Delivery>, messages: Vec<NewMessage>) -> (Vec<Delivery>, Vec<NewMessage>) {
+        if controls.rated().next().is_none() {
+            return (work, messages);
+        }
+        let rates: Vec<Vec<(&Scope, f64)>> =
+            work.iter().zip(&messages).map(|(d, msg)| controls.rates(tenant_of(d, msg), msg.campaign_id.as_deref())).collect();
+        let mut wanted: BTreeMap<&Scope, (f64, u64)> = BTreeMap::new();
+        for (scope, rate) in rates.iter().flatten() {
+            wanted.entry(*scope).or_insert((*rate, 0)).1 += 1;
+        }
+        let mut granted: BTreeMap<&Scope, u64> = BTreeMap::new();
+        for (scope, (rate, n)) in wanted {
+            let g = match self.b.limiter.take_up_to(&admit_key(scope), n, rate, rate_burst(rate)).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, %scope, "rate bucket unavailable; the scope's rate is not applied to this batch");
+                    n
+                }
+            };
+            granted.insert(scope, g);
+        }
+        let (mut keep, mut kept) = (Vec::with_capacity(work.len()), Vec::with_capacity(messages.len()));
+        for ((d, msg), rates) in work.into_iter().zip(messages).zip(&rates) {
+            match rates.iter().find(|(s, _)| granted[s] == 0) {
+                Some((scope, _)) => match self.b.queue.hold(&d.receipt, &scope.rate_key()).await {
+                    Ok(()) => self.b.metrics.rate_held.inc(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %scope, "cannot hold a message over its rate; it returns after its visibility timeout")
+                    }
+                },
+                None => {
+                    for (s, _) in rates {
+                        *granted.get_mut(s).expect("granted for every rated scope") -= 1;
+                    }
+                    keep.push(d);
+                    kept.push(msg);
+                }
+            }
+        }
+        (keep, kept)
+    }
+
+    /// Releases rate-held messages of every rated scope back to the queue, at the scope's
+    /// rate over the fleet (each worker takes its release from one shared bucket), once per
+    /// control refresh.
+    pub(crate) async fn release_rated(&self) {
+        let controls = self.controls();
+        if controls.drain().paused {
+            return;
+        }
+        for (scope, rate) in controls.rated() {
+            let per_refresh = (rate * sluice_core::control::REFRESH.as_secs_f64()).ceil() as u64;
+            let n = match self.b.limiter.take_up_to(&release_key(scope), per_refresh, rate, rate_burst(rate)).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, %scope, "rate bucket unavailable; its held messages wait");
+                    continue;
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            match self.b.queue.release_held(&scope.rate_key(), n as usize).await {
+                Ok(moved) => self.b.metrics.rate_released.inc_by(moved as u64),
+                Err(e) => tracing::warn!(error = %e, %scope, "releasing rate-held messages failed"),
+            }
+        }
+    }
+
     /// Runs `fut` while extending the visibility of `receipts` every third of the timeout.
     pub(crate) async fn with_heartbeat<T>(&self, receipts: &[Receipt], fut: impl std::future::Future<Output = T>) -> T {
         let every = self.config.visibility / 3;
@@ -220,6 +299,21 @@ impl Worker {
 /// retryably: 1 s, 2 s, 4 s, ... up to [`RETRY_VISIBILITY_CAP`].
 pub(crate) fn retry_visibility(receive_count: u32) -> Duration {
     Duration::from_secs(1u64 << receive_count.saturating_sub(1).min(6)).min(RETRY_VISIBILITY_CAP)
+}
+
+/// The fleet-wide bucket a rated scope's messages take their tokens from.
+fn admit_key(scope: &Scope) -> String {
+    format!("drain:admit:{}", scope.key())
+}
+
+/// The fleet-wide bucket that paces the release of a rated scope's held messages.
+fn release_key(scope: &Scope) -> String {
+    format!("drain:release:{}", scope.key())
+}
+
+/// A second's worth of a rate (at least one message), the most a rated scope's bucket holds.
+fn rate_burst(rate: f64) -> f64 {
+    rate.max(1.0)
 }
 
 /// The tenant a queued message is drained for: messages queued before tenants existed

@@ -269,8 +269,9 @@ pub struct ServeArgs {
     pub max_bulk_recipients: u32,
     /// Messages one tenant may have waiting in the queue (0: no quota). Beyond it EnqueueBulk
     /// accepts what fits and answers RESOURCE_EXHAUSTED with the accepted count (metadata
-    /// `sluice-accepted`, `sluice-accepted-entries`). Enforced on the embedded queue, which
-    /// counts per tenant; SQS lanes do not.
+    /// `sluice-accepted`, `sluice-accepted-entries`). The embedded queue counts each tenant's
+    /// messages; beside SQS, the DynamoDB store counts each tenant's campaign messages
+    /// enqueued and not yet persisted or dead-lettered (held ones included).
     #[arg(long, env = "SLUICE_TENANT_QUOTA", default_value_t = 0)]
     pub tenant_quota: u64,
     /// Concurrent queue pollers of the worker role (the bulk lane's concurrency budget).
@@ -398,7 +399,8 @@ pub enum DrainAction {
     Pause,
     /// Drain again; a tenant's or campaign's held messages go back to the queue.
     Resume,
-    /// Most messages per second for the whole drain, across every worker (0: no operator rate).
+    /// Most messages per second, across every worker, for the whole drain or the
+    /// `--tenant`/`--campaign` given (0: no operator rate).
     Rate { msgs_per_sec: f64 },
     /// Print every control in force and how many messages pauses hold.
     Status,
@@ -419,6 +421,11 @@ pub enum CampaignAction {
     },
     Resume {
         campaign_id: String,
+    },
+    /// Most messages per second of the campaign, across every worker (0: no operator rate).
+    Rate {
+        campaign_id: String,
+        msgs_per_sec: f64,
     },
     /// Progress, state, rate and ETA, as JSON.
     Status {

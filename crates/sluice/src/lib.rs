@@ -76,9 +76,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             set_control(&d.target, scope, paused, rate).await
         }
         Command::Campaign(c) => {
-            let (id, paused) = match c.action {
-                CampaignAction::Pause { campaign_id } => (campaign_id, true),
-                CampaignAction::Resume { campaign_id } => (campaign_id, false),
+            let (id, paused, rate) = match c.action {
+                CampaignAction::Pause { campaign_id } => (campaign_id, Some(true), None),
+                CampaignAction::Resume { campaign_id } => (campaign_id, Some(false), None),
+                CampaignAction::Rate { campaign_id, msgs_per_sec } => (campaign_id, None, Some(msgs_per_sec)),
                 CampaignAction::Status { campaign_id } => {
                     let mut g = control_client(&c.target).await?;
                     let s = g.get_campaign(v1::GetCampaignRequest { campaign_id, tenant: None }).await?.into_inner();
@@ -91,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             };
-            set_control(&c.target, drain_scope::Scope::CampaignId(id), Some(paused), None).await
+            set_control(&c.target, drain_scope::Scope::CampaignId(id), paused, rate).await
         }
         Command::Dlq(d) => {
             let metrics = Arc::new(Metrics::new());

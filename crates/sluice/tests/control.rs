@@ -1,6 +1,7 @@
 //! Operator control through the CLI against a running server: a paused campaign holds while
 //! another tenant's drains, stays paused across a restart (SIGTERM), and drains exactly once
-//! after `sluice campaign resume`; `sluice drain status` shows what is held.
+//! after `sluice campaign resume`; `sluice drain status` shows what is held; rates of a
+//! campaign and a tenant are set and listed.
 
 mod common;
 
@@ -66,4 +67,14 @@ async fn a_campaign_paused_from_the_cli_holds_across_a_restart_and_drains_once_r
     assert_eq!((done.persisted, done.dead_lettered, done.state.as_str()), (200, 0, "done"));
     check_recipients(&g, "acme-shop", &held, 1).await;
     assert_eq!(control(&s, &["drain", "status"]), "no controls: the whole drain runs\nheld messages: 0");
+
+    // Rates of one campaign and one tenant (the worker side: sluice-gateway's campaigns tests).
+    assert_eq!(control(&s, &["campaign", "rate", "next", "50"]), "campaign next: running, rate 50 msg/s");
+    assert_eq!(control(&s, &["drain", "--tenant", "acme", "rate", "2.5"]), "tenant acme: running, rate 2.5 msg/s");
+    let listed = control(&s, &["drain", "status"]);
+    assert!(
+        listed.contains("campaign next: running, rate 50 msg/s") && listed.contains("tenant acme: running, rate 2.5 msg/s"),
+        "{listed}"
+    );
+    assert_eq!(control(&s, &["campaign", "rate", "next", "0"]), "campaign next: running, rate none");
 }
