@@ -139,9 +139,12 @@ async fn controls_pause_the_drain_and_refuse_what_does_not_apply() {
     let (_, c) = e.call("POST", "/v1/admin/controls", Some(json!({"scope": "drain", "paused": false, "rate": 0}))).await;
     assert_eq!(c, json!({"scope": "drain", "paused": false, "rate": null}), "rate 0 removes the ceiling");
 
-    for bad in
-        [json!({"scope": "everything", "paused": true}), json!({"scope": "tenant:acme", "rate": 5}), json!({"scope": "drain", "rate": -1})]
-    {
+    for bad in [
+        json!({"scope": "everything", "paused": true}),
+        json!({"scope": "tenant:acme", "rate": -5}),
+        json!({"scope": "campaign:", "paused": true}),
+        json!({"scope": "drain", "rate": -1}),
+    ] {
         let (status, v) = e.call("POST", "/v1/admin/controls", Some(bad.clone())).await;
         assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_frame")), "{bad}: {v}");
     }

@@ -56,6 +56,7 @@ async function signIn(token) {
   };
   every(1000, pollOverview);
   every(2000, pollCampaigns);
+  every(2000, pollControls);
   every(5000, pollDeadLetters);
 }
 
@@ -195,9 +196,39 @@ async function control(scope, change) {
     await call("POST", "/v1/admin/controls", { scope, ...change });
     pollOverview();
     pollCampaigns();
+    pollControls();
   } catch (e) {
     showAlert(e.code + ": " + e.message);
   }
+}
+
+$("scope-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const scope = $("scope-kind").value + ":" + $("scope-id").value.trim();
+  const action = ev.submitter ? ev.submitter.name : "rate";
+  if (action === "pause") control(scope, { paused: true });
+  else if (action === "resume") control(scope, { paused: false });
+  else control(scope, { rate: Number($("scope-rate").value || 0) });
+});
+
+/** The controls in force, each scope with its state and rate. */
+async function pollControls() {
+  let r;
+  try {
+    r = await call("GET", "/v1/admin/controls");
+  } catch (e) {
+    return;
+  }
+  const rows = r.controls.map((c) =>
+    el(
+      "tr",
+      { "data-scope": c.scope },
+      el("td", { textContent: c.scope }),
+      el("td", { textContent: c.paused ? "paused" : "running" }),
+      el("td", { className: "num", textContent: c.rate ? fmt(c.rate) + "/s" : "–" }),
+    ),
+  );
+  $("controls").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 3, className: "muted", textContent: "none" }))]));
 }
 
 $("drain-pause").addEventListener("click", () => control("drain", { paused: true }));

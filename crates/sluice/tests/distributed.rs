@@ -6,8 +6,9 @@
 //! machine put over them.
 //! A user on gateway A hears a user on gateway B live; a 2,000 recipient campaign drains with
 //! exact counters while a worker is SIGKILLed and restarted and every Redis node restarts;
-//! afterwards boto3 finds the data where DESIGN.md's model says. (The chaos test runs on a
-//! standalone redis-server.)
+//! afterwards boto3 finds the data where DESIGN.md's model says; a campaign's rate holds it
+//! in SQS's held queue while another tenant's drains, and a tenant quota counted by DynamoDB
+//! refuses what does not fit. (The chaos test runs on a standalone redis-server.)
 
 mod common;
 
@@ -185,4 +186,44 @@ async fn two_gateways_and_two_workers_survive_a_worker_kill_and_a_redis_restart(
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["persisted"], N);
     drop(gw_b);
+
+    // A campaign's rate and a tenant's quota on SQS: a third gateway with a quota of 250
+    // queued messages per tenant (counted by DynamoDB beside SQS).
+    let gw_c = Server::start_role("gateway", &data, &["--tenant-quota", "250"], &gateway_env).await;
+    let mut gc = gw_c.grpc().await;
+    let (slow, fast) = (format!("{prefix}-slow"), format!("{prefix}-fast"));
+    let rate = |id: &str, r: f64| v1::SetDrainControlRequest {
+        scope: Some(v1::DrainScope { scope: Some(v1::drain_scope::Scope::CampaignId(id.to_string())) }),
+        paused: None,
+        rate: Some(r),
+    };
+    gc.set_drain_control(rate(&slow, 2.0)).await.unwrap();
+    tokio::time::sleep(2 * sluice_core::control::REFRESH).await;
+    let bulk = |id: &str, tenant: &str, recipients: &[String]| v1::EnqueueBulkRequest {
+        campaign_id: id.to_string(),
+        sender: format!("{prefix}-{tenant}-shop"),
+        recipients: recipients.to_vec(),
+        body: "sale".into(),
+        tenant: Some(format!("{prefix}-{tenant}")),
+    };
+    let slow_to: Vec<String> = (0..300).map(|i| format!("{prefix}-s{i:03}")).collect();
+    let refused = gc.enqueue_bulk(bulk(&slow, "acme", &slow_to)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(refused.metadata().get("sluice-accepted").unwrap(), "250", "the quota's worth is accepted: {refused:?}");
+    let fast_to: Vec<String> = (0..100).map(|i| format!("{prefix}-f{i:03}")).collect();
+    assert_eq!(gc.enqueue_bulk(bulk(&fast, "globex", &fast_to)).await.unwrap().into_inner().accepted, 100, "another tenant's quota");
+    wait_done(&mut gc, &fast, Duration::from_secs(300)).await;
+    let held = gc.get_campaign(v1::GetCampaignRequest { campaign_id: slow.clone(), tenant: None }).await.unwrap().into_inner();
+    assert!(held.persisted < 200, "the rate of 2/s holds the slow campaign back while the other drains: {held:?}");
+    let controls = gc.get_drain_controls(v1::GetDrainControlsRequest {}).await.unwrap().into_inner();
+    assert!(controls.held > 0, "its backlog waits in the held queue: {controls:?}");
+    gc.set_drain_control(rate(&slow, 0.0)).await.unwrap();
+    let c = wait_done(&mut gc, &slow, Duration::from_secs(300)).await;
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered), (250, 250, 0));
+    // The backlog drained: the refused entries go through now.
+    let rest = gc.enqueue_bulk(bulk(&slow, "acme", &slow_to[250..])).await.unwrap().into_inner();
+    assert_eq!(rest.accepted, 50);
+    let c = wait_done(&mut gc, &slow, Duration::from_secs(300)).await;
+    assert_eq!((c.enqueued, c.persisted, c.dead_lettered), (300, 300, 0));
+    check_recipients(&gc, &format!("{prefix}-acme-shop"), &slow_to, 1).await;
 }

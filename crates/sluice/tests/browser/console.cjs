@@ -53,6 +53,25 @@ run(async () => {
   await p.locator('#campaigns tr[data-campaign="from-the-form"][data-state="done"]').waitFor({ timeout: 30000 });
   check(true, "a test campaign sent from the form is listed and drains");
 
+  // One campaign's rate and a tenant's pause, from the page: listed among the controls.
+  await p.getByLabel("Scope").selectOption("campaign");
+  await p.getByLabel("Tenant or campaign id").fill("spring");
+  await p.getByLabel("Its rate (msg/s, 0 = none)").fill("25");
+  await p.getByRole("button", { name: "Set its rate" }).click();
+  await p.locator('#controls tr[data-scope="campaign:spring"]', { hasText: "25/s" }).waitFor();
+  await p.getByLabel("Scope").selectOption("tenant");
+  await p.getByLabel("Tenant or campaign id").fill("acme");
+  await p.getByRole("button", { name: "Pause it" }).click();
+  await p.locator('#controls tr[data-scope="tenant:acme"]', { hasText: "paused" }).waitFor();
+  check(true, "a campaign's rate and a tenant's pause are set from the page and listed");
+  await p.getByRole("button", { name: "Resume it" }).click();
+  await p.getByLabel("Scope").selectOption("campaign");
+  await p.getByLabel("Tenant or campaign id").fill("spring");
+  await p.getByLabel("Its rate (msg/s, 0 = none)").fill("0");
+  await p.getByRole("button", { name: "Set its rate" }).click();
+  for (const scope of ["campaign:spring", "tenant:acme"]) await p.locator(`#controls tr[data-scope="${scope}"]`).waitFor({ state: "detached" });
+  check(true, "and removed again");
+
   await p.getByLabel("Rate ceiling (msg/s, 0 = none)").fill("0");
   await p.getByRole("button", { name: "Set rate" }).click();
   await p.locator("#drain-state", { hasText: /^running$/ }).waitFor();
