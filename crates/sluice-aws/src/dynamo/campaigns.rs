@@ -166,7 +166,7 @@ pub(crate) async fn record_dead_letter(store: &DynamoStore, campaign_id: &str, m
             // never counted it is counted as persisted here, since no delivery will come again.
             Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => {
                 let campaign = campaign_id.to_string();
-                return match persist::marker(store, msg_id).await?.uncounted(Some(&campaign), msg_id) {
+                return match persist::marker(store, msg_id).await?.uncounted(store, Some(&campaign), msg_id).await? {
                     Some(u) => persist::count_persisted(store, vec![u]).await,
                     None => Ok(()),
                 };

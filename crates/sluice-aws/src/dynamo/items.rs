@@ -11,10 +11,12 @@
 //!   `member_of` = room on rows of large rooms (the sparse `by-room` index lists their
 //!   members). The user's total is the row `room = "#total"`: total_unread (over small rooms),
 //!   version, and `large_rooms` (string set) naming the large rooms whose unread is computed.
-//! - msgids: `msg_id`; room, seq and `by` (the nonce of the persisting call) once persisted;
-//!   `counted` once counted for its campaign (`undead` if it was counted dead-lettered
-//!   before); `enq` once enqueued for a campaign; `dead` while dead-lettered; `expires_at` (TTL).
-//!   Items `~call:...` record an EnqueueBulk call whose request was counted.
+//! - msgids: `msg_id`; room, seq and `by` (the nonce of its counting chunk) once persisted
+//!   (`undead` if it was counted dead-lettered before); `enq` once enqueued for a campaign;
+//!   `dead` while dead-lettered; `expires_at` (TTL). Items `~count:<nonce>` are counting
+//!   receipts: `ids` (string set), the msg_ids counted for their campaign with that chunk
+//!   nonce. (Markers written before receipts carry `counted` once counted.) Items
+//!   `~call:...` record an EnqueueBulk call whose request was counted.
 //! - campaigns: `campaign_id`, `part`: `#meta` (requested) and shards `p00`.. (enqueued,
 //!   persisted, dead_lettered), written by batch transactions (recording recipients, counting
 //!   persisted messages) and per dead letter, never by a message's own transaction. The same

@@ -1,20 +1,24 @@
 //! Persisting messages: one TransactWriteItems per message (see the module docs of
 //! [`super`] for the items it writes and how cancellations are read), then, for campaign
-//! messages, one counting transaction per campaign and batch.
+//! messages, one counting transaction per campaign and chunk.
 //!
 //! Campaign counters stay out of the message transaction: every message of a campaign would
 //! otherwise touch one of a few shared counter items, and on DynamoDB a transaction touching an
 //! item that another one holds is cancelled, so concurrent workers would mostly cancel each
-//! other. The marker of a committed campaign message carries `by` (the persisting call's
-//! nonce) but no `counted`; the counting transaction sets `counted` on up to 98 markers on the
-//! condition that it is not set yet, and adds their number to one shard (and to the tenant's), so each message is
-//! counted exactly once however often it is redelivered. A message committed but not counted
-//! (the counting failed, or the worker died in between) is answered as a failure and counted
-//! by its redelivery, which also announces it, since no delivery announced it before.
+//! other. Instead a batch's campaign messages are split into counting chunks (one campaign, at
+//! most [`COUNT_CHUNK`] messages), each with a nonce that their markers carry as `by`. The
+//! chunk's counting transaction adds the msg_ids it counts to its receipt (the msgids item
+//! `~count:<nonce>`, on the condition that none is in it yet) and their number to a shard of
+//! the campaign and of its tenant: three items however many messages, so a message's count
+//! costs a share of them, not a write of its own marker. A redelivered message whose marker
+//! names a receipt that lacks it was committed but not counted (the counting failed, or the
+//! worker died in between): it is answered as a failure the first time, and its redelivery
+//! counts it into that same receipt and announces it, since no delivery announced it before.
+//! Markers from before receipts carry `counted` once counted, which still holds.
 
 use super::Tries;
 use super::call::TxFailure;
-use super::call::{drop_failed_conditions, only_contention};
+use super::call::only_contention;
 use super::items::{CAMPAIGN_SHARDS, Item, RoomMeta, TOTAL_SK, get_s, get_u64, key, marker_expiry, n, put, s, ss, update};
 use super::{DynamoStore, PERSIST_CONCURRENCY, SMALL_ROOM_MAX_MEMBERS, campaigns, reads, rooms};
 use aws_sdk_dynamodb::types::TransactWriteItem;
@@ -26,8 +30,9 @@ use std::sync::Arc;
 /// Characters of the body kept as the inbox preview.
 const PREVIEW_CHARS: usize = 100;
 
-/// Markers counted per counting transaction (plus the campaign's and the tenant's shard).
-const COUNT_CHUNK: usize = 98;
+/// Messages of one counting chunk: its receipt's condition names each (DynamoDB allows 4 KB
+/// of condition expression).
+const COUNT_CHUNK: usize = 64;
 
 /// A campaign message committed but not yet counted for its campaign.
 #[derive(Debug, Clone)]
@@ -36,11 +41,40 @@ pub(crate) struct Uncounted {
     pub(crate) msg_id: String,
     /// It was counted as dead-lettered before its redrive: the count moves to persisted.
     pub(crate) undead: bool,
+    /// The nonce of its counting chunk (its marker's `by`): the receipt it is counted in.
+    pub(crate) receipt: u64,
+}
+
+/// The msgids item that lists the msg_ids counted for the chunk of `nonce`.
+fn receipt_key(nonce: u64) -> String {
+    format!("~count:{nonce}")
+}
+
+fn fresh_nonce() -> u64 {
+    rand::random::<u64>() >> 12
 }
 
 type Outcome = Result<(Persisted, Option<Uncounted>), StoreError>;
 
 pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -> Vec<Result<Persisted, StoreError>> {
+    // Each campaign's messages in chunks with a nonce each (see the module docs); others a
+    // nonce of their own.
+    let mut chunks: std::collections::HashMap<&str, (u64, usize)> = std::collections::HashMap::new();
+    let nonces: Vec<u64> = batch
+        .iter()
+        .map(|m| match &m.campaign_id {
+            Some(c) => {
+                let chunk = chunks.entry(c.as_str()).or_insert_with(|| (fresh_nonce(), 0));
+                if chunk.1 == COUNT_CHUNK {
+                    *chunk = (fresh_nonce(), 0);
+                }
+                chunk.1 += 1;
+                chunk.0
+            }
+            None => fresh_nonce(),
+        })
+        .collect();
+    let nonces = &nonces;
     // Rooms in parallel, each room's messages in the order given.
     let mut by_room: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
     for (i, m) in batch.iter().enumerate() {
@@ -56,7 +90,7 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
                 let r = match &failed {
                     // Keep the room's order: nothing after a message that must be retried.
                     Some(e) => Err(e.clone()),
-                    None => persist_one(store, &batch[i]).await,
+                    None => persist_one(store, &batch[i], nonces[i]).await,
                 };
                 if let Err(e) = &r
                     && e.is_retryable()
@@ -71,13 +105,13 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
         .collect()
         .await;
     let mut results: Vec<Option<Result<Persisted, StoreError>>> = (0..batch.len()).map(|_| None).collect();
-    let mut uncounted: std::collections::HashMap<String, Vec<(usize, Uncounted)>> = std::collections::HashMap::new();
+    let mut uncounted: std::collections::HashMap<(String, u64), Vec<(usize, Uncounted)>> = std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for (i, r) in done.into_iter().flatten() {
         results[i] = Some(r.map(|(mut p, u)| {
             if let Some(u) = u {
                 if seen.insert(u.msg_id.clone()) {
-                    uncounted.entry(u.campaign.clone()).or_default().push((i, u));
+                    uncounted.entry((u.campaign.clone(), u.receipt)).or_default().push((i, u));
                 } else {
                     // Given twice in one batch: counted and announced once.
                     p = Persisted { duplicate: true, members: Arc::new(Vec::new()), unread: Vec::new(), unread_deferred: Vec::new(), ..p };
@@ -86,8 +120,8 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
             p
         }));
     }
-    // One counting transaction per chunk of a campaign's messages; a chunk that fails fails
-    // only its own messages.
+    // One counting transaction per receipt (and chunk of it); a chunk that fails fails only
+    // its own messages.
     let chunks = uncounted.into_values().flat_map(|entries| entries.chunks(COUNT_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>());
     let counted: Vec<(Vec<usize>, Result<(), StoreError>)> = futures::stream::iter(chunks)
         .map(|entries| async move {
@@ -108,8 +142,10 @@ pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -
     results.into_iter().map(|r| r.expect("every message has a result")).collect()
 }
 
-/// Counts committed campaign messages (at most [`COUNT_CHUNK`], all of one campaign) once
-/// each, in one transaction: the markers already counted drop out of it, and it goes again.
+/// Counts committed campaign messages (at most [`COUNT_CHUNK`], all of one campaign and
+/// receipt) once each, in one transaction: its receipt gains their msg_ids on the condition
+/// that it holds none of them yet; those it holds already (counted by another delivery) drop
+/// out, and it goes again.
 pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounted>) -> Result<(), StoreError> {
     debug_assert!(chunk.len() <= COUNT_CHUNK);
     let mut tries = Tries::default();
@@ -118,20 +154,24 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
         None => return Ok(()),
     };
     while let Some(first) = chunk.first() {
+        let receipt = key(&[("msg_id", s(receipt_key(first.receipt)))]);
         let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
         let undead = chunk.iter().filter(|u| u.undead).count() as i64;
-        let mut items: Vec<TransactWriteItem> = chunk
-            .iter()
-            .map(|u| {
-                update(
-                    &store.t.msgids,
-                    key(&[("msg_id", s(&u.msg_id))]),
-                    "SET #counted = :one",
-                    Some("attribute_exists(#seq) AND attribute_not_exists(#counted)"),
-                    vec![(":one", n(1))],
-                )
-            })
-            .collect();
+        let ids: Vec<(String, aws_sdk_dynamodb::types::AttributeValue)> =
+            chunk.iter().enumerate().map(|(i, u)| (format!(":i{i}"), s(&u.msg_id))).collect();
+        let cond = format!(
+            "attribute_not_exists(#ids) OR ({})",
+            ids.iter().map(|(name, _)| format!("NOT contains(#ids, {name})")).collect::<Vec<_>>().join(" AND ")
+        );
+        let mut values = vec![(":set", ss(chunk.iter().map(|u| u.msg_id.clone()))), (":exp", n(marker_expiry(sluice_core::now_ms())))];
+        values.extend(ids.iter().map(|(name, v)| (name.as_str(), v.clone())));
+        let mut items = vec![update(
+            &store.t.msgids,
+            receipt.clone(),
+            "ADD #ids :set SET #expires_at = if_not_exists(#expires_at, :exp)",
+            Some(&cond),
+            values,
+        )];
         let (expr, values) = if undead > 0 {
             ("ADD #persisted :k, #dead_lettered :minus", vec![(":k", n(chunk.len())), (":minus", n(-undead))])
         } else {
@@ -140,13 +180,34 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
         items.extend(campaigns::counter_updates(store, &first.campaign, tenant.as_deref(), &shard, expr, values));
         match store.transact(items, None).await {
             Ok(()) => break,
-            // Those counted already drop out, and the rest goes again at once.
-            Err(TxFailure::Cancelled(reasons)) if drop_failed_conditions(&mut chunk, &reasons) => {}
+            // Another delivery counted some of them meanwhile: those drop out, the rest goes
+            // again at once.
+            Err(TxFailure::Cancelled(reasons)) if reasons.first().is_some_and(|r| r == "ConditionalCheckFailed") => {
+                let counted = receipt_ids(store, receipt).await?;
+                let before = chunk.len();
+                chunk.retain(|u| !counted.contains(&u.msg_id));
+                if chunk.len() == before {
+                    return Err(StoreError::Internal(format!(
+                        "counting receipt {} refused messages it does not hold",
+                        receipt_key(first_receipt(&chunk))
+                    )));
+                }
+            }
             // After contention the next try picks another shard.
             Err(f) => store.again(&mut tries, f, "counting persisted campaign messages").await?,
         }
     }
     Ok(())
+}
+
+fn first_receipt(chunk: &[Uncounted]) -> u64 {
+    chunk.first().map_or(0, |u| u.receipt)
+}
+
+/// The msg_ids a receipt holds (none when it does not exist).
+async fn receipt_ids(store: &DynamoStore, receipt: Item) -> Result<std::collections::HashSet<String>, StoreError> {
+    let item = store.get(&store.t.msgids, receipt).await?;
+    Ok(item.and_then(|i| i.get("ids").and_then(|v| v.as_ss().ok()).cloned()).unwrap_or_default().into_iter().collect())
 }
 
 /// What the marker of a msg_id says.
@@ -165,14 +226,19 @@ pub(crate) enum Marker {
 }
 
 impl Marker {
-    /// The campaign message committed and still to be counted, if this marker is one.
-    pub(crate) fn uncounted(&self, campaign: Option<&String>, msg_id: &str) -> Option<Uncounted> {
-        match (self, campaign) {
-            (Marker::Persisted { by: Some(_), counted: false, undead, .. }, Some(c)) => {
-                Some(Uncounted { campaign: c.clone(), msg_id: msg_id.to_string(), undead: *undead })
-            }
-            _ => None,
+    /// The campaign message committed and still to be counted, if this marker is one: its
+    /// receipt (or, on a marker from before receipts, its `counted`) does not count it yet.
+    pub(crate) async fn uncounted(
+        &self,
+        store: &DynamoStore,
+        campaign: Option<&String>,
+        msg_id: &str,
+    ) -> Result<Option<Uncounted>, StoreError> {
+        let (Marker::Persisted { by: Some(by), counted: false, undead, .. }, Some(c)) = (self, campaign) else { return Ok(None) };
+        if receipt_ids(store, key(&[("msg_id", s(receipt_key(*by)))])).await?.contains(msg_id) {
+            return Ok(None);
         }
+        Ok(Some(Uncounted { campaign: c.clone(), msg_id: msg_id.to_string(), undead: *undead, receipt: *by }))
     }
 }
 
@@ -195,7 +261,7 @@ pub(crate) async fn marker(store: &DynamoStore, msg_id: &str) -> Result<Marker, 
 /// committed it (its answer was lost) or no delivery finished it (a campaign message not yet
 /// counted), in which case it is announced now as if just committed.
 async fn already_persisted(store: &DynamoStore, m: &NewMessage, marker: Marker, nonce: u64) -> Outcome {
-    let uncounted = marker.uncounted(m.campaign_id.as_ref(), &m.msg_id);
+    let uncounted = marker.uncounted(store, m.campaign_id.as_ref(), &m.msg_id).await?;
     let Marker::Persisted { room, seq, by, .. } = marker else { unreachable!("only persisted markers are answered") };
     let message = store
         .message_at(&room, seq)
@@ -224,9 +290,9 @@ const ROOM_ITEM: usize = 0;
 const MARKER_ITEM: usize = 2;
 const SENDER_ITEM: usize = 3;
 
-async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
-    // Marks this call's commit, so a commit whose answer was lost is known as ours.
-    let nonce = rand::random::<u64>() >> 12;
+/// Persists `m`; its marker carries `nonce` (its counting chunk's), so a commit whose answer
+/// was lost is known as this call's, and a campaign message's count is found in its receipt.
+async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome {
     let mut token_generation = 0u32;
     let mut after_dead_letter = false;
     let mut attempt = 0u32;
@@ -253,8 +319,12 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage) -> Outcome {
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
         match store.transact(items, Some(token)).await {
             Ok(()) => {
-                let uncounted =
-                    m.campaign_id.as_ref().map(|c| Uncounted { campaign: c.clone(), msg_id: m.msg_id.clone(), undead: after_dead_letter });
+                let uncounted = m.campaign_id.as_ref().map(|c| Uncounted {
+                    campaign: c.clone(),
+                    msg_id: m.msg_id.clone(),
+                    undead: after_dead_letter,
+                    receipt: nonce,
+                });
                 return Ok((committed(store, stored(m, seq), &meta, recipients).await?, uncounted));
             }
             Err(TxFailure::Cancelled(reasons)) => {
