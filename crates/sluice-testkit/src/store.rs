@@ -18,7 +18,7 @@ macro_rules! store_conformance {
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
             reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters, counters_are_read_for_any_user,
-            drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant);
+            drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant, direct_rooms_stay_exact_under_racing_writers);
     };
 }
 
@@ -149,6 +149,55 @@ pub async fn gap_free_seq_under_concurrent_senders(store: Arc<dyn MessageStore>)
     }
     assert_eq!(read, want, "paging with after=N misses nothing");
     assert_eq!(store.room(&room).await.unwrap().unwrap().last_seq, want.len() as u64);
+}
+
+/// Invariants 1 and 3 in a direct room that its first writers create at once: both users
+/// chatting, one-offs of several campaigns and a CreateRoom, all racing from the start (on
+/// DynamoDB a direct room has no room item: the message items' conditions order them).
+pub async fn direct_rooms_stay_exact_under_racing_writers(store: Arc<dyn MessageStore>) {
+    let tag = ids::random_id();
+    let (a, b) = (format!("a-{tag}"), format!("b-{tag}"));
+    let room = ids::dm_room(&a, &b);
+    const CHATS: usize = 12;
+    const ONE_OFFS: usize = 8;
+    let mut tasks = Vec::new();
+    for (from, to) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+        let (store, room) = (store.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..CHATS {
+                // As the gateway sends into a direct room: it may be the first message.
+                let m = NewMessage { create_members: vec![from.clone(), to.clone()], ..chat(&room, &from, &i.to_string()) };
+                persist_ok(store.as_ref(), m).await;
+            }
+        }));
+    }
+    {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..ONE_OFFS {
+                persist_ok(store.as_ref(), one_off(&format!("c{i}-{}", ids::random_id()), &a, &b)).await;
+            }
+        }));
+    }
+    {
+        let (store, room, members) = (store.clone(), room.clone(), vec![a.clone(), b.clone()]);
+        tasks.push(tokio::spawn(async move {
+            store.create_room(&room, &members, 1).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = store.history(&room, HistoryQuery { before: None, after: Some(0), limit: 500 }).await.unwrap();
+    let total = 2 * CHATS + ONE_OFFS;
+    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=total as u64).collect::<Vec<_>>(), "gap-free, each seq once");
+    assert_eq!(all.iter().map(|m| &m.msg_id).collect::<std::collections::HashSet<_>>().len(), total, "each message once");
+    assert_eq!(unread_of(store.as_ref(), &b, &room).await, ((CHATS + ONE_OFFS) as u64, (CHATS + ONE_OFFS) as u64));
+    assert_eq!(unread_of(store.as_ref(), &a, &room).await, (CHATS as u64, CHATS as u64));
+    let r = store.room(&room).await.unwrap().expect("the room exists");
+    assert_eq!((r.members.len(), r.last_seq), (2, total as u64));
+    assert_eq!(store.membership(&room, &a).await.unwrap(), Membership::Member);
+    assert_eq!(store.membership(&room, "someone-else").await.unwrap(), Membership::NotMember);
 }
 
 /// Invariant 2: one message, one seq, one increment per msg_id.

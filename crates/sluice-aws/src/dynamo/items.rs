@@ -152,6 +152,9 @@ pub(crate) struct RoomMeta {
     /// How many members a large room has (absent on rooms made large before it was kept): an
     /// index read that finds fewer is lagging.
     pub(crate) member_count: Option<u64>,
+    /// A direct room (`dm:a:b`): its members are the two its id names, its last seq is its
+    /// newest message's, and messages write no room item (see [`super`]).
+    pub(crate) direct: bool,
 }
 
 impl RoomMeta {
@@ -164,6 +167,7 @@ impl RoomMeta {
             large: get_bool(item, "large"),
             members: get_ss(item, "members"),
             member_count: item.contains_key("member_count").then(|| get_u64(item, "member_count")),
+            direct: false,
         }
     }
 }

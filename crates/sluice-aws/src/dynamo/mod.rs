@@ -3,9 +3,16 @@
 //! Every message commits in one TransactWriteItems: the message item with the room's next
 //! seq, the room item (seq and version, under an optimistic lock), the msg_id marker (the
 //! idempotency condition), and each recipient's inbox row and total. A message whose small
-//! room does not exist yet and names its members (a one-off's direct room) creates it in the
-//! same transaction: the room item and the rows are put, the room on the condition that it
-//! still does not exist. Campaign counters are counted after, a batch at a time, exactly once
+//! room does not exist yet and names its members creates it in the same transaction: the
+//! room item and the rows are put, the room on the condition that it still does not exist.
+//!
+//! Direct rooms (`dm:a:b`, most of them made by one-offs) have no room item: their members
+//! are the two users the id names (fixed), their last seq is read from the newest message
+//! item, and the message item's own condition (`attribute_not_exists(seq)`) is the lock on
+//! the seq: two writers that read the same last seq put the same key, and one is cancelled
+//! and reads again. So a one-off writes four items (message, marker, the recipient's row and
+//! total), not five. A direct room CreateRoom made before any message keeps the item it
+//! wrote; once a message exists, reads ignore it. Campaign counters are counted after, a batch at a time, exactly once
 //! per marker (see [`persist`]).
 //! The ClientRequestToken is derived from the msg_id, so a replay within 10 minutes is
 //! answered by DynamoDB itself; after that the marker's condition fails and the original is
@@ -241,7 +248,49 @@ impl DynamoStore {
     }
 
     async fn room_meta(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
+        if sluice_core::ids::dm_members(room).is_some() {
+            return self.direct_meta(room, true).await;
+        }
         Ok(self.get(&self.t.rooms, key(&[("room", s(room))])).await?.map(|i| RoomMeta::from_item(&i)))
+    }
+
+    /// A direct room's meta: its newest message's seq and the two members its id names. A
+    /// direct room without messages exists when CreateRoom made its item (looked up only
+    /// `with_item`: a message that creates the room on first use needs no such read).
+    async fn direct_meta(&self, room: &str, with_item: bool) -> Result<Option<RoomMeta>, StoreError> {
+        let Some(members) = sluice_core::ids::dm_members(room) else { return Ok(None) };
+        let q = self
+            .client
+            .query()
+            .table_name(&self.t.messages)
+            .key_condition_expression("#room = :r")
+            .expression_attribute_names("#room", "room")
+            .expression_attribute_values(":r", s(room))
+            .scan_index_forward(false)
+            .consistent_read(true)
+            .projection_expression("#seq")
+            .expression_attribute_names("#seq", "seq");
+        let newest = self.query_all(q, Some(1)).await?;
+        let mut members = members.to_vec();
+        members.dedup();
+        let meta = |last_seq| RoomMeta {
+            last_seq,
+            version: 0,
+            members_version: 0,
+            created_at_ms: 0,
+            large: false,
+            members,
+            member_count: None,
+            direct: true,
+        };
+        if let Some(item) = newest.first() {
+            return Ok(Some(meta(items::get_u64(item, "seq"))));
+        }
+        if !with_item {
+            return Ok(None);
+        }
+        let item = self.get(&self.t.rooms, key(&[("room", s(room))])).await?;
+        Ok(item.map(|i| RoomMeta { created_at_ms: items::get_i64(&i, "created_at"), ..meta(0) }))
     }
 
     async fn row(&self, user: &str, room: &str) -> Result<Option<Item>, StoreError> {

@@ -285,10 +285,21 @@ async fn already_persisted(store: &DynamoStore, m: &NewMessage, marker: Marker, 
     Ok((duplicate, None))
 }
 
-/// Where each kind of item sits in the transaction, to read its cancellation reason.
-const ROOM_ITEM: usize = 0;
-const MARKER_ITEM: usize = 2;
-const SENDER_ITEM: usize = 3;
+/// Where each kind of item sits in a message's transaction, to read its cancellation reason:
+/// the room item first, except in a direct room, which has none.
+struct Positions {
+    room: Option<usize>,
+    message: usize,
+    marker: usize,
+    sender: usize,
+}
+
+impl Positions {
+    fn of(meta: &RoomMeta) -> Self {
+        let first = usize::from(!meta.direct);
+        Positions { room: (!meta.direct).then_some(0), message: first, marker: first + 1, sender: first + 2 }
+    }
+}
 
 /// Persists `m`; its marker carries `nonce` (its counting chunk's), so a commit whose answer
 /// was lost is known as this call's, and a campaign message's count is found in its receipt.
@@ -298,7 +309,10 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
     let mut attempt = 0u32;
     let mut races = 0u32;
     loop {
-        let (meta, fresh) = match store.room_meta(&m.room).await? {
+        // A message that may create its direct room needs no look for a room item.
+        let creates_direct = !m.create_members.is_empty() && sluice_core::ids::dm_members(&m.room).is_some();
+        let meta = if creates_direct { store.direct_meta(&m.room, false).await? } else { store.room_meta(&m.room).await? };
+        let (meta, fresh) = match meta {
             Some(meta) => (meta, false),
             // A small room to create (a one-off's direct room): created by this message's own
             // transaction, which fails whole if the room appeared meanwhile.
@@ -316,6 +330,7 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
         let now = sluice_core::now_ms();
         let recipients: Vec<&String> = if meta.large { Vec::new() } else { meta.members.iter().filter(|u| **u != m.sender).collect() };
         let items = transaction(store, m, (&meta, fresh), seq, now, &recipients, (after_dead_letter, nonce));
+        let at = Positions::of(&meta);
         let token = uuid::Uuid::new_v5(&store.token_ns, format!("{}/{token_generation}", m.msg_id).as_bytes()).to_string();
         match store.transact(items, Some(token)).await {
             Ok(()) => {
@@ -329,7 +344,7 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
             }
             Err(TxFailure::Cancelled(reasons)) => {
                 let failed = |i: usize| reasons.get(i).is_some_and(|r| r == "ConditionalCheckFailed");
-                if failed(MARKER_ITEM) {
+                if failed(at.marker) {
                     match marker(store, &m.msg_id).await? {
                         p @ Marker::Persisted { .. } => return already_persisted(store, m, p, nonce).await,
                         Marker::DeadLettered => after_dead_letter = true,
@@ -337,11 +352,12 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
                     }
                     continue;
                 }
-                if meta.large && failed(SENDER_ITEM) {
+                if meta.large && failed(at.sender) {
                     return Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() });
                 }
-                if failed(ROOM_ITEM) || only_contention(&reasons) {
-                    // Another message (or a membership change) committed first, or another
+                if at.room.is_some_and(failed) || (meta.direct && failed(at.message)) || only_contention(&reasons) {
+                    // Another message (or a membership change) committed first (the room's
+                    // version moved, or in a direct room the seq is taken), or another
                     // transaction holds one of our items (the room's, a recipient's total):
                     // contention of a busy room or user, not store trouble. Read again.
                     races += 1;
@@ -385,6 +401,7 @@ fn fresh_room(m: &NewMessage) -> Option<RoomMeta> {
         large: false,
         members,
         member_count: None,
+        direct: sluice_core::ids::dm_members(&m.room).is_some(),
     })
 }
 
@@ -404,7 +421,10 @@ fn transaction(
     let t = &store.t;
     let room_key = || key(&[("room", s(&m.room))]);
     let mut items = Vec::with_capacity(5 + 2 * recipients.len());
-    if fresh {
+    if meta.direct {
+        // No room item: the message item's condition takes the seq (see the module docs of
+        // [`super`]).
+    } else if fresh {
         let mut room = rooms::new_room(&m.room, meta.created_at_ms);
         room.insert("last_seq".into(), n(seq));
         room.insert("version".into(), n(1));

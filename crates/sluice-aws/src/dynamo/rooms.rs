@@ -132,6 +132,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
     if members.is_empty() {
         return Err(StoreError::Invalid("a room needs at least one member".into()));
     }
+    let mut tries = super::Tries::default();
     loop {
         if let Some(meta) = store.room_meta(room).await? {
             let (existing, complete) = store.read_members(room, &meta).await?;
@@ -151,12 +152,21 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
             // Meta and rows in one transaction: the room appears whole or not at all.
             meta.insert("members".into(), ss(members.iter().cloned()));
             let mut items = vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))];
-            items.extend(members.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, false, now_ms), None)));
+            // A direct room's first message writes its rows without looking for this item:
+            // rows that exist belong to a message, and are not reset.
+            let row_cond = sluice_core::ids::dm_members(room).is_some().then_some("attribute_not_exists(#room)");
+            items.extend(members.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, false, now_ms), row_cond)));
             match store.transact(items, None).await {
                 Ok(()) => return Ok(Room { room: room.to_string(), members, last_seq: 0, created_at_ms: now_ms }),
-                // Created meanwhile by someone else: compare on the next turn.
-                Err(TxFailure::Cancelled(r)) if r.first().is_some_and(|c| c == "ConditionalCheckFailed") => continue,
-                Err(e) => return Err(tx_error(e)),
+                // Created meanwhile by someone else (or, for a direct room, by its first
+                // message): compare on the next turn.
+                Err(TxFailure::Cancelled(r)) if r.iter().any(|c| c == "ConditionalCheckFailed") => continue,
+                // A message's transaction holds a row (a direct room's first message), or
+                // DynamoDB throttles: again.
+                Err(f) => {
+                    store.again(&mut tries, f, "creating a room").await?;
+                    continue;
+                }
             }
         }
         // A large room: rows first, the meta item last, so the room exists only once every
