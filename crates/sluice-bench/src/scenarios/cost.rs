@@ -1,7 +1,8 @@
 //! Scenario `cost`: what one message costs on the AWS backends, measured on DynamoDB Local
 //! and moto through a real `sluice serve --backend aws` (local hub: Redis is not billed per
 //! message). A campaign of one-off messages goes through EnqueueBulk, SQS and the worker;
-//! then interactive messages are sent over WebSocket in two-member rooms. Each part is
+//! then interactive messages are sent over WebSocket in two-member rooms, named and direct
+//! (`dm:a:b`). Each part is
 //! measured as the difference of the server's `/metrics` before and after: AWS requests by
 //! service, DynamoDB capacity, items written and Kinesis records.
 //!
@@ -44,17 +45,23 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
     one_offs(&server, a.one_off, run).await?;
     let mid = wait_events(&server, &before, a.one_off as f64).await?;
     let one_off = mid.since(&before);
-    let rooms = create_pairs(&server, run).await?;
-    let before = server.metrics().await?;
-    interactive(&server, &rooms, a.interactive).await?;
-    let after = wait_events(&server, &before, a.interactive as f64).await?;
-    let chat = after.since(&before);
+    let mut chats = Vec::new();
+    for direct in [false, true] {
+        let rooms = create_pairs(&server, run, direct).await?;
+        let before = server.metrics().await?;
+        interactive(&server, &rooms, a.interactive).await?;
+        let after = wait_events(&server, &before, a.interactive as f64).await?;
+        chats.push(after.since(&before));
+    }
     server.stop().await;
 
-    let mut total = [0.0; 2];
-    for (i, (label, m, n, idle_receives)) in
-        [("one-off", &one_off, a.one_off as f64, false), ("interactive", &chat, a.interactive as f64, true)].into_iter().enumerate()
-    {
+    let n = a.interactive as f64;
+    let parts = [
+        ("one-off", &one_off, a.one_off as f64, false),
+        ("interactive", &chats[0], n, true),
+        ("interactive in a direct room", &chats[1], n, true),
+    ];
+    for (label, m, n, idle_receives) in parts {
         let wcu = (2.0 * m.sum("sluice_dynamodb_items_written_total", &["kind=\"transactional\""])
             + m.sum("sluice_dynamodb_items_written_total", &["kind=\"standard\""]))
             / n;
@@ -73,7 +80,6 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
             + rcu * DYNAMODB_READ_REQUEST_UNIT
             + sqs * SQS_FIFO_REQUEST
             + records * KINESIS_PUT_PAYLOAD_UNIT;
-        total[i] = usd;
         report.figure(&format!("{label}: DynamoDB write units (AWS rule, items written)"), wcu, "WRU/msg", None);
         report.figure(&format!("{label}: DynamoDB write capacity as DynamoDB Local reports it"), reported_wcu, "WCU/msg", None);
         report.figure(&format!("{label}: DynamoDB read capacity (reported)"), rcu, "RRU/msg", None);
@@ -90,9 +96,10 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
          and Redis are not included."
     ));
     report.note(format!(
-        "{} one-off messages (each to a new direct room) and {} interactive messages in {PAIRS} two-member rooms with both \
-         members connected. The interactive SQS figure leaves out the worker's idle ReceiveMessage polls.",
-        a.one_off, a.interactive
+        "{} one-off messages (each to a new direct room), then {} interactive messages in {PAIRS} two-member rooms and as \
+         {} in {PAIRS} direct rooms (`dm:a:b`, made by CreateRoom first), both members connected. The interactive SQS \
+         figures leave out the worker's idle ReceiveMessage polls.",
+        a.one_off, a.interactive, a.interactive
     ));
     Ok(report)
 }
@@ -106,11 +113,14 @@ async fn one_offs(server: &Server, n: u32, run: &str) -> anyhow::Result<()> {
     c.wait_persisted(&mut g, n as u64, poll, limit, &AtomicU64::new(0), || server.log_tail()).await
 }
 
-async fn create_pairs(server: &Server, run: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+/// Two-member rooms, named (`direct` false) or direct (`dm:a:b`), each with its pair of users.
+async fn create_pairs(server: &Server, run: &str, direct: bool) -> anyhow::Result<Vec<(String, String, String)>> {
     let mut g = server.grpc().await?;
     let mut rooms = vec![];
+    let kind = if direct { "d" } else { "p" };
     for p in 0..PAIRS {
-        let (a, b, room) = (format!("{run}-a{p}"), format!("{run}-b{p}"), format!("{run}-pair{p}"));
+        let (a, b) = (format!("{run}-{kind}a{p}"), format!("{run}-{kind}b{p}"));
+        let room = if direct { sluice_core::ids::dm_room(&a, &b) } else { format!("{run}-pair{p}") };
         g.create_room(v1::CreateRoomRequest { room: room.clone(), members: vec![a.clone(), b.clone()] }).await.context("CreateRoom")?;
         rooms.push((room, a, b));
     }
