@@ -96,7 +96,7 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
          and Redis are not included."
     ));
     report.note(format!(
-        "{} one-off messages (each to a new direct room), then {} interactive messages in {PAIRS} two-member rooms and as \
+        "{} one-off messages (each to a new direct room), then {} interactive messages in {PAIRS} two-member rooms and \
          {} in {PAIRS} direct rooms (`dm:a:b`, made by CreateRoom first), both members connected. The interactive SQS \
          figures leave out the worker's idle ReceiveMessage polls.",
         a.one_off, a.interactive, a.interactive
