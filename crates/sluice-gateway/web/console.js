@@ -211,6 +211,11 @@ $("scope-form").addEventListener("submit", (ev) => {
   else control(scope, { rate: Number($("scope-rate").value || 0) });
 });
 
+/** Puts `rows` into the table body `id`, or one row of `cols` columns saying `empty`. */
+function fillRows(id, rows, cols, empty) {
+  $(id).replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: cols, className: "muted", textContent: empty }))]));
+}
+
 /** The controls in force, each scope with its state and rate. */
 async function pollControls() {
   let r;
@@ -228,7 +233,7 @@ async function pollControls() {
       el("td", { className: "num", textContent: c.rate ? fmt(c.rate) + "/s" : "–" }),
     ),
   );
-  $("controls").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 3, className: "muted", textContent: "none" }))]));
+  fillRows("controls", rows, 3, "none");
 }
 
 $("drain-pause").addEventListener("click", () => control("drain", { paused: true }));
@@ -269,7 +274,7 @@ async function pollCampaigns() {
       el("td", {}, toggle),
     );
   });
-  $("campaigns").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 11, className: "muted", textContent: "none yet" }))]));
+  fillRows("campaigns", rows, 11, "none yet");
 }
 
 // ---- dead letters ----
@@ -293,7 +298,7 @@ async function pollDeadLetters() {
       el("td", { textContent: d.reason }),
     ),
   );
-  $("dead-letters").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 6, className: "muted", textContent: "none" }))]));
+  fillRows("dead-letters", rows, 6, "none");
   $("redrive").disabled = rows.length === 0;
 }
 
