@@ -23,7 +23,7 @@
 //!   the 5-minute window).
 //! - held messages (an operator's pause of a tenant or campaign) go to the held queue with
 //!   the hold key as their group; a release scans it, one group at a time, and sends the
-//!   key's messages back to their lane.
+//!   key's messages back to their lane in batches.
 //!
 //! Bodies are the protobuf `sluice.v1.QueuedMessage`, base64 encoded (SQS bodies are text).
 //! SQS does not say which sends it dropped as duplicates, so `SendOutcome::duplicates` counts
@@ -315,6 +315,10 @@ impl SpikeQueue for SqsQueue {
             if got.is_empty() {
                 break;
             }
+            // This receive's messages of `key` go back in batches, per lane in their order,
+            // then leave the held queue.
+            let mut lanes: std::collections::BTreeMap<usize, Vec<SendMessageBatchRequestEntry>> = std::collections::BTreeMap::new();
+            let mut back = Vec::new();
             for m in &got {
                 let Some(handle) = m.receipt_handle() else { continue };
                 if user_attr(m, ATTR_HOLD) != Some(key) {
@@ -325,10 +329,14 @@ impl SpikeQueue for SqsQueue {
                 let group = user_attr(m, ATTR_GROUP).unwrap_or_default();
                 let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, m.message_id().unwrap_or_default().as_bytes()).simple().to_string();
                 let entry = Self::entry(group, &id, m.body().unwrap_or_default().to_string(), &dedup_of(m), tenant);
-                self.send_batch(&self.urls[lane_of(tenant, self.urls.len())], vec![entry]).await?;
-                self.settle(&self.held_url, &[handle.to_string()], None).await?;
-                moved += 1;
+                lanes.entry(lane_of(tenant, self.urls.len())).or_default().push(entry);
+                back.push(handle.to_string());
             }
+            for (lane, entries) in lanes {
+                self.send_lane(&self.urls[lane], entries).await?;
+            }
+            self.settle(&self.held_url, &back, None).await?;
+            moved += back.len();
         }
         self.settle(&self.held_url, &others, Some(Duration::ZERO)).await?;
         Ok(moved)
