@@ -5,7 +5,10 @@
 //!   Messages are spread over parallel lanes by group, each lane sending in order, so a
 //!   group's order survives the parallelism.
 //! - receive: long poll (up to 10, up to 20 s) with a ReceiveRequestAttemptId, so a retried
-//!   receive returns the same messages instead of hiding them for a visibility timeout.
+//!   receive returns the same messages instead of hiding them for a visibility timeout. A
+//!   receive that comes back full is followed by up to three more without waiting, so a busy
+//!   queue hands the worker batches of up to 40 (FIFO never hands out a group with a message
+//!   in flight, so each group still comes whole and in order).
 //! - ack: DeleteMessageBatch; extend and release: ChangeMessageVisibilityBatch.
 //! - tenant lanes: the bulk lane is spread over `lanes` FIFO queues, a tenant's messages all
 //!   in the lane its name hashes to. SQS hands out a queue's groups roughly in arrival order,
@@ -73,6 +76,9 @@ const ATTR_DEDUP: &str = "sluice_dedup_id";
 const ATTR_REASON: &str = "sluice_reason";
 const ATTR_RECEIVES: &str = "sluice_receive_count";
 const ATTR_TENANT: &str = "sluice_tenant";
+/// Receives added to a receive that came back full, at most: a batch of up to 40 messages.
+const EXTRA_RECEIVES: usize = 3;
+
 /// The hold key and the original group of a held message (its group in the held queue is
 /// the hold key).
 const ATTR_HOLD: &str = "sluice_hold";
@@ -244,14 +250,33 @@ impl SpikeQueue for SqsQueue {
     }
 
     async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
-        let (lane, messages) = self.receive_lanes(max, wait, visibility).await?;
+        let mut received = vec![self.receive_lanes(max, wait, visibility).await?];
+        // A busy queue fills a larger batch at once: more receives without waiting, while each
+        // comes back full (fewer, fuller persist calls; a campaign's count is one transaction
+        // per campaign and batch). One that fails ends it: what came is returned.
+        let mut have = received[0].1.len();
+        let mut last = have;
+        while last >= BATCH && have < max && received.len() <= EXTRA_RECEIVES {
+            match self.receive_lanes(max - have, Duration::ZERO, visibility).await {
+                Ok((lane, more)) if !more.is_empty() => {
+                    (last, have) = (more.len(), have + more.len());
+                    received.push((lane, more));
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "an extra receive failed; going on with what came");
+                    break;
+                }
+            }
+        }
         let mut map = self.in_flight.lock().expect("in-flight lock");
         // A message received again makes its earlier receipts stale.
-        let again: Vec<&str> = messages.iter().filter_map(|m| m.message_id()).collect();
+        let again: Vec<&str> = received.iter().flat_map(|(_, ms)| ms.iter().filter_map(|m| m.message_id())).collect();
         map.retain(|_, f| f.received.elapsed() < IN_FLIGHT_MAX_AGE && !again.contains(&f.message_id.as_str()));
-        Ok(messages
+        Ok(received
             .iter()
-            .filter_map(|m| {
+            .flat_map(|(lane, messages)| messages.iter().map(move |m| (*lane, m)))
+            .filter_map(|(lane, m)| {
                 let receipt = lane_receipt(lane, m.receipt_handle()?);
                 let group = system_attr(m, MessageSystemAttributeName::MessageGroupId).unwrap_or_default().to_string();
                 let tenant = user_attr(m, ATTR_TENANT).unwrap_or_default().to_string();
