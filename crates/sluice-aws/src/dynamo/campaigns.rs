@@ -222,12 +222,19 @@ pub(crate) async fn campaign_tenant(store: &DynamoStore, campaign_id: &str) -> R
 
 /// A tenant's campaign messages enqueued and not yet persisted or dead-lettered.
 pub(crate) async fn tenant_backlog(store: &DynamoStore, tenant: &str) -> Result<u64, StoreError> {
-    let (enqueued, finished) = partition(store, &tenant_partition(tenant)).await?.iter().fold((0i64, 0i64), |(e, f), item| {
-        (e + get_i64(item, "enqueued"), f + get_i64(item, "persisted") + get_i64(item, "dead_lettered"))
-    });
+    let (enqueued, persisted, dead) = counter_sums(&partition(store, &tenant_partition(tenant)).await?);
     // Campaigns enqueued before tenants were counted add what finishes but not what was
     // enqueued: never below zero.
-    Ok((enqueued - finished).max(0) as u64)
+    Ok((enqueued - persisted - dead).max(0) as u64)
+}
+
+/// Enqueued, persisted and dead-lettered summed over a partition's shards (a shard may hold a
+/// negative count: a redrive takes its dead letter back from whichever shard its counting
+/// transaction picked).
+fn counter_sums(items: &[Item]) -> (i64, i64, i64) {
+    items.iter().fold((0, 0, 0), |(e, p, d), item| {
+        (e + get_i64(item, "enqueued"), p + get_i64(item, "persisted"), d + get_i64(item, "dead_lettered"))
+    })
 }
 
 /// Every item of one partition of the campaigns table, strongly consistent.
@@ -249,19 +256,11 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
         return Ok(None);
     }
     let mut c = Campaign { campaign_id: campaign_id.to_string(), ..Campaign::default() };
-    // A shard may hold a negative count: a redrive takes its dead letter back from whichever
-    // shard its counting transaction picked.
-    let (mut enqueued, mut persisted, mut dead) = (0i64, 0i64, 0i64);
-    for item in &items {
-        if get_s(item, "part") == Some(CAMPAIGN_META) {
-            c.requested = get_u64(item, "requested");
-            c.tenant = get_s(item, "owner").map(|o| ids::owner_tenant(o).to_string()).unwrap_or_default();
-        } else {
-            enqueued += get_i64(item, "enqueued");
-            persisted += get_i64(item, "persisted");
-            dead += get_i64(item, "dead_lettered");
-        }
+    if let Some(meta) = items.iter().find(|item| get_s(item, "part") == Some(CAMPAIGN_META)) {
+        c.requested = get_u64(meta, "requested");
+        c.tenant = get_s(meta, "owner").map(|o| ids::owner_tenant(o).to_string()).unwrap_or_default();
     }
+    let (enqueued, persisted, dead) = counter_sums(&items);
     (c.enqueued, c.persisted, c.dead_lettered) = (enqueued.max(0) as u64, persisted.max(0) as u64, dead.max(0) as u64);
     Ok(Some(c))
 }

@@ -259,18 +259,7 @@ impl DynamoStore {
     /// `with_item`: a message that creates the room on first use needs no such read).
     async fn direct_meta(&self, room: &str, with_item: bool) -> Result<Option<RoomMeta>, StoreError> {
         let Some(members) = sluice_core::ids::dm_members(room) else { return Ok(None) };
-        let q = self
-            .client
-            .query()
-            .table_name(&self.t.messages)
-            .key_condition_expression("#room = :r")
-            .expression_attribute_names("#room", "room")
-            .expression_attribute_values(":r", s(room))
-            .scan_index_forward(false)
-            .consistent_read(true)
-            .projection_expression("#seq")
-            .expression_attribute_names("#seq", "seq");
-        let newest = self.query_all(q, Some(1)).await?;
+        let newest = reads::query_messages(self, room, 1, i64::MAX as u64, false, Some(1), Some("#seq")).await?;
         let mut members = members.to_vec();
         members.dedup();
         let meta = |last_seq| RoomMeta {

@@ -45,9 +45,9 @@ pub(crate) struct Uncounted {
     pub(crate) receipt: u64,
 }
 
-/// The msgids item that lists the msg_ids counted for the chunk of `nonce`.
-fn receipt_key(nonce: u64) -> String {
-    format!("~count:{nonce}")
+/// The key of the msgids item that lists the msg_ids counted for the chunk of `nonce`.
+fn receipt_key(nonce: u64) -> Item {
+    key(&[("msg_id", s(format!("~count:{nonce}")))])
 }
 
 fn fresh_nonce() -> u64 {
@@ -59,12 +59,12 @@ type Outcome = Result<(Persisted, Option<Uncounted>), StoreError>;
 pub(crate) async fn persist_batch(store: &DynamoStore, batch: Vec<NewMessage>) -> Vec<Result<Persisted, StoreError>> {
     // Each campaign's messages in chunks with a nonce each (see the module docs); others a
     // nonce of their own.
-    let mut chunks: std::collections::HashMap<&str, (u64, usize)> = std::collections::HashMap::new();
+    let mut open: std::collections::HashMap<&str, (u64, usize)> = std::collections::HashMap::new();
     let nonces: Vec<u64> = batch
         .iter()
         .map(|m| match &m.campaign_id {
             Some(c) => {
-                let chunk = chunks.entry(c.as_str()).or_insert_with(|| (fresh_nonce(), 0));
+                let chunk = open.entry(c.as_str()).or_insert_with(|| (fresh_nonce(), 0));
                 if chunk.1 == COUNT_CHUNK {
                     *chunk = (fresh_nonce(), 0);
                 }
@@ -154,7 +154,8 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
         None => return Ok(()),
     };
     while let Some(first) = chunk.first() {
-        let receipt = key(&[("msg_id", s(receipt_key(first.receipt)))]);
+        let nonce = first.receipt;
+        let receipt = receipt_key(nonce);
         let shard = format!("p{:02}", rand::random_range(0..CAMPAIGN_SHARDS));
         let undead = chunk.iter().filter(|u| u.undead).count() as i64;
         let ids: Vec<(String, aws_sdk_dynamodb::types::AttributeValue)> =
@@ -187,10 +188,7 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
                 let before = chunk.len();
                 chunk.retain(|u| !counted.contains(&u.msg_id));
                 if chunk.len() == before {
-                    return Err(StoreError::Internal(format!(
-                        "counting receipt {} refused messages it does not hold",
-                        receipt_key(first_receipt(&chunk))
-                    )));
+                    return Err(StoreError::Internal(format!("counting receipt ~count:{nonce} refused messages it does not hold")));
                 }
             }
             // After contention the next try picks another shard.
@@ -198,10 +196,6 @@ pub(crate) async fn count_persisted(store: &DynamoStore, mut chunk: Vec<Uncounte
         }
     }
     Ok(())
-}
-
-fn first_receipt(chunk: &[Uncounted]) -> u64 {
-    chunk.first().map_or(0, |u| u.receipt)
 }
 
 /// The msg_ids a receipt holds (none when it does not exist).
@@ -235,7 +229,7 @@ impl Marker {
         msg_id: &str,
     ) -> Result<Option<Uncounted>, StoreError> {
         let (Marker::Persisted { by: Some(by), counted: false, undead, .. }, Some(c)) = (self, campaign) else { return Ok(None) };
-        if receipt_ids(store, key(&[("msg_id", s(receipt_key(*by)))])).await?.contains(msg_id) {
+        if receipt_ids(store, receipt_key(*by)).await?.contains(msg_id) {
             return Ok(None);
         }
         Ok(Some(Uncounted { campaign: c.clone(), msg_id: msg_id.to_string(), undead: *undead, receipt: *by }))
@@ -308,9 +302,9 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
     let mut after_dead_letter = false;
     let mut attempt = 0u32;
     let mut races = 0u32;
+    // A message that may create its direct room needs no look for a room item.
+    let creates_direct = !m.create_members.is_empty() && sluice_core::ids::dm_members(&m.room).is_some();
     loop {
-        // A message that may create its direct room needs no look for a room item.
-        let creates_direct = !m.create_members.is_empty() && sluice_core::ids::dm_members(&m.room).is_some();
         let meta = if creates_direct { store.direct_meta(&m.room, false).await? } else { store.room_meta(&m.room).await? };
         let (meta, fresh) = match meta {
             Some(meta) => (meta, false),

@@ -23,7 +23,7 @@ pub(crate) fn decode_message(item: &Item) -> StoredMessage {
 
 /// Messages of `room` with lo <= seq <= hi, strongly consistent, in `forward` order, at most
 /// `limit`, with only the attributes in `projection` when given.
-async fn query_messages(
+pub(crate) async fn query_messages(
     store: &DynamoStore,
     room: &str,
     lo: u64,
