@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 const SETUP_PARALLEL: usize = 64;
 /// How long after the last send the load waits for deliveries still in flight.
 const DRAIN: Duration = Duration::from_secs(1);
+/// How long a phase may be stretched past its length while it has no delivery yet.
+const FIRST_DELIVERY_WAIT: Duration = Duration::from_secs(60);
 
 /// What one phase measured.
 #[derive(Clone, Default)]
@@ -91,6 +93,11 @@ impl Recorder {
         self.with_phase(|p, _| p.errors += 1);
     }
 
+    fn delivered_in_phase(&self) -> u64 {
+        let phase = self.phase.load(Ordering::Relaxed);
+        self.inner.lock().expect("recorder lock").stats[phase].delivered
+    }
+
     /// (sent, delivered, errors) over every phase so far.
     fn totals(&self) -> (u64, u64, u64) {
         let p = self.inner.lock().expect("recorder lock");
@@ -106,6 +113,7 @@ pub struct ChatLoad {
     readers: Vec<JoinHandle<()>>,
     pub users: usize,
     pub rooms: usize,
+    sending: bool,
 }
 
 #[derive(Deserialize)]
@@ -218,7 +226,7 @@ impl ChatLoad {
                 let _ = sink.close().await;
             }));
         }
-        Ok(ChatLoad { rec, stop, senders, readers, users, rooms })
+        Ok(ChatLoad { rec, stop, senders, readers, users, rooms, sending: a.rate > 0 })
     }
 
     /// Starts phase `n` (1, 2, ...); samples from now on count there.
@@ -226,6 +234,17 @@ impl ChatLoad {
         let mut p = self.rec.inner.lock().expect("recorder lock");
         p.started.push(Instant::now());
         self.rec.phase.store(n, Ordering::Relaxed);
+    }
+
+    /// Lets the current phase run for `secs`, and on past that until it has seen a delivery
+    /// (for at most a minute): on a slow or loaded host a phase is stretched rather than left
+    /// without samples. Phase lengths are measured, so rates stay true.
+    pub async fn hold(&self, secs: f64) {
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let deadline = Instant::now() + FIRST_DELIVERY_WAIT;
+        while self.sending && self.rec.delivered_in_phase() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `sent delivered errors` so far, for the progress line.

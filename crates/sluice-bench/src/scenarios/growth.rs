@@ -43,7 +43,7 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
             per.load(Ordering::Relaxed)
         )
     });
-    tokio::time::sleep(Duration::from_secs_f64(a.chat.warmup_secs)).await;
+    load.hold(a.chat.warmup_secs).await;
     let mut g = server.grpc().await?;
     let sender = format!("{run}-shop");
     let accepted = AtomicU64::new(0);

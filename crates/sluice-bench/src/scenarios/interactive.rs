@@ -6,7 +6,6 @@ use crate::chat::{ChatLoad, PhaseStats};
 use crate::report::{Line, Report, Series, Target};
 use crate::stats::Progress;
 use crate::target::Target as Server;
-use std::time::Duration;
 
 /// The send->deliver p99 target at 5,000 messages/s on the embedded backends (issue 4).
 pub const DELIVER_P99_TARGET_MS: f64 = 5.0;
@@ -18,9 +17,9 @@ pub async fn run(server: &Server, a: &ChatArgs, run: &str) -> anyhow::Result<Rep
     eprintln!("interactive: {} users in {} rooms, {} msg/s", load.users, load.rooms, a.rate);
     let rec = load.rec.clone();
     let progress = Progress::start("interactive", move || ChatLoad::status(&rec));
-    tokio::time::sleep(Duration::from_secs_f64(a.warmup_secs)).await;
+    load.hold(a.warmup_secs).await;
     load.phase(1);
-    tokio::time::sleep(Duration::from_secs_f64(a.duration_secs)).await;
+    load.hold(a.duration_secs).await;
     drop(progress);
     let (phases, per_second) = load.finish().await;
     chat_figures(&mut report, "", &phases[1], a.rate, true);

@@ -32,7 +32,7 @@ pub async fn run(server: &Server, a: &SoakArgs, run: &str) -> anyhow::Result<Rep
     let (rec, acc) = (load.rec.clone(), accepted.clone());
     let progress =
         Progress::start("soak", move || format!("{} | one-offs accepted {}", ChatLoad::status(&rec), acc.load(Ordering::Relaxed)));
-    tokio::time::sleep(Duration::from_secs_f64(a.chat.warmup_secs)).await;
+    load.hold(a.chat.warmup_secs).await;
     load.phase(1);
 
     let pid = server.pid();

@@ -42,9 +42,9 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     let progress = Progress::start("spike", move || {
         format!("{} | accepted {} persisted {}", ChatLoad::status(&rec), acc.load(Ordering::Relaxed), per.load(Ordering::Relaxed))
     });
-    tokio::time::sleep(Duration::from_secs_f64(a.chat.warmup_secs)).await;
+    load.hold(a.chat.warmup_secs).await;
     load.phase(1);
-    tokio::time::sleep(Duration::from_secs_f64(a.chat.duration_secs)).await;
+    load.hold(a.chat.duration_secs).await;
 
     load.phase(2);
     let campaign = format!("{run}-spike");
