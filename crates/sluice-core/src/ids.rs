@@ -207,6 +207,7 @@ pub fn dm_members(room: &str) -> Option<[String; 2]> {
 const NS_CHAT: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0001);
 const NS_BULK: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0002);
 const NS_CALL: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0003);
+const NS_BODY: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0004);
 
 /// The message id of an interactive send: the same sender, room and client message id always
 /// give the same id, so a retried send is recognised as the same message.
@@ -220,6 +221,20 @@ pub fn chat_msg_id(sender: &str, room: &str, client_msg_id: &str) -> String {
 pub fn bulk_msg_id(campaign_id: &str, recipient: &str) -> String {
     let key = format!("{}\n{}", campaign_id, recipient);
     Uuid::new_v5(&NS_BULK, key.as_bytes()).to_string()
+}
+
+/// The reference under which a campaign's `body` is stored once for all its queued messages:
+/// a digest of campaign and body, so calls of one campaign with the same body share it and a
+/// call with another body gets its own. (A name-based UUID: SHA-1, strong enough here, since
+/// a forged collision could only swap bodies within the forger's own campaign.)
+pub fn campaign_body_ref(campaign_id: &str, body: &str) -> String {
+    let key = format!("{campaign_id}\n{body}");
+    Uuid::new_v5(&NS_BODY, key.as_bytes()).to_string()
+}
+
+/// Whether `s` has the form of [`campaign_body_ref`]'s references.
+pub fn is_body_ref(s: &str) -> bool {
+    s.len() == 36 && Uuid::try_parse(s).is_ok()
 }
 
 /// The key under which a store remembers that it counted one EnqueueBulk call's request
@@ -269,6 +284,16 @@ mod tests {
         assert_eq!(dm_members("dm:alice:shop-42").unwrap(), ["alice".to_string(), "shop-42".to_string()]);
         assert!(dm_members("dm:shop-42:alice").is_none(), "unsorted ids are not canonical");
         assert!(validate_room("dm:bob").is_err());
+    }
+
+    #[test]
+    fn body_references_name_campaign_and_body() {
+        let r = campaign_body_ref("spring", "20% off");
+        assert_eq!(r, campaign_body_ref("spring", "20% off"), "stable");
+        assert_ne!(r, campaign_body_ref("spring", "30% off"));
+        assert_ne!(r, campaign_body_ref("summer", "20% off"));
+        assert!(is_body_ref(&r));
+        assert!(!is_body_ref("../etc/passwd") && !is_body_ref(""));
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct Metrics {
     /// operator's rate for it, and released back to the queue at that rate.
     pub rate_held: IntCounter,
     pub rate_released: IntCounter,
+    /// Campaign bodies a worker read from the store (queued one-offs refer to their
+    /// campaign's body; each worker reads it once while it stays cached).
+    pub campaign_body_reads: IntCounter,
     /// Spike queue: messages in the held area.
     pub queue_held: IntGauge,
     /// 1 while an operator has paused the whole drain.
@@ -170,6 +173,10 @@ impl Metrics {
             rate_released: reg!(IntCounter::new(
                 "rate_released_total",
                 "Rate-held queue messages released back to the queue at their tenant's or campaign's rate"
+            )),
+            campaign_body_reads: reg!(IntCounter::new(
+                "campaign_body_reads_total",
+                "Campaign bodies read from the store by workers (queued one-offs refer to them)"
             )),
             queue_held: reg!(IntGauge::new(
                 "queue_held",

@@ -94,6 +94,16 @@ pub trait MessageStore: Send + Sync + 'static {
     /// `msg_id`, and not at all if the message was persisted after all.
     async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError>;
 
+    /// Stores `body` once as campaign `campaign_id`'s body of reference `body_ref`
+    /// ([`crate::ids::campaign_body_ref`]), durably, for the queued messages that refer to
+    /// it instead of carrying their own copy. Storing it again changes nothing. Call before
+    /// enqueueing a message that refers to it.
+    async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError>;
+
+    /// The body stored by [`MessageStore::put_campaign_body`] (strongly consistent: a body
+    /// stored before is found).
+    async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError>;
+
     /// A campaign's progress.
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError>;
 

@@ -14,7 +14,7 @@ use sluice_core::model::{
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
 use sluice_core::store::Membership;
-use sluice_proto::convert::encode_queued_traced;
+use sluice_proto::convert::encode_queued_with;
 use std::collections::HashSet;
 
 use crate::App;
@@ -23,6 +23,9 @@ use crate::App;
 const ENQUEUE_CHUNK: usize = 10_000;
 /// Most bytes of queued messages one EnqueueBulk call builds before handing them over.
 pub const ENQUEUE_CHUNK_BYTES: usize = 8 << 20;
+/// From this many recipients on, a call stores its body once and its queued messages refer
+/// to it; smaller calls carry it in each message (no extra store write for one or two).
+pub const BODY_BY_REF_MIN_RECIPIENTS: usize = 3;
 
 /// One EnqueueBulk call: a one-off message from `sender` to each recipient.
 #[derive(Debug, Clone)]
@@ -275,7 +278,9 @@ impl App {
 
     /// Queues one message per recipient, built and sent a chunk at a time: what a call holds
     /// in memory is bounded by [`ENQUEUE_CHUNK`] and [`ENQUEUE_CHUNK_BYTES`], whatever its
-    /// recipients x body.
+    /// recipients x body. From [`BODY_BY_REF_MIN_RECIPIENTS`] recipients on, the body is
+    /// stored once (before any message refers to it) and each queued message carries its
+    /// reference, so what the queue holds does not grow with the body either.
     async fn enqueue_chunks(
         &self,
         campaign_id: &CampaignId,
@@ -286,6 +291,11 @@ impl App {
     ) -> Result<(), AppError> {
         let now = now_ms();
         let trace = sluice_core::trace::current_traceparent();
+        let body_ref = (recipients.len() >= BODY_BY_REF_MIN_RECIPIENTS).then(|| ids::campaign_body_ref(campaign_id, body));
+        if let Some(r) = &body_ref {
+            self.backends.store.put_campaign_body(campaign_id, r, body).await?;
+        }
+        let each_body = if body_ref.is_some() { "" } else { body };
         let mut rest = recipients;
         while !rest.is_empty() {
             let mut batch = Vec::new();
@@ -295,12 +305,12 @@ impl App {
                     break;
                 }
                 rest = tail;
-                let msg = NewMessage::one_off(campaign_id, sender, r, body, now);
+                let msg = NewMessage::one_off(campaign_id, sender, r, each_body, now);
                 let e = Enqueue {
                     dedup_id: msg.msg_id.clone(),
                     group: ids::queue_group(&msg.room),
                     tenant: tenant.to_string(),
-                    body: encode_queued_traced(&msg, trace.as_deref()),
+                    body: encode_queued_with(&msg, body_ref.as_deref(), trace.as_deref()),
                 };
                 bytes += e.body.len();
                 batch.push(e);

@@ -181,6 +181,12 @@ impl MessageStore for FaultyStore {
         }
         self.inner.record_dead_letter(campaign_id, msg_id).await
     }
+    async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
+        self.inner.put_campaign_body(campaign_id, body_ref, body).await
+    }
+    async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+        self.inner.campaign_body(campaign_id, body_ref).await
+    }
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         self.inner.campaign(campaign_id).await
     }

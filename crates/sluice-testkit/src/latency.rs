@@ -119,6 +119,14 @@ impl MessageStore for LatencyStore {
         self.wait().await;
         self.inner.record_dead_letter(campaign_id, msg_id).await
     }
+    async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.put_campaign_body(campaign_id, body_ref, body).await
+    }
+    async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+        self.wait().await;
+        self.inner.campaign_body(campaign_id, body_ref).await
+    }
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         self.wait().await;
         self.inner.campaign(campaign_id).await

@@ -18,7 +18,8 @@ macro_rules! store_conformance {
             unread_counters_are_exact, permanent_errors_are_per_message, direct_rooms_are_created_on_first_use,
             history_pages, campaign_progress, new_members_start_read, growing_rooms_keep_exact_counters,
             reads_racing_sends_keep_counters_exact, inbox_pages, unread_versions_order_a_users_counters, counters_are_read_for_any_user,
-            drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant, direct_rooms_stay_exact_under_racing_writers);
+            drain_controls_are_kept_and_removed, a_campaign_knows_its_tenant, direct_rooms_stay_exact_under_racing_writers,
+            campaign_bodies_are_stored_once_by_reference);
     };
 }
 
@@ -623,4 +624,25 @@ pub async fn a_campaign_knows_its_tenant(s: Arc<dyn MessageStore>) {
     assert!(matches!(err, StoreError::CampaignOwned { .. }), "{err:?}");
     let c = s.campaign("big").await.unwrap().unwrap();
     assert_eq!((c.requested, c.enqueued, c.tenant.as_str()), (3000, 3000, "acme"), "the refused call recorded nothing");
+}
+
+/// A campaign's body is stored under its reference, found by campaign and reference only,
+/// and storing it again changes nothing; a large body is kept whole.
+pub async fn campaign_bodies_are_stored_once_by_reference(s: Arc<dyn MessageStore>) {
+    let (spring, summer) = ("Spring sale: 20% off", "Summer sale: 30% off");
+    let (r1, r2) = (ids::campaign_body_ref("c1", spring), ids::campaign_body_ref("c1", summer));
+    assert_ne!(r1, r2, "another body, another reference");
+    assert_eq!(s.campaign_body("c1", &r1).await.unwrap(), None);
+    s.put_campaign_body("c1", &r1, spring).await.unwrap();
+    s.put_campaign_body("c1", &r1, spring).await.unwrap();
+    s.put_campaign_body("c1", &r2, summer).await.unwrap();
+    assert_eq!(s.campaign_body("c1", &r1).await.unwrap().as_deref(), Some(spring));
+    assert_eq!(s.campaign_body("c1", &r2).await.unwrap().as_deref(), Some(summer));
+    assert_eq!(s.campaign_body("c2", &r1).await.unwrap(), None, "bodies belong to their campaign");
+    let big = "é".repeat(30 * 1024);
+    let r3 = ids::campaign_body_ref("c2", &big);
+    s.put_campaign_body("c2", &r3, &big).await.unwrap();
+    assert_eq!(s.campaign_body("c2", &r3).await.unwrap().as_deref(), Some(big.as_str()));
+    // A body does not show as campaign progress.
+    assert!(s.campaign("c2").await.unwrap().is_none(), "a stored body alone is no campaign");
 }

@@ -40,6 +40,7 @@
 //! Modules: `poll` (the governor's loop and the pollers), `process` (one batch, retries),
 //! `dead_letters`, `controls`.
 
+mod bodies;
 mod controls;
 mod dead_letters;
 mod poll;
@@ -131,6 +132,8 @@ pub struct Worker {
     deferred: std::sync::Mutex<Deferred>,
     /// `max_receives` in force: the configured one, or one below the queue's own limit.
     max_receives: std::sync::atomic::AtomicU32,
+    /// Campaign bodies that queued one-offs refer to, as read from the store.
+    bodies: bodies::Bodies,
 }
 
 impl Worker {
@@ -144,6 +147,7 @@ impl Worker {
             controls: RwLock::default(),
             store_down: Default::default(),
             deferred: Default::default(),
+            bodies: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use sluice_core::control::{Controls, Scope};
 use sluice_core::fanout::Ticket;
 use sluice_core::model::NewMessage;
 use sluice_core::queue::{Delivery, Receipt};
-use sluice_proto::convert::decode_queued_traced;
+use sluice_proto::convert::{Queued, decode_queued_full};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,14 +57,18 @@ impl Worker {
         // One span per traced message, open until it is acked and published.
         let mut spans = Vec::new();
         for d in batch {
-            let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
-                if let Some(tp) = trace {
-                    let span = tracing::info_span!("deliver", msg_id = %msg.msg_id, room = %msg.room, receive_count = d.receive_count);
-                    sluice_core::trace::continue_trace(&span, &tp);
-                    spans.push(span);
+            let (decoded, body_ref) = match decode_queued_full(&d.body, self.config.max_body_bytes) {
+                Ok(Queued { message, body_ref, traceparent }) => {
+                    if let Some(tp) = traceparent {
+                        let span =
+                            tracing::info_span!("deliver", msg_id = %message.msg_id, room = %message.room, receive_count = d.receive_count);
+                        sluice_core::trace::continue_trace(&span, &tp);
+                        spans.push(span);
+                    }
+                    (Ok(message), body_ref)
                 }
-                msg
-            });
+                Err(reason) => (Err(reason), None),
+            };
             match decoded {
                 Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
                     let reason = format!("received {} times without completing", d.receive_count);
@@ -78,7 +82,21 @@ impl Worker {
                         }
                     }
                 }
-                Ok(msg) => {
+                Ok(mut msg) => {
+                    if let Some(r) = body_ref {
+                        match self.campaign_body(&msg, &r).await {
+                            Ok(Some(body)) => msg.body = body.to_string(),
+                            Ok(None) => {
+                                let reason = format!("the campaign body {r} it refers to is not stored");
+                                self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                                continue;
+                            }
+                            Err(e) => {
+                                self.retry_later(std::slice::from_ref(&d), std::slice::from_ref(&msg), &e.to_string()).await;
+                                continue;
+                            }
+                        }
+                    }
                     work.push(d);
                     messages.push(msg);
                 }
@@ -155,6 +173,20 @@ impl Worker {
         }
         drop(spans);
         all_ok
+    }
+
+    /// The campaign body `body_ref` that `msg` refers to: from this worker's cache, or read
+    /// from the store once.
+    async fn campaign_body(&self, msg: &NewMessage, body_ref: &str) -> Result<Option<std::sync::Arc<str>>, sluice_core::error::StoreError> {
+        let campaign = msg.campaign_id.as_deref().unwrap_or_default();
+        if let Some(b) = self.bodies.get(campaign, body_ref) {
+            return Ok(Some(b));
+        }
+        self.b.metrics.campaign_body_reads.inc();
+        let Some(body) = self.b.store.campaign_body(campaign, body_ref).await? else { return Ok(None) };
+        let body: std::sync::Arc<str> = body.into();
+        self.bodies.insert(campaign, body_ref, body.clone());
+        Ok(Some(body))
     }
 
     /// Holds the messages over their campaign's or tenant's rate (under the scope's rate

@@ -265,6 +265,36 @@ pub(crate) async fn campaign(store: &DynamoStore, campaign_id: &str) -> Result<O
     Ok(Some(c))
 }
 
+/// A campaign body's item: partition `~body:<campaign>` of the campaigns table (apart from
+/// the campaign's counters, so reading its progress never reads a body), sort key the
+/// body's reference.
+fn body_key(campaign_id: &str, body_ref: &str) -> Item {
+    key(&[("campaign_id", s(format!("~body:{campaign_id}"))), ("part", s(body_ref))])
+}
+
+/// Stores a campaign's body once (a plain put: the reference names the body, so a repeated
+/// put writes what is there).
+pub(crate) async fn put_body(store: &DynamoStore, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
+    let mut item = body_key(campaign_id, body_ref);
+    item.insert("body".into(), s(body));
+    let out = store
+        .client
+        .put_item()
+        .table_name(&store.t.campaigns)
+        .set_item(Some(item))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .map_err(|e| store_error("PutItem", e))?;
+    account(&store.metrics, "PutItem", Capacity::Write, out.consumed_capacity());
+    Ok(())
+}
+
+pub(crate) async fn body(store: &DynamoStore, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+    let item = store.get(&store.t.campaigns, body_key(campaign_id, body_ref)).await?;
+    Ok(item.as_ref().and_then(|i| get_s(i, "body")).map(str::to_string))
+}
+
 /// The partition of the campaigns table that holds the operator's drain controls (`~` is
 /// no character of a campaign id); its sort key is the scope's key.
 const CONTROLS_PARTITION: &str = "~controls";

@@ -424,6 +424,14 @@ impl MessageStore for DynamoStore {
         campaigns::record_dead_letter(self, campaign_id, msg_id).await
     }
 
+    async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
+        campaigns::put_body(self, campaign_id, body_ref, body).await
+    }
+
+    async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+        campaigns::body(self, campaign_id, body_ref).await
+    }
+
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         campaigns::campaign(self, campaign_id).await
     }

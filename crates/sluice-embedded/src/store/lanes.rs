@@ -65,6 +65,13 @@ pub(super) enum Op {
         msg_id: String,
         reply: Reply<()>,
     },
+    /// Stores a campaign's body under its reference.
+    PutBody {
+        campaign_id: String,
+        body_ref: String,
+        body: String,
+        reply: Reply<()>,
+    },
     /// Removes delivered events from the outbox.
     OutboxDone {
         keys: Vec<u64>,
@@ -84,7 +91,7 @@ impl Op {
     pub(super) fn is_bulk(&self) -> bool {
         match self {
             Op::Persist(batch, _) => is_bulk_batch(batch),
-            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } | Op::OutboxDone { .. } => true,
+            Op::RecordEnqueued { .. } | Op::RecordDeadLetter { .. } | Op::PutBody { .. } | Op::OutboxDone { .. } => true,
             _ => false,
         }
     }
@@ -242,7 +249,7 @@ fn fail(op: Op, e: StoreError) {
         Op::CreateRoom { reply, .. } | Op::AddMembers { reply, .. } => drop(reply.send(Err(e))),
         Op::MarkRead { reply, .. } => drop(reply.send(Err(e))),
         Op::RecordEnqueued { reply, .. } => drop(reply.send(Err(e))),
-        Op::RecordDeadLetter { reply, .. } | Op::OutboxDone { reply, .. } => drop(reply.send(Err(e))),
+        Op::RecordDeadLetter { reply, .. } | Op::PutBody { reply, .. } | Op::OutboxDone { reply, .. } => drop(reply.send(Err(e))),
         #[cfg(test)]
         Op::Crash | Op::Block(_) => {}
     }

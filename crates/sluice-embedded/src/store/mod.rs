@@ -468,6 +468,24 @@ impl MessageStore for EmbeddedStore {
         self.submit(|reply| Op::RecordDeadLetter { campaign_id, msg_id, reply }).await
     }
 
+    async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
+        let (campaign_id, body_ref, body) = (campaign_id.to_string(), body_ref.to_string(), body.to_string());
+        self.submit(|reply| Op::PutBody { campaign_id, body_ref, body, reply }).await
+    }
+
+    async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+        let (campaign_id, body_ref) = (campaign_id.to_string(), body_ref.to_string());
+        self.read(move |txn| {
+            let t = match txn.open_table(CAMPAIGN_BODIES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get((campaign_id.as_str(), body_ref.as_str()))?.map(|b| b.value().to_string()))
+        })
+        .await
+    }
+
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {
         let id = campaign_id.to_string();
         self.read(move |txn| {

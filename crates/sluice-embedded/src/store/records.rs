@@ -15,6 +15,9 @@ pub(super) const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(super) const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
 pub(super) const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
 pub(super) const CAMPAIGN_OWNERS: TableDefinition<&str, &str> = TableDefinition::new("campaign_owners");
+/// A campaign's bodies by reference (`sluice_core::ids::campaign_body_ref`): stored once, read
+/// by the worker for each queued message that refers to one.
+pub(super) const CAMPAIGN_BODIES: TableDefinition<(&str, &str), &str> = TableDefinition::new("campaign_bodies");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Operator controls of the drain: scope key -> control.
 pub(super) const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drain_controls");

@@ -23,6 +23,7 @@ pub(super) struct Writer<'t> {
     campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
     campaign_dead: Table<'t, (&'static str, &'static str), ()>,
     campaign_owners: Table<'t, &'static str, &'static str>,
+    campaign_bodies: Table<'t, (&'static str, &'static str), &'static str>,
     meta: Table<'t, &'static str, u64>,
     /// The counters' version (see `UnreadUpdate::version`): one store-wide sequence, so it
     /// grows for every user, saved once per commit.
@@ -53,6 +54,7 @@ impl<'t> Writer<'t> {
             campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
             campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
             campaign_owners: txn.open_table(CAMPAIGN_OWNERS)?,
+            campaign_bodies: txn.open_table(CAMPAIGN_BODIES)?,
             version,
             version_moved: false,
             meta,
@@ -133,6 +135,12 @@ impl<'t> Writer<'t> {
                 let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
                 if !persisted && self.campaign_dead.insert((campaign_id.as_str(), msg_id.as_str()), ())?.is_none() {
                     self.update_campaign(&campaign_id, |c| c.dead_lettered += 1)?;
+                }
+                done(reply, Ok(()))
+            }
+            Op::PutBody { campaign_id, body_ref, body, reply } => {
+                if self.campaign_bodies.get((campaign_id.as_str(), body_ref.as_str()))?.is_none() {
+                    self.campaign_bodies.insert((campaign_id.as_str(), body_ref.as_str()), body.as_str())?;
                 }
                 done(reply, Ok(()))
             }

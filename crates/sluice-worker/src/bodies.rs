@@ -1,0 +1,76 @@
+//! Campaign bodies by reference. EnqueueBulk stores a campaign's body once and its queued
+//! one-offs carry the body's reference; the worker reads each body from the store once and
+//! keeps the few it is draining, bounded in entries and bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Bodies a worker keeps (campaigns drained at once are few).
+const MAX_ENTRIES: usize = 256;
+/// Bytes of bodies a worker keeps (at most 64 KiB each by default).
+const MAX_BYTES: usize = 16 << 20;
+
+type Key = (String, String);
+
+#[derive(Default)]
+pub(crate) struct Bodies {
+    inner: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<Key, Arc<str>>,
+    /// Insertion order: the oldest body goes first.
+    order: VecDeque<Key>,
+    bytes: usize,
+}
+
+impl Bodies {
+    pub(crate) fn get(&self, campaign_id: &str, body_ref: &str) -> Option<Arc<str>> {
+        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.map.get(&(campaign_id.to_string(), body_ref.to_string())).cloned()
+    }
+
+    pub(crate) fn insert(&self, campaign_id: &str, body_ref: &str, body: Arc<str>) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (campaign_id.to_string(), body_ref.to_string());
+        if c.map.contains_key(&key) {
+            return;
+        }
+        c.bytes += body.len();
+        c.map.insert(key.clone(), body);
+        c.order.push_back(key);
+        while c.order.len() > MAX_ENTRIES || (c.bytes > MAX_BYTES && c.order.len() > 1) {
+            let Some(old) = c.order.pop_front() else { break };
+            if let Some(b) = c.map.remove(&old) {
+                c.bytes -= b.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_kept_by_campaign_and_reference_within_bounds() {
+        let b = Bodies::default();
+        b.insert("c1", "r1", Arc::from("one"));
+        b.insert("c1", "r2", Arc::from("two"));
+        assert_eq!(b.get("c1", "r1").as_deref(), Some("one"));
+        assert_eq!(b.get("c1", "r2").as_deref(), Some("two"));
+        assert_eq!(b.get("c2", "r1"), None);
+        for i in 0..MAX_ENTRIES {
+            b.insert("c3", &i.to_string(), Arc::from("x"));
+        }
+        assert_eq!(b.get("c1", "r1"), None, "the oldest went first");
+        assert_eq!(b.get("c3", &(MAX_ENTRIES - 1).to_string()).as_deref(), Some("x"));
+        let big: Arc<str> = Arc::from("y".repeat(MAX_BYTES / 2 + 1));
+        b.insert("c4", "a", big.clone());
+        b.insert("c4", "b", big);
+        let c = b.inner.lock().unwrap();
+        assert!(c.bytes <= MAX_BYTES, "{} bytes kept", c.bytes);
+        assert_eq!(c.map.len(), c.order.len());
+    }
+}
