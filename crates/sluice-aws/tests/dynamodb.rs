@@ -437,3 +437,55 @@ async fn counters_are_read_for_online_recipients_only() {
     assert!(seen[0].3 < seen[1].3, "in version order: {seen:?}");
     assert!(seen.iter().all(|s| s.0 == online_room));
 }
+
+/// A one-off whose campaign body is large keeps it by reference in its message item, so its
+/// transaction writes a small item (DynamoDB bills 2 units per started KB of each item in a
+/// transaction), and every read gives the whole body back: history, a duplicate's original,
+/// and a store that never saw the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_campaign_body_is_kept_once_and_read_back_whole() {
+    use sluice_core::model::NewMessage;
+    let (client, names) = common::fresh_tables("bodies", None).await;
+    let metrics = Arc::new(Metrics::new());
+    let store = DynamoStore::new(client.clone(), &names, metrics.clone());
+    let tag = ids::random_id();
+    let (campaign, shop) = (format!("c-{tag}"), format!("shop-{tag}"));
+    let body = "Spring sale, everything 20% off until Sunday. ".repeat(45);
+    assert!(body.len() > 2000);
+    let body_ref = ids::campaign_body_ref(&campaign, &body);
+    store.put_campaign_body(&campaign, &body_ref, &body).await.unwrap();
+    let (inline_to, by_ref_to) = (format!("u1-{tag}"), format!("u2-{tag}"));
+    store.record_enqueued(&campaign, &shop, 2, &[inline_to.clone(), by_ref_to.clone()]).await.unwrap();
+    let inline = sluice_testkit::store::one_off_saying(&campaign, &shop, &inline_to, &body);
+    let by_ref =
+        NewMessage { body_ref: Some(body_ref.clone()), ..sluice_testkit::store::one_off_saying(&campaign, &shop, &by_ref_to, &body) };
+
+    let persisted = store.persist(vec![inline, by_ref.clone()]).await.unwrap();
+    assert!(persisted.iter().all(|p| p.as_ref().is_ok_and(|p| !p.duplicate && p.message.body == body)));
+    let first_item = |to: &str| {
+        let req = client
+            .get_item()
+            .table_name(names.table("messages"))
+            .key("room", aws_sdk_dynamodb::types::AttributeValue::S(ids::dm_room(&shop, to)))
+            .key("seq", aws_sdk_dynamodb::types::AttributeValue::N("1".into()))
+            .consistent_read(true);
+        async move { req.send().await.unwrap().item.expect("the message item") }
+    };
+    let (a, b) = (first_item(&inline_to).await, first_item(&by_ref_to).await);
+    assert_eq!(a.get("body").and_then(|v| v.as_s().ok()), Some(&body), "a message without a reference keeps its body");
+    assert!(!b.contains_key("body"), "the large body is not in the item");
+    assert_eq!(b.get("body_ref").and_then(|v| v.as_s().ok()), Some(&body_ref));
+
+    // A store that never saw the body (another process) reads it back whole, once.
+    let cold = DynamoStore::new(client.clone(), &names, Arc::new(Metrics::new()));
+    for s in [&store, &cold] {
+        for to in [&inline_to, &by_ref_to] {
+            let h = everything(s, &ids::dm_room(&shop, to)).await;
+            assert_eq!(h.len(), 1);
+            assert_eq!(h[0].body, body, "{to}: the whole body");
+        }
+    }
+    let again = cold.persist(vec![by_ref]).await.unwrap().pop().unwrap().unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.body, body, "a duplicate answers with the original, whole");
+}

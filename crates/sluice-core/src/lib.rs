@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod backends;
 pub mod backoff;
+pub mod bodies;
 pub mod control;
 pub mod error;
 pub mod events;

@@ -50,6 +50,11 @@ pub struct NewMessage {
     /// When the room does not exist, create it with these members (direct rooms);
     /// when empty, a missing room is an error.
     pub create_members: Vec<String>,
+    /// The campaign body this message's body is ([`crate::ids::campaign_body_ref`]), stored
+    /// once for the campaign. Queued with an empty `body`: the worker fills `body` from the
+    /// stored one before persisting, and a store may keep the reference in place of a large
+    /// body.
+    pub body_ref: Option<String>,
 }
 
 impl NewMessage {
@@ -65,6 +70,7 @@ impl NewMessage {
             campaign_id: None,
             sent_at_ms,
             create_members: room.dm_members().map(|m| m.map(UserId::into_string).to_vec()).unwrap_or_default(),
+            body_ref: None,
         }
     }
 
@@ -81,6 +87,7 @@ impl NewMessage {
             campaign_id: Some(campaign_id.to_string()),
             sent_at_ms,
             create_members: vec![sender.to_string(), recipient.to_string()],
+            body_ref: None,
         }
     }
 }

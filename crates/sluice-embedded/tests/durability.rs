@@ -141,6 +141,7 @@ async fn analytics_events_survive_a_crash_between_commit_and_fan_out() {
             campaign_id: None,
             sent_at_ms: 5,
             create_members: vec![],
+            body_ref: None,
         };
         assert!(store.persist(vec![m]).await.unwrap()[0].is_ok());
         // The process dies here: no fan-out, no event emitted.

@@ -14,7 +14,7 @@ use sluice_core::model::{
 use sluice_core::now_ms;
 use sluice_core::queue::Enqueue;
 use sluice_core::store::Membership;
-use sluice_proto::convert::encode_queued_with;
+use sluice_proto::convert::encode_queued_traced;
 use std::collections::HashSet;
 
 use crate::App;
@@ -305,12 +305,12 @@ impl App {
                     break;
                 }
                 rest = tail;
-                let msg = NewMessage::one_off(campaign_id, sender, r, each_body, now);
+                let msg = NewMessage { body_ref: body_ref.clone(), ..NewMessage::one_off(campaign_id, sender, r, each_body, now) };
                 let e = Enqueue {
                     dedup_id: msg.msg_id.clone(),
                     group: ids::queue_group(&msg.room),
                     tenant: tenant.to_string(),
-                    body: encode_queued_with(&msg, body_ref.as_deref(), trace.as_deref()),
+                    body: encode_queued_traced(&msg, trace.as_deref()),
                 };
                 bytes += e.body.len();
                 batch.push(e);

@@ -397,13 +397,16 @@ async fn small_calls_carry_their_body_and_a_dangling_reference_is_dead_lettered(
     assert_eq!(e.app.campaign(&cid("tiny"), None).await.unwrap().persisted, 2);
 
     e.app.backends.store.record_enqueued("lost", "shop", 1, &users(&["cy"])).await.unwrap();
-    let msg = sluice_core::model::NewMessage::one_off(&cid("lost"), &uid("shop"), &uid("cy"), "", 1);
     let dangling = sluice_core::ids::campaign_body_ref("lost", "never stored");
+    let msg = sluice_core::model::NewMessage {
+        body_ref: Some(dangling),
+        ..sluice_core::model::NewMessage::one_off(&cid("lost"), &uid("shop"), &uid("cy"), "", 1)
+    };
     let q = sluice_core::queue::Enqueue {
         dedup_id: msg.msg_id.clone(),
         group: sluice_core::ids::queue_group(&msg.room),
         tenant: "shop".into(),
-        body: sluice_proto::convert::encode_queued_with(&msg, Some(&dangling), None),
+        body: sluice_proto::convert::encode_queued(&msg),
     };
     e.queue.send(vec![q]).await.unwrap();
     drain(&e).await;

@@ -12,50 +12,34 @@ pub fn encode_queued(m: &NewMessage) -> Bytes {
     encode_queued_traced(m, None)
 }
 
-/// Encodes a message for the spike queue with the trace context of the span queueing it.
+/// Encodes a message for the spike queue with the trace context of the span queueing it. A
+/// message with a `body_ref` is queued without its body: the consumer reads the campaign's
+/// stored body of that reference.
 pub fn encode_queued_traced(m: &NewMessage, traceparent: Option<&str>) -> Bytes {
-    encode_queued_with(m, None, traceparent)
-}
-
-/// Encodes a message for the spike queue; with `body_ref`, its body is left out and the
-/// consumer reads it from the campaign's stored body of that reference.
-pub fn encode_queued_with(m: &NewMessage, body_ref: Option<&str>, traceparent: Option<&str>) -> Bytes {
     let q = v1::QueuedMessage {
         msg_id: m.msg_id.clone(),
         room: m.room.clone(),
         sender: m.sender.clone(),
-        body: if body_ref.is_some() { String::new() } else { m.body.clone() },
+        body: if m.body_ref.is_some() { String::new() } else { m.body.clone() },
         kind: m.kind.as_str().to_string(),
         campaign_id: m.campaign_id.clone().unwrap_or_default(),
         sent_at_ms: m.sent_at_ms,
         create_members: m.create_members.clone(),
         traceparent: traceparent.unwrap_or_default().to_string(),
-        body_ref: body_ref.unwrap_or_default().to_string(),
+        body_ref: m.body_ref.clone().unwrap_or_default(),
     };
     Bytes::from(q.encode_to_vec())
 }
 
-/// A decoded spike-queue body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    /// The message; its body is empty when it is by reference.
-    pub message: NewMessage,
-    /// The reference of the campaign body the message carries instead of its own.
-    pub body_ref: Option<String>,
-    /// The trace context the message carries, if any.
-    pub traceparent: Option<String>,
-}
-
 /// Decodes and validates a spike-queue body. An error is permanent: the body will never
 /// become valid, so the message belongs in the dead-letter queue with this reason. A message
-/// whose body is by reference comes back with an empty body: to persist it, use
-/// [`decode_queued_full`] and resolve the reference.
+/// whose body is by reference comes back with an empty body and its `body_ref`.
 pub fn decode_queued(body: &[u8], max_body_bytes: usize) -> Result<NewMessage, String> {
-    decode_queued_full(body, max_body_bytes).map(|q| q.message)
+    decode_queued_traced(body, max_body_bytes).map(|(m, _)| m)
 }
 
-/// [`decode_queued`], with the body reference and the trace context the message carries.
-pub fn decode_queued_full(body: &[u8], max_body_bytes: usize) -> Result<Queued, String> {
+/// [`decode_queued`], with the trace context the message carries, if any.
+pub fn decode_queued_traced(body: &[u8], max_body_bytes: usize) -> Result<(NewMessage, Option<String>), String> {
     let q = v1::QueuedMessage::decode(body).map_err(|e| format!("undecodable queued message: {e}"))?;
     if q.msg_id.is_empty() {
         return Err("queued message without msg_id".into());
@@ -81,12 +65,9 @@ pub fn decode_queued_full(body: &[u8], max_body_bytes: usize) -> Result<Queued, 
         campaign_id: (!q.campaign_id.is_empty()).then_some(q.campaign_id),
         sent_at_ms: q.sent_at_ms,
         create_members: q.create_members,
-    };
-    Ok(Queued {
-        message,
         body_ref: (!q.body_ref.is_empty()).then_some(q.body_ref),
-        traceparent: (!q.traceparent.is_empty()).then_some(q.traceparent),
-    })
+    };
+    Ok((message, (!q.traceparent.is_empty()).then_some(q.traceparent)))
 }
 
 /// A stored message on the wire.
@@ -140,6 +121,7 @@ mod tests {
             campaign_id: Some("c1".into()),
             sent_at_ms: 42,
             create_members: vec!["shop".into(), "alice".into()],
+            body_ref: None,
         }
     }
 
@@ -147,27 +129,22 @@ mod tests {
     fn queued_messages_round_trip() {
         let m = sample();
         assert_eq!(decode_queued(&encode_queued(&m), 100).unwrap(), m);
-        let plain = Queued { message: m.clone(), body_ref: None, traceparent: None };
-        assert_eq!(decode_queued_full(&encode_queued(&m), 100).unwrap(), plain);
+        assert_eq!(decode_queued_traced(&encode_queued(&m), 100).unwrap(), (m.clone(), None));
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let traced = Queued { traceparent: Some(tp.to_string()), ..plain };
-        assert_eq!(decode_queued_full(&encode_queued_traced(&m, Some(tp)), 100).unwrap(), traced);
+        assert_eq!(decode_queued_traced(&encode_queued_traced(&m, Some(tp)), 100).unwrap(), (m, Some(tp.to_string())));
     }
 
     #[test]
     fn a_body_by_reference_is_left_out_and_its_reference_kept() {
-        let m = sample();
-        let r = ids::campaign_body_ref("c1", &m.body);
-        let bytes = encode_queued_with(&m, Some(&r), None);
-        let q = decode_queued_full(&bytes, 100).unwrap();
-        assert_eq!(q.body_ref.as_deref(), Some(r.as_str()));
-        assert_eq!(q.message, NewMessage { body: String::new(), ..m.clone() });
+        let m = NewMessage { body_ref: Some(ids::campaign_body_ref("c1", "sale")), ..sample() };
+        let bytes = encode_queued(&m);
+        assert_eq!(decode_queued(&bytes, 100).unwrap(), NewMessage { body: String::new(), ..m.clone() });
         // A body over the limit is checked where it is stored, not in each reference.
-        assert!(decode_queued_full(&bytes, 1).is_ok());
-        let mut no_campaign = m.clone();
-        no_campaign.campaign_id = None;
-        assert!(decode_queued_full(&encode_queued_with(&no_campaign, Some(&r), None), 100).unwrap_err().contains("reference"));
-        assert!(decode_queued_full(&encode_queued_with(&m, Some("../x"), None), 100).unwrap_err().contains("reference"));
+        assert!(decode_queued(&bytes, 1).is_ok());
+        let no_campaign = NewMessage { campaign_id: None, ..m.clone() };
+        assert!(decode_queued(&encode_queued(&no_campaign), 100).unwrap_err().contains("reference"));
+        let malformed = NewMessage { body_ref: Some("../x".into()), ..m };
+        assert!(decode_queued(&encode_queued(&malformed), 100).unwrap_err().contains("reference"));
     }
 
     #[test]

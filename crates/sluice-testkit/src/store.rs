@@ -52,6 +52,7 @@ pub fn chat(room: &str, sender: &str, client_id: &str) -> NewMessage {
         campaign_id: None,
         sent_at_ms: 1_700_000_000_000,
         create_members: Vec::new(),
+        body_ref: None,
     }
 }
 

@@ -40,7 +40,6 @@
 //! Modules: `poll` (the governor's loop and the pollers), `process` (one batch, retries),
 //! `dead_letters`, `controls`.
 
-mod bodies;
 mod controls;
 mod dead_letters;
 mod poll;
@@ -133,7 +132,7 @@ pub struct Worker {
     /// `max_receives` in force: the configured one, or one below the queue's own limit.
     max_receives: std::sync::atomic::AtomicU32,
     /// Campaign bodies that queued one-offs refer to, as read from the store.
-    bodies: bodies::Bodies,
+    bodies: sluice_core::bodies::BodyCache,
 }
 
 impl Worker {

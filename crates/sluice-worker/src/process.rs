@@ -8,7 +8,7 @@ use sluice_core::control::{Controls, Scope};
 use sluice_core::fanout::Ticket;
 use sluice_core::model::NewMessage;
 use sluice_core::queue::{Delivery, Receipt};
-use sluice_proto::convert::{Queued, decode_queued_full};
+use sluice_proto::convert::decode_queued_traced;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,18 +57,14 @@ impl Worker {
         // One span per traced message, open until it is acked and published.
         let mut spans = Vec::new();
         for d in batch {
-            let (decoded, body_ref) = match decode_queued_full(&d.body, self.config.max_body_bytes) {
-                Ok(Queued { message, body_ref, traceparent }) => {
-                    if let Some(tp) = traceparent {
-                        let span =
-                            tracing::info_span!("deliver", msg_id = %message.msg_id, room = %message.room, receive_count = d.receive_count);
-                        sluice_core::trace::continue_trace(&span, &tp);
-                        spans.push(span);
-                    }
-                    (Ok(message), body_ref)
+            let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
+                if let Some(tp) = trace {
+                    let span = tracing::info_span!("deliver", msg_id = %msg.msg_id, room = %msg.room, receive_count = d.receive_count);
+                    sluice_core::trace::continue_trace(&span, &tp);
+                    spans.push(span);
                 }
-                Err(reason) => (Err(reason), None),
-            };
+                msg
+            });
             match decoded {
                 Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
                     let reason = format!("received {} times without completing", d.receive_count);
@@ -83,7 +79,7 @@ impl Worker {
                     }
                 }
                 Ok(mut msg) => {
-                    if let Some(r) = body_ref {
+                    if let Some(r) = msg.body_ref.clone() {
                         match self.campaign_body(&msg, &r).await {
                             Ok(Some(body)) => msg.body = body.to_string(),
                             Ok(None) => {

@@ -296,6 +296,7 @@ fn chat(room: &str, sender: &str, id: usize) -> NewMessage {
         campaign_id: None,
         sent_at_ms: 0,
         create_members: vec![],
+        body_ref: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Attribute values in and out of DynamoDB items, and the layout of each table's items.
 //!
-//! - messages: `room` (S), `seq` (N); msg_id, sender, body, kind, campaign_id?, sent_at.
+//! - messages: `room` (S), `seq` (N); msg_id, sender, body, kind, campaign_id?, sent_at. A
+//!   one-off whose body is over `persist::BODY_INLINE_MAX` bytes has `body_ref` instead of
+//!   `body`: its campaign's body, stored once (below), read back on every read.
 //! - rooms: `room`; last_seq, version (bumped by every change), members_version (bumped by
 //!   membership changes), created_at, and either `members` (string set, small rooms) or
 //!   `large` = true and `member_count` with members kept only as inbox rows. Beside a large
@@ -21,7 +23,9 @@
 //!   persisted, dead_lettered), written by batch transactions (recording recipients, counting
 //!   persisted messages) and per dead letter, never by a message's own transaction. The same
 //!   transactions count into the shards of the partition `~tenant:<tenant>` (a tenant's
-//!   backlog, for its queue quota); the partition `~controls` holds the operator's controls.
+//!   backlog, for its queue quota); the partition `~controls` holds the operator's controls;
+//!   the partition `~body:<campaign>` holds the campaign's bodies, one item per body
+//!   reference (`part`): `body`.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use std::collections::HashMap;

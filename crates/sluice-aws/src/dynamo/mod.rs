@@ -113,6 +113,8 @@ pub struct DynamoStore {
     members_cache: members::MembersCache,
     /// The tenant of each campaign counted lately (bounded; a campaign's tenant never changes).
     campaign_tenants: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Campaign bodies that message items keep by reference, as written or read lately.
+    bodies: sluice_core::bodies::BodyCache,
 }
 
 impl DynamoStore {
@@ -125,6 +127,7 @@ impl DynamoStore {
             backoff: Backoff { base: std::time::Duration::from_millis(10), cap: std::time::Duration::from_secs(1), max_attempts: 10 },
             members_cache: members::MembersCache::default(),
             campaign_tenants: Default::default(),
+            bodies: Default::default(),
         }
     }
 
@@ -361,10 +364,24 @@ impl DynamoStore {
         }
     }
 
+    /// A campaign's stored body, from the cache or read once.
+    async fn campaign_body_cached(&self, campaign_id: &str, body_ref: &str) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(b) = self.bodies.get(campaign_id, body_ref) {
+            return Ok(Some(b));
+        }
+        let Some(body) = campaigns::body(self, campaign_id, body_ref).await? else { return Ok(None) };
+        let body: Arc<str> = body.into();
+        self.bodies.insert(campaign_id, body_ref, body.clone());
+        Ok(Some(body))
+    }
+
     /// Reads a persisted message by key.
     async fn message_at(&self, room: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
         let item = self.get(&self.t.messages, key(&[("room", s(room)), ("seq", items::n(seq))])).await?;
-        Ok(item.map(|i| reads::decode_message(&i)))
+        match item {
+            Some(i) => Ok(reads::decode_messages(self, std::slice::from_ref(&i)).await?.pop()),
+            None => Ok(None),
+        }
     }
 }
 

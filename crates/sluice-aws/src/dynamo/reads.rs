@@ -21,6 +21,25 @@ pub(crate) fn decode_message(item: &Item) -> StoredMessage {
     }
 }
 
+/// Messages decoded from their items; a body an item keeps by reference is the campaign's
+/// stored body (read once, then cached).
+pub(crate) async fn decode_messages(store: &DynamoStore, items: &[Item]) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let mut m = decode_message(item);
+        if let (Some(r), Some(c)) = (get_s(item, "body_ref"), m.campaign_id.as_deref()) {
+            match store.campaign_body_cached(c, r).await? {
+                Some(b) => m.body = b.to_string(),
+                None => {
+                    tracing::warn!(room = %m.room, seq = m.seq, campaign_id = c, "a message's campaign body is not stored; read as empty")
+                }
+            }
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
 /// Messages of `room` with lo <= seq <= hi, strongly consistent, in `forward` order, at most
 /// `limit`, with only the attributes in `projection` when given.
 pub(crate) async fn query_messages(
@@ -60,7 +79,7 @@ pub(crate) async fn history(store: &DynamoStore, room: &str, q: HistoryQuery) ->
     if !forward {
         items.reverse();
     }
-    Ok(items.iter().map(decode_message).collect())
+    decode_messages(store, &items).await
 }
 
 /// How many messages of `room` with lo <= seq <= hi were sent by `user` (`own`) or by others.

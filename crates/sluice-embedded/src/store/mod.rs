@@ -610,6 +610,7 @@ mod writer_tests {
             campaign_id: None,
             sent_at_ms: 1,
             create_members: vec![],
+            body_ref: None,
         };
         store.persist(vec![m.clone()]).await.unwrap();
         m.msg_id = "m2".into();
@@ -640,6 +641,7 @@ mod chunk_tests {
             campaign_id: None,
             sent_at_ms: 0,
             create_members: vec![],
+            body_ref: None,
         }
     }
 

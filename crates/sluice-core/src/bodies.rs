@@ -1,19 +1,21 @@
-//! Campaign bodies by reference. EnqueueBulk stores a campaign's body once and its queued
-//! one-offs carry the body's reference; the worker reads each body from the store once and
-//! keeps the few it is draining, bounded in entries and bytes.
+//! A bounded cache of campaign bodies by reference. EnqueueBulk stores a campaign's body
+//! once and its queued one-offs carry the body's reference ([`crate::ids::campaign_body_ref`]);
+//! a worker reads each body from the store once and keeps the few it is draining, and a
+//! store whose message items refer to large bodies keeps those its reads resolve.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-/// Bodies a worker keeps (campaigns drained at once are few).
+/// Bodies kept (campaigns drained or read at once are few).
 const MAX_ENTRIES: usize = 256;
-/// Bytes of bodies a worker keeps (at most 64 KiB each by default).
+/// Bytes of bodies kept (at most 64 KiB each by default).
 const MAX_BYTES: usize = 16 << 20;
 
 type Key = (String, String);
 
+/// Bodies by campaign and reference; the oldest go first beyond the bounds.
 #[derive(Default)]
-pub(crate) struct Bodies {
+pub struct BodyCache {
     inner: Mutex<Cache>,
 }
 
@@ -25,13 +27,13 @@ struct Cache {
     bytes: usize,
 }
 
-impl Bodies {
-    pub(crate) fn get(&self, campaign_id: &str, body_ref: &str) -> Option<Arc<str>> {
+impl BodyCache {
+    pub fn get(&self, campaign_id: &str, body_ref: &str) -> Option<Arc<str>> {
         let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.map.get(&(campaign_id.to_string(), body_ref.to_string())).cloned()
     }
 
-    pub(crate) fn insert(&self, campaign_id: &str, body_ref: &str, body: Arc<str>) {
+    pub fn insert(&self, campaign_id: &str, body_ref: &str, body: Arc<str>) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = (campaign_id.to_string(), body_ref.to_string());
         if c.map.contains_key(&key) {
@@ -55,7 +57,7 @@ mod tests {
 
     #[test]
     fn bodies_are_kept_by_campaign_and_reference_within_bounds() {
-        let b = Bodies::default();
+        let b = BodyCache::default();
         b.insert("c1", "r1", Arc::from("one"));
         b.insert("c1", "r2", Arc::from("two"));
         assert_eq!(b.get("c1", "r1").as_deref(), Some("one"));
