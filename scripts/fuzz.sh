@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes what Sluice parses from the outside: WebSocket client frames and queued message
 # bodies (fuzz/, libFuzzer through cargo-fuzz).
-#   1. Replays the seed corpus and every saved crash (fuzz/regressions/) on stable Rust.
-#   2. Runs each target for SECONDS (default 15, or SLUICE_FUZZ_SECS), starting from the
-#      corpus; new inputs go to a temporary directory, crashes to fuzz/artifacts/<target>/.
+# It runs each target for SECONDS (default 15, or SLUICE_FUZZ_SECS), starting from the
+# corpus; new inputs go to a temporary directory, crashes to fuzz/artifacts/<target>/. The
+# seed corpus and every saved crash (fuzz/regressions/) are replayed on stable Rust by the
+# workspace's tests (crates/sluice-proto/tests/fuzz_corpus.rs).
 # cargo-fuzz asks for nightly flags; the machine's stable toolchain takes them with
 # RUSTC_BOOTSTRAP=1. No sanitizer: the crates under test forbid unsafe code, so panics and
 # failed assertions are what the fuzzer looks for.
@@ -11,9 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-${SLUICE_FUZZ_SECS:-15}}"
-
-echo "==> fuzz corpus and regressions (stable)" >&2
-cargo test --locked --manifest-path fuzz/Cargo.toml --tests
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz" >&2

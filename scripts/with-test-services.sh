@@ -71,7 +71,10 @@ pids+=($!)
 wait_http "DynamoDB Local" "http://127.0.0.1:$ddb_port" "$logs/dynamodb.log" "${pids[0]}"
 wait_http "moto server" "http://127.0.0.1:$moto_port/moto-api/" "$logs/moto.log" "${pids[1]}"
 
-cargo build --locked -q -p sluice-testkit --bin sluice-unkind-dynamodb --bin sluice-unkind-moto
+# The whole workspace, every target: the features of shared dependencies are then those the
+# test run's own build unifies, so this builds nothing twice (building one package alone would
+# resolve other features and rebuild some 80 crates).
+cargo build --locked -q --workspace --all-targets
 target_dir=$(cargo metadata --locked --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 proxy_port=$(free_port)
 "$target_dir/debug/sluice-unkind-dynamodb" --upstream "http://127.0.0.1:$ddb_port" --port "$proxy_port" --max-secs $max_life --index-lag-ms "${SLUICE_TEST_INDEX_LAG_MS:-200}" \

@@ -1,9 +1,10 @@
 //! What each fuzz target checks, as plain functions: the libFuzzer targets in
-//! `fuzz_targets/` call them with generated inputs, and `tests/corpus.rs` replays the seed
+//! `fuzz_targets/` call them with generated inputs, and the workspace test
+//! `crates/sluice-proto/tests/fuzz_corpus.rs` (which compiles this file too) replays the seed
 //! corpus and every input that ever crashed (`regressions/`) through them on stable Rust.
 
 use sluice_core::frames::{ClientFrame, MAX_CLIENT_MSG_ID_LEN, ServerFrame, parse_client_frame};
-use sluice_proto::convert::{decode_queued_full, encode_queued_with};
+use sluice_proto::convert::{decode_queued, encode_queued};
 
 /// WebSocket client frames: any text a client sends becomes a frame or a clear error, never
 /// a panic; the error frame Sluice answers with always serializes.
@@ -26,9 +27,8 @@ pub fn client_frame(data: &[u8]) {
 /// Queued message bodies: whatever sits in the queue decodes into a valid message or a reason
 /// for the dead-letter queue, never a panic; a valid one encodes back to the same message.
 pub fn queued_message(data: &[u8]) {
-    if let Ok(q) = decode_queued_full(data, 64 * 1024) {
-        let bytes = encode_queued_with(&q.message, q.body_ref.as_deref(), q.traceparent.as_deref());
-        let again = decode_queued_full(&bytes, 64 * 1024).expect("what decoded once decodes again");
-        assert_eq!(again, q);
+    if let Ok(m) = decode_queued(data, 64 * 1024) {
+        let again = decode_queued(&encode_queued(&m), 64 * 1024).expect("what decoded once decodes again");
+        assert_eq!(again, m);
     }
 }
