@@ -35,6 +35,9 @@ pub struct Metrics {
     /// DynamoDB Local reports ConsumedCapacity per table rather than per item, so this is
     /// what the AWS price follows.
     pub dynamodb_items_written: IntCounterVec,
+    /// DynamoDB write request units by AWS's rule, from the items written: 1 per started KB
+    /// of an item put (updates and condition checks count as 1 KB), twice in a transaction.
+    pub dynamodb_write_units: IntCounter,
     /// AWS calls answered with throttling or a transaction conflict, by service and reason.
     pub aws_retryable: IntCounterVec,
     /// Analytics records written to the event stream.
@@ -135,6 +138,10 @@ impl Metrics {
             dynamodb_items_written: reg!(IntCounterVec::new(
                 Opts::new("dynamodb_items_written_total", "DynamoDB items written, by kind (transactional, standard)"),
                 &["kind"]
+            )),
+            dynamodb_write_units: reg!(IntCounter::new(
+                "dynamodb_write_units_total",
+                "DynamoDB write request units by AWS's rule from the sizes of the items written (twice in a transaction)"
             )),
             aws_retryable: reg!(IntCounterVec::new(
                 Opts::new("aws_retryable_errors_total", "AWS calls answered with throttling or a transaction conflict"),

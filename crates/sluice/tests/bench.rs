@@ -126,6 +126,9 @@ fn cost_smoke() {
     assert_eq!(figure(&json, "interactive in a direct room: DynamoDB write units (AWS rule, items written)"), 10.0);
     let one_off = figure(&json, "one-off: DynamoDB write units (AWS rule, items written)");
     assert!((10.0..12.0).contains(&one_off), "{one_off}");
+    // A 2 KB body is stored once for the campaign, not in each message item.
+    let long = figure(&json, "one-off, 2 KB body: DynamoDB write units (AWS rule, items written)");
+    assert!(long - one_off < 1.0, "2 KB body {long} against {one_off}");
     assert_eq!(figure(&json, "one-off: Kinesis records"), 1.0);
     assert_eq!(figure(&json, "interactive: Kinesis records"), 1.0);
     assert!(figure(&json, "one-off: SQS requests") > 0.0);

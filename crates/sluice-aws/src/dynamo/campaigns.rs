@@ -7,7 +7,10 @@
 //! by tenants: it is what the per-tenant queue quota checks there.
 
 use super::call::{Capacity, TxFailure, account, drop_failed_conditions, store_error};
-use super::items::{CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, key, marker_expiry, n, put, s, update};
+use super::items::{
+    CAMPAIGN_META, CAMPAIGN_SHARDS, Item, campaign_shard, get_i64, get_s, get_u64, item_size, key, marker_expiry, n, put, s, update,
+    write_units,
+};
 use super::{DynamoStore, Tries, persist};
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use futures::StreamExt;
@@ -99,6 +102,7 @@ async fn update_meta(store: &DynamoStore, campaign_id: &str, owner: &str, expr: 
             Ok(out) => {
                 account(&store.metrics, "UpdateItem", Capacity::Write, out.consumed_capacity());
                 store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
+                store.metrics.dynamodb_write_units.inc();
                 return Ok(());
             }
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
@@ -277,6 +281,7 @@ fn body_key(campaign_id: &str, body_ref: &str) -> Item {
 pub(crate) async fn put_body(store: &DynamoStore, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
     let mut item = body_key(campaign_id, body_ref);
     item.insert("body".into(), s(body));
+    let units = write_units(item_size(&item));
     let out = store
         .client
         .put_item()
@@ -287,6 +292,8 @@ pub(crate) async fn put_body(store: &DynamoStore, campaign_id: &str, body_ref: &
         .await
         .map_err(|e| store_error("PutItem", e))?;
     account(&store.metrics, "PutItem", Capacity::Write, out.consumed_capacity());
+    store.metrics.dynamodb_items_written.with_label_values(&["standard"]).inc();
+    store.metrics.dynamodb_write_units.inc_by(units);
     Ok(())
 }
 

@@ -47,6 +47,38 @@ pub(crate) fn marker_expiry(now_ms: i64) -> i64 {
     now_ms / 1000 + MARKER_TTL_SECS
 }
 
+/// An item's size as DynamoDB counts it: each attribute's name and value in bytes (a number
+/// about one byte per two digits, plus one).
+pub(crate) fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
+        AttributeValue::Ns(v) => v.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        AttributeValue::L(l) => 3 + l.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// Write request units of one write outside a transaction (double them inside one): 1 per
+/// started KB of the item written.
+pub(crate) fn write_units(size: usize) -> u64 {
+    size.div_ceil(1024).max(1) as u64
+}
+
+/// Write request units of one transaction's items by AWS's rule: a put by its item's size,
+/// an update or condition check as an item of at most 1 KB (every item Sluice updates is).
+pub(crate) fn transaction_write_units(items: &[TransactWriteItem]) -> u64 {
+    let one = |t: &TransactWriteItem| t.put().map_or(1, |p| write_units(item_size(p.item())));
+    2 * items.iter().map(one).sum::<u64>()
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }

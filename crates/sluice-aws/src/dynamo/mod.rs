@@ -328,7 +328,7 @@ impl DynamoStore {
 
     /// One TransactWriteItems call, counted in the metrics.
     async fn transact(&self, items: Vec<TransactWriteItem>, token: Option<String>) -> Result<(), TxFailure> {
-        let count = items.len() as u64;
+        let (count, units) = (items.len() as u64, items::transaction_write_units(&items));
         let out = self
             .client
             .transact_write_items()
@@ -341,6 +341,7 @@ impl DynamoStore {
             Ok(out) => {
                 account(&self.metrics, "TransactWriteItems", Capacity::Write, out.consumed_capacity());
                 self.metrics.dynamodb_items_written.with_label_values(&["transactional"]).inc_by(count);
+                self.metrics.dynamodb_write_units.inc_by(units);
                 Ok(())
             }
             Err(e) => {

@@ -6,9 +6,11 @@
 //! measured as the difference of the server's `/metrics` before and after: AWS requests by
 //! service, DynamoDB capacity, items written and Kinesis records.
 //!
-//! Write capacity is priced by AWS's rule from the items written (2 write units per
-//! transactional item up to 1 KB, 1 per standard write), because DynamoDB Local reports
-//! ConsumedCapacity per table rather than per item; its figure is shown beside it.
+//! Write capacity is priced by AWS's rule from the items written (2 write units per started
+//! KB of each transactional item, 1 per KB of a standard write; the store counts them as it
+//! writes), because DynamoDB Local reports ConsumedCapacity per table rather than per item;
+//! its figure is shown beside it. A second campaign has a 2 KB body, the size of a marketing
+//! message with markup.
 
 use crate::args::{CostArgs, TargetArgs};
 use crate::campaign::Campaign;
@@ -42,9 +44,12 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
     let mut report = Report::new("cost", serde_json::json!({"one_off": a.one_off, "interactive": a.interactive}));
 
     let before = server.metrics().await?;
-    one_offs(&server, a.one_off, run).await?;
+    one_offs(&server, a.one_off, run, "cost", SHORT_BODY).await?;
     let mid = wait_events(&server, &before, a.one_off as f64).await?;
     let one_off = mid.since(&before);
+    let long_body = LONG_BODY_LINE.repeat(2048 / LONG_BODY_LINE.len() + 1);
+    one_offs(&server, a.one_off, run, "cost-long", &long_body).await?;
+    let one_off_long = wait_events(&server, &mid, a.one_off as f64).await?.since(&mid);
     let mut chats = Vec::new();
     for direct in [false, true] {
         let rooms = create_pairs(&server, run, direct).await?;
@@ -58,13 +63,12 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
     let n = a.interactive as f64;
     let parts = [
         ("one-off", &one_off, a.one_off as f64, false),
+        ("one-off, 2 KB body", &one_off_long, a.one_off as f64, false),
         ("interactive", &chats[0], n, true),
         ("interactive in a direct room", &chats[1], n, true),
     ];
     for (label, m, n, idle_receives) in parts {
-        let wcu = (2.0 * m.sum("sluice_dynamodb_items_written_total", &["kind=\"transactional\""])
-            + m.sum("sluice_dynamodb_items_written_total", &["kind=\"standard\""]))
-            / n;
+        let wcu = m.sum("sluice_dynamodb_write_units_total", &[]) / n;
         let reported_wcu = m.sum("sluice_dynamodb_capacity_units_total", &["kind=\"write\""]) / n;
         let rcu = m.sum("sluice_dynamodb_capacity_units_total", &["kind=\"read\""]) / n;
         let dynamo_requests = m.sum("sluice_aws_requests_total", &["service=\"dynamodb\""]) / n;
@@ -96,7 +100,7 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
          and Redis are not included."
     ));
     report.note(format!(
-        "{} one-off messages (each to a new direct room), then {} interactive messages in {PAIRS} two-member rooms and \
+        "{} one-off messages (each to a new direct room), as many again with a 2 KB body, then {} interactive messages in {PAIRS} two-member rooms and \
          {} in {PAIRS} direct rooms (`dm:a:b`, made by CreateRoom first), both members connected. The interactive SQS \
          figures leave out the worker's idle ReceiveMessage polls.",
         a.one_off, a.interactive, a.interactive
@@ -104,11 +108,16 @@ pub async fn run(program: &Path, target: &TargetArgs, a: &CostArgs, run: &str) -
     Ok(report)
 }
 
-async fn one_offs(server: &Server, n: u32, run: &str) -> anyhow::Result<()> {
+const SHORT_BODY: &str = "Spring sale: 20% off everything until Sunday";
+const LONG_BODY_LINE: &str =
+    "<p>Spring sale: <b>20% off</b> everything until Sunday, see <a href=\"https://shop.example/sale\">the shop</a>.</p>\n";
+
+/// A campaign `name` of `n` one-offs, each to a recipient of its own.
+async fn one_offs(server: &Server, n: u32, run: &str, name: &str, body: &str) -> anyhow::Result<()> {
     let mut g = server.grpc().await?;
-    let (id, sender) = (format!("{run}-cost"), format!("{run}-shop"));
-    let c = Campaign { id: &id, tenant: None, sender: &sender, body: "Spring sale: 20% off everything until Sunday" };
-    c.enqueue(&g, n as u64, |i| format!("{run}-r{i}"), 10_000, 1, &AtomicU64::new(0)).await?;
+    let (id, sender) = (format!("{run}-{name}"), format!("{run}-shop"));
+    let c = Campaign { id: &id, tenant: None, sender: &sender, body };
+    c.enqueue(&g, n as u64, |i| format!("{run}-{name}-r{i}"), 10_000, 1, &AtomicU64::new(0)).await?;
     let (poll, limit) = (Duration::from_millis(200), Duration::from_secs(600));
     c.wait_persisted(&mut g, n as u64, poll, limit, &AtomicU64::new(0), || server.log_tail()).await
 }
