@@ -11,40 +11,39 @@ const MAX_ENTRIES: usize = 256;
 /// Bytes of bodies kept (at most 64 KiB each by default).
 const MAX_BYTES: usize = 16 << 20;
 
-type Key = (String, String);
-
 /// Bodies by campaign and reference; the oldest go first beyond the bounds.
 #[derive(Default)]
 pub struct BodyCache {
     inner: Mutex<Cache>,
 }
 
+/// By reference (a digest of campaign and body, so unique), with the campaign it belongs to:
+/// a lookup allocates nothing.
 #[derive(Default)]
 struct Cache {
-    map: HashMap<Key, Arc<str>>,
+    map: HashMap<String, (String, Arc<str>)>,
     /// Insertion order: the oldest body goes first.
-    order: VecDeque<Key>,
+    order: VecDeque<String>,
     bytes: usize,
 }
 
 impl BodyCache {
     pub fn get(&self, campaign_id: &str, body_ref: &str) -> Option<Arc<str>> {
         let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        c.map.get(&(campaign_id.to_string(), body_ref.to_string())).cloned()
+        c.map.get(body_ref).filter(|(campaign, _)| campaign == campaign_id).map(|(_, body)| body.clone())
     }
 
     pub fn insert(&self, campaign_id: &str, body_ref: &str, body: Arc<str>) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (campaign_id.to_string(), body_ref.to_string());
-        if c.map.contains_key(&key) {
+        if c.map.contains_key(body_ref) {
             return;
         }
         c.bytes += body.len();
-        c.map.insert(key.clone(), body);
-        c.order.push_back(key);
+        c.map.insert(body_ref.to_string(), (campaign_id.to_string(), body));
+        c.order.push_back(body_ref.to_string());
         while c.order.len() > MAX_ENTRIES || (c.bytes > MAX_BYTES && c.order.len() > 1) {
             let Some(old) = c.order.pop_front() else { break };
-            if let Some(b) = c.map.remove(&old) {
+            if let Some((_, b)) = c.map.remove(&old) {
                 c.bytes -= b.len();
             }
         }
@@ -62,7 +61,7 @@ mod tests {
         b.insert("c1", "r2", Arc::from("two"));
         assert_eq!(b.get("c1", "r1").as_deref(), Some("one"));
         assert_eq!(b.get("c1", "r2").as_deref(), Some("two"));
-        assert_eq!(b.get("c2", "r1"), None);
+        assert_eq!(b.get("c2", "r1"), None, "a reference is found for its own campaign only");
         for i in 0..MAX_ENTRIES {
             b.insert("c3", &i.to_string(), Arc::from("x"));
         }
