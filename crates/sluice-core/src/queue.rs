@@ -169,10 +169,12 @@ pub trait SpikeQueue: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Moves an in-flight message to the held area under `key` (an operator's pause of the
-    /// key's scope). It keeps its group, tenant and body, and waits there, durably and
-    /// without being received, until [`SpikeQueue::release_held`] of its key.
-    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError>;
+    /// Moves in-flight messages to the held area under `key` (an operator's pause of the
+    /// key's scope, or its rate). Each keeps its group, tenant and body, and waits there,
+    /// durably and without being received, until [`SpikeQueue::release_held`] of its key.
+    /// Returns how many moved: a receipt no longer current is left alone (its message comes
+    /// back after its visibility timeout).
+    async fn hold(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError>;
 
     /// Moves up to `limit` messages held under `key` back to the queue (receive count reset),
     /// in the order they were held; returns how many.

@@ -76,8 +76,8 @@ impl SpikeQueue for FaultyQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(limit).await
     }
-    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
-        self.inner.hold(receipt, key).await
+    async fn hold(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
+        self.inner.hold(receipts, key).await
     }
     async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
         self.inner.tenant_backlog(tenant).await

@@ -56,6 +56,8 @@ impl Worker {
         let mut messages = Vec::with_capacity(batch.len());
         // One span per traced message, open until it is acked and published.
         let mut spans = Vec::new();
+        // Messages of paused scopes, by hold key: moved aside in one call per key.
+        let mut paused: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
         for d in batch {
             let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
                 if let Some(tp) = trace {
@@ -71,12 +73,7 @@ impl Worker {
                     self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
                 }
                 Ok(msg) if let Some(scope) = controls.paused_scope(tenant_of(&d, &msg), msg.campaign_id.as_deref()) => {
-                    match self.b.queue.hold(&d.receipt, &scope.key()).await {
-                        Ok(()) => m.held.inc(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, %scope, "cannot hold a message of a paused scope; it returns after its visibility timeout")
-                        }
-                    }
+                    paused.entry(scope.key()).or_default().push(d.receipt);
                 }
                 Ok(mut msg) => {
                     if let Some(r) = msg.body_ref.clone() {
@@ -98,6 +95,9 @@ impl Worker {
                 }
                 Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
             }
+        }
+        for (key, receipts) in paused {
+            self.hold(&receipts, &key, |n| m.held.inc_by(n)).await;
         }
         let (work, messages) = self.within_rates(&controls, work, messages).await;
         if messages.is_empty() {
@@ -171,6 +171,17 @@ impl Worker {
         all_ok
     }
 
+    /// Moves messages aside under a hold key (a paused scope's, or a rated scope's) and
+    /// `count`s those moved; what cannot be moved returns after its visibility timeout.
+    async fn hold(&self, receipts: &[Receipt], key: &str, count: impl Fn(u64)) {
+        match self.b.queue.hold(receipts, key).await {
+            Ok(n) => count(n as u64),
+            Err(e) => {
+                tracing::warn!(error = %e, key, n = receipts.len(), "cannot hold messages; they return after their visibility timeout")
+            }
+        }
+    }
+
     /// The campaign body `body_ref` that `msg` refers to: from this worker's cache, or read
     /// from the store once.
     async fn campaign_body(&self, msg: &NewMessage, body_ref: &str) -> Result<Option<std::sync::Arc<str>>, sluice_core::error::StoreError> {
@@ -212,14 +223,10 @@ impl Worker {
             granted.insert(scope, g);
         }
         let (mut keep, mut kept) = (Vec::with_capacity(work.len()), Vec::with_capacity(messages.len()));
+        let mut over: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
         for ((d, msg), rates) in work.into_iter().zip(messages).zip(&rates) {
             match rates.iter().find(|(s, _)| granted[s] == 0) {
-                Some((scope, _)) => match self.b.queue.hold(&d.receipt, &scope.rate_key()).await {
-                    Ok(()) => self.b.metrics.rate_held.inc(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, %scope, "cannot hold a message over its rate; it returns after its visibility timeout")
-                    }
-                },
+                Some((scope, _)) => over.entry(scope.rate_key()).or_default().push(d.receipt),
                 None => {
                     for (s, _) in rates {
                         *granted.get_mut(s).expect("granted for every rated scope") -= 1;
@@ -228,6 +235,9 @@ impl Worker {
                     kept.push(msg);
                 }
             }
+        }
+        for (key, receipts) in over {
+            self.hold(&receipts, &key, |n| self.b.metrics.rate_held.inc_by(n)).await;
         }
         (keep, kept)
     }

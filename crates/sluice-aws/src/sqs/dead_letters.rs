@@ -1,5 +1,5 @@
-//! Moving messages aside: to the dead-letter queue with a reason, or to the held queue under
-//! an operator's hold key; and reading the dead-letter queue.
+//! Moving messages aside: to the dead-letter queue with a reason, one at a time, or to the
+//! held queue under an operator's hold key, in batches; and reading the dead-letter queue.
 
 use super::*;
 
@@ -7,13 +7,6 @@ use super::*;
 pub(super) const ADOPT_SCAN_RECEIVES: usize = 100;
 /// A dead-letter queue whose depth did not move is scanned again after this long anyway.
 pub(super) const ADOPT_FULL_SCAN_EVERY: Duration = Duration::from_secs(600);
-
-/// Where [`SqsQueue::move_out`] moves a message.
-#[derive(Clone, Copy)]
-pub(super) enum Aside<'a> {
-    Dead { reason: &'a str },
-    Held { key: &'a str },
-}
 
 pub(super) fn dead_letter_of(m: &Message) -> DeadLetter {
     DeadLetter {
@@ -31,9 +24,9 @@ pub(super) fn dead_letter_of(m: &Message) -> DeadLetter {
 }
 
 impl SqsQueue {
-    /// Moves an in-flight message to the dead-letter queue or the held queue, then deletes it
-    /// from its lane.
-    pub(super) async fn move_out(&self, receipt: &Receipt, to: Aside<'_>) -> Result<(), QueueError> {
+    /// Moves an in-flight message to the dead-letter queue with `reason`, then deletes it from
+    /// its lane.
+    pub(super) async fn move_out(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
         let f = {
             let map = self.in_flight.lock().expect("in-flight lock");
             let f = map.get(&receipt.0).ok_or_else(|| QueueError::Invalid("unknown receipt (not received by this process)".into()))?;
@@ -41,7 +34,7 @@ impl SqsQueue {
         };
         let (group, dedup_id, body, receive_count, tenant) = f;
         // Keep the message invisible while it moves, which also proves the receipt is still current.
-        if self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await? > 0 {
+        if !self.settle_lanes(&self.current(std::slice::from_ref(receipt)), Some(Duration::from_secs(60))).await?.is_empty() {
             self.forget(std::slice::from_ref(receipt));
             return Err(QueueError::Invalid("stale receipt: the message was received again since".into()));
         }
@@ -54,20 +47,13 @@ impl SqsQueue {
             let mut send = self
                 .client
                 .send_message()
+                .queue_url(&self.dlq_url)
+                .message_group_id(&group)
                 .message_deduplication_id(&move_id)
                 .message_body(&body)
                 .message_attributes(ATTR_DEDUP, string_attr(&dedup_id))
-                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()));
-            send = match to {
-                Aside::Dead { reason } => {
-                    send.queue_url(&self.dlq_url).message_group_id(&group).message_attributes(ATTR_REASON, string_attr(reason))
-                }
-                Aside::Held { key } => send
-                    .queue_url(&self.held_url)
-                    .message_group_id(key)
-                    .message_attributes(ATTR_HOLD, string_attr(key))
-                    .message_attributes(ATTR_GROUP, string_attr(&group)),
-            };
+                .message_attributes(ATTR_RECEIVES, string_attr(&receive_count.to_string()))
+                .message_attributes(ATTR_REASON, string_attr(reason));
             if !tenant.is_empty() {
                 send = send.message_attributes(ATTR_TENANT, string_attr(&tenant));
             }
@@ -83,6 +69,48 @@ impl SqsQueue {
             }
         }
         self.ack(std::slice::from_ref(receipt)).await
+    }
+
+    /// Moves in-flight messages to the held queue under `key` in batches: their visibility
+    /// extended per lane (which also finds the receipts no longer current, left alone), sent
+    /// to the held queue ten at a time, then deleted from their lanes ten at a time. About
+    /// 0.3 requests a message, where one at a time took 3.
+    pub(super) async fn hold_batch(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
+        let current: Vec<Receipt> = {
+            let map = self.in_flight.lock().expect("in-flight lock");
+            receipts.iter().filter(|r| map.contains_key(&r.0)).cloned().collect()
+        };
+        let refused = self.settle_lanes(&self.current(&current), Some(Duration::from_secs(60))).await?;
+        let (stale, moving): (Vec<Receipt>, Vec<Receipt>) =
+            current.into_iter().partition(|r| r.0.split_once('|').is_some_and(|(_, h)| refused.iter().any(|x| x == h)));
+        self.forget(&stale);
+        let entries: Vec<SendMessageBatchRequestEntry> = {
+            let map = self.in_flight.lock().expect("in-flight lock");
+            moving
+                .iter()
+                .filter_map(|r| {
+                    let f = map.get(&r.0)?;
+                    // One id per delivery, as for a single move.
+                    let move_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, r.0.as_bytes()).simple().to_string();
+                    let mut e = SendMessageBatchRequestEntry::builder()
+                        .id("0")
+                        .message_group_id(key)
+                        .message_deduplication_id(move_id)
+                        .message_body(f.body_b64.clone())
+                        .message_attributes(ATTR_DEDUP, string_attr(&f.dedup_id))
+                        .message_attributes(ATTR_RECEIVES, string_attr(&f.receive_count.to_string()))
+                        .message_attributes(ATTR_HOLD, string_attr(key))
+                        .message_attributes(ATTR_GROUP, string_attr(&f.group));
+                    if !f.tenant.is_empty() {
+                        e = e.message_attributes(ATTR_TENANT, string_attr(&f.tenant));
+                    }
+                    Some(e.build().expect("entry has id and body"))
+                })
+                .collect()
+        };
+        self.send_lane(&self.held_url, entries).await?;
+        self.ack(&moving).await?;
+        Ok(moving.len())
     }
 
     /// Receives up to `limit` dead letters; they stay invisible for `hold` unless settled.

@@ -322,11 +322,11 @@ impl SpikeQueue for SqsQueue {
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
-        self.move_out(receipt, Aside::Dead { reason }).await
+        self.move_out(receipt, reason).await
     }
 
-    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
-        self.move_out(receipt, Aside::Held { key }).await
+    async fn hold(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
+        self.hold_batch(receipts, key).await
     }
 
     async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {

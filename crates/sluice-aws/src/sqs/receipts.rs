@@ -25,9 +25,9 @@ pub(super) fn lane_receipt(lane: usize, handle: &str) -> String {
 
 impl SqsQueue {
     /// ChangeMessageVisibilityBatch / DeleteMessageBatch over any number of receipts.
-    /// Returns how many receipts SQS refused as no longer valid.
-    pub(super) async fn settle(&self, url: &str, receipts: &[String], visibility: Option<Duration>) -> Result<usize, QueueError> {
-        let mut refused = 0;
+    /// Returns the receipts SQS refused as no longer valid.
+    pub(super) async fn settle(&self, url: &str, receipts: &[String], visibility: Option<Duration>) -> Result<Vec<String>, QueueError> {
+        let mut refused = Vec::new();
         for chunk in receipts.chunks(BATCH) {
             let mut attempt = 0;
             let mut pending: Vec<(usize, &String)> = chunk.iter().enumerate().collect();
@@ -74,9 +74,11 @@ impl SqsQueue {
                 // or is gone) cannot be settled by anyone: leave it.
                 let whole_call = failed.iter().any(|(id, _, _)| id.is_empty());
                 let retry: Vec<String> = failed.iter().filter(|(_, sender, _)| !sender).map(|(id, _, _)| id.clone()).collect();
-                for (_, _, code) in failed.iter().filter(|(_, sender, _)| *sender) {
+                for (id, _, code) in failed.iter().filter(|(_, sender, _)| *sender) {
                     tracing::debug!(%code, "SQS refused to settle a receipt");
-                    refused += 1;
+                    if let Some((_, r)) = pending.iter().find(|(i, _)| i.to_string() == *id) {
+                        refused.push((*r).clone());
+                    }
                 }
                 if !whole_call {
                     pending.retain(|(i, _)| retry.contains(&i.to_string()));
@@ -106,13 +108,13 @@ impl SqsQueue {
             .collect()
     }
 
-    /// Settles receipts of any lanes, one lane at a time; returns how many SQS refused.
-    pub(super) async fn settle_lanes(&self, receipts: &[(usize, String)], visibility: Option<Duration>) -> Result<usize, QueueError> {
-        let mut refused = 0;
+    /// Settles receipts of any lanes, one lane at a time; returns those SQS refused.
+    pub(super) async fn settle_lanes(&self, receipts: &[(usize, String)], visibility: Option<Duration>) -> Result<Vec<String>, QueueError> {
+        let mut refused = Vec::new();
         for (lane, url) in self.urls.iter().enumerate() {
             let handles: Vec<String> = receipts.iter().filter(|(l, _)| *l == lane).map(|(_, h)| h.clone()).collect();
             if !handles.is_empty() {
-                refused += self.settle(url, &handles, visibility).await?;
+                refused.extend(self.settle(url, &handles, visibility).await?);
             }
         }
         Ok(refused)

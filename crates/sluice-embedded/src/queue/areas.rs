@@ -77,26 +77,39 @@ impl EmbeddedQueue {
         Ok(self.requeue(&moved, |st| &mut st.dead))
     }
 
-    pub(super) async fn hold_now(&self, r: Receipt, key: String) -> Result<(), QueueError> {
-        let seq = self.current_seq(&r)?;
-        let moved = self
+    pub(super) async fn hold_now(&self, receipts: Vec<Receipt>, key: String) -> Result<usize, QueueError> {
+        let seqs = {
+            let st = self.state();
+            self.current(&st, &receipts)?
+        };
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let s = seqs.clone();
+        let moved: Vec<u64> = self
             .write(move |txn| {
                 let mut msgs = txn.open_table(Q_MSGS)?;
                 let mut recv = txn.open_table(Q_RECV)?;
                 let mut held = txn.open_table(Q_HELD)?;
-                let Some(v) = msgs.remove(seq)? else { return Ok(false) };
-                recv.remove(seq)?;
-                held.insert((key.as_str(), seq), v.value())?;
-                Ok(true)
+                let mut moved = Vec::with_capacity(s.len());
+                for seq in s {
+                    let Some(v) = msgs.remove(seq)? else { continue };
+                    recv.remove(seq)?;
+                    held.insert((key.as_str(), seq), v.value())?;
+                    moved.push(seq);
+                }
+                Ok(moved)
             })
             .await?;
         let mut st = self.state();
-        if st.sched.remove(seq) && moved {
-            st.held += 1;
+        for seq in seqs {
+            if st.sched.remove(seq) && moved.contains(&seq) {
+                st.held += 1;
+            }
         }
         drop(st);
         self.inner.notify.notify_waiters();
-        Ok(())
+        Ok(moved.len())
     }
 
     pub(super) async fn release_held_now(&self, key: String, limit: usize) -> Result<usize, QueueError> {

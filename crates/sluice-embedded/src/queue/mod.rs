@@ -499,8 +499,8 @@ impl SpikeQueue for EmbeddedQueue {
         Ok(self.state().sched.backlogs())
     }
 
-    async fn hold(&self, receipt: &Receipt, key: &str) -> Result<(), QueueError> {
-        let (this, r, key) = (self.clone(), receipt.clone(), key.to_string());
+    async fn hold(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
+        let (this, r, key) = (self.clone(), receipts.to_vec(), key.to_string());
         detached(async move { this.hold_now(r, key).await }).await
     }
 
