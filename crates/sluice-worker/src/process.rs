@@ -76,8 +76,11 @@ impl Worker {
                     paused.entry(scope.key()).or_default().push(d.receipt);
                 }
                 Ok(mut msg) => {
-                    if let Some(r) = msg.body_ref.clone() {
-                        match self.campaign_body(&msg, &r).await {
+                    if let Some(r) = msg.body_ref.take() {
+                        let found = self.campaign_body(&msg, &r).await;
+                        msg.body_ref = Some(r);
+                        let r = msg.body_ref.as_deref().unwrap_or_default();
+                        match found {
                             Ok(Some(body)) => msg.body = body.to_string(),
                             Ok(None) => {
                                 let reason = format!("the campaign body {r} it refers to is not stored");
