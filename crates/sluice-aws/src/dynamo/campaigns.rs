@@ -281,6 +281,11 @@ fn body_key(campaign_id: &str, body_ref: &str) -> Item {
 pub(crate) async fn put_body(store: &DynamoStore, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
     let mut item = body_key(campaign_id, body_ref);
     item.insert("body".into(), s(body));
+    put_item(store, item).await
+}
+
+/// One standard PutItem in the campaigns table, counted in the metrics.
+async fn put_item(store: &DynamoStore, item: Item) -> Result<(), StoreError> {
     let units = write_units(item_size(&item));
     let out = store
         .client
@@ -326,17 +331,7 @@ pub(crate) async fn set_control(store: &DynamoStore, scope: &Scope, control: Con
     if let Some(rate) = control.rate {
         item.insert("rate".into(), n(rate));
     }
-    let out = store
-        .client
-        .put_item()
-        .table_name(&store.t.campaigns)
-        .set_item(Some(item))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send()
-        .await
-        .map_err(|e| store_error("PutItem", e))?;
-    account(&store.metrics, "PutItem", Capacity::Write, out.consumed_capacity());
-    Ok(())
+    put_item(store, item).await
 }
 
 pub(crate) async fn controls(store: &DynamoStore) -> Result<Controls, StoreError> {
