@@ -33,6 +33,23 @@ impl BodyCache {
         c.map.get(body_ref).filter(|(campaign, _)| campaign == campaign_id).map(|(_, body)| body.clone())
     }
 
+    /// The body from the cache, or `load`ed (a store read) and kept; `None` when the store
+    /// has none.
+    pub async fn get_or_load<E>(
+        &self,
+        campaign_id: &str,
+        body_ref: &str,
+        load: impl Future<Output = Result<Option<String>, E>>,
+    ) -> Result<Option<Arc<str>>, E> {
+        if let Some(b) = self.get(campaign_id, body_ref) {
+            return Ok(Some(b));
+        }
+        let Some(body) = load.await? else { return Ok(None) };
+        let body: Arc<str> = body.into();
+        self.insert(campaign_id, body_ref, body.clone());
+        Ok(Some(body))
+    }
+
     pub fn insert(&self, campaign_id: &str, body_ref: &str, body: Arc<str>) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if c.map.contains_key(body_ref) {

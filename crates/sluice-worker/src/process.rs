@@ -189,14 +189,11 @@ impl Worker {
     /// from the store once.
     async fn campaign_body(&self, msg: &NewMessage, body_ref: &str) -> Result<Option<std::sync::Arc<str>>, sluice_core::error::StoreError> {
         let campaign = msg.campaign_id.as_deref().unwrap_or_default();
-        if let Some(b) = self.bodies.get(campaign, body_ref) {
-            return Ok(Some(b));
-        }
-        self.b.metrics.campaign_body_reads.inc();
-        let Some(body) = self.b.store.campaign_body(campaign, body_ref).await? else { return Ok(None) };
-        let body: std::sync::Arc<str> = body.into();
-        self.bodies.insert(campaign, body_ref, body.clone());
-        Ok(Some(body))
+        let read = async {
+            self.b.metrics.campaign_body_reads.inc();
+            self.b.store.campaign_body(campaign, body_ref).await
+        };
+        self.bodies.get_or_load(campaign, body_ref, read).await
     }
 
     /// Holds the messages over their campaign's or tenant's rate (under the scope's rate

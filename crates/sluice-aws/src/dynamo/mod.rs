@@ -367,13 +367,7 @@ impl DynamoStore {
 
     /// A campaign's stored body, from the cache or read once.
     async fn campaign_body_cached(&self, campaign_id: &str, body_ref: &str) -> Result<Option<Arc<str>>, StoreError> {
-        if let Some(b) = self.bodies.get(campaign_id, body_ref) {
-            return Ok(Some(b));
-        }
-        let Some(body) = campaigns::body(self, campaign_id, body_ref).await? else { return Ok(None) };
-        let body: Arc<str> = body.into();
-        self.bodies.insert(campaign_id, body_ref, body.clone());
-        Ok(Some(body))
+        self.bodies.get_or_load(campaign_id, body_ref, campaigns::body(self, campaign_id, body_ref)).await
     }
 
     /// Reads a persisted message by key.

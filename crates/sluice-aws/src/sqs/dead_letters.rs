@@ -76,38 +76,26 @@ impl SqsQueue {
     /// to the held queue ten at a time, then deleted from their lanes ten at a time. About
     /// 0.3 requests a message, where one at a time took 3.
     pub(super) async fn hold_batch(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
-        let current: Vec<Receipt> = {
-            let map = self.in_flight.lock().expect("in-flight lock");
-            receipts.iter().filter(|r| map.contains_key(&r.0)).cloned().collect()
-        };
-        let refused = self.settle_lanes(&self.current(&current), Some(Duration::from_secs(60))).await?;
-        let (stale, moving): (Vec<Receipt>, Vec<Receipt>) =
-            current.into_iter().partition(|r| r.0.split_once('|').is_some_and(|(_, h)| refused.iter().any(|x| x == h)));
+        let refused = self.settle_lanes(&self.current(receipts), Some(Duration::from_secs(60))).await?;
+        let (stale, current): (Vec<Receipt>, Vec<Receipt>) =
+            receipts.iter().cloned().partition(|r| r.0.split_once('|').is_some_and(|(_, h)| refused.iter().any(|x| x == h)));
         self.forget(&stale);
-        let entries: Vec<SendMessageBatchRequestEntry> = {
+        let (mut moving, mut entries) = (Vec::with_capacity(current.len()), Vec::with_capacity(current.len()));
+        {
             let map = self.in_flight.lock().expect("in-flight lock");
-            moving
-                .iter()
-                .filter_map(|r| {
-                    let f = map.get(&r.0)?;
-                    // One id per delivery, as for a single move.
-                    let move_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, r.0.as_bytes()).simple().to_string();
-                    let mut e = SendMessageBatchRequestEntry::builder()
-                        .id("0")
-                        .message_group_id(key)
-                        .message_deduplication_id(move_id)
-                        .message_body(f.body_b64.clone())
-                        .message_attributes(ATTR_DEDUP, string_attr(&f.dedup_id))
-                        .message_attributes(ATTR_RECEIVES, string_attr(&f.receive_count.to_string()))
-                        .message_attributes(ATTR_HOLD, string_attr(key))
-                        .message_attributes(ATTR_GROUP, string_attr(&f.group));
-                    if !f.tenant.is_empty() {
-                        e = e.message_attributes(ATTR_TENANT, string_attr(&f.tenant));
-                    }
-                    Some(e.build().expect("entry has id and body"))
-                })
-                .collect()
-        };
+            for r in current {
+                let Some(f) = map.get(&r.0) else { continue };
+                // One id per delivery, as for a single move.
+                let move_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, r.0.as_bytes()).simple().to_string();
+                let mut e = Self::entry(key, &move_id, f.body_b64.clone(), &f.dedup_id, &f.tenant);
+                let attrs = e.message_attributes.get_or_insert_with(Default::default);
+                attrs.insert(ATTR_RECEIVES.into(), string_attr(&f.receive_count.to_string()));
+                attrs.insert(ATTR_HOLD.into(), string_attr(key));
+                attrs.insert(ATTR_GROUP.into(), string_attr(&f.group));
+                entries.push(e);
+                moving.push(r);
+            }
+        }
         self.send_lane(&self.held_url, entries).await?;
         self.ack(&moving).await?;
         Ok(moving.len())
