@@ -24,6 +24,11 @@ pub trait Limiter: Send + Sync + 'static {
     /// returns how many it took.
     async fn take_up_to(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<u64, HubError>;
 
+    /// Returns `n` tokens taken from the bucket `key` but not used (the bucket never holds
+    /// more than `burst`), so a caller that took tokens for several buckets at once and could
+    /// use only some does not waste the rest.
+    async fn give_back(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<(), HubError>;
+
     /// Takes `n` tokens from the lending bucket `key` (refilled at `rate` per second up to
     /// `burst`) even when it holds fewer, and returns how long the caller must wait for the
     /// debt to be paid (zero when the tokens were there). Later takers wait behind the debt,
@@ -92,6 +97,14 @@ impl Limiter for LocalLimiter {
         let (bucket, last) = buckets.entry(key.to_string()).or_insert_with(|| (TokenBucket::new(rate, burst), now));
         *last = now;
         Ok(bucket.take_up_to_at(n, now))
+    }
+
+    async fn give_back(&self, key: &str, n: u64, _rate: f64, _burst: f64) -> Result<(), HubError> {
+        // A bucket dropped meanwhile was full: nothing to give back to.
+        if let Some((bucket, _)) = self.buckets.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key) {
+            bucket.give_back(n);
+        }
+        Ok(())
     }
 
     async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub dead_letter_depth: IntGauge,
     pub enqueued: IntCounter,
     pub drained: IntCounter,
+    /// Queue messages that took their place in the drain budget (the governor's, and the
+    /// fleet's): those the worker went on to persist, not those it held or dead-lettered.
+    pub drain_admitted: IntCounter,
     pub conflicts: IntCounter,
     pub retries: IntCounter,
     /// Reads of a large room's members from a lagging index (fewer than the room's count).
@@ -116,6 +119,7 @@ impl Metrics {
             dead_letter_depth: reg!(IntGauge::new("dead_letter_depth", "Messages in the dead-letter queue")),
             enqueued: reg!(IntCounter::new("enqueued_total", "Messages accepted into the spike queue")),
             drained: reg!(IntCounter::new("drained_total", "Queue messages acked after commit (drain rate = rate of this)")),
+            drain_admitted: reg!(IntCounter::new("drain_admitted_total", "Queue messages admitted by the drain budget to be persisted")),
             conflicts: reg!(IntCounter::new("conflicts_total", "Optimistic-lock conflicts")),
             retries: reg!(IntCounter::new("retries_total", "Retried store or queue calls")),
             members_index_lagging: reg!(IntCounter::new(

@@ -31,6 +31,11 @@ impl TokenBucket {
         granted
     }
 
+    /// Returns `n` tokens taken but not used (never above the burst).
+    pub fn give_back(&mut self, n: u64) {
+        self.tokens = (self.tokens + n as f64).min(self.burst);
+    }
+
     /// Takes a token if one is available now.
     pub fn try_take(&mut self) -> bool {
         self.try_take_at(Instant::now())

@@ -3,6 +3,7 @@
 //! - buckets: a hash per key (`tokens`, `at` in ms), refilled and taken in one Lua script on
 //!   Redis's own clock (gateways' clocks never disagree about it), expiring once full again;
 //!   a lending bucket may go negative, and the script answers how long to wait out the debt;
+//!   tokens given back are added up to the burst (a bucket already expired was full);
 //! - leases: a sorted set per key, members = lease ids, scores = when they lapse (ms); a
 //!   script drops lapsed ones, then counts and adds. A gateway that dies stops renewing, so
 //!   its leases lapse by themselves;
@@ -30,6 +31,14 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return granted
+";
+
+const GIVE_BACK: &str = r"
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1])
+if tokens == nil then return 0 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[2]), tokens + tonumber(ARGV[3]))))
+return 1
 ";
 
 const LEND: &str = r"
@@ -91,6 +100,7 @@ pub struct RedisLimiter {
     conn: Commands,
     prefix: String,
     take: Script,
+    give_back: Script,
     lend: Script,
     lease: Script,
     report: Script,
@@ -105,6 +115,7 @@ impl RedisLimiter {
             conn,
             prefix: prefix.to_string(),
             take: Script::new(TAKE),
+            give_back: Script::new(GIVE_BACK),
             lend: Script::new(LEND),
             lease: Script::new(LEASE),
             report: Script::new(REPORT),
@@ -132,6 +143,12 @@ impl Limiter for RedisLimiter {
         let mut conn = self.conn.clone();
         let granted: u64 = self.take.key(self.key(key)).arg(rate).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(granted)
+    }
+
+    async fn give_back(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self.give_back.key(self.key(key)).arg(rate).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn lend(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<Duration, HubError> {

@@ -104,7 +104,8 @@ impl SpikeQueue for FaultyQueue {
 
 /// A store whose next `fail_persists` persist calls, and next `fail_dead_letter_records`
 /// campaign dead-letter records, fail as unavailable without writing (as if the process died
-/// at that point); while `down` is set, persists and pings fail (an outage).
+/// at that point); while `down` is set, persists, campaign body reads and pings fail (an
+/// outage).
 pub struct FaultyStore {
     pub inner: Arc<dyn MessageStore>,
     pub fail_persists: AtomicU32,
@@ -112,6 +113,8 @@ pub struct FaultyStore {
     pub down: std::sync::atomic::AtomicBool,
     /// Persist calls made while down.
     pub persists_while_down: AtomicU32,
+    /// Campaign body reads made while down.
+    pub body_reads_while_down: AtomicU32,
 }
 
 impl FaultyStore {
@@ -122,6 +125,7 @@ impl FaultyStore {
             fail_dead_letter_records: AtomicU32::new(0),
             down: Default::default(),
             persists_while_down: AtomicU32::new(0),
+            body_reads_while_down: AtomicU32::new(0),
         }
     }
 
@@ -185,6 +189,10 @@ impl MessageStore for FaultyStore {
         self.inner.put_campaign_body(campaign_id, body_ref, body).await
     }
     async fn campaign_body(&self, campaign_id: &str, body_ref: &str) -> Result<Option<String>, StoreError> {
+        if self.is_down() {
+            self.body_reads_while_down.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
         self.inner.campaign_body(campaign_id, body_ref).await
     }
     async fn campaign(&self, campaign_id: &str) -> Result<Option<Campaign>, StoreError> {

@@ -10,7 +10,8 @@ use std::time::Duration;
 macro_rules! limiter_conformance {
     ($make:expr) => {
         $crate::__limiter_tests!($make; buckets_allow_a_burst_then_refill, leases_are_counted_renewed_and_released, leases_lapse_without_renewal,
-            valid_readings_are_listed_summed_and_maxed, a_lending_bucket_makes_later_takers_wait);
+            valid_readings_are_listed_summed_and_maxed, a_lending_bucket_makes_later_takers_wait,
+            unused_tokens_are_given_back_up_to_the_burst);
     };
 }
 
@@ -41,6 +42,18 @@ pub async fn buckets_allow_a_burst_then_refill(l: Arc<dyn Limiter>) {
     // Taking many at once takes what is there, never more.
     assert_eq!(l.take_up_to("scope:c", 10, 0.5, 4.0).await.unwrap(), 4, "the burst, not the 10 asked");
     assert_eq!(l.take_up_to("scope:c", 10, 0.5, 4.0).await.unwrap(), 0, "empty (one token per 2 s)");
+}
+
+pub async fn unused_tokens_are_given_back_up_to_the_burst(l: Arc<dyn Limiter>) {
+    // One token per 100 s: nothing refills during the test.
+    let (rate, burst) = (0.01, 5.0);
+    assert_eq!(l.take_up_to("scope:g", 5, rate, burst).await.unwrap(), 5);
+    l.give_back("scope:g", 2, rate, burst).await.unwrap();
+    assert_eq!(l.take_up_to("scope:g", 5, rate, burst).await.unwrap(), 2, "the two given back, no more");
+    l.give_back("scope:g", 50, rate, burst).await.unwrap();
+    assert_eq!(l.take_up_to("scope:g", 50, rate, burst).await.unwrap(), 5, "never more than the burst");
+    l.give_back("scope:never-taken", 3, rate, burst).await.unwrap();
+    assert_eq!(l.take_up_to("scope:never-taken", 50, rate, burst).await.unwrap(), 5, "a bucket never taken from starts full");
 }
 
 pub async fn leases_are_counted_renewed_and_released(l: Arc<dyn Limiter>) {

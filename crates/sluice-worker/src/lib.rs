@@ -47,6 +47,7 @@ mod process;
 
 use futures::future::join_all;
 use process::Deferred;
+pub use process::admit_key;
 pub use sluice_core::backends::Backends;
 use sluice_core::backoff::Backoff;
 use sluice_core::control::Controls;

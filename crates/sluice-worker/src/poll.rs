@@ -5,7 +5,6 @@ use crate::{FLEET_BUDGET_KEY, STORE_PROBE, Worker};
 use sluice_core::backoff::Backoff;
 use sluice_core::control::REFRESH as CONTROL_REFRESH;
 use sluice_core::governor::{Adjustment, INTERACTIVE_P99_KEY};
-use sluice_core::queue::Receipt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -92,18 +91,25 @@ impl Worker {
             let ok = match received {
                 Ok(batch) if batch.is_empty() => true,
                 Ok(batch) => {
-                    let wait = self.governor.reserve(batch.len() as u64).max(self.fleet_wait(batch.len() as u64).await);
+                    // Only what will be written takes from the budget (not what is held).
+                    let admitted = self.admit(batch).await;
+                    let n = admitted.len() as u64;
+                    let wait = if n == 0 {
+                        Duration::ZERO
+                    } else {
+                        self.b.metrics.drain_admitted.inc_by(n);
+                        self.governor.reserve(n).max(self.fleet_wait(n).await)
+                    };
                     if !wait.is_zero() {
                         tokio::select! {
                             _ = shutdown.cancelled() => {
-                                let receipts: Vec<Receipt> = batch.iter().map(|d| d.receipt.clone()).collect();
-                                let _ = self.b.queue.release(&receipts).await;
+                                let _ = self.b.queue.release(&admitted.receipts()).await;
                                 break;
                             }
                             _ = tokio::time::sleep(wait) => {}
                         }
                     }
-                    self.process(batch).await
+                    self.persist_admitted(admitted).await
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "queue receive failed");

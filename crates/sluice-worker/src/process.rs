@@ -47,9 +47,38 @@ impl Deferred {
     }
 }
 
+/// A received batch after [`Worker::admit`]: the messages to persist now, with their
+/// deliveries and the spans of the traced ones.
+pub(crate) struct Admitted {
+    work: Vec<Delivery>,
+    messages: Vec<NewMessage>,
+    spans: Vec<tracing::Span>,
+    /// False when something failed in a retryable way while sorting the batch.
+    ok: bool,
+}
+
+impl Admitted {
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub(crate) fn receipts(&self) -> Vec<Receipt> {
+        self.work.iter().map(|d| d.receipt.clone()).collect()
+    }
+}
+
 impl Worker {
     /// Processes one received batch; false when something failed in a retryable way.
     pub async fn process(&self, batch: Vec<Delivery>) -> bool {
+        let admitted = self.admit(batch).await;
+        self.persist_admitted(admitted).await
+    }
+
+    /// Sorts a received batch: dead-letters what cannot be delivered, holds what an operator
+    /// paused or what is over its rate, resolves campaign bodies, and keeps the rest to
+    /// persist. Nothing here writes to the store, so what is held or dead-lettered takes no
+    /// part of the drain budget.
+    pub(crate) async fn admit(&self, batch: Vec<Delivery>) -> Admitted {
         let m = &self.b.metrics;
         let controls = self.controls();
         let mut work = Vec::with_capacity(batch.len());
@@ -58,6 +87,8 @@ impl Worker {
         let mut spans = Vec::new();
         // Messages of paused scopes, by hold key: moved aside in one call per key.
         let mut paused: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
+        // Messages whose body could not be read (the store failed): they come back later.
+        let (mut unread, mut unread_msgs, mut read_error) = (Vec::new(), Vec::new(), None);
         for d in batch {
             let decoded = decode_queued_traced(&d.body, self.config.max_body_bytes).map(|(msg, trace)| {
                 if let Some(tp) = trace {
@@ -75,6 +106,11 @@ impl Worker {
                 Ok(msg) if let Some(scope) = controls.paused_scope(tenant_of(&d, &msg), msg.campaign_id.as_deref()) => {
                     paused.entry(scope.key()).or_default().push(d.receipt);
                 }
+                // Once a body read failed, the batch's other references are not read again.
+                Ok(msg) if msg.body_ref.is_some() && read_error.is_some() => {
+                    unread.push(d);
+                    unread_msgs.push(msg);
+                }
                 Ok(mut msg) => {
                     if let Some(r) = msg.body_ref.take() {
                         let found = self.campaign_body(&msg, &r).await;
@@ -88,7 +124,12 @@ impl Worker {
                                 continue;
                             }
                             Err(e) => {
-                                self.retry_later(std::slice::from_ref(&d), std::slice::from_ref(&msg), &e.to_string()).await;
+                                if e.is_retryable() {
+                                    self.store_failed(&e, "reading a campaign body");
+                                }
+                                read_error = Some(e.to_string());
+                                unread.push(d);
+                                unread_msgs.push(msg);
                                 continue;
                             }
                         }
@@ -99,12 +140,33 @@ impl Worker {
                 Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
             }
         }
+        if let Some(reason) = &read_error {
+            self.retry_later(&unread, &unread_msgs, reason).await;
+        }
         for (key, receipts) in paused {
             self.hold(&receipts, &key, |n| m.held.inc_by(n)).await;
         }
         let (work, messages) = self.within_rates(&controls, work, messages).await;
+        Admitted { work, messages, spans, ok: read_error.is_none() }
+    }
+
+    /// Notes a retryable failure of the store as a whole: the governor sees it, and the
+    /// pollers probe the store instead of receiving until it answers.
+    fn store_failed(&self, e: &sluice_core::error::StoreError, doing: &str) {
+        self.store_failures.fetch_add(1, Ordering::Relaxed);
+        self.b.metrics.bulk_store_failures.inc();
+        if !self.store_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, doing, "the store failed; receiving stops until it answers");
+        }
+    }
+
+    /// Persists what [`Worker::admit`] kept in one store call, acks what committed and
+    /// publishes it; false when something failed in a retryable way.
+    pub(crate) async fn persist_admitted(&self, admitted: Admitted) -> bool {
+        let Admitted { work, messages, spans, ok } = admitted;
+        let m = &self.b.metrics;
         if messages.is_empty() {
-            return true;
+            return ok;
         }
         let tickets: Vec<Ticket> = messages.iter().map(|msg| self.b.fanout.ticket(&msg.room)).collect();
         let timer = m.persist_seconds.start_timer();
@@ -116,11 +178,7 @@ impl Worker {
             Err(e) if e.is_retryable() => {
                 // The store failed as a whole: not these messages' fault. They wait out their
                 // visibility (no quick redelivery), and the pollers probe the store.
-                self.store_failures.fetch_add(1, Ordering::Relaxed);
-                m.bulk_store_failures.inc();
-                if !self.store_down.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, n = work.len(), "the store failed; receiving stops until it answers");
-                }
+                self.store_failed(&e, "persisting a batch");
                 return false;
             }
             Err(e) => {
@@ -132,7 +190,7 @@ impl Worker {
         let mut acks = Vec::with_capacity(work.len());
         let mut tenants = Vec::with_capacity(work.len());
         let mut done = Vec::with_capacity(work.len());
-        let mut all_ok = true;
+        let mut all_ok = ok;
         for (((d, msg), r), ticket) in work.iter().zip(&messages).zip(results).zip(tickets) {
             match r {
                 Ok(p) => {
@@ -211,7 +269,8 @@ impl Worker {
         for (scope, rate) in rates.iter().flatten() {
             wanted.entry(*scope).or_insert((*rate, 0)).1 += 1;
         }
-        let mut granted: BTreeMap<&Scope, u64> = BTreeMap::new();
+        // Per scope: its rate and the tokens granted and not yet used.
+        let mut granted: BTreeMap<&Scope, (f64, u64)> = BTreeMap::new();
         for (scope, (rate, n)) in wanted {
             let g = match self.b.limiter.take_up_to(&admit_key(scope), n, rate, rate_burst(rate)).await {
                 Ok(g) => g,
@@ -220,20 +279,28 @@ impl Worker {
                     n
                 }
             };
-            granted.insert(scope, g);
+            granted.insert(scope, (rate, g));
         }
         let (mut keep, mut kept) = (Vec::with_capacity(work.len()), Vec::with_capacity(messages.len()));
         let mut over: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
         for ((d, msg), rates) in work.into_iter().zip(messages).zip(&rates) {
-            match rates.iter().find(|(s, _)| granted[s] == 0) {
+            match rates.iter().find(|(s, _)| granted[s].1 == 0) {
                 Some((scope, _)) => over.entry(scope.rate_key()).or_default().push(d.receipt),
                 None => {
                     for (s, _) in rates {
-                        *granted.get_mut(s).expect("granted for every rated scope") -= 1;
+                        granted.get_mut(s).expect("granted for every rated scope").1 -= 1;
                     }
                     keep.push(d);
                     kept.push(msg);
                 }
+            }
+        }
+        // A message held by one of its scopes leaves the tokens its other scopes granted.
+        for (scope, (rate, left)) in granted {
+            if left > 0
+                && let Err(e) = self.b.limiter.give_back(&admit_key(scope), left, rate, rate_burst(rate)).await
+            {
+                tracing::debug!(error = %e, %scope, "could not give unused rate tokens back");
             }
         }
         for (key, receipts) in over {
@@ -339,8 +406,8 @@ pub(crate) fn retry_visibility(receive_count: u32) -> Duration {
     Duration::from_secs(1u64 << receive_count.saturating_sub(1).min(6)).min(RETRY_VISIBILITY_CAP)
 }
 
-/// The fleet-wide bucket a rated scope's messages take their tokens from.
-fn admit_key(scope: &Scope) -> String {
+/// The fleet-wide bucket (in the limits port) a rated scope's messages take their tokens from.
+pub fn admit_key(scope: &Scope) -> String {
     format!("drain:admit:{}", scope.key())
 }
 

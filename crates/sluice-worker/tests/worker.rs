@@ -2,8 +2,10 @@
 //! ack, retryable store failures, ordering under many workers, graceful shutdown.
 
 use bytes::Bytes;
+use sluice_core::control::{Control, Scope};
 use sluice_core::events::NoEvents;
 use sluice_core::ids;
+use sluice_core::limits::Limiter;
 use sluice_core::metrics::Metrics;
 use sluice_core::model::{HistoryQuery, NewMessage};
 use sluice_core::queue::{Enqueue, SpikeQueue};
@@ -331,4 +333,100 @@ async fn a_store_outage_dead_letters_nothing_and_drains_after() {
     let c = e.store.campaign("c7").await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered), (30, 0));
     assert!(e.queue.dead_letters(100).await.unwrap().is_empty());
+}
+
+/// A store that fails while reading a campaign's body (not only while persisting) stops the
+/// pollers as well: each batch reads at most one body from the failing store, nothing is
+/// dead-lettered, and every recipient gets the whole body once the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_met_reading_campaign_bodies_stops_receiving_too() {
+    let e = env();
+    let faulty = Arc::new(FaultyStore::new(e.store.clone()));
+    let body = "the body stored once";
+    let body_ref = ids::campaign_body_ref("c8", body);
+    e.store.put_campaign_body("c8", &body_ref, body).await.unwrap();
+    let msgs: Vec<NewMessage> = (0..30)
+        .map(|i| {
+            let mut m = one_off("c8", "shop", &format!("u{i}"), "");
+            m.body_ref = Some(body_ref.clone());
+            m
+        })
+        .collect();
+    e.store.record_enqueued("c8", "shop", 30, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    faulty.down.store(true, Ordering::SeqCst);
+    let store: Arc<dyn MessageStore> = faulty.clone();
+    let w = worker(store, e.queue.clone(), e.metrics.clone(), config());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reads = faulty.body_reads_while_down.load(Ordering::SeqCst);
+    assert!(reads >= 1, "the worker met the outage");
+    // Before, every message of every batch read again, and kept being received: about 90 reads.
+    assert!(reads <= 4 * 2, "one read per batch, then the pollers probe instead of receiving ({reads} reads)");
+    assert_eq!(faulty.persists_while_down.load(Ordering::SeqCst), 0, "nothing to persist without its body");
+    assert!(e.queue.dead_letters(100).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
+    faulty.down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !e.store.campaign("c8").await.unwrap().unwrap().done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the campaign drains once the store answers");
+    stop.cancel();
+    run.await.unwrap();
+    let c = e.store.campaign("c8").await.unwrap().unwrap();
+    assert_eq!((c.persisted, c.dead_lettered), (30, 0));
+    for m in &msgs {
+        let got = e.store.history(&m.room, HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap();
+        assert_eq!(got.iter().map(|s| s.body.as_str()).collect::<Vec<_>>(), vec![body], "{}", m.room);
+    }
+}
+
+/// Messages a pause holds aside take nothing from the drain budget: only what is persisted
+/// is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_take_no_drain_budget() {
+    let e = env();
+    let paused: Vec<NewMessage> = (0..50).map(|i| one_off("held", "shop", &format!("u{i}"), "later")).collect();
+    let open: Vec<NewMessage> = (0..10).map(|i| one_off("open", "shop", &format!("u{i}"), "now")).collect();
+    for (cid, msgs) in [("held", &paused), ("open", &open)] {
+        let recipients: Vec<String> = msgs.iter().map(|m| m.create_members[1].clone()).collect();
+        e.store.record_enqueued(cid, "shop", msgs.len() as u64, &recipients).await.unwrap();
+    }
+    e.store.set_control(&Scope::Campaign("held".into()), Control { paused: true, rate: None }).await.unwrap();
+    e.queue.send(paused.iter().chain(&open).map(enqueue).collect()).await.unwrap();
+    let w = worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), config());
+    drain(vec![w], &e.queue).await;
+    assert!(e.store.campaign("open").await.unwrap().unwrap().done());
+    assert_eq!(e.queue.stats().await.unwrap().held, 50, "the paused campaign waits aside");
+    assert_eq!(e.metrics.drain_admitted.get(), 10, "only the persisted messages took from the budget");
+}
+
+/// A message held by its tenant's rate gives back the token its campaign's rate granted it,
+/// so a campaign is not charged twice for messages its tenant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_one_rate_gives_back_the_tokens_of_its_other_rates() {
+    let e = env();
+    let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
+    let msgs: Vec<NewMessage> = (0..10).map(|i| one_off("c9", "shop", &format!("u{i}"), "hi")).collect();
+    e.store.record_enqueued("c9", "shop", 10, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
+    let campaign = Scope::Campaign("c9".into());
+    // The campaign may take 20 a second; its tenant one per 100 s (a burst of 1).
+    e.store.set_control(&campaign, Control { paused: false, rate: Some(20.0) }).await.unwrap();
+    e.store.set_control(&Scope::Tenant("shop".into()), Control { paused: false, rate: Some(0.01) }).await.unwrap();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    let backends =
+        Backends::new(e.store.clone(), e.queue.clone(), Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter.clone(), e.metrics.clone());
+    let w = Worker::new(backends, config());
+    w.refresh_controls().await;
+    let batch = e.queue.receive(10, Duration::from_millis(100), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(batch.len(), 10);
+    assert!(w.process(batch).await);
+    assert_eq!(e.store.campaign("c9").await.unwrap().unwrap().persisted, 1, "the tenant's one token");
+    assert_eq!(e.queue.stats().await.unwrap().held, 9, "the rest waits under the tenant's rate");
+    // The campaign's bucket: 20 at first, one used; before, the 9 held took theirs too.
+    let left = limiter.take_up_to(&sluice_worker::admit_key(&campaign), 100, 20.0, 20.0).await.unwrap();
+    assert!(left >= 19, "the campaign's unused tokens came back ({left} left)");
 }
