@@ -277,11 +277,12 @@ pub struct ServeArgs {
     /// Concurrent queue pollers of the worker role (the bulk lane's concurrency budget).
     #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
-    /// Memory (MiB) the embedded store may use to cache its file.
-    #[arg(long, env = "SLUICE_STORE_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Memory (MiB) the embedded store may use to cache its file (the OS page cache serves
+    /// the rest; see docs/benchmarks for what a larger cache buys).
+    #[arg(long, env = "SLUICE_STORE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub store_cache_mib: u32,
     /// Memory (MiB) the embedded queue may use to cache its file.
-    #[arg(long, env = "SLUICE_QUEUE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SLUICE_QUEUE_CACHE_MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_cache_mib: u32,
     /// A tenant's share of the drain relative to others with backlog, TENANT=WEIGHT (1 to
     /// 1000; default 1). Repeat for several tenants, or comma-separate them in the variable.

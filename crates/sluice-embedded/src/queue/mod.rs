@@ -63,8 +63,9 @@ impl Default for QueueConfig {
 }
 
 /// Default of [`QueueConfig::cache_bytes`] (redb's own default is 1 GiB, which a long-lived
-/// server grows into as the file grows).
-pub const DEFAULT_QUEUE_CACHE_BYTES: usize = 64 << 20;
+/// server grows into as the file grows). The queue appends and reads back in order, so a
+/// small cache serves it.
+pub const DEFAULT_QUEUE_CACHE_BYTES: usize = 16 << 20;
 
 /// A message written back into the queue: its new seq, group, tenant and first enqueue time.
 type Requeued = (u64, String, String, i64);
