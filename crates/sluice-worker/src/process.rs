@@ -269,17 +269,18 @@ impl Worker {
         for (scope, rate) in rates.iter().flatten() {
             wanted.entry(*scope).or_insert((*rate, 0)).1 += 1;
         }
-        // Per scope: its rate and the tokens granted and not yet used.
-        let mut granted: BTreeMap<&Scope, (f64, u64)> = BTreeMap::new();
+        // Per scope: its rate when the tokens came from its bucket (not when the bucket could
+        // not be reached), and the tokens granted and not yet used.
+        let mut granted: BTreeMap<&Scope, (Option<f64>, u64)> = BTreeMap::new();
         for (scope, (rate, n)) in wanted {
             let g = match self.b.limiter.take_up_to(&admit_key(scope), n, rate, rate_burst(rate)).await {
-                Ok(g) => g,
+                Ok(g) => (Some(rate), g),
                 Err(e) => {
                     tracing::warn!(error = %e, %scope, "rate bucket unavailable; the scope's rate is not applied to this batch");
-                    n
+                    (None, n)
                 }
             };
-            granted.insert(scope, (rate, g));
+            granted.insert(scope, g);
         }
         let (mut keep, mut kept) = (Vec::with_capacity(work.len()), Vec::with_capacity(messages.len()));
         let mut over: BTreeMap<String, Vec<Receipt>> = BTreeMap::new();
@@ -297,7 +298,8 @@ impl Worker {
         }
         // A message held by one of its scopes leaves the tokens its other scopes granted.
         for (scope, (rate, left)) in granted {
-            if left > 0
+            if let Some(rate) = rate
+                && left > 0
                 && let Err(e) = self.b.limiter.give_back(&admit_key(scope), left, rate, rate_burst(rate)).await
             {
                 tracing::debug!(error = %e, %scope, "could not give unused rate tokens back");
