@@ -2,8 +2,9 @@
 //!
 //! Messages, their receive counts, the dead letters and the messages held by an operator's
 //! pause (by hold key) live in a redb file; which message is in flight until when lives in
-//! memory, in a compact index (about 150 bytes a queued message; after a crash every message
-//! is visible again, as an SQS visibility timeout would make it). Semantics:
+//! memory, in a compact index (about 150 bytes a queued message; about 270 bytes of resident
+//! memory, counting the spare capacity of its tables; after a crash every message is visible
+//! again, as an SQS visibility timeout would make it). Semantics:
 //! - a group with a message in flight is not handed out until that message is acked,
 //!   released, dead-lettered or its visibility timeout expires;
 //! - within a group, messages are delivered in the order they were sent;
@@ -25,11 +26,11 @@ use crate::codec::{encode, queue_err};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use scheduler::{NameKey, Scheduler, name_key};
+use scheduler::{FastMap, FastSet, NameKey, Scheduler, name_key};
 use sluice_core::error::QueueError;
 use sluice_core::now_ms;
 use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue, TenantWeights};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,7 +75,7 @@ struct State {
     sched: Scheduler,
     /// Deduplication ids of the window by their 128-bit key ([`name_key`]), with when they
     /// leave it; a million of them during a spike, so no copy of the id is kept.
-    dedup: HashMap<NameKey, i64>,
+    dedup: FastMap<NameKey, i64>,
     dedup_order: VecDeque<(i64, NameKey)>,
     next_seq: u64,
     dead: u64,
@@ -138,7 +139,7 @@ impl EmbeddedQueue {
         let txn = db.begin_write().map_err(queue_err)?;
         let mut state = State {
             sched: Scheduler::new(config.weights.clone()),
-            dedup: HashMap::new(),
+            dedup: FastMap::default(),
             dedup_order: VecDeque::new(),
             next_seq: 0,
             dead: 0,
@@ -229,7 +230,7 @@ impl EmbeddedQueue {
         {
             let mut st = self.state();
             st.prune_dedup(now);
-            let mut seen = HashSet::new();
+            let mut seen = FastSet::default();
             for m in batch {
                 if m.group.is_empty() || m.dedup_id.is_empty() {
                     return Err(QueueError::Invalid("group and dedup_id are required".into()));

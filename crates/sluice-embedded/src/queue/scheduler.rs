@@ -14,7 +14,6 @@
 use sluice_core::queue::TenantWeights;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -50,29 +49,36 @@ struct Tenant {
     backlog: u64,
 }
 
-fn salted_hash(salt: u8, name: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    salt.hash(&mut h);
-    name.hash(&mut h);
-    h.finish()
+/// A seed for this process's keys (they are never stored: the index is rebuilt from the file
+/// at start), so that names crafted to collide cannot be prepared in advance.
+fn seed() -> u64 {
+    static SEED: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u64));
+    *SEED
 }
 
 /// A 128-bit key of a deduplication id, looked up instead of keeping a copy of every message
-/// id (two SipHashes with different salts: a collision, which would drop a message as a
-/// duplicate of another, is about as likely as a random UUID repeating). Two words rather
-/// than a `u128`, whose 16-byte alignment would pad every map entry.
+/// id (XXH3-128, seeded: a collision, which would drop a message as a duplicate of another,
+/// is about as likely as a random UUID repeating). Two words rather than a `u128`, whose
+/// 16-byte alignment would pad every map entry.
 pub(crate) type NameKey = [u64; 2];
 
 pub(crate) fn name_key(name: &str) -> NameKey {
-    [salted_hash(1, name), salted_hash(2, name)]
+    let h = xxhash_rust::xxh3::xxh3_128_with_seed(name.as_bytes(), seed());
+    [h as u64, (h >> 64) as u64]
 }
 
 /// A 64-bit key of a group's name. A collision (about one in 10^7 with a million groups
 /// queued) makes two rooms share one group's order: both stay in order, one waits for the
 /// other, nothing is lost.
 fn group_key(name: &str) -> u64 {
-    salted_hash(1, name)
+    xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed())
 }
+
+/// Maps and sets keyed by the keys above, or by slots and seqs: foldhash instead of SipHash,
+/// which a spike's million messages paid for several times each in the accept path.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Slots reused through a free list.
 struct Slab<T> {
@@ -119,14 +125,14 @@ impl<T> Slab<T> {
 pub(crate) struct Scheduler {
     pub(crate) entries: BTreeMap<u64, Entry>,
     groups: Slab<Group>,
-    group_ids: HashMap<u64, u32>,
+    group_ids: FastMap<u64, u32>,
     tenants: Slab<Tenant>,
     tenant_ids: HashMap<Arc<str>, u32>,
     /// Tenants with ready groups, in turn order; the front one is being served.
     ring: VecDeque<u32>,
     pub(crate) deadlines: BTreeSet<(Instant, u64)>,
     /// The visibility deadline of each message in flight (and so which messages are).
-    leases: HashMap<u64, Instant>,
+    leases: FastMap<u64, Instant>,
     weights: Arc<TenantWeights>,
 }
 
@@ -135,12 +141,12 @@ impl Scheduler {
         Scheduler {
             entries: BTreeMap::new(),
             groups: Slab::new(),
-            group_ids: HashMap::new(),
+            group_ids: FastMap::default(),
             tenants: Slab::new(),
             tenant_ids: HashMap::new(),
             ring: VecDeque::new(),
             deadlines: BTreeSet::new(),
-            leases: HashMap::new(),
+            leases: FastMap::default(),
             weights,
         }
     }
