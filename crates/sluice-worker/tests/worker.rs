@@ -319,10 +319,17 @@ async fn a_store_outage_dead_letters_nothing_and_drains_after() {
     let tried = faulty.persists_while_down.load(Ordering::SeqCst);
     assert!(tried >= 1, "the worker met the outage");
     assert!(tried <= 4 * 2, "the pollers stopped receiving during the outage ({tried} persist calls)");
+    end_outage(&e, &faulty, "c7", stop, run).await;
+    assert!(e.queue.dead_letters(100).await.unwrap().is_empty());
+}
+
+/// Checks that nothing was dead-lettered during an outage, ends it, and waits until the
+/// worker has persisted all 30 messages of `campaign`, none dead-lettered.
+async fn end_outage(e: &Env, faulty: &FaultyStore, campaign: &str, stop: CancellationToken, run: tokio::task::JoinHandle<()>) {
     assert!(e.queue.dead_letters(100).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
     faulty.down.store(false, Ordering::SeqCst);
     tokio::time::timeout(Duration::from_secs(60), async {
-        while !e.store.campaign("c7").await.unwrap().unwrap().done() {
+        while !e.store.campaign(campaign).await.unwrap().unwrap().done() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -330,9 +337,8 @@ async fn a_store_outage_dead_letters_nothing_and_drains_after() {
     .expect("the campaign drains once the store answers");
     stop.cancel();
     run.await.unwrap();
-    let c = e.store.campaign("c7").await.unwrap().unwrap();
+    let c = e.store.campaign(campaign).await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered), (30, 0));
-    assert!(e.queue.dead_letters(100).await.unwrap().is_empty());
 }
 
 /// A store that fails while reading a campaign's body (not only while persisting) stops the
@@ -365,19 +371,7 @@ async fn an_outage_met_reading_campaign_bodies_stops_receiving_too() {
     // Before, every message of every batch read again, and kept being received: about 90 reads.
     assert!(reads <= 4 * 2, "one read per batch, then the pollers probe instead of receiving ({reads} reads)");
     assert_eq!(faulty.persists_while_down.load(Ordering::SeqCst), 0, "nothing to persist without its body");
-    assert!(e.queue.dead_letters(100).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
-    faulty.down.store(false, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !e.store.campaign("c8").await.unwrap().unwrap().done() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the campaign drains once the store answers");
-    stop.cancel();
-    run.await.unwrap();
-    let c = e.store.campaign("c8").await.unwrap().unwrap();
-    assert_eq!((c.persisted, c.dead_lettered), (30, 0));
+    end_outage(&e, &faulty, "c8", stop, run).await;
     for m in &msgs {
         let got = e.store.history(&m.room, HistoryQuery { before: None, after: None, limit: 10 }).await.unwrap();
         assert_eq!(got.iter().map(|s| s.body.as_str()).collect::<Vec<_>>(), vec![body], "{}", m.room);
