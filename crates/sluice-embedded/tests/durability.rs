@@ -170,3 +170,26 @@ async fn analytics_events_survive_a_crash_between_commit_and_fan_out() {
     );
     assert_eq!(lines[0]["recipients"], 1);
 }
+
+/// A spike's deduplication ids are forgotten once their window passes even when nothing
+/// more is sent: an idle receive prunes them (and the tables give their memory back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_forgets_dedup_ids_past_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QueueConfig { dedup_window: Duration::from_millis(200), ..QueueConfig::default() };
+    let q = EmbeddedQueue::open(&dir.path().join("q.redb"), config).unwrap();
+    q.send((0..5_000).map(|i| msg(&format!("g{i}"), &format!("m{i}"))).collect()).await.unwrap();
+    assert_eq!(q.dedup_keys(), 5_000);
+    let mut left = 5_000;
+    while left > 0 {
+        let got = q.receive(1_000, Duration::from_millis(100), Duration::from_secs(60)).await.unwrap();
+        left -= got.len();
+        q.ack(&got.into_iter().map(|d| d.receipt).collect::<Vec<_>>()).await.unwrap();
+    }
+    // Well past the window; then one receive that finds nothing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(q.receive(10, Duration::from_millis(10), Duration::from_secs(60)).await.unwrap().is_empty());
+    assert_eq!(q.dedup_keys(), 0, "no send came, and the ids are forgotten all the same");
+    let out = q.send(vec![msg("g0", "m0")]).await.unwrap();
+    assert_eq!(out.enqueued, 1, "an id past its window is new again");
+}

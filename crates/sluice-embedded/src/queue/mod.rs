@@ -83,6 +83,20 @@ struct State {
 }
 
 impl State {
+    /// Forgets the deduplication ids whose window passed and gives back what a spike grew the
+    /// tables to once they are mostly empty. Sends and idle receives call it, so a quiet queue
+    /// does not keep a past spike's million keys until the next send.
+    fn prune(&mut self, now_ms: i64) {
+        self.prune_dedup(now_ms);
+        if shrinkable(self.dedup.len(), self.dedup.capacity()) {
+            self.dedup.shrink_to(self.dedup.len() * 2);
+        }
+        if shrinkable(self.dedup_order.len(), self.dedup_order.capacity()) {
+            self.dedup_order.shrink_to(self.dedup_order.len() * 2);
+        }
+        self.sched.shrink();
+    }
+
     fn prune_dedup(&mut self, now_ms: i64) {
         while let Some((expires, _)) = self.dedup_order.front() {
             if *expires > now_ms {
@@ -94,6 +108,12 @@ impl State {
             }
         }
     }
+}
+
+/// Whether a table of `len` entries in room for `capacity` holds enough spare room to be
+/// worth reallocating smaller (a quarter full, and not small).
+pub(crate) fn shrinkable(len: usize, capacity: usize) -> bool {
+    capacity > 4096 && len < capacity / 4
 }
 
 /// Runs a queue operation to its end even when its caller goes away.
@@ -229,7 +249,7 @@ impl EmbeddedQueue {
         let mut fresh = Vec::with_capacity(batch.len());
         {
             let mut st = self.state();
-            st.prune_dedup(now);
+            st.prune(now);
             let mut seen = FastSet::default();
             for m in batch {
                 if m.group.is_empty() || m.dedup_id.is_empty() {
@@ -381,6 +401,14 @@ impl EmbeddedQueue {
     }
 }
 
+impl EmbeddedQueue {
+    /// Deduplication ids remembered now (their window has not passed, or no send or idle
+    /// receive has pruned them yet).
+    pub fn dedup_keys(&self) -> usize {
+        self.state().dedup.len()
+    }
+}
+
 #[async_trait]
 impl SpikeQueue for EmbeddedQueue {
     async fn send(&self, batch: Vec<Enqueue>) -> Result<SendOutcome, QueueError> {
@@ -399,6 +427,9 @@ impl SpikeQueue for EmbeddedQueue {
                 let now = Instant::now();
                 st.sched.expire(now);
                 let picked = st.sched.pick(max.max(1), now + visibility);
+                if picked.is_empty() {
+                    st.prune(now_ms());
+                }
                 (picked, st.sched.deadlines.first().map(|(t, _)| *t))
             };
             if !picked.is_empty() {

@@ -112,6 +112,25 @@ impl<T> Slab<T> {
         v
     }
 
+    /// Drops the empty slots at the end, then gives back spare capacity once the slab is
+    /// mostly empty.
+    fn shrink(&mut self) {
+        let before = self.slots.len();
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        if self.slots.len() < before {
+            let len = self.slots.len();
+            self.free.retain(|&i| (i as usize) < len);
+        }
+        if super::shrinkable(self.slots.len(), self.slots.capacity()) {
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
+        if super::shrinkable(self.free.len(), self.free.capacity()) {
+            self.free.shrink_to(self.free.len() * 2);
+        }
+    }
+
     fn get(&self, i: u32) -> Option<&T> {
         self.slots.get(i as usize)?.as_ref()
     }
@@ -148,6 +167,14 @@ impl Scheduler {
             deadlines: BTreeSet::new(),
             leases: FastMap::default(),
             weights,
+        }
+    }
+
+    /// Gives back the memory a spike grew the index to, once it is mostly empty.
+    pub(crate) fn shrink(&mut self) {
+        self.groups.shrink();
+        if super::shrinkable(self.group_ids.len(), self.group_ids.capacity()) {
+            self.group_ids.shrink_to(self.group_ids.len() * 2);
         }
     }
 
@@ -491,6 +518,27 @@ mod tests {
         (s, names, w)
     }
 
+    #[test]
+    fn a_slab_shrinks_around_its_live_slots() {
+        let mut slab = Slab::new();
+        let ids: Vec<u32> = (0..10_000u32).map(|i| slab.insert(i)).collect();
+        for &i in &ids {
+            if i != 5 && i != 700 {
+                slab.remove(i);
+            }
+        }
+        slab.shrink();
+        assert_eq!(slab.slots.len(), 701, "the empty slots after the last live one are dropped");
+        assert!(slab.slots.capacity() < 10_000 && slab.free.iter().all(|&i| i < 701));
+        assert_eq!((slab.get(5), slab.get(700)), (Some(&5), Some(&700)));
+        let again = slab.insert(42);
+        assert!(again < 701 && again != 5 && again != 700, "a free slot is reused");
+        slab.remove(700);
+        slab.shrink();
+        assert_eq!(slab.get(5), Some(&5));
+        assert!(slab.slots.len() <= 700);
+    }
+
     proptest! {
         /// Every message goes out exactly once, each group in order, and a tenant with ready work
         /// is served within one round: between its turns the others take at most their own turns.
@@ -526,6 +574,8 @@ mod tests {
                         }
                     }
                     prop_assert!(s.remove(sq));
+                    // Idle receives shrink the index between picks: live slots must survive it.
+                    s.shrink();
                     out += 1;
                 }
             }
