@@ -153,6 +153,12 @@ struct QInner {
 }
 
 impl EmbeddedQueue {
+    /// Deduplication ids remembered now (their window has not passed, or no send or idle
+    /// receive has pruned them yet).
+    pub fn dedup_keys(&self) -> usize {
+        self.state().dedup.len()
+    }
+
     /// Opens (or creates) the queue file at `path`; every message found is visible.
     pub fn open(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         let db = Database::builder().set_cache_size(config.cache_bytes).create(path).map_err(queue_err)?;
@@ -398,14 +404,6 @@ impl EmbeddedQueue {
             }
         }
         Ok(out)
-    }
-}
-
-impl EmbeddedQueue {
-    /// Deduplication ids remembered now (their window has not passed, or no send or idle
-    /// receive has pruned them yet).
-    pub fn dedup_keys(&self) -> usize {
-        self.state().dedup.len()
     }
 }
 
