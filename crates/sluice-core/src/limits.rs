@@ -27,7 +27,7 @@ pub trait Limiter: Send + Sync + 'static {
     /// Returns `n` tokens taken from the bucket `key` but not used (the bucket never holds
     /// more than `burst`), so a caller that took tokens for several buckets at once and could
     /// use only some does not waste the rest.
-    async fn give_back(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<(), HubError>;
+    async fn give_back(&self, key: &str, n: u64, burst: f64) -> Result<(), HubError>;
 
     /// Takes `n` tokens from the lending bucket `key` (refilled at `rate` per second up to
     /// `burst`) even when it holds fewer, and returns how long the caller must wait for the
@@ -99,7 +99,7 @@ impl Limiter for LocalLimiter {
         Ok(bucket.take_up_to_at(n, now))
     }
 
-    async fn give_back(&self, key: &str, n: u64, _rate: f64, _burst: f64) -> Result<(), HubError> {
+    async fn give_back(&self, key: &str, n: u64, _burst: f64) -> Result<(), HubError> {
         // A bucket dropped meanwhile was full: nothing to give back to.
         if let Some((bucket, _)) = self.buckets.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key) {
             bucket.give_back(n);

@@ -37,7 +37,7 @@ const GIVE_BACK: &str = r"
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1])
 if tokens == nil then return 0 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[2]), tokens + tonumber(ARGV[3]))))
+redis.call('HSET', KEYS[1], 'tokens', tostring(math.min(tonumber(ARGV[1]), tokens + tonumber(ARGV[2]))))
 return 1
 ";
 
@@ -145,9 +145,9 @@ impl Limiter for RedisLimiter {
         Ok(granted)
     }
 
-    async fn give_back(&self, key: &str, n: u64, rate: f64, burst: f64) -> Result<(), HubError> {
+    async fn give_back(&self, key: &str, n: u64, burst: f64) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
-        let _: i64 = self.give_back.key(self.key(key)).arg(rate).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
+        let _: i64 = self.give_back.key(self.key(key)).arg(burst).arg(n).invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
     }
 

@@ -48,11 +48,11 @@ pub async fn unused_tokens_are_given_back_up_to_the_burst(l: Arc<dyn Limiter>) {
     // One token per 100 s: nothing refills during the test.
     let (rate, burst) = (0.01, 5.0);
     assert_eq!(l.take_up_to("scope:g", 5, rate, burst).await.unwrap(), 5);
-    l.give_back("scope:g", 2, rate, burst).await.unwrap();
+    l.give_back("scope:g", 2, burst).await.unwrap();
     assert_eq!(l.take_up_to("scope:g", 5, rate, burst).await.unwrap(), 2, "the two given back, no more");
-    l.give_back("scope:g", 50, rate, burst).await.unwrap();
+    l.give_back("scope:g", 50, burst).await.unwrap();
     assert_eq!(l.take_up_to("scope:g", 50, rate, burst).await.unwrap(), 5, "never more than the burst");
-    l.give_back("scope:never-taken", 3, rate, burst).await.unwrap();
+    l.give_back("scope:never-taken", 3, burst).await.unwrap();
     assert_eq!(l.take_up_to("scope:never-taken", 50, rate, burst).await.unwrap(), 5, "a bucket never taken from starts full");
 }
 

@@ -300,7 +300,7 @@ impl Worker {
         for (scope, (rate, left)) in granted {
             if let Some(rate) = rate
                 && left > 0
-                && let Err(e) = self.b.limiter.give_back(&admit_key(scope), left, rate, rate_burst(rate)).await
+                && let Err(e) = self.b.limiter.give_back(&admit_key(scope), left, rate_burst(rate)).await
             {
                 tracing::debug!(error = %e, %scope, "could not give unused rate tokens back");
             }

@@ -306,21 +306,33 @@ async fn a_slow_gateway_elsewhere_cuts_the_drain() {
 async fn a_store_outage_dead_letters_nothing_and_drains_after() {
     let e = env();
     let faulty = Arc::new(FaultyStore::new(e.store.clone()));
-    faulty.down.store(true, Ordering::SeqCst);
     let msgs: Vec<NewMessage> = (0..30).map(|i| one_off("c7", "shop", &format!("u{i}"), "later")).collect();
-    e.store.record_enqueued("c7", "shop", 30, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
-    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
-    let store: Arc<dyn MessageStore> = faulty.clone();
-    let w = worker(store, e.queue.clone(), e.metrics.clone(), config());
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(w.run(stop.clone()));
+    queue_campaign(&e, "c7", &msgs).await;
     // Ten visibility timeouts (max_receives is 3): before, every message was dead-lettered by now.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (stop, run) = begin_outage(&e, &faulty).await;
     let tried = faulty.persists_while_down.load(Ordering::SeqCst);
     assert!(tried >= 1, "the worker met the outage");
     assert!(tried <= 4 * 2, "the pollers stopped receiving during the outage ({tried} persist calls)");
     end_outage(&e, &faulty, "c7", stop, run).await;
     assert!(e.queue.dead_letters(100).await.unwrap().is_empty());
+}
+
+/// Records `msgs` as campaign `campaign` of "shop" and queues them.
+async fn queue_campaign(e: &Env, campaign: &str, msgs: &[NewMessage]) {
+    let recipients: Vec<String> = msgs.iter().map(|m| m.create_members[1].clone()).collect();
+    e.store.record_enqueued(campaign, "shop", msgs.len() as u64, &recipients).await.unwrap();
+    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+}
+
+/// Takes the store down, starts a worker on it and lets it meet the outage for 5 s.
+async fn begin_outage(e: &Env, faulty: &Arc<FaultyStore>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    faulty.down.store(true, Ordering::SeqCst);
+    let store: Arc<dyn MessageStore> = faulty.clone();
+    let w = worker(store, e.queue.clone(), e.metrics.clone(), config());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    (stop, run)
 }
 
 /// Checks that nothing was dead-lettered during an outage, ends it, and waits until the
@@ -358,14 +370,8 @@ async fn an_outage_met_reading_campaign_bodies_stops_receiving_too() {
             m
         })
         .collect();
-    e.store.record_enqueued("c8", "shop", 30, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
-    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
-    faulty.down.store(true, Ordering::SeqCst);
-    let store: Arc<dyn MessageStore> = faulty.clone();
-    let w = worker(store, e.queue.clone(), e.metrics.clone(), config());
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(w.run(stop.clone()));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    queue_campaign(&e, "c8", &msgs).await;
+    let (stop, run) = begin_outage(&e, &faulty).await;
     let reads = faulty.body_reads_while_down.load(Ordering::SeqCst);
     assert!(reads >= 1, "the worker met the outage");
     // Before, every message of every batch read again, and kept being received: about 90 reads.
@@ -385,12 +391,9 @@ async fn held_messages_take_no_drain_budget() {
     let e = env();
     let paused: Vec<NewMessage> = (0..50).map(|i| one_off("held", "shop", &format!("u{i}"), "later")).collect();
     let open: Vec<NewMessage> = (0..10).map(|i| one_off("open", "shop", &format!("u{i}"), "now")).collect();
-    for (cid, msgs) in [("held", &paused), ("open", &open)] {
-        let recipients: Vec<String> = msgs.iter().map(|m| m.create_members[1].clone()).collect();
-        e.store.record_enqueued(cid, "shop", msgs.len() as u64, &recipients).await.unwrap();
-    }
+    queue_campaign(&e, "held", &paused).await;
+    queue_campaign(&e, "open", &open).await;
     e.store.set_control(&Scope::Campaign("held".into()), Control { paused: true, rate: None }).await.unwrap();
-    e.queue.send(paused.iter().chain(&open).map(enqueue).collect()).await.unwrap();
     let w = worker(e.store.clone(), e.queue.clone(), e.metrics.clone(), config());
     drain(vec![w], &e.queue).await;
     assert!(e.store.campaign("open").await.unwrap().unwrap().done());
@@ -405,12 +408,11 @@ async fn a_message_over_one_rate_gives_back_the_tokens_of_its_other_rates() {
     let e = env();
     let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
     let msgs: Vec<NewMessage> = (0..10).map(|i| one_off("c9", "shop", &format!("u{i}"), "hi")).collect();
-    e.store.record_enqueued("c9", "shop", 10, &msgs.iter().map(|m| m.create_members[1].clone()).collect::<Vec<_>>()).await.unwrap();
     let campaign = Scope::Campaign("c9".into());
     // The campaign may take 20 a second; its tenant one per 100 s (a burst of 1).
     e.store.set_control(&campaign, Control { paused: false, rate: Some(20.0) }).await.unwrap();
     e.store.set_control(&Scope::Tenant("shop".into()), Control { paused: false, rate: Some(0.01) }).await.unwrap();
-    e.queue.send(msgs.iter().map(enqueue).collect()).await.unwrap();
+    queue_campaign(&e, "c9", &msgs).await;
     let backends =
         Backends::new(e.store.clone(), e.queue.clone(), Arc::new(LocalHub::new()), Arc::new(NoEvents), limiter.clone(), e.metrics.clone());
     let w = Worker::new(backends, config());

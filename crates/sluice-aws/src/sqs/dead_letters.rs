@@ -78,7 +78,7 @@ impl SqsQueue {
     pub(super) async fn hold_batch(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
         let refused = self.settle_lanes(&self.current(receipts), Some(Duration::from_secs(60))).await?;
         let (stale, current): (Vec<Receipt>, Vec<Receipt>) =
-            receipts.iter().cloned().partition(|r| r.0.split_once('|').is_some_and(|(_, h)| refused.iter().any(|x| x == h)));
+            receipts.iter().cloned().partition(|r| handle_of(r).is_some_and(|h| refused.iter().any(|x| x == h)));
         self.forget(&stale);
         let (mut moving, mut entries) = (Vec::with_capacity(current.len()), Vec::with_capacity(current.len()));
         {

@@ -23,6 +23,11 @@ pub(super) fn lane_receipt(lane: usize, handle: &str) -> String {
     format!("{lane}|{handle}")
 }
 
+/// The SQS receipt handle inside a [`lane_receipt`].
+pub(super) fn handle_of(receipt: &Receipt) -> Option<&str> {
+    receipt.0.split_once('|').map(|(_, h)| h)
+}
+
 impl SqsQueue {
     /// ChangeMessageVisibilityBatch / DeleteMessageBatch over any number of receipts.
     /// Returns the receipts SQS refused as no longer valid.
@@ -102,8 +107,7 @@ impl SqsQueue {
             .iter()
             .filter_map(|r| {
                 let f = map.get(&r.0)?;
-                let (_, handle) = r.0.split_once('|')?;
-                Some((f.lane, handle.to_string()))
+                Some((f.lane, handle_of(r)?.to_string()))
             })
             .collect()
     }

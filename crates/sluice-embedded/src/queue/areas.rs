@@ -102,8 +102,11 @@ impl EmbeddedQueue {
             })
             .await?;
         let mut st = self.state();
+        // `moved` is a subsequence of `seqs`, in the same order.
+        let mut moved_seqs = moved.iter().peekable();
         for seq in seqs {
-            if st.sched.remove(seq) && moved.contains(&seq) {
+            let was_moved = moved_seqs.next_if_eq(&&seq).is_some();
+            if st.sched.remove(seq) && was_moved {
                 st.held += 1;
             }
         }
