@@ -15,7 +15,8 @@ async fn store() -> (Arc<dyn MessageStore>, Guard) {
 
 async fn queue() -> (Arc<dyn SpikeQueue>, Guard) {
     let dir = tempfile::tempdir().unwrap();
-    let q = EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap();
+    let config = QueueConfig { weights: sluice_testkit::queue::suite_weights(), ..QueueConfig::default() };
+    let q = EmbeddedQueue::open(&dir.path().join("queue.redb"), config).unwrap();
     (Arc::new(q), Box::new(dir))
 }
 

@@ -1,13 +1,14 @@
 //! The spike queue conformance suite (SQS FIFO semantics).
 
 use bytes::Bytes;
-use sluice_core::queue::{Enqueue, SpikeQueue};
+use sluice_core::queue::{Enqueue, SpikeQueue, TenantWeights};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Generates one `#[tokio::test]` per queue conformance test for the queue made by `$make`,
-/// an async closure returning `(Arc<dyn SpikeQueue>, Guard)` of a fresh, empty queue.
+/// an async closure returning `(Arc<dyn SpikeQueue>, Guard)` of a fresh, empty queue that
+/// weighs tenants by [`suite_weights`].
 #[macro_export]
 macro_rules! queue_conformance {
     ($make:expr) => {
@@ -15,7 +16,7 @@ macro_rules! queue_conformance {
             order_within_group_and_group_blocking, visibility_timeout_redelivers, release_and_extend,
             dead_letter_keeps_reason_and_redrives, deduplicates_within_window, stale_receipts_are_refused,
             groups_never_processed_concurrently, a_small_tenant_is_not_held_behind_a_large_one,
-            held_messages_wait_until_released_by_key);
+            a_heavier_tenant_drains_by_its_weight, held_messages_wait_until_released_by_key);
     };
 }
 
@@ -37,6 +38,12 @@ macro_rules! __queue_tests {
 const LONG: Duration = Duration::from_secs(60);
 const SHORT_WAIT: Duration = Duration::from_millis(50);
 const WAIT: Duration = Duration::from_secs(5);
+
+/// The tenant weights every queue under the suite is made with: `tenant-a` counts 3. (On SQS
+/// with its default 4 lanes, `tenant-a` and `tenant-b` hash to different lanes.)
+pub fn suite_weights() -> Arc<TenantWeights> {
+    Arc::new(TenantWeights::new(HashMap::from([("tenant-a".to_string(), 3)])))
+}
 
 pub fn msg(group: &str, id: &str) -> Enqueue {
     tenant_msg("", group, id)
@@ -213,6 +220,28 @@ pub async fn a_small_tenant_is_not_held_behind_a_large_one(q: Arc<dyn SpikeQueue
     let last_small = order.iter().rposition(|t| t == "small").expect("small was delivered");
     assert_eq!(order.iter().filter(|t| *t == "small").count(), 10);
     assert!(last_small < 150, "small's last message went out at position {last_small} of 310: behind big's backlog");
+}
+
+/// Two tenants with backlog share the receives by their weights (3 to 1, see
+/// [`suite_weights`]): the heavier takes more, the lighter is not starved.
+pub async fn a_heavier_tenant_drains_by_its_weight(q: Arc<dyn SpikeQueue>) {
+    for t in ["tenant-a", "tenant-b"] {
+        q.send((0..240).map(|i| tenant_msg(t, &format!("{t}-{i}"), &format!("{t}/{i}"))).collect()).await.unwrap();
+    }
+    let mut taken: HashMap<String, usize> = HashMap::new();
+    let mut total = 0;
+    while total < 160 {
+        let got = q.receive(10, WAIT, LONG).await.unwrap();
+        assert!(!got.is_empty(), "messages are left but the queue handed out none after {total}");
+        q.ack(&got.iter().map(|d| d.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+        total += got.len();
+        for d in got {
+            *taken.entry(d.tenant).or_default() += 1;
+        }
+    }
+    let (a, b) = (taken.get("tenant-a").copied().unwrap_or(0), taken.get("tenant-b").copied().unwrap_or(0));
+    assert!(a >= 2 * b, "tenant-a (weight 3) took {a} of the first {total}, tenant-b (weight 1) {b}");
+    assert!(b >= total / 8, "tenant-b took {b} of the first {total}: starved");
 }
 
 /// A paused (or rated) scope's messages are moved aside under its key, many in one call, are

@@ -104,7 +104,7 @@ pub(crate) async fn open_queue(
             let q = sluice_aws::SqsQueue::from_conf(conf, &names, metrics).await.with_context(|| {
                 format!("cannot find the SQS queues {} .. {} (create them with `sluice migrate --backend aws --with-queues` and the same --sqs-lanes)", names.queue(), names.lane_queue(names.lanes - 1))
             })?;
-            Arc::new(q.with_client_side_wait(common.sqs_client_side_wait))
+            Arc::new(q.with_client_side_wait(common.sqs_client_side_wait).with_weights(config.weights))
         }
         _ => Arc::new(EmbeddedQueue::open(&data_dir(common)?.join("queue.redb"), config).with_context(|| in_use_hint(common))?),
     })

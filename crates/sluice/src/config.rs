@@ -286,7 +286,7 @@ pub struct ServeArgs {
     pub queue_cache_mib: u32,
     /// A tenant's share of the drain relative to others with backlog, TENANT=WEIGHT (1 to
     /// 1000; default 1). Repeat for several tenants, or comma-separate them in the variable.
-    /// Applied by the embedded queue; SQS lanes share equally.
+    /// The embedded queue applies them per tenant; on SQS they weigh the tenant lanes' turns.
     #[arg(long = "tenant-weight", env = "SLUICE_TENANT_WEIGHTS", value_delimiter = ',', value_name = "TENANT=WEIGHT")]
     pub tenant_weights: Vec<String>,
     /// Messages per queue receive.

@@ -13,11 +13,14 @@
 //! - tenant lanes: the bulk lane is spread over `lanes` FIFO queues, a tenant's messages all
 //!   in the lane its name hashes to. SQS hands out a queue's groups roughly in arrival order,
 //!   so within one queue a small campaign waits behind every earlier one; across lanes,
-//!   receives take turns over the lanes that had messages, and probe each lane that looked
-//!   empty with a short poll at most once a second (about `lanes - 1` extra requests a second
+//!   receives take turns over the lanes that had messages by deficit round robin: a lane's
+//!   turn lasts `10 × weight` messages, its weight being the sum of the `--tenant-weight`s of
+//!   the tenants its last receive handed out (1 each by default). A lane that looked empty is
+//!   probed with a short poll at most once a second (about `lanes - 1` extra requests a second
 //!   per process while draining; idle, the pollers long-poll the lanes in turn, as with one
-//!   queue). Tenants that hash to one lane share it in arrival order, and tenant weights are
-//!   not applied here (the embedded queue applies them exactly).
+//!   queue). Tenants that hash to one lane share it in arrival order, so weights apply between
+//!   lanes, not inside one (the embedded queue applies them per tenant). The turns add no
+//!   request: a heavy lane's turn is more receives from it, not more receives.
 //! - dead letters: the worker's verdicts are sent to the dead-letter queue with the reason as
 //!   a message attribute, then deleted here; messages SQS moves on its own (the redrive
 //!   policy's maxReceiveCount) arrive without one, and are offered for adoption (a worker
@@ -51,7 +54,7 @@ use futures::StreamExt;
 use sluice_core::backoff::Backoff;
 use sluice_core::error::QueueError;
 use sluice_core::metrics::Metrics;
-use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue};
+use sluice_core::queue::{DeadLetter, Delivery, Enqueue, QueueStats, Receipt, SendOutcome, SpikeQueue, TenantWeights};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,6 +93,8 @@ pub struct SqsQueue {
     /// The queue URL of each tenant lane.
     urls: Vec<String>,
     lanes: Mutex<Lanes>,
+    /// Tenant weights: a lane's share of the receives follows the tenants it hands out.
+    weights: Arc<TenantWeights>,
     dlq_url: String,
     held_url: String,
     metrics: Arc<Metrics>,
@@ -140,7 +145,8 @@ impl SqsQueue {
         Ok(SqsQueue {
             held_url,
             client,
-            lanes: Mutex::new(Lanes { next: 0, empty_until: vec![None; urls.len()] }),
+            lanes: Mutex::new(Lanes::new(urls.len())),
+            weights: Arc::default(),
             urls,
             dlq_url,
             metrics,
@@ -158,6 +164,12 @@ impl SqsQueue {
     /// Real SQS should long-poll (fewer, cheaper empty receives).
     pub fn with_client_side_wait(mut self, on: bool) -> Self {
         self.client_side_wait = on;
+        self
+    }
+
+    /// Weighs the lanes' turns by these tenants' weights (see `Lanes` in the `receive` module).
+    pub fn with_weights(mut self, weights: Arc<TenantWeights>) -> Self {
+        self.weights = weights;
         self
     }
 
@@ -516,14 +528,45 @@ mod tests {
 
     #[test]
     fn lanes_take_turns_and_skip_empty_ones_until_their_probe() {
-        let mut l = Lanes { next: 0, empty_until: vec![None; 3] };
+        let mut l = Lanes::new(3);
         let now = Instant::now();
-        assert_eq!((l.next_busy(now), l.next_busy(now), l.next_busy(now), l.next_busy(now)), (Some(0), Some(1), Some(2), Some(0)));
-        l.saw(1, true);
-        l.saw(2, true);
-        assert_eq!((l.next_busy(now), l.next_busy(now)), (Some(0), Some(0)));
-        l.saw(0, true);
+        let turn = |l: &mut Lanes| {
+            let lane = l.next_busy(now);
+            if let Some(lane) = lane {
+                l.saw(lane, BATCH, 1);
+            }
+            lane
+        };
+        assert_eq!((turn(&mut l), turn(&mut l), turn(&mut l), turn(&mut l)), (Some(0), Some(1), Some(2), Some(0)));
+        l.saw(1, 0, 0);
+        l.saw(2, 0, 0);
+        assert_eq!((turn(&mut l), turn(&mut l)), (Some(0), Some(0)));
+        l.saw(0, 0, 0);
         assert_eq!(l.next_busy(now), None);
         assert_eq!(l.next_busy(now + EMPTY_LANE_PROBE * 2), Some(1), "an empty lane is probed again");
+    }
+
+    /// Lanes that keep handing out messages share the receives by their tenants' weights,
+    /// whatever the receives' sizes, and a lane of weight 1 still has its turn.
+    #[test]
+    fn busy_lanes_share_receives_by_their_tenants_weights() {
+        let weights = [1u32, 3, 1, 10];
+        let mut l = Lanes::new(weights.len());
+        let now = Instant::now();
+        let mut taken = [0usize; 4];
+        for i in 0..20_000usize {
+            let lane = l.next_busy(now).expect("every lane is busy");
+            // Receives of 1 to 10 messages, as a queue with groups in flight hands them out.
+            let got = 1 + (i * 7 + lane) % BATCH;
+            l.saw(lane, got, weights[lane]);
+            taken[lane] += got;
+        }
+        let total: usize = taken.iter().sum();
+        let sum: u32 = weights.iter().sum();
+        for (lane, w) in weights.iter().enumerate() {
+            let share = taken[lane] as f64 / total as f64;
+            let want = f64::from(*w) / f64::from(sum);
+            assert!((share - want).abs() < 0.01, "lane {lane} of weight {w} took {share:.3} of the messages, not {want:.3}: {taken:?}");
+        }
     }
 }

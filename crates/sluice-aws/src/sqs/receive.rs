@@ -1,5 +1,5 @@
-//! Receiving over the tenant lanes: receives take turns over the lanes that had messages and
-//! probe a lane that looked empty at most once a [`EMPTY_LANE_PROBE`].
+//! Receiving over the tenant lanes: lanes with messages take turns by deficit round robin on
+//! their weights, and a lane that looked empty is probed at most once a [`EMPTY_LANE_PROBE`].
 
 use super::*;
 
@@ -7,36 +7,65 @@ use super::*;
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(20);
 /// How long a lane that answered empty is skipped before it is probed again.
 pub(super) const EMPTY_LANE_PROBE: Duration = Duration::from_secs(1);
+/// Messages a lane of weight 1 may take per turn: one full receive.
+pub(super) const QUANTUM: i64 = BATCH as i64;
+/// Most weight a lane counts, however many heavy tenants it shows at once.
+const MAX_LANE_WEIGHT: u32 = 1000;
 
-/// Which lane receives next, and which lanes looked empty until when.
+/// Whose turn it is over the lanes, and which lanes looked empty until when.
+///
+/// A lane's weight is the sum of the weights of the tenants its last receive handed out (a
+/// FIFO queue hands out a lane's tenants in arrival order, so that is who it serves now).
+/// The lane holding the turn is received from until it has taken `QUANTUM × weight`
+/// messages; what a receive takes beyond that is owed at its next turn. A lane that looked
+/// empty gives up the turn and owes nothing.
 pub(super) struct Lanes {
-    pub(super) next: usize,
-    pub(super) empty_until: Vec<Option<Instant>>,
+    turn: usize,
+    empty_until: Vec<Option<Instant>>,
+    deficit: Vec<i64>,
+    weight: Vec<u32>,
 }
 
 impl Lanes {
-    /// The next lane in turn that did not look empty lately.
+    pub(super) fn new(lanes: usize) -> Self {
+        let lanes = lanes.max(1);
+        Lanes { turn: lanes - 1, empty_until: vec![None; lanes], deficit: vec![0; lanes], weight: vec![1; lanes] }
+    }
+
+    fn ready(&self, lane: usize, now: Instant) -> bool {
+        self.empty_until[lane].is_none_or(|t| t <= now)
+    }
+
+    /// The lane to receive from: the one holding the turn while it has deficit left, else the
+    /// next one in turn that did not look empty lately, which gains its quantum.
     pub(super) fn next_busy(&mut self, now: Instant) -> Option<usize> {
-        let n = self.empty_until.len();
-        for k in 0..n {
-            let lane = (self.next + k) % n;
-            if self.empty_until[lane].is_none_or(|t| t <= now) {
-                self.next = (lane + 1) % n;
-                return Some(lane);
-            }
+        if self.deficit[self.turn] > 0 && self.ready(self.turn, now) {
+            return Some(self.turn);
         }
-        None
+        let n = self.empty_until.len();
+        let lane = (1..=n).map(|k| (self.turn + k) % n).find(|&lane| self.ready(lane, now))?;
+        self.turn = lane;
+        self.deficit[lane] += QUANTUM * i64::from(self.weight[lane]);
+        Some(lane)
     }
 
-    /// The next lane in turn, empty or not.
+    /// The next lane in turn, empty or not (to wait on when all looked empty).
     pub(super) fn next_any(&mut self) -> usize {
-        let lane = self.next;
-        self.next = (lane + 1) % self.empty_until.len();
-        lane
+        self.turn = (self.turn + 1) % self.empty_until.len();
+        self.turn
     }
 
-    pub(super) fn saw(&mut self, lane: usize, empty: bool) {
-        self.empty_until[lane] = empty.then(|| Instant::now() + EMPTY_LANE_PROBE);
+    /// What a receive from `lane` handed out: how many messages, and the sum of their
+    /// distinct tenants' weights.
+    pub(super) fn saw(&mut self, lane: usize, got: usize, weight: u32) {
+        if got == 0 {
+            self.empty_until[lane] = Some(Instant::now() + EMPTY_LANE_PROBE);
+            self.deficit[lane] = 0;
+        } else {
+            self.empty_until[lane] = None;
+            self.deficit[lane] -= got as i64;
+            self.weight[lane] = weight.clamp(1, MAX_LANE_WEIGHT);
+        }
     }
 }
 
@@ -86,8 +115,17 @@ impl SqsQueue {
         }
     }
 
-    /// Receives from the lanes in turn (see the module doc): first a short poll of each lane
-    /// that had messages or is due a probe, then, when all looked empty, a wait on one lane.
+    /// Tells the lanes what a receive from `lane` handed out.
+    fn saw(&self, lane: usize, got: &[Message]) {
+        let mut tenants: Vec<&str> = got.iter().map(|m| user_attr(m, ATTR_TENANT).unwrap_or_default()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let weight = tenants.iter().map(|t| self.weights.of(t)).fold(0u32, u32::saturating_add);
+        self.lanes.lock().expect("lanes lock").saw(lane, got.len(), weight);
+    }
+
+    /// Receives from the lanes in turn (see [`Lanes`]): first a short poll of the lane whose
+    /// turn it is, then, when all looked empty, a wait on one lane.
     pub(super) async fn receive_lanes(
         &self,
         max: usize,
@@ -100,7 +138,7 @@ impl SqsQueue {
             let busy = self.lanes.lock().expect("lanes lock").next_busy(Instant::now());
             if let Some(lane) = busy {
                 let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                self.saw(lane, &got);
                 if !got.is_empty() {
                     return Ok((lane, got));
                 }
@@ -115,14 +153,14 @@ impl SqsQueue {
                 tokio::time::sleep(pause.min(left)).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
                 let got = self.receive_from(&self.urls[lane], max, Duration::ZERO, visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                self.saw(lane, &got);
                 if !got.is_empty() {
                     return Ok((lane, got));
                 }
             } else {
                 // Long polls wait whole seconds; a wait on one lane stops at the next probe of the others.
                 let got = self.receive_from(&self.urls[lane], max, left.min(EMPTY_LANE_PROBE), visibility).await?;
-                self.lanes.lock().expect("lanes lock").saw(lane, got.is_empty());
+                self.saw(lane, &got);
                 if !got.is_empty() || Instant::now() >= give_up {
                     return Ok((lane, got));
                 }

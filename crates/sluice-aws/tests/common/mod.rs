@@ -56,11 +56,12 @@ pub async fn fresh_queues_at(endpoint: &str, what: &str, max_receive_count: u32)
     (conf, names)
 }
 
+/// A fresh SQS queue on moto, weighing tenants as the conformance suite expects.
 pub async fn queue(what: &str) -> (Arc<sluice_aws::SqsQueue>, Arc<Metrics>) {
     let (conf, names) = fresh_queues(what).await;
     let metrics = Arc::new(Metrics::new());
     let q = sluice_aws::SqsQueue::connect(aws_sdk_sqs::Client::new(&conf), &names, metrics.clone()).await.expect("queue found");
     // moto's long poll is not FIFO-safe (see `with_client_side_wait`).
-    let q = q.with_client_side_wait(true);
+    let q = q.with_client_side_wait(true).with_weights(sluice_testkit::queue::suite_weights());
     (Arc::new(q), metrics)
 }
