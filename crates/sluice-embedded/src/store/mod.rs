@@ -17,8 +17,11 @@
 //! tables and records in `records`.
 //!
 //! Tables (keys → postcard records):
-//! - `rooms`: room → last_seq, version, created_at
-//! - `members`: (room, user) → joined_at
+//! - `rooms`: room → last_seq, version, created_at. A direct room (`dm:a:b`) has a record
+//!   only if CreateRoom made it (or an earlier version of the store), and its last seq is
+//!   always its newest message's: its messages do not write the record.
+//! - `members`: (room, user) → joined_at. None for a direct room its first message made:
+//!   its members are the two its id names.
 //! - `messages`: (room, seq) → msg_id, sender, body, kind, campaign, sent_at
 //! - `msg_ids`: msg_id → (room, seq), the idempotency index
 //! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
@@ -240,13 +243,14 @@ enum ReadPlan {
 /// Plans a read on a snapshot: the counting (a range scan of the room's messages) happens
 /// here, on a reader thread, never on the writer that every write waits for.
 fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> Result<Result<ReadPlan, StoreError>, redb::Error> {
-    let Some(rec) = txn.open_table(ROOMS)?.get(room)?.map(|v| decode::<RoomRec>(v.value())).transpose()? else {
+    let messages = txn.open_table(MESSAGES)?;
+    let Some(rec) = room_state(&txn.open_table(ROOMS)?, &messages, room)? else {
         return Ok(Err(StoreError::UnknownRoom(room.to_string())));
     };
     let row = match txn.open_table(INBOX)?.get((user, room))?.map(|v| decode::<InboxRec>(v.value())).transpose()? {
         Some(row) => row,
         // The sender of a one-off has no row until it reads, chats or is written to.
-        None if txn.open_table(MEMBERS)?.get((room, user))?.is_some() => InboxRec::default(),
+        None if is_member(&txn.open_table(MEMBERS)?, room, user)? => InboxRec::default(),
         None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
     };
     let target = seq.min(rec.last_seq);
@@ -262,7 +266,6 @@ fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> R
             version,
         })));
     }
-    let messages = txn.open_table(MESSAGES)?;
     // Scan whichever range is shorter: what becomes read, or what stays unread.
     let became_read = if target - row.read_seq <= rec.last_seq - target {
         count_not_by(&messages, room, user, row.read_seq + 1, target)?
@@ -287,11 +290,12 @@ impl MessageStore for EmbeddedStore {
     async fn room(&self, room: &str) -> Result<Option<Room>, StoreError> {
         let room = room.to_string();
         self.read(move |txn| {
-            let rooms = txn.open_table(ROOMS)?;
-            let Some(v) = rooms.get(room.as_str())? else { return Ok(None) };
-            let rec: RoomRec = decode(v.value())?;
-            let members = members_of(&txn.open_table(MEMBERS)?, &room)?;
-            Ok(Some(Room { room: room.clone(), members, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms }))
+            let messages = txn.open_table(MESSAGES)?;
+            let Some(rec) = room_state(&txn.open_table(ROOMS)?, &messages, &room)? else { return Ok(None) };
+            let members = room_members(&txn.open_table(MEMBERS)?, &room)?;
+            // A direct room made by its first message has no record: it began with that message.
+            let created_at_ms = if rec.created_at_ms == 0 { first_sent_at(&messages, &room)? } else { rec.created_at_ms };
+            Ok(Some(Room { room: room.clone(), members, last_seq: rec.last_seq, created_at_ms }))
         })
         .await
     }
@@ -299,10 +303,15 @@ impl MessageStore for EmbeddedStore {
     async fn membership(&self, room: &str, user: &str) -> Result<Membership, StoreError> {
         let (room, user) = (room.to_string(), user.to_string());
         self.read(move |txn| {
-            if txn.open_table(MEMBERS)?.get((room.as_str(), user.as_str()))?.is_some() {
+            let members = txn.open_table(MEMBERS)?;
+            // A member row says the room exists; a direct room's members are its id's.
+            if direct_members(&room).is_none() && members.get((room.as_str(), user.as_str()))?.is_some() {
                 return Ok(Membership::Member);
             }
-            Ok(if txn.open_table(ROOMS)?.get(room.as_str())?.is_some() { Membership::NotMember } else { Membership::UnknownRoom })
+            if room_state(&txn.open_table(ROOMS)?, &txn.open_table(MESSAGES)?, &room)?.is_none() {
+                return Ok(Membership::UnknownRoom);
+            }
+            Ok(if is_member(&members, &room, &user)? { Membership::Member } else { Membership::NotMember })
         })
         .await
     }
@@ -406,6 +415,7 @@ impl MessageStore for EmbeddedStore {
         self.read(move |txn| {
             let inbox = txn.open_table(INBOX)?;
             let rooms = txn.open_table(ROOMS)?;
+            let messages = txn.open_table(MESSAGES)?;
             let mut out = Inbox::default();
             let start = page.after.as_deref().unwrap_or("");
             for entry in inbox.range((user.as_str(), start)..)? {
@@ -422,10 +432,7 @@ impl MessageStore for EmbeddedStore {
                     break;
                 }
                 let row: InboxRec = decode(v.value())?;
-                let last_seq = match rooms.get(room)? {
-                    Some(r) => decode::<RoomRec>(r.value())?.last_seq,
-                    None => 0,
-                };
+                let last_seq = room_state(&rooms, &messages, room)?.map_or(0, |r| r.last_seq);
                 out.rooms.push(InboxRoom { room: room.to_string(), unread: row.unread, read_seq: row.read_seq, last_seq });
             }
             out.total_unread = txn.open_table(TOTALS)?.get(user.as_str())?.map(|v| v.value()).unwrap_or(0);
@@ -626,6 +633,110 @@ mod writer_tests {
         assert_eq!(store.commits(), commits, "no commit for a read that moves nothing");
         assert!(matches!(store.mark_read("c", "r", 1, 3).await, Err(StoreError::NotMember { .. })));
         assert!(matches!(store.mark_read("b", "nowhere", 1, 3).await, Err(StoreError::UnknownRoom(_))));
+    }
+
+    /// Until this version a direct room's messages kept its record and member rows up to
+    /// date; now the record is left as it was and the seq follows the newest message. A room
+    /// written the old way goes on from where it stood.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_room_written_by_the_previous_layout_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let room = "dm:alice:bob";
+        // What the previous layout held after two one-offs from alice to bob.
+        let txn = store.db().begin_write().unwrap();
+        {
+            txn.open_table(ROOMS)
+                .unwrap()
+                .insert(room, encode(&RoomRec { last_seq: 2, version: 3, created_at_ms: 1000 }).as_slice())
+                .unwrap();
+            let mut members = txn.open_table(MEMBERS).unwrap();
+            members.insert((room, "alice"), 1000).unwrap();
+            members.insert((room, "bob"), 1000).unwrap();
+            let (mut messages, mut ids) = (txn.open_table(MESSAGES).unwrap(), txn.open_table(MSG_IDS).unwrap());
+            for seq in 1..=2u64 {
+                let msg = MsgRec {
+                    msg_id: format!("old{seq}"),
+                    sender: "alice".into(),
+                    body: "hi".into(),
+                    kind: MessageKind::OneOff,
+                    campaign_id: None,
+                    sent_at_ms: 1000 + seq as i64,
+                };
+                messages.insert((room, seq), encode(&msg).as_slice()).unwrap();
+                ids.insert(format!("old{seq}").as_str(), encode(&MsgIdRec { room: room.into(), seq }).as_slice()).unwrap();
+            }
+            let row = InboxRec { unread: 2, version: 2, preview: "hi".into(), updated_at_ms: 1002, ..InboxRec::default() };
+            txn.open_table(INBOX).unwrap().insert(("bob", room), encode(&row).as_slice()).unwrap();
+            txn.open_table(TOTALS).unwrap().insert("bob", 2).unwrap();
+        }
+        txn.commit().unwrap();
+
+        let m = |id: &str, sender: &str| NewMessage {
+            msg_id: id.into(),
+            room: room.into(),
+            sender: sender.into(),
+            body: "again".into(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms: 2000,
+            create_members: vec!["alice".into(), "bob".into()],
+            body_ref: None,
+        };
+        let out = store.persist(vec![m("new1", "alice"), m("old1", "alice"), m("new2", "bob")]).await.unwrap();
+        let out: Vec<Persisted> = out.into_iter().map(Result::unwrap).collect();
+        assert_eq!((out[0].message.seq, out[0].duplicate), (3, false));
+        assert_eq!((out[1].message.seq, out[1].duplicate), (1, true), "a msg_id of the old layout is still known");
+        assert_eq!((out[2].message.seq, out[2].duplicate), (4, false));
+        assert_eq!(out[0].unread.iter().map(|u| (u.user.as_str(), u.unread, u.total_unread)).collect::<Vec<_>>(), vec![("bob", 3, 3)]);
+        let r = store.room(room).await.unwrap().unwrap();
+        assert_eq!((r.members, r.last_seq, r.created_at_ms), (vec!["alice".to_string(), "bob".to_string()], 4, 1000));
+        let inbox = store.inbox_page("bob", InboxPage { after: None, limit: 10 }).await.unwrap();
+        assert_eq!(inbox.rooms.iter().map(|r| (r.unread, r.last_seq)).collect::<Vec<_>>(), vec![(3, 4)]);
+        assert_eq!(store.membership(room, "carol").await.unwrap(), Membership::NotMember);
+        let read = store.mark_read("bob", room, 4, 4).await.unwrap();
+        assert_eq!((read.read_seq, read.unread, read.total_unread), (4, 0, 0));
+    }
+
+    /// A one-off's direct room is made by its first message without a record or member rows,
+    /// and reads find it by its messages: its members, seq and age.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_room_exists_by_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let room = "dm:alice:bob";
+        assert_eq!(store.membership(room, "alice").await.unwrap(), Membership::UnknownRoom);
+        let m = NewMessage {
+            msg_id: "o1".into(),
+            room: room.into(),
+            sender: "alice".into(),
+            body: "hi".into(),
+            kind: MessageKind::OneOff,
+            campaign_id: None,
+            sent_at_ms: 1234,
+            create_members: vec!["alice".into(), "bob".into()],
+            body_ref: None,
+        };
+        store.persist(vec![m]).await.unwrap().pop().unwrap().unwrap();
+        let txn = store.db().begin_read().unwrap();
+        assert!(txn.open_table(ROOMS).unwrap().get(room).unwrap().is_none(), "no record");
+        assert!(members_of(&txn.open_table(MEMBERS).unwrap(), room).unwrap().is_empty(), "no member rows");
+        let r = store.room(room).await.unwrap().unwrap();
+        assert_eq!((r.members, r.last_seq, r.created_at_ms), (vec!["alice".to_string(), "bob".to_string()], 1, 1234));
+        assert_eq!(store.membership(room, "bob").await.unwrap(), Membership::Member);
+        assert_eq!(store.membership(room, "carol").await.unwrap(), Membership::NotMember);
+        let outsider = NewMessage {
+            msg_id: "c1".into(),
+            room: room.into(),
+            sender: "carol".into(),
+            body: "hey".into(),
+            kind: MessageKind::Chat,
+            campaign_id: None,
+            sent_at_ms: 2000,
+            create_members: vec![],
+            body_ref: None,
+        };
+        assert!(matches!(store.persist(vec![outsider]).await.unwrap().pop().unwrap(), Err(StoreError::NotMember { .. })));
     }
 }
 

@@ -98,6 +98,70 @@ pub(super) fn sorted(members: &[String]) -> Vec<String> {
     v
 }
 
+/// The members a direct room's id names (`dm:a:b`), sorted; `None` for any other room. A
+/// direct room keeps no member rows and, once it has messages, no record that tracks them
+/// (see [`room_state`]): its members are fixed by its id.
+pub(super) fn direct_members(room: &str) -> Option<Vec<String>> {
+    let mut members = sluice_core::ids::dm_members(room)?.to_vec();
+    members.dedup();
+    Some(members)
+}
+
+/// The seq of `room`'s newest message (0: none).
+pub(super) fn newest_seq(messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>, room: &str) -> Result<u64, redb::Error> {
+    Ok(messages.range((room, 0)..=(room, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1))
+}
+
+/// `room`'s record as it stands. A direct room's last seq is its newest message's: its first
+/// message writes no record (a one-off writes four rows, not seven), and a record that
+/// CreateRoom or an earlier version of the store wrote is not kept up to date. A direct room
+/// without messages exists if CreateRoom made its record. `created_at_ms` of a direct room
+/// that has no record is 0 here (see [`first_sent_at`]).
+pub(super) fn room_state(
+    rooms: &impl ReadableTable<&'static str, &'static [u8]>,
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+) -> Result<Option<RoomRec>, redb::Error> {
+    let direct = sluice_core::ids::dm_members(room).is_some();
+    let newest = if direct { newest_seq(messages, room)? } else { 0 };
+    if direct && newest > 0 {
+        let rec: Option<RoomRec> = rooms.get(room)?.map(|v| crate::codec::decode(v.value())).transpose()?;
+        return Ok(Some(RoomRec { last_seq: newest, ..rec.unwrap_or_default() }));
+    }
+    rooms.get(room)?.map(|v| crate::codec::decode(v.value())).transpose()
+}
+
+/// When `room`'s first message was sent (0: none).
+pub(super) fn first_sent_at(messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>, room: &str) -> Result<i64, redb::Error> {
+    match messages.range((room, 0)..=(room, u64::MAX))?.next().transpose()? {
+        Some((_, v)) => Ok(crate::codec::decode::<MsgRec>(v.value())?.sent_at_ms),
+        None => Ok(0),
+    }
+}
+
+/// Whether `user` is a member of `room` (a direct room's by its id).
+pub(super) fn is_member(
+    members: &impl ReadableTable<(&'static str, &'static str), i64>,
+    room: &str,
+    user: &str,
+) -> Result<bool, redb::Error> {
+    match direct_members(room) {
+        Some(pair) => Ok(pair.iter().any(|m| m == user)),
+        None => Ok(members.get((room, user))?.is_some()),
+    }
+}
+
+/// The members of `room`, sorted: a direct room's by its id, others by their rows.
+pub(super) fn room_members(
+    members: &impl ReadableTable<(&'static str, &'static str), i64>,
+    room: &str,
+) -> Result<Vec<String>, redb::Error> {
+    match direct_members(room) {
+        Some(pair) => Ok(pair),
+        None => members_of(members, room),
+    }
+}
+
 /// The members of `room`, sorted (one range scan of the members table).
 pub(super) fn members_of(table: &impl ReadableTable<(&'static str, &'static str), i64>, room: &str) -> Result<Vec<String>, redb::Error> {
     let mut out = Vec::new();

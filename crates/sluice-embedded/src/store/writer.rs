@@ -185,14 +185,11 @@ impl<'t> Writer<'t> {
     }
 
     fn room_rec(&self, room: &str) -> Result<Option<RoomRec>, redb::Error> {
-        match self.rooms.get(room)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        room_state(&self.rooms, &self.messages, room)
     }
 
     fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
-        members_of(&self.members, room)
+        room_members(&self.members, room)
     }
 
     fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
@@ -258,13 +255,16 @@ impl<'t> Writer<'t> {
             }));
         }
         let room = m.room.as_str();
+        let direct = direct_members(room);
         let (mut rec, fresh) = match self.room_rec(room)? {
             Some(rec) => (rec, None),
             None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
             None => {
-                let members = sorted(&m.create_members);
+                let members = direct.clone().unwrap_or_else(|| sorted(&m.create_members));
                 if members.binary_search(&m.sender).is_err() {
-                    if let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
+                    if direct.is_none()
+                        && let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)?
+                    {
                         return Ok(Err(e));
                     }
                     return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
@@ -272,19 +272,23 @@ impl<'t> Writer<'t> {
                 (RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }, Some(members))
             }
         };
-        if fresh.is_none() && self.members.get((room, m.sender.as_str()))?.is_none() {
+        if fresh.is_none() && !is_member(&self.members, room, &m.sender)? {
             return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
         }
         rec.last_seq += 1;
         rec.version += 1;
         let seq = rec.last_seq;
-        self.rooms.insert(room, encode(&rec).as_slice())?;
         let one_off = m.kind == MessageKind::OneOff;
-        if let Some(members) = &fresh {
-            // A room created by its first message (a one-off's direct room): each row is
-            // written once, as it stands after the message, instead of created then updated.
-            for user in members {
-                self.members.insert((room, user.as_str()), m.sent_at_ms)?;
+        if direct.is_none() {
+            // A direct room's seq is its newest message's, and its members are its id's: it
+            // writes neither its record nor member rows (see `room_state`).
+            self.rooms.insert(room, encode(&rec).as_slice())?;
+            if let Some(members) = &fresh {
+                // A room created by its first message: each row is written once, as it
+                // stands after the message, instead of created then updated.
+                for user in members {
+                    self.members.insert((room, user.as_str()), m.sent_at_ms)?;
+                }
             }
         }
         // The one-off that creates a direct room writes no row for its sender (a marketing
@@ -293,7 +297,7 @@ impl<'t> Writer<'t> {
         // lack its sender's row, so other rooms skip the lookup.
         let sender_row = match &fresh {
             Some(_) => !one_off,
-            None => room.starts_with(sluice_core::ids::DM_PREFIX) && self.inbox.get((m.sender.as_str(), room))?.is_none(),
+            None => direct.is_some() && self.inbox.get((m.sender.as_str(), room))?.is_none(),
         };
         if sender_row {
             let row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
@@ -378,7 +382,7 @@ impl<'t> Writer<'t> {
         let mut row = match row {
             Some(row) => row,
             // The sender of a one-off has no row until it reads, chats or is written to.
-            None if self.members.get((room, user))?.is_some() => InboxRec::default(),
+            None if is_member(&self.members, room, user)? => InboxRec::default(),
             None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
         };
         let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
