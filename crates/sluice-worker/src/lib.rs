@@ -104,7 +104,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 4,
-            batch_size: 256,
+            batch_size: 2048,
             wait: Duration::from_secs(1),
             visibility: Duration::from_secs(30),
             max_receives: 5,

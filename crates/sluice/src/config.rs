@@ -289,8 +289,10 @@ pub struct ServeArgs {
     /// The embedded queue applies them per tenant; on SQS they weigh the tenant lanes' turns.
     #[arg(long = "tenant-weight", env = "SLUICE_TENANT_WEIGHTS", value_delimiter = ',', value_name = "TENANT=WEIGHT")]
     pub tenant_weights: Vec<String>,
-    /// Messages per queue receive.
-    #[arg(long, env = "SLUICE_WORKER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Most messages per queue receive (the governor sizes each receive to about a tick of
+    /// its rate; SQS hands out at most 40). Larger batches let the embedded store commit more
+    /// messages per fsync (see docs/benchmarks).
+    #[arg(long, env = "SLUICE_WORKER_BATCH", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub worker_batch: u32,
     /// Most bulk messages per second this worker persists (the drain governor's ceiling);
     /// 0: no ceiling, only the governor's signals limit the drain.
