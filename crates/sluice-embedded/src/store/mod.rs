@@ -290,11 +290,10 @@ impl MessageStore for EmbeddedStore {
     async fn room(&self, room: &str) -> Result<Option<Room>, StoreError> {
         let room = room.to_string();
         self.read(move |txn| {
-            let messages = txn.open_table(MESSAGES)?;
-            let Some(rec) = room_state(&txn.open_table(ROOMS)?, &messages, &room)? else { return Ok(None) };
+            let (rooms, messages) = (txn.open_table(ROOMS)?, txn.open_table(MESSAGES)?);
+            let Some(rec) = room_state(&rooms, &messages, &room)? else { return Ok(None) };
             let members = room_members(&txn.open_table(MEMBERS)?, &room)?;
-            // A direct room made by its first message has no record: it began with that message.
-            let created_at_ms = if rec.created_at_ms == 0 { first_sent_at(&messages, &room)? } else { rec.created_at_ms };
+            let created_at_ms = created_at(&rooms, &messages, &room, &rec)?;
             Ok(Some(Room { room: room.clone(), members, last_seq: rec.last_seq, created_at_ms }))
         })
         .await
@@ -717,7 +716,7 @@ mod writer_tests {
             create_members: vec!["alice".into(), "bob".into()],
             body_ref: None,
         };
-        store.persist(vec![m]).await.unwrap().pop().unwrap().unwrap();
+        store.persist(vec![m.clone()]).await.unwrap().pop().unwrap().unwrap();
         let txn = store.db().begin_read().unwrap();
         assert!(txn.open_table(ROOMS).unwrap().get(room).unwrap().is_none(), "no record");
         assert!(members_of(&txn.open_table(MEMBERS).unwrap(), room).unwrap().is_empty(), "no member rows");
@@ -725,17 +724,7 @@ mod writer_tests {
         assert_eq!((r.members, r.last_seq, r.created_at_ms), (vec!["alice".to_string(), "bob".to_string()], 1, 1234));
         assert_eq!(store.membership(room, "bob").await.unwrap(), Membership::Member);
         assert_eq!(store.membership(room, "carol").await.unwrap(), Membership::NotMember);
-        let outsider = NewMessage {
-            msg_id: "c1".into(),
-            room: room.into(),
-            sender: "carol".into(),
-            body: "hey".into(),
-            kind: MessageKind::Chat,
-            campaign_id: None,
-            sent_at_ms: 2000,
-            create_members: vec![],
-            body_ref: None,
-        };
+        let outsider = NewMessage { msg_id: "c1".into(), sender: "carol".into(), kind: MessageKind::Chat, create_members: vec![], ..m };
         assert!(matches!(store.persist(vec![outsider]).await.unwrap().pop().unwrap(), Err(StoreError::NotMember { .. })));
     }
 }

@@ -114,25 +114,42 @@ pub(super) fn newest_seq(messages: &impl ReadableTable<(&'static str, u64), &'st
 
 /// `room`'s record as it stands. A direct room's last seq is its newest message's: its first
 /// message writes no record (a one-off writes four rows, not seven), and a record that
-/// CreateRoom or an earlier version of the store wrote is not kept up to date. A direct room
-/// without messages exists if CreateRoom made its record. `created_at_ms` of a direct room
-/// that has no record is 0 here (see [`first_sent_at`]).
+/// CreateRoom or an earlier version of the store wrote is not kept up to date, nor read once
+/// the room has messages (so `created_at_ms` is 0 then: see [`created_at`]). A direct room
+/// without messages exists if CreateRoom made its record.
 pub(super) fn room_state(
     rooms: &impl ReadableTable<&'static str, &'static [u8]>,
     messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     room: &str,
 ) -> Result<Option<RoomRec>, redb::Error> {
-    let direct = sluice_core::ids::dm_members(room).is_some();
-    let newest = if direct { newest_seq(messages, room)? } else { 0 };
-    if direct && newest > 0 {
-        let rec: Option<RoomRec> = rooms.get(room)?.map(|v| crate::codec::decode(v.value())).transpose()?;
-        return Ok(Some(RoomRec { last_seq: newest, ..rec.unwrap_or_default() }));
+    if sluice_core::ids::dm_members(room).is_some() {
+        let newest = newest_seq(messages, room)?;
+        if newest > 0 {
+            return Ok(Some(RoomRec { last_seq: newest, version: 0, created_at_ms: 0 }));
+        }
     }
     rooms.get(room)?.map(|v| crate::codec::decode(v.value())).transpose()
 }
 
+/// When `room` was made: its record's time, or for a direct room its first message made, that
+/// message's.
+pub(super) fn created_at(
+    rooms: &impl ReadableTable<&'static str, &'static [u8]>,
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    state: &RoomRec,
+) -> Result<i64, redb::Error> {
+    if state.created_at_ms != 0 {
+        return Ok(state.created_at_ms);
+    }
+    if let Some(v) = rooms.get(room)? {
+        return Ok(crate::codec::decode::<RoomRec>(v.value())?.created_at_ms);
+    }
+    first_sent_at(messages, room)
+}
+
 /// When `room`'s first message was sent (0: none).
-pub(super) fn first_sent_at(messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>, room: &str) -> Result<i64, redb::Error> {
+fn first_sent_at(messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>, room: &str) -> Result<i64, redb::Error> {
     match messages.range((room, 0)..=(room, u64::MAX))?.next().transpose()? {
         Some((_, v)) => Ok(crate::codec::decode::<MsgRec>(v.value())?.sent_at_ms),
         None => Ok(0),

@@ -193,7 +193,8 @@ impl<'t> Writer<'t> {
     }
 
     fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
-        Ok(Room { room: room.to_string(), members: self.member_list(room)?, last_seq: rec.last_seq, created_at_ms: rec.created_at_ms })
+        let created_at_ms = created_at(&self.rooms, &self.messages, room, rec)?;
+        Ok(Room { room: room.to_string(), members: self.member_list(room)?, last_seq: rec.last_seq, created_at_ms })
     }
 
     fn join(&mut self, room: &str, user: &str, last_seq: u64, now_ms: i64) -> Result<bool, redb::Error> {
