@@ -31,7 +31,7 @@ pub fn validate_room(room: &str) -> Result<(), String> {
     if room.is_empty() || room.len() > MAX_ROOM_ID_LEN || !room.chars().all(|c| id_char(c) || c == ':') {
         return Err(format!("room id must be 1-{MAX_ROOM_ID_LEN} characters of A-Z a-z 0-9 - _ . @ + :"));
     }
-    if room.starts_with(DM_PREFIX) && dm_members(room).is_none() {
+    if room.starts_with(DM_PREFIX) && dm_pair(room).is_none() {
         return Err("a dm: room id must be dm:<user>:<user> with the two users sorted".into());
     }
     Ok(())
@@ -196,12 +196,18 @@ pub fn dm_room(a: &str, b: &str) -> String {
 
 /// The two members of a direct room id, or `None` if `room` is not a canonical direct room.
 pub fn dm_members(room: &str) -> Option<[String; 2]> {
+    dm_pair(room).map(|p| p.map(str::to_string))
+}
+
+/// [`dm_members`] borrowed from `room`, allocation-free (the embedded store asks it for every
+/// message it writes).
+pub fn dm_pair(room: &str) -> Option<[&str; 2]> {
     let rest = room.strip_prefix(DM_PREFIX)?;
     let (a, b) = rest.split_once(':')?;
     if validate_user(a).is_err() || validate_user(b).is_err() || a > b {
         return None;
     }
-    Some([a.to_string(), b.to_string()])
+    Some([a, b])
 }
 
 const NS_CHAT: Uuid = Uuid::from_u128(0x5a1c_e000_0000_4000_8000_0000_0000_0001);

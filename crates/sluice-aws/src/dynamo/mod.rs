@@ -251,7 +251,7 @@ impl DynamoStore {
     }
 
     async fn room_meta(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
-        if sluice_core::ids::dm_members(room).is_some() {
+        if sluice_core::ids::dm_pair(room).is_some() {
             return self.direct_meta(room, true).await;
         }
         Ok(self.get(&self.t.rooms, key(&[("room", s(room))])).await?.map(|i| RoomMeta::from_item(&i)))

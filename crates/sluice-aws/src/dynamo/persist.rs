@@ -309,7 +309,7 @@ async fn persist_one(store: &DynamoStore, m: &NewMessage, nonce: u64) -> Outcome
     let mut attempt = 0u32;
     let mut races = 0u32;
     // A message that may create its direct room needs no look for a room item.
-    let creates_direct = !m.create_members.is_empty() && sluice_core::ids::dm_members(&m.room).is_some();
+    let creates_direct = !m.create_members.is_empty() && sluice_core::ids::dm_pair(&m.room).is_some();
     loop {
         let meta = if creates_direct { store.direct_meta(&m.room, false).await? } else { store.room_meta(&m.room).await? };
         let (meta, fresh) = match meta {
@@ -401,7 +401,7 @@ fn fresh_room(m: &NewMessage) -> Option<RoomMeta> {
         large: false,
         members,
         member_count: None,
-        direct: sluice_core::ids::dm_members(&m.room).is_some(),
+        direct: sluice_core::ids::dm_pair(&m.room).is_some(),
     })
 }
 

@@ -154,7 +154,7 @@ pub(crate) async fn create_room(store: &DynamoStore, room: &str, members: &[Stri
             let mut items = vec![put(&store.t.rooms, meta, Some("attribute_not_exists(#room)"))];
             // A direct room's first message writes its rows without looking for this item:
             // rows that exist belong to a message, and are not reset.
-            let row_cond = sluice_core::ids::dm_members(room).is_some().then_some("attribute_not_exists(#room)");
+            let row_cond = sluice_core::ids::dm_pair(room).is_some().then_some("attribute_not_exists(#room)");
             items.extend(members.iter().map(|u| put(&store.t.inbox, new_row(u, room, 0, false, now_ms), row_cond)));
             match store.transact(items, None).await {
                 Ok(()) => return Ok(Room { room: room.to_string(), members, last_seq: 0, created_at_ms: now_ms }),

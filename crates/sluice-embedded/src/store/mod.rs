@@ -304,7 +304,7 @@ impl MessageStore for EmbeddedStore {
         self.read(move |txn| {
             let members = txn.open_table(MEMBERS)?;
             // A member row says the room exists; a direct room's members are its id's.
-            if direct_members(&room).is_none() && members.get((room.as_str(), user.as_str()))?.is_some() {
+            if sluice_core::ids::dm_pair(&room).is_none() && members.get((room.as_str(), user.as_str()))?.is_some() {
                 return Ok(Membership::Member);
             }
             if room_state(&txn.open_table(ROOMS)?, &txn.open_table(MESSAGES)?, &room)?.is_none() {

@@ -102,7 +102,7 @@ pub(super) fn sorted(members: &[String]) -> Vec<String> {
 /// direct room keeps no member rows and, once it has messages, no record that tracks them
 /// (see [`room_state`]): its members are fixed by its id.
 pub(super) fn direct_members(room: &str) -> Option<Vec<String>> {
-    let mut members = sluice_core::ids::dm_members(room)?.to_vec();
+    let mut members: Vec<String> = sluice_core::ids::dm_pair(room)?.iter().map(|u| u.to_string()).collect();
     members.dedup();
     Some(members)
 }
@@ -122,7 +122,7 @@ pub(super) fn room_state(
     messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     room: &str,
 ) -> Result<Option<RoomRec>, redb::Error> {
-    if sluice_core::ids::dm_members(room).is_some() {
+    if sluice_core::ids::dm_pair(room).is_some() {
         let newest = newest_seq(messages, room)?;
         if newest > 0 {
             return Ok(Some(RoomRec { last_seq: newest, version: 0, created_at_ms: 0 }));
@@ -162,8 +162,8 @@ pub(super) fn is_member(
     room: &str,
     user: &str,
 ) -> Result<bool, redb::Error> {
-    match direct_members(room) {
-        Some(pair) => Ok(pair.iter().any(|m| m == user)),
+    match sluice_core::ids::dm_pair(room) {
+        Some(pair) => Ok(pair.contains(&user)),
         None => Ok(members.get((room, user))?.is_some()),
     }
 }

@@ -256,16 +256,14 @@ impl<'t> Writer<'t> {
             }));
         }
         let room = m.room.as_str();
-        let direct = direct_members(room);
+        let direct = sluice_core::ids::dm_pair(room).is_some();
         let (mut rec, fresh) = match self.room_rec(room)? {
             Some(rec) => (rec, None),
             None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
             None => {
-                let members = direct.clone().unwrap_or_else(|| sorted(&m.create_members));
+                let members = direct_members(room).unwrap_or_else(|| sorted(&m.create_members));
                 if members.binary_search(&m.sender).is_err() {
-                    if direct.is_none()
-                        && let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)?
-                    {
+                    if !direct && let Err(e) = self.create_room(room, &m.create_members, m.sent_at_ms)? {
                         return Ok(Err(e));
                     }
                     return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
@@ -280,7 +278,7 @@ impl<'t> Writer<'t> {
         rec.version += 1;
         let seq = rec.last_seq;
         let one_off = m.kind == MessageKind::OneOff;
-        if direct.is_none() {
+        if !direct {
             // A direct room's seq is its newest message's, and its members are its id's: it
             // writes neither its record nor member rows (see `room_state`).
             self.rooms.insert(room, encode(&rec).as_slice())?;
@@ -298,7 +296,7 @@ impl<'t> Writer<'t> {
         // lack its sender's row, so other rooms skip the lookup.
         let sender_row = match &fresh {
             Some(_) => !one_off,
-            None => direct.is_some() && self.inbox.get((m.sender.as_str(), room))?.is_none(),
+            None => direct && self.inbox.get((m.sender.as_str(), room))?.is_none(),
         };
         if sender_row {
             let row = InboxRec { updated_at_ms: m.sent_at_ms, ..InboxRec::default() };
