@@ -36,7 +36,52 @@ pub mod ratelimit;
 pub mod store;
 pub mod trace;
 
+/// Items a loop on the async runtime handles between two yields in bulk work (an EnqueueBulk
+/// call builds and encodes up to 10,000 queued messages, tens of milliseconds of CPU): a
+/// fraction of a millisecond, so chat's tasks on the same worker thread never wait long
+/// behind it.
+pub const YIELD_EVERY: usize = 256;
+
+/// In a loop of bulk work on the runtime, given the item's index: lets other tasks run every
+/// [`YIELD_EVERY`] items.
+pub async fn share_runtime(i: usize) {
+    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp Sluice stores.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// On a single thread, another ready task runs inside a long loop of bulk work (after
+    /// each [`super::YIELD_EVERY`] items), not only once the loop ends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bulk_loop_lets_other_tasks_run_every_so_many_items() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let other = ran.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                other.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut seen = Vec::new();
+        for i in 0..3 * super::YIELD_EVERY {
+            super::share_runtime(i).await;
+            seen.push(ran.load(Ordering::SeqCst));
+        }
+        task.abort();
+        // The other task first runs at the first yield, then once more at each later one.
+        let first = seen.iter().position(|&n| n > 0).expect("the other task ran during the loop");
+        assert_eq!(first, super::YIELD_EVERY - 1);
+        assert_eq!(seen[super::YIELD_EVERY - 2], 0, "nothing else ran before the first yield");
+        assert!(seen.last().copied().unwrap_or(0) >= 3);
+    }
 }

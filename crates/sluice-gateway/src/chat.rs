@@ -212,6 +212,7 @@ impl App {
         // including it (what a caller refused part way resends from).
         let mut unique: Vec<(UserId, usize)> = Vec::with_capacity(recipients.len());
         for (i, r) in recipients.iter().enumerate() {
+            sluice_core::share_runtime(i).await;
             let checked = UserId::new(r.as_str()).map_err(|e| AppError::bad(format!("recipients[{i}]: {e}")))?;
             if &checked != sender && seen.insert(r.as_str()) {
                 unique.push((checked, i + 1));
@@ -304,6 +305,7 @@ impl App {
                 if batch.len() == ENQUEUE_CHUNK || (!batch.is_empty() && bytes >= ENQUEUE_CHUNK_BYTES) {
                     break;
                 }
+                sluice_core::share_runtime(batch.len()).await;
                 rest = tail;
                 let msg = NewMessage { body_ref: body_ref.clone(), ..NewMessage::one_off(campaign_id, sender, r, each_body, now) };
                 let e = Enqueue {

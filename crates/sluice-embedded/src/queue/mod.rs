@@ -276,20 +276,18 @@ impl EmbeddedQueue {
                 st.next_seq += chunk.len() as u64;
                 first
             };
-            let recs: Vec<(u64, Vec<u8>)> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let rec = QRec {
-                        dedup_id: m.dedup_id.clone(),
-                        group: m.group.clone(),
-                        body: m.body.to_vec(),
-                        enqueued_at_ms: now,
-                        tenant: m.tenant.clone(),
-                    };
-                    (first_seq + i as u64, encode(&rec))
-                })
-                .collect();
+            let mut recs: Vec<(u64, Vec<u8>)> = Vec::with_capacity(chunk.len());
+            for (i, m) in chunk.iter().enumerate() {
+                sluice_core::share_runtime(i).await;
+                let rec = QRec {
+                    dedup_id: m.dedup_id.clone(),
+                    group: m.group.clone(),
+                    body: m.body.to_vec(),
+                    enqueued_at_ms: now,
+                    tenant: m.tenant.clone(),
+                };
+                recs.push((first_seq + i as u64, encode(&rec)));
+            }
             self.write(move |txn| {
                 let mut t = txn.open_table(Q_MSGS)?;
                 for (seq, rec) in &recs {
