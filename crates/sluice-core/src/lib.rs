@@ -38,9 +38,10 @@ pub mod trace;
 
 /// Items a loop on the async runtime handles between two yields in bulk work (an EnqueueBulk
 /// call builds and encodes up to 10,000 queued messages, tens of milliseconds of CPU): a
-/// fraction of a millisecond, so chat's tasks on the same worker thread never wait long
-/// behind it.
-pub const YIELD_EVERY: usize = 256;
+/// few milliseconds at most, so chat's tasks on the same worker thread never wait long
+/// behind it. Yielding every 256 items cost about 11% of the accept rate without chat,
+/// every 1,024 about 3% (docs/benchmarks/README.md).
+pub const YIELD_EVERY: usize = 1024;
 
 /// In a loop of bulk work on the runtime, given the item's index: lets other tasks run every
 /// [`YIELD_EVERY`] items.
