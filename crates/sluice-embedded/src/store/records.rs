@@ -102,7 +102,7 @@ pub(super) fn sorted(members: &[String]) -> Vec<String> {
 /// direct room keeps no member rows and, once it has messages, no record that tracks them
 /// (see [`room_state`]): its members are fixed by its id.
 pub(super) fn direct_members(room: &str) -> Option<Vec<String>> {
-    let mut members: Vec<String> = sluice_core::ids::dm_pair(room)?.iter().map(|u| u.to_string()).collect();
+    let mut members = sluice_core::ids::dm_members(room)?.to_vec();
     members.dedup();
     Some(members)
 }
