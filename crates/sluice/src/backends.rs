@@ -32,7 +32,12 @@ impl Opened {
         let metrics = Arc::new(Metrics::new());
         let conf = aws_conf(common).await;
         let events_on = events_kind(args) != EventsKind::Off;
-        let store_config = StoreConfig { outbox: events_on, cache_bytes: (args.store_cache_mib as usize) << 20, ..StoreConfig::default() };
+        let store_config = StoreConfig {
+            outbox: events_on,
+            cache_bytes: (args.store_cache_mib as usize) << 20,
+            checkpoint_every: std::time::Duration::from_millis(args.store_checkpoint_ms),
+            ..StoreConfig::default()
+        };
         let (store, outbox) = open_store(common, conf.as_ref(), metrics.clone(), store_config).await?;
         let weights =
             sluice_core::queue::TenantWeights::parse(&args.tenant_weights).map_err(anyhow::Error::msg).context("--tenant-weight")?;

@@ -281,6 +281,11 @@ pub struct ServeArgs {
     /// the rest; see docs/benchmarks for what a larger cache buys).
     #[arg(long, env = "SLUICE_STORE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub store_cache_mib: u32,
+    /// How often (ms) the embedded store makes a commit durable in its file (a checkpoint);
+    /// commits between checkpoints are made durable by its redo log (`store.redb.redo`),
+    /// replayed at the next start after a crash. Longer: fewer writes, a longer replay.
+    #[arg(long, env = "SLUICE_STORE_CHECKPOINT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub store_checkpoint_ms: u64,
     /// Memory (MiB) the embedded queue may use to cache its file.
     #[arg(long, env = "SLUICE_QUEUE_CACHE_MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_cache_mib: u32,

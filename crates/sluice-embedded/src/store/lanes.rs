@@ -3,11 +3,12 @@
 //! (DESIGN.md invariant 6). Every operation's answer is sent once its commit is known.
 
 use super::WriterHealth;
+use super::redo::{Redo, RedoLog};
 use super::writer::Writer;
 use redb::Database;
 use sluice_core::error::StoreError;
 use sluice_core::model::{Campaign, MessageKind, NewMessage, Persisted, ReadOutcome, Room};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Most messages (or other operations) committed in one write transaction.
 pub const MAX_GROUP: usize = 4096;
@@ -133,16 +134,52 @@ pub(super) fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T, StoreError>)
     Box::new(Done(reply, r))
 }
 
+/// What the writer thread works with besides its channel.
+pub(super) struct WriterParts<'a> {
+    pub(super) db: &'a Database,
+    pub(super) health: &'a WriterHealth,
+    pub(super) outbox: bool,
+    pub(super) log: RedoLog,
+    /// How often a commit is made durable (a checkpoint), letting the redo log start over.
+    pub(super) checkpoint_every: std::time::Duration,
+}
+
+/// Log bytes after which the next commit is a checkpoint, however recent the last one.
+const MAX_LOG_BYTES: u64 = 64 << 20;
+
 /// The writer thread's loop: takes operations from both lanes (interactive first) and commits
-/// them in groups until every sender is gone.
-pub(super) fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, health: &WriterHealth, outbox: bool) {
+/// them in groups until every sender is gone, then checkpoints.
+pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<Op>) {
+    let WriterParts { db, health, outbox, mut log, checkpoint_every } = parts;
     let (mut interactive, mut bulk) = (std::collections::VecDeque::new(), std::collections::VecDeque::new());
     let mut last_interactive: Option<std::time::Instant> = None;
+    let mut last_checkpoint = std::time::Instant::now();
+    // Set when the log may hold a record of a transaction that did not commit: nothing more
+    // may be written until a restart replays it.
+    let mut log_broken = false;
     loop {
         if interactive.is_empty() && bulk.is_empty() {
-            match rx.blocking_recv() {
+            // Idle: wait for work, but not past the checkpoint a non-empty log is due.
+            let op = if log.len() == 0 || log_broken {
+                rx.recv().ok()
+            } else {
+                match rx.recv_timeout(checkpoint_every.saturating_sub(last_checkpoint.elapsed())) {
+                    Ok(op) => Some(op),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        checkpoint(db, &mut log, health, &mut last_checkpoint, &mut log_broken);
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            match op {
                 Some(op) => lane(op, &mut interactive, &mut bulk),
-                None => return,
+                None => {
+                    if log.len() > 0 && !log_broken {
+                        checkpoint(db, &mut log, health, &mut last_checkpoint, &mut log_broken);
+                    }
+                    return;
+                }
             }
         }
         while let Ok(op) = rx.try_recv() {
@@ -170,16 +207,42 @@ pub(super) fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, he
         }
         let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
         let mut pending = ops.into_iter();
+        let redo = Redo::default();
+        let durable = last_checkpoint.elapsed() >= checkpoint_every || log.len() >= MAX_LOG_BYTES;
         let result = (|| -> Result<bool, redb::Error> {
-            let txn = db.begin_write()?;
+            if log_broken {
+                return Err(redb::Error::Corrupted("the redo log could not take back a failed commit; restart to replay it".into()));
+            }
+            let mut txn = db.begin_write()?;
             let events_waiting = {
-                let mut w = Writer::open(&txn, outbox)?;
+                let mut w = Writer::open(&txn, outbox, &redo)?;
                 for op in pending.by_ref() {
                     finished.push(w.apply(op)?);
                 }
-                w.close()?
+                w.close(log.next_lsn())?
             };
-            txn.commit()?;
+            let rows = redo.take();
+            if durable {
+                // The commit itself is durable: no record needed, and the log starts over.
+                txn.commit()?;
+                if !rows.is_empty() {
+                    log.skip_lsn();
+                }
+                log.reset().inspect_err(|_| log_broken = true)?;
+                last_checkpoint = std::time::Instant::now();
+                health.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(events_waiting);
+            }
+            txn.set_durability(redb::Durability::None)?;
+            if !rows.is_empty() {
+                log.append(&rows).inspect_err(|_| log_broken = true)?;
+            }
+            if let Err(e) = txn.commit() {
+                if !rows.is_empty() {
+                    log_broken = log.undo_last(RedoLog::record_len(&rows)).is_err();
+                }
+                return Err(e.into());
+            }
             Ok(events_waiting)
         })();
         if let Ok(true) = result {
@@ -201,6 +264,23 @@ pub(super) fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>, he
             f.finish(err.clone());
         }
     }
+}
+
+/// Makes everything committed so far durable with an empty durable commit, and starts the
+/// log over.
+fn checkpoint(db: &Database, log: &mut RedoLog, health: &WriterHealth, last: &mut std::time::Instant, log_broken: &mut bool) {
+    let done = (|| -> Result<(), redb::Error> {
+        db.begin_write()?.commit()?;
+        log.reset().inspect_err(|_| *log_broken = true)?;
+        Ok(())
+    })();
+    match done {
+        Ok(()) => {
+            health.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(e) => tracing::error!(error = %e, "store checkpoint failed"),
+    }
+    *last = std::time::Instant::now();
 }
 
 /// Splits a batch into chunks of about [`BULK_CHUNK`] messages, each holding all of its rooms'

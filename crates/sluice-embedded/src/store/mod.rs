@@ -2,8 +2,10 @@
 //!
 //! All writes go through one writer thread. It takes every operation waiting in its channel
 //! (up to [`MAX_GROUP`] messages' worth), applies them inside one write transaction and
-//! commits once with fsync: concurrent senders share the cost of one durable commit (group
-//! commit). Reads run on redb's MVCC snapshots and never wait for the writer.
+//! makes it durable once: concurrent senders share the cost of one sync (group commit). The
+//! sync is the redo log's (`redo`): the transaction's rows appended to a log, then committed
+//! to redb without a sync, made durable in the file at the next checkpoint. Reads run on
+//! redb's MVCC snapshots and never wait for the writer.
 //!
 //! Operations come in two lanes (DESIGN.md invariant 6): the bulk lane (one-off messages
 //! from the queue, campaign bookkeeping) and everything else, which is interactive. Waiting
@@ -14,7 +16,7 @@
 //!
 //! Here: the store's handle, its reads and the [`MessageStore`] implementation; the writer
 //! thread and its lanes are in `lanes`, one write transaction's logic in `writer`, the
-//! tables and records in `records`.
+//! tables and records in `records`, the redo log in `redo`.
 //!
 //! Tables (keys → postcard records):
 //! - `rooms`: room → last_seq, version, created_at. A direct room (`dm:a:b`) has a record
@@ -29,10 +31,12 @@
 //! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress (the
 //!   recipients table also keeps each counted EnqueueBulk call's `~call:` key)
 //! - `campaign_owners`: campaign → the sender it belongs to
-//! - `meta`: `counters_version`, the store-wide version of unread counters
+//! - `meta`: `counters_version`, the store-wide version of unread counters; `redo_lsn`, the
+//!   last redo log record the store holds
 
 mod lanes;
 mod records;
+mod redo;
 mod writer;
 
 use crate::codec::{decode, encode, store_err};
@@ -49,7 +53,7 @@ use sluice_core::model::{
 use sluice_core::store::{Membership, MessageStore};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use writer::Writer;
 
 pub use lanes::{BULK_SLICE, MAX_GROUP};
@@ -64,7 +68,7 @@ pub struct EmbeddedStore {
 
 struct Inner {
     db: Arc<Database>,
-    writer: Option<mpsc::UnboundedSender<Op>>,
+    writer: Option<std::sync::mpsc::Sender<Op>>,
     thread: Option<std::thread::JoinHandle<()>>,
     health: Arc<WriterHealth>,
     /// Admission to the writer, per lane (interactive, bulk): the weight (messages,
@@ -86,11 +90,20 @@ pub struct StoreConfig {
     pub outbox: bool,
     /// Memory redb may use to cache the store file's pages.
     pub cache_bytes: usize,
+    /// How often a commit is made durable in the store file itself (a checkpoint); other
+    /// commits are made durable by the redo log (see `redo`). Longer: fewer page writes,
+    /// more pages buffered and a longer replay after a crash.
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { max_pending: DEFAULT_MAX_PENDING, outbox: false, cache_bytes: DEFAULT_STORE_CACHE_BYTES }
+        StoreConfig {
+            max_pending: DEFAULT_MAX_PENDING,
+            outbox: false,
+            cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+        }
     }
 }
 
@@ -101,6 +114,9 @@ impl Default for StoreConfig {
 /// serves the rereads), and the spike's peak memory fell by the difference.
 pub const DEFAULT_STORE_CACHE_BYTES: usize = 64 << 20;
 
+/// Default of [`StoreConfig::checkpoint_every`].
+pub const DEFAULT_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Default of [`StoreConfig::max_pending`]: a few full commits' worth per lane.
 pub const DEFAULT_MAX_PENDING: usize = 4 * MAX_GROUP;
 
@@ -108,6 +124,8 @@ pub const DEFAULT_MAX_PENDING: usize = 4 * MAX_GROUP;
 #[derive(Default)]
 struct WriterHealth {
     commits: std::sync::atomic::AtomicU64,
+    /// Commits made durable in the store file (the rest are durable in the redo log).
+    checkpoints: std::sync::atomic::AtomicU64,
     /// The last commit failed (an I/O error): the store cannot take writes until one succeeds.
     failing: std::sync::atomic::AtomicBool,
     /// Told when a commit left events in the outbox.
@@ -132,19 +150,40 @@ impl EmbeddedStore {
     /// [`EmbeddedStore::open`] with explicit settings.
     pub fn open_with(path: &Path, config: StoreConfig) -> Result<Self, StoreError> {
         let db = Arc::new(Database::builder().set_cache_size(config.cache_bytes).create(path).map_err(store_err)?);
+        let log_path = redo::path_of(path);
         let txn = db.begin_write().map_err(store_err)?;
         {
-            let w = Writer::open(&txn, true).map_err(store_err)?;
+            let w = Writer::open(&txn, true, &redo::Redo::default()).map_err(store_err)?;
             drop(w);
         }
+        // Replay what the log holds beyond the store's durable state (a crash), then make it
+        // durable so that the log can start over.
+        let held = redo::held_lsn(&txn).map_err(store_err)?;
+        let records: Vec<_> = redo::read(&log_path).map_err(store_err)?.into_iter().filter(|(lsn, _)| *lsn > held).collect();
+        if let Some((first, _)) = records.first()
+            && *first != held + 1
+        {
+            return Err(StoreError::Internal(format!("the redo log starts at {first}, the store holds up to {held}: a record is missing")));
+        }
+        for (_, rows) in &records {
+            redo::apply(&txn, rows).map_err(store_err)?;
+        }
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), "store: replayed the redo log");
+        }
+        let lsn = records.last().map_or(held, |(lsn, _)| *lsn);
         txn.commit().map_err(store_err)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let log = redo::RedoLog::create(&log_path, lsn).map_err(store_err)?;
+        let (tx, rx) = std::sync::mpsc::channel();
         let db2 = db.clone();
         let health = Arc::new(WriterHealth::default());
         let h2 = health.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-store-writer".into())
-            .spawn(move || writer_loop(&db2, rx, &h2, config.outbox))
+            .spawn(move || {
+                let parts = WriterParts { db: &db2, health: &h2, outbox: config.outbox, log, checkpoint_every: config.checkpoint_every };
+                writer_loop(parts, rx)
+            })
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let max_pending = config.max_pending.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let pending = [0, 1].map(|_| Arc::new(tokio::sync::Semaphore::new(max_pending)));
@@ -184,6 +223,11 @@ impl EmbeddedStore {
     /// Write transactions committed since the store opened.
     pub fn commits(&self) -> u64 {
         self.inner.health.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checkpoints since the store opened: commits made durable in the store file itself.
+    pub fn checkpoints(&self) -> u64 {
+        self.inner.health.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the writer thread is alive and its last commit succeeded.

@@ -2,8 +2,9 @@
 
 use super::lanes::*;
 use super::records::*;
+use super::redo::{Logged, REDO_LSN, Redo};
 use crate::codec::{decode, encode};
-use redb::{ReadableTable, Table};
+use redb::ReadableTable;
 use sluice_core::error::StoreError;
 use sluice_core::model::{MessageKind, NewMessage, Persisted, ReadOutcome, Room, UnreadUpdate};
 use std::sync::Arc;
@@ -13,23 +14,24 @@ const PREVIEW_CHARS: usize = 100;
 
 /// The tables of one write transaction and the logic of each write.
 pub(super) struct Writer<'t> {
-    rooms: Table<'t, &'static str, &'static [u8]>,
-    members: Table<'t, (&'static str, &'static str), i64>,
-    messages: Table<'t, (&'static str, u64), &'static [u8]>,
-    msg_ids: Table<'t, &'static str, &'static [u8]>,
-    inbox: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    totals: Table<'t, &'static str, u64>,
-    campaigns: Table<'t, &'static str, &'static [u8]>,
-    campaign_recipients: Table<'t, (&'static str, &'static str), ()>,
-    campaign_dead: Table<'t, (&'static str, &'static str), ()>,
-    campaign_owners: Table<'t, &'static str, &'static str>,
-    campaign_bodies: Table<'t, (&'static str, &'static str), &'static str>,
-    meta: Table<'t, &'static str, u64>,
+    rooms: Logged<'t, &'static str, &'static [u8]>,
+    members: Logged<'t, (&'static str, &'static str), i64>,
+    messages: Logged<'t, (&'static str, u64), &'static [u8]>,
+    msg_ids: Logged<'t, &'static str, &'static [u8]>,
+    inbox: Logged<'t, (&'static str, &'static str), &'static [u8]>,
+    totals: Logged<'t, &'static str, u64>,
+    campaigns: Logged<'t, &'static str, &'static [u8]>,
+    campaign_recipients: Logged<'t, (&'static str, &'static str), ()>,
+    campaign_dead: Logged<'t, (&'static str, &'static str), ()>,
+    campaign_owners: Logged<'t, &'static str, &'static str>,
+    campaign_bodies: Logged<'t, (&'static str, &'static str), &'static str>,
+    meta: Logged<'t, &'static str, u64>,
     /// The counters' version (see `UnreadUpdate::version`): one store-wide sequence, so it
     /// grows for every user, saved once per commit.
     version: u64,
     version_moved: bool,
-    outbox: Option<Table<'t, u64, &'static [u8]>>,
+    outbox: Option<Logged<'t, u64, &'static [u8]>>,
+    redo: Redo,
     outbox_written: bool,
     /// Campaign counters changed by this transaction, written once at its close: a group of
     /// a campaign's one-offs would otherwise rewrite the same record once per message.
@@ -37,30 +39,31 @@ pub(super) struct Writer<'t> {
 }
 
 impl<'t> Writer<'t> {
-    /// The tables of `txn`; with `outbox`, persisted messages leave their analytics event in
-    /// the outbox.
-    pub(super) fn open(txn: &'t redb::WriteTransaction, outbox: bool) -> Result<Self, redb::Error> {
-        let outbox_table = txn.open_table(crate::outbox::OUTBOX)?;
-        let meta = txn.open_table(META)?;
+    /// The tables of `txn`, their writes recorded in `redo`; with `outbox`, persisted messages
+    /// leave their analytics event in the outbox.
+    pub(super) fn open(txn: &'t redb::WriteTransaction, outbox: bool, redo: &Redo) -> Result<Self, redb::Error> {
+        let outbox_table = Logged::open(txn, crate::outbox::OUTBOX, 12, redo)?;
+        let meta = Logged::open(txn, META, 11, redo)?;
         let version = meta.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         Ok(Writer {
-            rooms: txn.open_table(ROOMS)?,
-            members: txn.open_table(MEMBERS)?,
-            messages: txn.open_table(MESSAGES)?,
-            msg_ids: txn.open_table(MSG_IDS)?,
-            inbox: txn.open_table(INBOX)?,
-            totals: txn.open_table(TOTALS)?,
-            campaigns: txn.open_table(CAMPAIGNS)?,
-            campaign_recipients: txn.open_table(CAMPAIGN_RECIPIENTS)?,
-            campaign_dead: txn.open_table(CAMPAIGN_DEAD)?,
-            campaign_owners: txn.open_table(CAMPAIGN_OWNERS)?,
-            campaign_bodies: txn.open_table(CAMPAIGN_BODIES)?,
+            rooms: Logged::open(txn, ROOMS, 0, redo)?,
+            members: Logged::open(txn, MEMBERS, 1, redo)?,
+            messages: Logged::open(txn, MESSAGES, 2, redo)?,
+            msg_ids: Logged::open(txn, MSG_IDS, 3, redo)?,
+            inbox: Logged::open(txn, INBOX, 4, redo)?,
+            totals: Logged::open(txn, TOTALS, 5, redo)?,
+            campaigns: Logged::open(txn, CAMPAIGNS, 6, redo)?,
+            campaign_recipients: Logged::open(txn, CAMPAIGN_RECIPIENTS, 7, redo)?,
+            campaign_dead: Logged::open(txn, CAMPAIGN_DEAD, 8, redo)?,
+            campaign_owners: Logged::open(txn, CAMPAIGN_OWNERS, 9, redo)?,
+            campaign_bodies: Logged::open(txn, CAMPAIGN_BODIES, 10, redo)?,
             version,
             version_moved: false,
             meta,
             outbox: outbox.then_some(outbox_table),
             outbox_written: false,
             campaigns_changed: std::collections::HashMap::new(),
+            redo: redo.clone(),
         })
     }
 
@@ -71,14 +74,18 @@ impl<'t> Writer<'t> {
         self.version
     }
 
-    /// Saves what the transaction's operations leave besides their own rows; true when they
-    /// left events in the outbox.
-    pub(super) fn close(mut self) -> Result<bool, redb::Error> {
+    /// Saves what the transaction's operations leave besides their own rows, and `lsn` as
+    /// the redo log's record of them if they wrote anything; true when they left events in
+    /// the outbox.
+    pub(super) fn close(mut self, lsn: u64) -> Result<bool, redb::Error> {
         for (id, c) in std::mem::take(&mut self.campaigns_changed) {
             self.campaigns.insert(id.as_str(), encode(&c).as_slice())?;
         }
         if self.version_moved {
             self.meta.insert(COUNTERS_VERSION, self.version)?;
+        }
+        if !self.redo.is_empty() {
+            self.meta.insert(REDO_LSN, lsn)?;
         }
         Ok(self.outbox_written)
     }
@@ -185,15 +192,15 @@ impl<'t> Writer<'t> {
     }
 
     fn room_rec(&self, room: &str) -> Result<Option<RoomRec>, redb::Error> {
-        room_state(&self.rooms, &self.messages, room)
+        room_state(&*self.rooms, &*self.messages, room)
     }
 
     fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
-        room_members(&self.members, room)
+        room_members(&*self.members, room)
     }
 
     fn room_view(&self, room: &str, rec: &RoomRec) -> Result<Room, redb::Error> {
-        let created_at_ms = created_at(&self.rooms, &self.messages, room, rec)?;
+        let created_at_ms = created_at(&*self.rooms, &*self.messages, room, rec)?;
         Ok(Room { room: room.to_string(), members: self.member_list(room)?, last_seq: rec.last_seq, created_at_ms })
     }
 
@@ -271,7 +278,7 @@ impl<'t> Writer<'t> {
                 (RoomRec { last_seq: 0, version: 1, created_at_ms: m.sent_at_ms }, Some(members))
             }
         };
-        if fresh.is_none() && !is_member(&self.members, room, &m.sender)? {
+        if fresh.is_none() && !is_member(&*self.members, room, &m.sender)? {
             return Ok(Err(StoreError::NotMember { user: m.sender.clone(), room: m.room.clone() }));
         }
         rec.last_seq += 1;
@@ -381,7 +388,7 @@ impl<'t> Writer<'t> {
         let mut row = match row {
             Some(row) => row,
             // The sender of a one-off has no row until it reads, chats or is written to.
-            None if is_member(&self.members, room, user)? => InboxRec::default(),
+            None if is_member(&*self.members, room, user)? => InboxRec::default(),
             None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
         };
         let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);

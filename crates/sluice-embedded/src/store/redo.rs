@@ -1,0 +1,355 @@
+//! The store's redo log: what makes a commit durable without redb's durable commit.
+//!
+//! A durable redb commit writes every B-tree page the transaction touched, and the branch
+//! pages above them, and syncs the file: about 24 KB for a chat message in a room of five on
+//! a grown store, 3.5 ms for a commit of 25 (see `docs/benchmarks/README.md`, "Storage
+//! engines"). So the writer instead appends each transaction's row writes (the new value of
+//! every row it inserted, the key of every row it removed) to this log, syncs the log, and
+//! only then commits the transaction to redb with `Durability::None`: visible to readers at
+//! once, on disk at the next checkpoint. A checkpoint is an ordinary commit made durable,
+//! every [`super::StoreConfig::checkpoint_every`], after which the log starts over. Between
+//! two checkpoints the same leaf pages absorb many commits' writes, and redb frees the pages
+//! of non-durable commits immediately, so the file takes a fraction of the writes.
+//!
+//! Each transaction takes the next log sequence number (LSN) and saves it in `meta` with its
+//! rows, so the store's durable state says which records it already holds. Opening the store
+//! replays the records above that LSN in order (the crash case), makes the result durable and
+//! empties the log. A record is `len | lsn | checksum | rows`; a torn or corrupt tail (a
+//! record whose append never finished syncing, so no caller was answered for it) ends the
+//! replay.
+
+use redb::{Key, ReadableTable, Table, TableDefinition, TableHandle, Value, WriteTransaction};
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// The key in `meta` of the LSN of the last record the store holds.
+pub(super) const REDO_LSN: &str = "redo_lsn";
+
+const PUT: u8 = 1;
+const REMOVE: u8 = 2;
+/// Bytes before a record's rows: its length, LSN and checksum.
+const HEADER: usize = 4 + 8 + 8;
+
+/// The row writes of one transaction so far, shared by its [`Logged`] tables.
+#[derive(Clone, Default)]
+pub(super) struct Redo(Rc<RefCell<Vec<u8>>>);
+
+impl Redo {
+    fn push(&self, table: u8, key: &[u8], value: Option<&[u8]>) {
+        let mut b = self.0.borrow_mut();
+        b.push(table);
+        b.push(if value.is_some() { PUT } else { REMOVE });
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key);
+        if let Some(v) = value {
+            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            b.extend_from_slice(v);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        RefCell::borrow(&self.0).is_empty()
+    }
+
+    /// The rows written so far, leaving none.
+    pub(super) fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
+}
+
+/// A table of a write transaction whose writes go to the transaction's [`Redo`] as well.
+/// Reads go straight to the table (it derefs to it).
+pub(super) struct Logged<'t, K: Key + 'static, V: Value + 'static> {
+    table: Table<'t, K, V>,
+    id: u8,
+    redo: Redo,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
+    /// Opens `def` in `txn`; `def` must be the table [`TABLES`] lists as `id`.
+    pub(super) fn open(txn: &'t WriteTransaction, def: TableDefinition<K, V>, id: u8, redo: &Redo) -> Result<Self, redb::Error> {
+        debug_assert_eq!(TABLES[id as usize], def.name());
+        Ok(Logged { table: txn.open_table(def)?, id, redo: redo.clone() })
+    }
+
+    pub(super) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<redb::AccessGuard<'_, V>>, redb::StorageError> {
+        self.redo.push(self.id, K::as_bytes(key.borrow()).as_ref(), Some(V::as_bytes(value.borrow()).as_ref()));
+        self.table.insert(key, value)
+    }
+
+    pub(super) fn remove<'k>(&mut self, key: impl Borrow<K::SelfType<'k>>) -> Result<Option<redb::AccessGuard<'_, V>>, redb::StorageError> {
+        self.redo.push(self.id, K::as_bytes(key.borrow()).as_ref(), None);
+        self.table.remove(key)
+    }
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> std::ops::Deref for Logged<'t, K, V> {
+    type Target = Table<'t, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+/// The tables a record names, by their number in it. Append only: numbers are on disk.
+pub(super) const TABLES: [&str; 13] = [
+    "rooms",
+    "members",
+    "messages",
+    "msg_ids",
+    "inbox",
+    "totals",
+    "campaigns",
+    "campaign_recipients",
+    "campaign_dead",
+    "campaign_owners",
+    "campaign_bodies",
+    "meta",
+    "outbox",
+];
+
+/// The log file beside the store file `store`.
+pub(super) fn path_of(store: &Path) -> PathBuf {
+    let mut p = store.as_os_str().to_owned();
+    p.push(".redo");
+    PathBuf::from(p)
+}
+
+/// The open log, written by the writer thread only.
+pub(super) struct RedoLog {
+    file: std::fs::File,
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// The LSN of the last record appended (or held by the store).
+    lsn: u64,
+}
+
+impl RedoLog {
+    /// Opens the log at `path` empty; `lsn` is the last the store holds.
+    pub(super) fn create(path: &Path, lsn: u64) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+        file.sync_all()?;
+        Ok(RedoLog { file, len: 0, lsn })
+    }
+
+    /// The next LSN a record will take.
+    pub(super) fn next_lsn(&self) -> u64 {
+        self.lsn + 1
+    }
+
+    /// Bytes of records since the log last started over.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends the record of [`Self::next_lsn`] and syncs it; once this returns, the
+    /// transaction survives a crash. If the append fails, the log is as it was.
+    pub(super) fn append(&mut self, rows: &[u8]) -> std::io::Result<()> {
+        let lsn = self.lsn + 1;
+        let mut rec = Vec::with_capacity(HEADER + rows.len());
+        rec.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&lsn.to_le_bytes());
+        rec.extend_from_slice(&checksum(lsn, rows).to_le_bytes());
+        rec.extend_from_slice(rows);
+        let written = self.file.seek(SeekFrom::Start(self.len)).and_then(|_| self.file.write_all(&rec)).and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            self.undo_to(self.len)?;
+            return Err(e);
+        }
+        self.len += rec.len() as u64;
+        self.lsn = lsn;
+        Ok(())
+    }
+
+    /// Counts the LSN a durable commit took without a record.
+    pub(super) fn skip_lsn(&mut self) {
+        self.lsn += 1;
+    }
+
+    /// Takes back the last record appended: its transaction did not commit, so a replay must
+    /// not apply it before the ones committed after it.
+    pub(super) fn undo_last(&mut self, record_len: u64) -> std::io::Result<()> {
+        self.undo_to(self.len - record_len)?;
+        self.len -= record_len;
+        self.lsn -= 1;
+        Ok(())
+    }
+
+    fn undo_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()
+    }
+
+    /// Starts the log over: everything in it is in the store's durable state.
+    pub(super) fn reset(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// The bytes a record of `rows` takes in the log.
+    pub(super) fn record_len(rows: &[u8]) -> u64 {
+        (HEADER + rows.len()) as u64
+    }
+}
+
+fn checksum(lsn: u64, rows: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(rows, lsn)
+}
+
+/// The whole records in the log at `path` (none if it does not exist), in order: each its
+/// LSN and rows. Reading stops at the first torn or corrupt record, or one whose LSN does
+/// not follow the one before.
+pub(super) fn read(path: &Path) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut f) => f.read_to_end(&mut bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let lsn = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8 bytes"));
+        let sum = u64::from_le_bytes(bytes[at + 12..at + 20].try_into().expect("8 bytes"));
+        let Some(rows) = bytes.get(at + HEADER..at + HEADER + len) else { break };
+        if checksum(lsn, rows) != sum || records.last().is_some_and(|(prev, _)| *prev + 1 != lsn) {
+            break;
+        }
+        records.push((lsn, rows.to_vec()));
+        at += HEADER + len;
+    }
+    Ok(records)
+}
+
+/// Applies one record's rows to `txn`.
+pub(super) fn apply(txn: &WriteTransaction, mut rows: &[u8]) -> Result<(), redb::Error> {
+    use super::records::*;
+    let corrupt = || redb::Error::Corrupted("a redo record's rows do not parse".into());
+    while !rows.is_empty() {
+        let (&[table, op], rest) = rows.split_first_chunk::<2>().ok_or_else(corrupt)?;
+        let (key, rest) = field(rest).ok_or_else(corrupt)?;
+        let (value, rest) = match op {
+            PUT => field(rest).map(|(v, r)| (Some(v), r)).ok_or_else(corrupt)?,
+            REMOVE => (None, rest),
+            _ => return Err(corrupt()),
+        };
+        rows = rest;
+        match table {
+            0 => put(txn, ROOMS, key, value)?,
+            1 => put(txn, MEMBERS, key, value)?,
+            2 => put(txn, MESSAGES, key, value)?,
+            3 => put(txn, MSG_IDS, key, value)?,
+            4 => put(txn, INBOX, key, value)?,
+            5 => put(txn, TOTALS, key, value)?,
+            6 => put(txn, CAMPAIGNS, key, value)?,
+            7 => put(txn, CAMPAIGN_RECIPIENTS, key, value)?,
+            8 => put(txn, CAMPAIGN_DEAD, key, value)?,
+            9 => put(txn, CAMPAIGN_OWNERS, key, value)?,
+            10 => put(txn, CAMPAIGN_BODIES, key, value)?,
+            11 => put(txn, META, key, value)?,
+            12 => put(txn, crate::outbox::OUTBOX, key, value)?,
+            _ => return Err(corrupt()),
+        }
+    }
+    Ok(())
+}
+
+fn field(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = b.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+fn put<K: Key + 'static, V: Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, V>,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), redb::Error> {
+    let mut t = txn.open_table(def)?;
+    match value {
+        Some(v) => drop(t.insert(K::from_bytes(key), V::from_bytes(v))?),
+        None => drop(t.remove(K::from_bytes(key))?),
+    }
+    Ok(())
+}
+
+/// The LSN the store's state holds (0 for a store that never had a log).
+pub(super) fn held_lsn(txn: &WriteTransaction) -> Result<u64, redb::Error> {
+    Ok(txn.open_table(super::records::META)?.get(REDO_LSN)?.map_or(0, |v| v.value()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(records: &[&[u8]]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redo");
+        let mut log = RedoLog::create(&path, 6).unwrap();
+        for r in records {
+            log.append(r).unwrap();
+        }
+        (dir, path)
+    }
+
+    #[test]
+    fn records_read_back_in_order_with_their_lsns() {
+        let (_dir, path) = log_of(&[b"one", b"", b"three"]);
+        let got = read(&path).unwrap();
+        assert_eq!(got, vec![(7, b"one".to_vec()), (8, Vec::new()), (9, b"three".to_vec())]);
+    }
+
+    #[test]
+    fn reading_stops_at_a_corrupt_or_torn_record() {
+        let (_dir, path) = log_of(&[b"one", b"two", b"three"]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 3 + HEADER] ^= 1; // the second record's first row byte
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![(7, b"one".to_vec())]);
+        let (_dir, path) = log_of(&[b"one", b"two"]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![(7, b"one".to_vec())]);
+    }
+
+    #[test]
+    fn an_undone_record_is_gone_and_its_lsn_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redo");
+        let mut log = RedoLog::create(&path, 0).unwrap();
+        log.append(b"kept").unwrap();
+        log.append(b"failed").unwrap();
+        log.undo_last(RedoLog::record_len(b"failed")).unwrap();
+        log.append(b"next").unwrap();
+        assert_eq!(read(&path).unwrap(), vec![(1, b"kept".to_vec()), (2, b"next".to_vec())]);
+    }
+
+    #[test]
+    fn after_a_reset_stale_records_beyond_the_new_end_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redo");
+        let mut log = RedoLog::create(&path, 0).unwrap();
+        for r in [b"a-long-record-one", b"a-long-record-two"] {
+            log.append(r).unwrap();
+        }
+        let stale = std::fs::read(&path).unwrap();
+        log.reset().unwrap();
+        log.skip_lsn();
+        log.append(b"x").unwrap();
+        // As if the shortened size never reached the disk: the old bytes follow the new record.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&stale[bytes.len()..]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![(4, b"x".to_vec())]);
+    }
+}
