@@ -3,13 +3,22 @@
 use sluice_core::hub::Hub;
 use sluice_core::queue::SpikeQueue;
 use sluice_core::store::MessageStore;
-use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig};
+use sluice_embedded::{EmbeddedQueue, EmbeddedStore, LocalHub, QueueConfig, StoreConfig};
 use sluice_testkit::Guard;
 use std::sync::Arc;
 
 async fn store() -> (Arc<dyn MessageStore>, Guard) {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+    (Arc::new(s), Box::new(dir))
+}
+
+/// The store with its redo log on (`--store-checkpoint-ms 20`): most commits durable in the
+/// log only, checkpoints among the suite's writes.
+async fn logged_store() -> (Arc<dyn MessageStore>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { checkpoint_every: std::time::Duration::from_millis(20), ..StoreConfig::default() };
+    let s = EmbeddedStore::open_with(&dir.path().join("store.redb"), config).unwrap();
     (Arc::new(s), Box::new(dir))
 }
 
@@ -26,6 +35,10 @@ async fn hub() -> (Arc<dyn Hub>, Guard) {
 
 mod store_suite {
     sluice_testkit::store_conformance!(super::store);
+}
+
+mod logged_store_suite {
+    sluice_testkit::store_conformance!(super::logged_store);
 }
 
 mod queue_suite {

@@ -1,7 +1,7 @@
 //! What the embedded store keeps when its process is killed (SIGKILL) while it writes: every
-//! write it answered (invariant 4), with exact counters (invariant 1), whether the kill comes
-//! long after the last checkpoint (everything since is in the redo log only) or among
-//! frequent ones.
+//! write it answered (invariant 4), with exact counters (invariant 1): with every commit
+//! durable (the default), and with the redo log, whether the kill comes long after the last
+//! checkpoint (everything since is in the log only) or among frequent ones.
 //!
 //! Each test runs itself again as a child process (same binary, same test name, with
 //! `SLUICE_CRASH_CHILD` naming the store file) that writes and prints what it was answered,
@@ -154,18 +154,40 @@ async fn crash_test(test: &str, checkpoint_ms: u64, torn_tail: bool) {
     let (chats, read, oneoffs) = run_and_kill(test, &path, checkpoint_ms, 1500);
     assert!(chats.len() > 100 && read > 0 && oneoffs.len() > 100, "the child wrote all kinds: {} {read} {}", chats.len(), oneoffs.len());
     let logged = std::fs::metadata(&log).unwrap().len();
+    if checkpoint_ms == 0 {
+        assert_eq!(logged, 0, "with every commit durable, the log stays empty");
+    }
     if checkpoint_ms > 60_000 {
         assert!(logged > 0, "with no checkpoint since the start, the writes are in the log");
     }
     if torn_tail {
-        // A record whose append the kill cut short: a header promising more than follows.
-        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2, 3]).unwrap();
+        // A record whose append the kill cut short, after the last whole one: the next LSN,
+        // but rows that do not match the checksum.
+        let mut bytes = std::fs::read(&log).unwrap();
+        let (mut at, mut last) = (0, 0);
+        loop {
+            let lsn = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap());
+            if lsn == 0 || (last > 0 && lsn != last + 1) {
+                break;
+            }
+            last = lsn;
+            at += 20 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        }
+        assert!(last > 0, "records in the log");
+        bytes[at..at + 4].copy_from_slice(&40u32.to_le_bytes());
+        bytes[at + 4..at + 12].copy_from_slice(&(last + 1).to_le_bytes());
+        bytes[at + 12..at + 60].fill(7);
+        std::fs::write(&log, &bytes).unwrap();
     }
     check(&path, &chats, read, &oneoffs).await;
     // The replayed state is durable: the log starts over, and a second open finds the same.
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "the log starts over after a replay");
     check(&path, &chats, read, &oneoffs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_writes_survive_a_kill_with_every_commit_durable() {
+    crash_test("answered_writes_survive_a_kill_with_every_commit_durable", 0, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,8 +153,12 @@ struct Backend {
     conns: Vec<Connection>,
 }
 
-async fn open(dir: &Path) -> Backend {
-    let store: Arc<dyn MessageStore> = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
+/// Opens the backends in `dir`; with `logged`, the store's redo log is on (a checkpoint every
+/// 10 ms, so runs cross checkpoints and restarts find records to replay).
+async fn open(dir: &Path, logged: bool) -> Backend {
+    let checkpoint_every = if logged { Duration::from_millis(10) } else { Duration::ZERO };
+    let config = sluice_embedded::StoreConfig { checkpoint_every, ..Default::default() };
+    let store: Arc<dyn MessageStore> = Arc::new(EmbeddedStore::open_with(&dir.join("store.redb"), config).unwrap());
     let queue: Arc<dyn SpikeQueue> = Arc::new(EmbeddedQueue::open(&dir.join("queue.redb"), QueueConfig::default()).unwrap());
     let hub = Arc::new(LocalHub::new());
     let limiter = Arc::new(sluice_core::limits::LocalLimiter::new());
@@ -302,9 +306,9 @@ fn chat(room: &str, sender: &str, id: usize) -> NewMessage {
 
 const VIS: Duration = Duration::from_secs(60);
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>, logged: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = open(dir.path()).await;
+    let mut b = open(dir.path(), logged).await;
     let mut model = Model::default();
     let mut clients: Vec<Client> = (0..USERS).map(|_| Client::default()).collect();
     for (name, members) in GROUP_ROOMS {
@@ -423,13 +427,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 take_live(&mut b, &mut clients)?;
                 drop(b);
-                b = open(dir.path()).await;
+                b = open(dir.path(), logged).await;
                 clients.iter_mut().for_each(|c| c.last_live.clear());
             }
             Op::Restart => {
                 take_live(&mut b, &mut clients)?;
                 drop(b);
-                b = open(dir.path()).await;
+                b = open(dir.path(), logged).await;
                 clients.iter_mut().for_each(|c| c.last_live.clear());
             }
         }
@@ -456,8 +460,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn counters_match_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn counters_match_the_model(ops in proptest::collection::vec(op(), 1..40), logged in any::<bool>()) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(ops))?;
+        rt.block_on(run(ops, logged))?;
     }
 }

@@ -283,8 +283,10 @@ pub struct ServeArgs {
     pub store_cache_mib: u32,
     /// How often (ms) the embedded store makes a commit durable in its file (a checkpoint);
     /// commits between checkpoints are made durable by its redo log (`store.redb.redo`),
-    /// replayed at the next start after a crash. Longer: fewer writes, a longer replay.
-    #[arg(long, env = "SLUICE_STORE_CHECKPOINT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    /// replayed at the next start after a crash. 0: every commit durable in the file, no log.
+    /// Longer: fewer writes, but each checkpoint holds the store's writer while it writes
+    /// out the pages changed since the last (see docs/benchmarks, "The redo log").
+    #[arg(long, env = "SLUICE_STORE_CHECKPOINT_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub store_checkpoint_ms: u64,
     /// Memory (MiB) the embedded queue may use to cache its file.
     #[arg(long, env = "SLUICE_QUEUE_CACHE_MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]

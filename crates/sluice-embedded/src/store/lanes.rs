@@ -166,7 +166,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 match rx.recv_timeout(checkpoint_every.saturating_sub(last_checkpoint.elapsed())) {
                     Ok(op) => Some(op),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        checkpoint(db, &mut log, health, &mut last_checkpoint, &mut log_broken);
+                        checkpoint(db, &mut log, health, &mut last_checkpoint);
                         continue;
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
@@ -176,7 +176,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 Some(op) => lane(op, &mut interactive, &mut bulk),
                 None => {
                     if log.len() > 0 && !log_broken {
-                        checkpoint(db, &mut log, health, &mut last_checkpoint, &mut log_broken);
+                        checkpoint(db, &mut log, health, &mut last_checkpoint);
                     }
                     return;
                 }
@@ -207,7 +207,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
         }
         let mut finished: Vec<Box<dyn Finish>> = Vec::with_capacity(ops.len());
         let mut pending = ops.into_iter();
-        let redo = Redo::default();
+        let redo = Redo::new(!checkpoint_every.is_zero());
         let durable = last_checkpoint.elapsed() >= checkpoint_every || log.len() >= MAX_LOG_BYTES;
         let result = (|| -> Result<bool, redb::Error> {
             if log_broken {
@@ -224,20 +224,27 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
             let rows = redo.take();
             if durable {
                 // The commit itself is durable: no record needed, and the log starts over.
+                let started = std::time::Instant::now();
                 txn.commit()?;
+                slow_commit(started, "checkpoint");
                 if !rows.is_empty() {
                     log.skip_lsn();
                 }
-                log.reset().inspect_err(|_| log_broken = true)?;
+                log.reset();
                 last_checkpoint = std::time::Instant::now();
                 health.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(events_waiting);
             }
             txn.set_durability(redb::Durability::None)?;
             if !rows.is_empty() {
+                let started = std::time::Instant::now();
                 log.append(&rows).inspect_err(|_| log_broken = true)?;
+                slow_commit(started, "log");
             }
-            if let Err(e) = txn.commit() {
+            let started = std::time::Instant::now();
+            let committed = txn.commit();
+            slow_commit(started, "commit");
+            if let Err(e) = committed {
                 if !rows.is_empty() {
                     log_broken = log.undo_last(RedoLog::record_len(&rows)).is_err();
                 }
@@ -266,12 +273,24 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
     }
 }
 
+/// Logs a commit that took long (a checkpoint writing out many pages, a slow disk).
+fn slow_commit(started: std::time::Instant, what: &str) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        tracing::warn!(ms, what, "store commit slow");
+    } else {
+        tracing::debug!(ms, what, "store commit");
+    }
+}
+
 /// Makes everything committed so far durable with an empty durable commit, and starts the
 /// log over.
-fn checkpoint(db: &Database, log: &mut RedoLog, health: &WriterHealth, last: &mut std::time::Instant, log_broken: &mut bool) {
+fn checkpoint(db: &Database, log: &mut RedoLog, health: &WriterHealth, last: &mut std::time::Instant) {
     let done = (|| -> Result<(), redb::Error> {
+        let started = std::time::Instant::now();
         db.begin_write()?.commit()?;
-        log.reset().inspect_err(|_| *log_broken = true)?;
+        slow_commit(started, "idle checkpoint");
+        log.reset();
         Ok(())
     })();
     match done {

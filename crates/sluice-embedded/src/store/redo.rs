@@ -7,9 +7,11 @@
 //! every row it inserted, the key of every row it removed) to this log, syncs the log, and
 //! only then commits the transaction to redb with `Durability::None`: visible to readers at
 //! once, on disk at the next checkpoint. A checkpoint is an ordinary commit made durable,
-//! every [`super::StoreConfig::checkpoint_every`], after which the log starts over. Between
-//! two checkpoints the same leaf pages absorb many commits' writes, and redb frees the pages
-//! of non-durable commits immediately, so the file takes a fraction of the writes.
+//! every [`super::StoreConfig::checkpoint_every`] (when set: by default every commit is
+//! durable and the log stays empty), after which the log starts over. Between two
+//! checkpoints the same leaf pages absorb many commits' writes, and redb frees the pages of
+//! non-durable commits immediately, so the file takes a fraction of the writes; but the
+//! checkpoint writes them all out while the writer waits.
 //!
 //! Each transaction takes the next log sequence number (LSN) and saves it in `meta` with its
 //! rows, so the store's durable state says which records it already holds. Opening the store
@@ -33,13 +35,20 @@ const REMOVE: u8 = 2;
 /// Bytes before a record's rows: its length, LSN and checksum.
 const HEADER: usize = 4 + 8 + 8;
 
-/// The row writes of one transaction so far, shared by its [`Logged`] tables.
+/// The row writes of one transaction so far, shared by its [`Logged`] tables; or, when the
+/// log is off, nothing.
 #[derive(Clone, Default)]
-pub(super) struct Redo(Rc<RefCell<Vec<u8>>>);
+pub(super) struct Redo(Option<Rc<RefCell<Vec<u8>>>>);
 
 impl Redo {
+    /// Records rows when `on`.
+    pub(super) fn new(on: bool) -> Self {
+        Redo(on.then(Default::default))
+    }
+
     fn push(&self, table: u8, key: &[u8], value: Option<&[u8]>) {
-        let mut b = self.0.borrow_mut();
+        let Some(b) = &self.0 else { return };
+        let mut b = b.borrow_mut();
         b.push(table);
         b.push(if value.is_some() { PUT } else { REMOVE });
         b.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -51,12 +60,12 @@ impl Redo {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        RefCell::borrow(&self.0).is_empty()
+        self.0.as_ref().is_none_or(|b| RefCell::borrow(b).is_empty())
     }
 
     /// The rows written so far, leaving none.
     pub(super) fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut self.0.borrow_mut())
+        self.0.as_ref().map(|b| std::mem::take(&mut *b.borrow_mut())).unwrap_or_default()
     }
 }
 
@@ -122,11 +131,20 @@ pub(super) fn path_of(store: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The file grows by this much at a time, written with zeros: a sync of records written
+/// over blocks the file already has changes no metadata, so it waits for no file system
+/// journal commit (which would wait in turn for other files' dirty data, the store's pages:
+/// appends that grew the file showed syncs of hundreds of milliseconds). The log starts
+/// over at the beginning, so a file keeps its largest size and is written in place.
+const GROW_BY: u64 = 4 << 20;
+
 /// The open log, written by the writer thread only.
 pub(super) struct RedoLog {
     file: std::fs::File,
-    /// Bytes of whole records in the file.
+    /// Bytes of whole records since the log last started over.
     len: u64,
+    /// Bytes the file has (zeros past `len`, or records from before it started over).
+    allocated: u64,
     /// The LSN of the last record appended (or held by the store).
     lsn: u64,
 }
@@ -136,7 +154,11 @@ impl RedoLog {
     pub(super) fn create(path: &Path, lsn: u64) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
         file.sync_all()?;
-        Ok(RedoLog { file, len: 0, lsn })
+        // The file's name must survive a crash as well as its records.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(RedoLog { file, len: 0, allocated: 0, lsn })
     }
 
     /// The next LSN a record will take.
@@ -150,7 +172,7 @@ impl RedoLog {
     }
 
     /// Appends the record of [`Self::next_lsn`] and syncs it; once this returns, the
-    /// transaction survives a crash. If the append fails, the log is as it was.
+    /// transaction survives a crash. If the append fails, the record is not in the log.
     pub(super) fn append(&mut self, rows: &[u8]) -> std::io::Result<()> {
         let lsn = self.lsn + 1;
         let mut rec = Vec::with_capacity(HEADER + rows.len());
@@ -158,14 +180,44 @@ impl RedoLog {
         rec.extend_from_slice(&lsn.to_le_bytes());
         rec.extend_from_slice(&checksum(lsn, rows).to_le_bytes());
         rec.extend_from_slice(rows);
-        let written = self.file.seek(SeekFrom::Start(self.len)).and_then(|_| self.file.write_all(&rec)).and_then(|_| self.file.sync_data());
-        if let Err(e) = written {
-            self.undo_to(self.len)?;
+        let end = self.len + rec.len() as u64;
+        if end > self.allocated {
+            self.grow(end)?;
+        }
+        if let Err(e) = self.write_at(self.len, &rec) {
+            self.erase_at(self.len)?;
             return Err(e);
         }
-        self.len += rec.len() as u64;
+        self.len = end;
         self.lsn = lsn;
         Ok(())
+    }
+
+    /// Zeros to past `end`, synced with the file's new size.
+    fn grow(&mut self, end: u64) -> std::io::Result<()> {
+        let to = end.div_ceil(GROW_BY) * GROW_BY;
+        let zeros = vec![0u8; 1 << 20];
+        self.file.seek(SeekFrom::Start(self.allocated))?;
+        let mut at = self.allocated;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            self.file.write_all(&zeros[..n])?;
+            at += n as u64;
+        }
+        self.file.sync_all()?;
+        self.allocated = to;
+        Ok(())
+    }
+
+    fn write_at(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(at))?;
+        self.file.write_all(bytes)?;
+        self.file.sync_data()
+    }
+
+    /// Makes the record at `at` unreadable (and so every one after it).
+    fn erase_at(&mut self, at: u64) -> std::io::Result<()> {
+        self.write_at(at, &[0; HEADER])
     }
 
     /// Counts the LSN a durable commit took without a record.
@@ -176,22 +228,17 @@ impl RedoLog {
     /// Takes back the last record appended: its transaction did not commit, so a replay must
     /// not apply it before the ones committed after it.
     pub(super) fn undo_last(&mut self, record_len: u64) -> std::io::Result<()> {
-        self.undo_to(self.len - record_len)?;
+        self.erase_at(self.len - record_len)?;
         self.len -= record_len;
         self.lsn -= 1;
         Ok(())
     }
 
-    fn undo_to(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)?;
-        self.file.sync_data()
-    }
-
-    /// Starts the log over: everything in it is in the store's durable state.
-    pub(super) fn reset(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
+    /// Starts the log over: everything in it is in the store's durable state. The old
+    /// records stay until written over; a replay skips them (their LSNs are held) and stops
+    /// where they follow newer ones (their LSNs do not follow).
+    pub(super) fn reset(&mut self) {
         self.len = 0;
-        Ok(())
     }
 
     /// The bytes a record of `rows` takes in the log.
@@ -221,7 +268,7 @@ pub(super) fn read(path: &Path) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
         let lsn = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8 bytes"));
         let sum = u64::from_le_bytes(bytes[at + 12..at + 20].try_into().expect("8 bytes"));
         let Some(rows) = bytes.get(at + HEADER..at + HEADER + len) else { break };
-        if checksum(lsn, rows) != sum || records.last().is_some_and(|(prev, _)| *prev + 1 != lsn) {
+        if lsn == 0 || checksum(lsn, rows) != sum || records.last().is_some_and(|(prev, _)| *prev + 1 != lsn) {
             break;
         }
         records.push((lsn, rows.to_vec()));
@@ -316,9 +363,13 @@ mod tests {
         bytes[HEADER + 3 + HEADER] ^= 1; // the second record's first row byte
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap(), vec![(7, b"one".to_vec())]);
+        // Torn: the second record's last bytes never reached the disk (the zeros the file
+        // was grown with are still there).
         let (_dir, path) = log_of(&[b"one", b"two"]);
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let end = 2 * HEADER + 6;
+        bytes[end - 2..end].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap(), vec![(7, b"one".to_vec())]);
     }
 
@@ -335,21 +386,19 @@ mod tests {
     }
 
     #[test]
-    fn after_a_reset_stale_records_beyond_the_new_end_are_not_read() {
+    fn after_a_reset_the_old_records_beyond_the_new_ones_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redo");
         let mut log = RedoLog::create(&path, 0).unwrap();
-        for r in [b"a-long-record-one", b"a-long-record-two"] {
+        for r in [b"one".as_slice(), b"two", b"three"] {
             log.append(r).unwrap();
         }
-        let stale = std::fs::read(&path).unwrap();
-        log.reset().unwrap();
+        log.reset();
         log.skip_lsn();
-        log.append(b"x").unwrap();
-        // As if the shortened size never reached the disk: the old bytes follow the new record.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(&stale[bytes.len()..]);
-        std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(&path).unwrap(), vec![(4, b"x".to_vec())]);
+        // Records of the same length: the old third follows the new ones whole.
+        log.append(b"six").unwrap();
+        log.append(b"ten").unwrap();
+        assert_eq!(read(&path).unwrap(), vec![(5, b"six".to_vec()), (6, b"ten".to_vec())]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY, "written in place");
     }
 }
