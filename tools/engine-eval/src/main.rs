@@ -50,6 +50,19 @@ struct Args {
     /// store does).
     #[arg(long, default_value_t = 1)]
     redb_durable_every: u64,
+    /// redb only: before each chat commit, append the rows it writes to a log file of its own
+    /// and sync it (the durability a log in front of redb gives while most commits are
+    /// `Durability::None`; use with `--redb-durable-every`).
+    #[arg(long)]
+    redb_log: bool,
+    /// redb only: a thread syncs the redb file every this many milliseconds (0: never), so a
+    /// durable commit finds few dirty pages left to write.
+    #[arg(long, default_value_t = 0)]
+    redb_flush_ms: u64,
+    /// redb only: chat messages' msg_id index keyed by (room, msg_id) in a table of its own,
+    /// so a room's markers share leaves, instead of by msg_id alone (random keys).
+    #[arg(long)]
+    redb_ids_by_room: bool,
     /// Cache of either engine, MiB (the store's default is 64).
     #[arg(long, default_value_t = 64)]
     cache_mib: u64,
@@ -169,6 +182,12 @@ fn main() {
         if a.redb_durable_every > 1 {
             println!("    (redb: one commit in {} durable)", a.redb_durable_every);
         }
+        if a.redb_log {
+            println!("    (redb: each commit's rows appended to a log and synced first)");
+        }
+        if a.redb_flush_ms > 0 {
+            println!("    (redb: file synced by a thread every {} ms)", a.redb_flush_ms);
+        }
         println!("    messages/s          {:.0} (one writer, flat out)", a.chat as f64 / chat.secs);
         println!("    commit p50/p99/max  {:.2} / {:.2} / {:.2} ms", q(0.5), q(0.99), q(1.0));
         println!("    written to disk     {:.0} B per message", chat.written as f64 / a.chat as f64);
@@ -209,6 +228,7 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
     const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
     const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+    const ROOM_MSG_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_msg_ids");
 
     let db = Database::builder().set_cache_size((a.cache_mib as usize) << 20).create(a.dir.join("store.redb")).expect("open redb");
     let oneoffs = phase(|commits| {
@@ -267,12 +287,25 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
         }
     }
     txn.commit().expect("commit");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flusher = (a.redb_flush_ms > 0).then(|| {
+        let (file, stop, every) = (std::fs::File::open(a.dir.join("store.redb")).expect("open"), stop.clone(), a.redb_flush_ms);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(every));
+                file.sync_data().expect("sync");
+            }
+        })
+    });
+    let mut durable_commits: Vec<Duration> = Vec::new();
+    let mut log = a.redb_log.then(|| std::fs::File::create(a.dir.join("store.log")).expect("log"));
     let chat = phase(|commits| {
         let (started, mut last) = (Instant::now(), Instant::now());
         let mut next = 0;
         while next < a.chat {
             let end = (next + a.chat_group).min(a.chat);
             let t = Instant::now();
+            let mut record: Vec<u8> = Vec::new();
             let mut txn = db.begin_write().expect("begin");
             if !(commits.len() as u64 + 1).is_multiple_of(a.redb_durable_every.max(1)) {
                 txn.set_durability(redb::Durability::None).expect("durability");
@@ -282,12 +315,17 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
                 let members = txn.open_table(MEMBERS).expect("table");
                 let mut messages = txn.open_table(MESSAGES).expect("table");
                 let mut msg_ids = txn.open_table(MSG_IDS).expect("table");
+                let mut room_ids = txn.open_table(ROOM_MSG_IDS).expect("table");
                 let mut inbox = txn.open_table(INBOX).expect("table");
                 let mut totals = txn.open_table(TOTALS).expect("table");
                 let mut meta = txn.open_table(META).expect("table");
                 for i in next..end {
                     let (r, _) = chat_rows(i);
-                    assert!(msg_ids.get(r.msg_id.as_str()).expect("get").is_none());
+                    if a.redb_ids_by_room {
+                        assert!(room_ids.get((r.room.as_str(), r.msg_id.as_str())).expect("get").is_none());
+                    } else {
+                        assert!(msg_ids.get(r.msg_id.as_str()).expect("get").is_none());
+                    }
                     let seq = rooms
                         .get(r.room.as_str())
                         .expect("get")
@@ -302,7 +340,17 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
                     assert!(list.contains(&r.user));
                     rooms.insert(r.room.as_str(), seq.to_le_bytes().as_slice()).expect("insert");
                     messages.insert((r.room.as_str(), seq), r.message.as_slice()).expect("insert");
-                    msg_ids.insert(r.msg_id.as_str(), r.marker.as_slice()).expect("insert");
+                    if a.redb_ids_by_room {
+                        room_ids.insert((r.room.as_str(), r.msg_id.as_str()), seq).expect("insert");
+                    } else {
+                        msg_ids.insert(r.msg_id.as_str(), r.marker.as_slice()).expect("insert");
+                    }
+                    if a.redb_log {
+                        for part in [r.room.as_bytes(), &seq.to_le_bytes(), &r.message, r.msg_id.as_bytes(), &r.marker] {
+                            record.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                            record.extend_from_slice(part);
+                        }
+                    }
                     for m in list.iter().filter(|m| **m != r.user) {
                         let row = inbox.get((m.as_str(), r.room.as_str())).expect("get").map(|v| v.value().to_vec()).expect("row");
                         let mut row = if row.len() >= r.inbox.len() { row } else { r.inbox.clone() };
@@ -310,11 +358,26 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
                         inbox.insert((m.as_str(), r.room.as_str()), row.as_slice()).expect("insert");
                         let total = totals.get(m.as_str()).expect("get").map_or(0, |v| v.value());
                         totals.insert(m.as_str(), total + 1).expect("insert");
+                        if a.redb_log {
+                            for part in [m.as_bytes(), r.room.as_bytes(), &row, m.as_bytes(), &(total + 1).to_le_bytes()] {
+                                record.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                                record.extend_from_slice(part);
+                            }
+                        }
                     }
                 }
                 meta.insert("counters_version", a.count + end).expect("insert");
             }
+            if let Some(log) = &mut log {
+                use std::io::Write;
+                log.write_all(&(record.len() as u32).to_le_bytes()).expect("log");
+                log.write_all(&record).expect("log");
+                log.sync_data().expect("sync log");
+            }
             txn.commit().expect("commit");
+            if (commits.len() as u64 + 1).is_multiple_of(a.redb_durable_every.max(1)) {
+                durable_commits.push(t.elapsed());
+            }
             commits.push(t.elapsed());
             next = end;
             progress("chat", next, started, &mut last);
@@ -323,6 +386,16 @@ fn redb_run(a: &Args) -> (Phase, Phase) {
         let totals = read.open_table(TOTALS).expect("table");
         chat_expected(a.chat).iter().filter(|(m, n)| totals.get(m.as_str()).expect("get").map(|v| v.value()) == Some(**n)).count() as u64
     });
+    if a.redb_durable_every > 1 && !durable_commits.is_empty() {
+        durable_commits.sort();
+        let n = durable_commits.len();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("  durable chat commits: {n}, p50 {:.1} ms, max {:.1} ms", ms(durable_commits[n / 2]), ms(durable_commits[n - 1]));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(f) = flusher {
+        f.join().expect("flusher");
+    }
     (oneoffs, chat)
 }
 
