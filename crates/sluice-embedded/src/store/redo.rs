@@ -78,9 +78,9 @@ pub(super) struct Logged<'t, K: Key + 'static, V: Value + 'static> {
 }
 
 impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
-    /// Opens `def` in `txn`; `def` must be the table [`TABLES`] lists as `id`.
-    pub(super) fn open(txn: &'t WriteTransaction, def: TableDefinition<K, V>, id: u8, redo: &Redo) -> Result<Self, redb::Error> {
-        debug_assert_eq!(TABLES[id as usize], def.name());
+    /// Opens `def` (one of [`TABLES`]) in `txn`.
+    pub(super) fn open(txn: &'t WriteTransaction, def: TableDefinition<K, V>, redo: &Redo) -> Result<Self, redb::Error> {
+        let id = TABLES.iter().position(|t| *t == def.name()).expect("a logged table is listed in TABLES") as u8;
         Ok(Logged { table: txn.open_table(def)?, id, redo: redo.clone() })
     }
 
@@ -107,7 +107,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> std::ops::Deref for Logged<'t, K,
     }
 }
 
-/// The tables a record names, by their number in it. Append only: numbers are on disk.
+/// The tables a record names, by their position here. Append only: positions are on disk.
 pub(super) const TABLES: [&str; 13] = [
     "rooms",
     "members",
@@ -290,20 +290,20 @@ pub(super) fn apply(txn: &WriteTransaction, mut rows: &[u8]) -> Result<(), redb:
             _ => return Err(corrupt()),
         };
         rows = rest;
-        match table {
-            0 => put(txn, ROOMS, key, value)?,
-            1 => put(txn, MEMBERS, key, value)?,
-            2 => put(txn, MESSAGES, key, value)?,
-            3 => put(txn, MSG_IDS, key, value)?,
-            4 => put(txn, INBOX, key, value)?,
-            5 => put(txn, TOTALS, key, value)?,
-            6 => put(txn, CAMPAIGNS, key, value)?,
-            7 => put(txn, CAMPAIGN_RECIPIENTS, key, value)?,
-            8 => put(txn, CAMPAIGN_DEAD, key, value)?,
-            9 => put(txn, CAMPAIGN_OWNERS, key, value)?,
-            10 => put(txn, CAMPAIGN_BODIES, key, value)?,
-            11 => put(txn, META, key, value)?,
-            12 => put(txn, crate::outbox::OUTBOX, key, value)?,
+        match TABLES.get(table as usize).copied() {
+            Some("rooms") => put(txn, ROOMS, key, value)?,
+            Some("members") => put(txn, MEMBERS, key, value)?,
+            Some("messages") => put(txn, MESSAGES, key, value)?,
+            Some("msg_ids") => put(txn, MSG_IDS, key, value)?,
+            Some("inbox") => put(txn, INBOX, key, value)?,
+            Some("totals") => put(txn, TOTALS, key, value)?,
+            Some("campaigns") => put(txn, CAMPAIGNS, key, value)?,
+            Some("campaign_recipients") => put(txn, CAMPAIGN_RECIPIENTS, key, value)?,
+            Some("campaign_dead") => put(txn, CAMPAIGN_DEAD, key, value)?,
+            Some("campaign_owners") => put(txn, CAMPAIGN_OWNERS, key, value)?,
+            Some("campaign_bodies") => put(txn, CAMPAIGN_BODIES, key, value)?,
+            Some("meta") => put(txn, META, key, value)?,
+            Some("outbox") => put(txn, crate::outbox::OUTBOX, key, value)?,
             _ => return Err(corrupt()),
         }
     }

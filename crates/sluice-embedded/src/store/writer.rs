@@ -42,21 +42,21 @@ impl<'t> Writer<'t> {
     /// The tables of `txn`, their writes recorded in `redo`; with `outbox`, persisted messages
     /// leave their analytics event in the outbox.
     pub(super) fn open(txn: &'t redb::WriteTransaction, outbox: bool, redo: &Redo) -> Result<Self, redb::Error> {
-        let outbox_table = Logged::open(txn, crate::outbox::OUTBOX, 12, redo)?;
-        let meta = Logged::open(txn, META, 11, redo)?;
+        let outbox_table = Logged::open(txn, crate::outbox::OUTBOX, redo)?;
+        let meta = Logged::open(txn, META, redo)?;
         let version = meta.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         Ok(Writer {
-            rooms: Logged::open(txn, ROOMS, 0, redo)?,
-            members: Logged::open(txn, MEMBERS, 1, redo)?,
-            messages: Logged::open(txn, MESSAGES, 2, redo)?,
-            msg_ids: Logged::open(txn, MSG_IDS, 3, redo)?,
-            inbox: Logged::open(txn, INBOX, 4, redo)?,
-            totals: Logged::open(txn, TOTALS, 5, redo)?,
-            campaigns: Logged::open(txn, CAMPAIGNS, 6, redo)?,
-            campaign_recipients: Logged::open(txn, CAMPAIGN_RECIPIENTS, 7, redo)?,
-            campaign_dead: Logged::open(txn, CAMPAIGN_DEAD, 8, redo)?,
-            campaign_owners: Logged::open(txn, CAMPAIGN_OWNERS, 9, redo)?,
-            campaign_bodies: Logged::open(txn, CAMPAIGN_BODIES, 10, redo)?,
+            rooms: Logged::open(txn, ROOMS, redo)?,
+            members: Logged::open(txn, MEMBERS, redo)?,
+            messages: Logged::open(txn, MESSAGES, redo)?,
+            msg_ids: Logged::open(txn, MSG_IDS, redo)?,
+            inbox: Logged::open(txn, INBOX, redo)?,
+            totals: Logged::open(txn, TOTALS, redo)?,
+            campaigns: Logged::open(txn, CAMPAIGNS, redo)?,
+            campaign_recipients: Logged::open(txn, CAMPAIGN_RECIPIENTS, redo)?,
+            campaign_dead: Logged::open(txn, CAMPAIGN_DEAD, redo)?,
+            campaign_owners: Logged::open(txn, CAMPAIGN_OWNERS, redo)?,
+            campaign_bodies: Logged::open(txn, CAMPAIGN_BODIES, redo)?,
             version,
             version_moved: false,
             meta,
