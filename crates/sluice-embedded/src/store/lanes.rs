@@ -273,10 +273,11 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
     }
 }
 
-/// Logs a commit that took long (a checkpoint writing out many pages, a slow disk).
+/// Logs each step of a commit's time at debug level, and one that took a second or more
+/// (a disk in trouble) as a warning.
 fn slow_commit(started: std::time::Instant, what: &str) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if ms >= 100.0 {
+    if ms >= 1000.0 {
         tracing::warn!(ms, what, "store commit slow");
     } else {
         tracing::debug!(ms, what, "store commit");

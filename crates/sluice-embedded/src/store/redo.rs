@@ -132,10 +132,10 @@ pub(super) fn path_of(store: &Path) -> PathBuf {
 }
 
 /// The file grows by this much at a time, written with zeros: a sync of records written
-/// over blocks the file already has changes no metadata, so it waits for no file system
-/// journal commit (which would wait in turn for other files' dirty data, the store's pages:
-/// appends that grew the file showed syncs of hundreds of milliseconds). The log starts
-/// over at the beginning, so a file keeps its largest size and is written in place.
+/// over blocks the file already has changes no metadata, so it need not commit the file
+/// system's journal (which waits in turn for other files' dirty data, the store's pages).
+/// The log starts over at the beginning, so a file keeps its largest size and is written in
+/// place.
 const GROW_BY: u64 = 4 << 20;
 
 /// The open log, written by the writer thread only.
