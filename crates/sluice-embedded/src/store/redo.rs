@@ -132,10 +132,10 @@ pub(super) fn path_of(store: &Path) -> PathBuf {
 }
 
 /// The file grows by this much at a time, written with zeros: a sync of records written
-/// over blocks the file already has changes no metadata, so it need not commit the file
-/// system's journal (which waits in turn for other files' dirty data, the store's pages).
-/// The log starts over at the beginning, so a file keeps its largest size and is written in
-/// place.
+/// over blocks the file already has changes no metadata, so it writes only the records (on
+/// a journaling file system a sync that changes metadata commits the journal, which waits
+/// in turn for other files' dirty data, the store's pages). The log starts over at the
+/// beginning, so a file keeps its largest size and is written in place.
 const GROW_BY: u64 = 4 << 20;
 
 /// The open log, written by the writer thread only.
