@@ -226,7 +226,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 // The commit itself is durable: no record needed, and the log starts over.
                 let started = std::time::Instant::now();
                 txn.commit()?;
-                slow_commit(started, "checkpoint");
+                slow_commit(started, "durable commit");
                 if !rows.is_empty() {
                     log.skip_lsn();
                 }
