@@ -154,7 +154,8 @@ struct Backend {
 }
 
 /// Opens the backends in `dir`; with `logged`, the store's redo log is on (a checkpoint every
-/// 10 ms, so runs cross checkpoints and restarts find records to replay).
+/// 10 ms, so runs cross checkpoints; a restart checkpoints on the way out, and the crash
+/// tests of sluice-embedded cover replay).
 async fn open(dir: &Path, logged: bool) -> Backend {
     let checkpoint_every = if logged { Duration::from_millis(10) } else { Duration::ZERO };
     let config = sluice_embedded::StoreConfig { checkpoint_every, ..Default::default() };
