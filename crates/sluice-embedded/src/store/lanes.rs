@@ -166,7 +166,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 match rx.recv_timeout(checkpoint_every.saturating_sub(last_checkpoint.elapsed())) {
                     Ok(op) => Some(op),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        checkpoint(db, &mut log, health, &mut last_checkpoint);
+                        checkpoint(db, &mut log, &mut last_checkpoint);
                         continue;
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
@@ -176,7 +176,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 Some(op) => lane(op, &mut interactive, &mut bulk),
                 None => {
                     if log.len() > 0 && !log_broken {
-                        checkpoint(db, &mut log, health, &mut last_checkpoint);
+                        checkpoint(db, &mut log, &mut last_checkpoint);
                     }
                     return;
                 }
@@ -232,7 +232,6 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
                 }
                 log.reset();
                 last_checkpoint = std::time::Instant::now();
-                health.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(events_waiting);
             }
             txn.set_durability(redb::Durability::None)?;
@@ -246,7 +245,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
             slow_commit(started, "commit");
             if let Err(e) = committed {
                 if !rows.is_empty() {
-                    log_broken = log.undo_last(RedoLog::record_len(&rows)).is_err();
+                    log_broken = log.undo_last().is_err();
                 }
                 return Err(e.into());
             }
@@ -286,7 +285,7 @@ fn slow_commit(started: std::time::Instant, what: &str) {
 
 /// Makes everything committed so far durable with an empty durable commit, and starts the
 /// log over.
-fn checkpoint(db: &Database, log: &mut RedoLog, health: &WriterHealth, last: &mut std::time::Instant) {
+fn checkpoint(db: &Database, log: &mut RedoLog, last: &mut std::time::Instant) {
     let done = (|| -> Result<(), redb::Error> {
         let started = std::time::Instant::now();
         db.begin_write()?.commit()?;
@@ -294,11 +293,8 @@ fn checkpoint(db: &Database, log: &mut RedoLog, health: &WriterHealth, last: &mu
         log.reset();
         Ok(())
     })();
-    match done {
-        Ok(()) => {
-            health.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Err(e) => tracing::error!(error = %e, "store checkpoint failed"),
+    if let Err(e) = done {
+        tracing::error!(error = %e, "store checkpoint failed");
     }
     *last = std::time::Instant::now();
 }

@@ -130,8 +130,6 @@ pub const DEFAULT_MAX_PENDING: usize = 4 * MAX_GROUP;
 #[derive(Default)]
 struct WriterHealth {
     commits: std::sync::atomic::AtomicU64,
-    /// Commits made durable in the store file (the rest are durable in the redo log).
-    checkpoints: std::sync::atomic::AtomicU64,
     /// The last commit failed (an I/O error): the store cannot take writes until one succeeds.
     failing: std::sync::atomic::AtomicBool,
     /// Told when a commit left events in the outbox.
@@ -229,11 +227,6 @@ impl EmbeddedStore {
     /// Write transactions committed since the store opened.
     pub fn commits(&self) -> u64 {
         self.inner.health.commits.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Checkpoints since the store opened: commits made durable in the store file itself.
-    pub fn checkpoints(&self) -> u64 {
-        self.inner.health.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the writer thread is alive and its last commit succeeded.

@@ -143,6 +143,8 @@ pub(super) struct RedoLog {
     file: std::fs::File,
     /// Bytes of whole records since the log last started over.
     len: u64,
+    /// Where the last record appended starts.
+    last_at: u64,
     /// Bytes the file has (zeros past `len`, or records from before it started over).
     allocated: u64,
     /// The LSN of the last record appended (or held by the store).
@@ -158,7 +160,7 @@ impl RedoLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        Ok(RedoLog { file, len: 0, allocated: 0, lsn })
+        Ok(RedoLog { file, len: 0, last_at: 0, allocated: 0, lsn })
     }
 
     /// The next LSN a record will take.
@@ -188,6 +190,7 @@ impl RedoLog {
             self.erase_at(self.len)?;
             return Err(e);
         }
+        self.last_at = self.len;
         self.len = end;
         self.lsn = lsn;
         Ok(())
@@ -227,9 +230,9 @@ impl RedoLog {
 
     /// Takes back the last record appended: its transaction did not commit, so a replay must
     /// not apply it before the ones committed after it.
-    pub(super) fn undo_last(&mut self, record_len: u64) -> std::io::Result<()> {
-        self.erase_at(self.len - record_len)?;
-        self.len -= record_len;
+    pub(super) fn undo_last(&mut self) -> std::io::Result<()> {
+        self.erase_at(self.last_at)?;
+        self.len = self.last_at;
         self.lsn -= 1;
         Ok(())
     }
@@ -239,11 +242,6 @@ impl RedoLog {
     /// where they follow newer ones (their LSNs do not follow).
     pub(super) fn reset(&mut self) {
         self.len = 0;
-    }
-
-    /// The bytes a record of `rows` takes in the log.
-    pub(super) fn record_len(rows: &[u8]) -> u64 {
-        (HEADER + rows.len()) as u64
     }
 }
 
@@ -380,7 +378,7 @@ mod tests {
         let mut log = RedoLog::create(&path, 0).unwrap();
         log.append(b"kept").unwrap();
         log.append(b"failed").unwrap();
-        log.undo_last(RedoLog::record_len(b"failed")).unwrap();
+        log.undo_last().unwrap();
         log.append(b"next").unwrap();
         assert_eq!(read(&path).unwrap(), vec![(1, b"kept".to_vec()), (2, b"next".to_vec())]);
     }
