@@ -220,8 +220,8 @@ async fn a_tenants_backlog_counts_its_campaigns_until_they_finish() {
     let batch = rs[..4].iter().map(|r| sluice_testkit::store::one_off(&c1, &shop_a, r)).collect();
     assert!(fresh.persist(batch).await.unwrap().iter().all(|r| r.as_ref().is_ok_and(|p| !p.duplicate)));
     assert_eq!(fresh.tenant_backlog(&acme).await.unwrap(), Some(5), "a store that never saw the campaign finds its tenant");
-    fresh.record_dead_letter(&c2, &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
-    fresh.record_dead_letter(&c2, &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
+    fresh.record_dead_letter(&c2, &ids::dm_room(&shop_b, &rs[0]), &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
+    fresh.record_dead_letter(&c2, &ids::dm_room(&shop_b, &rs[0]), &ids::bulk_msg_id(&c2, &rs[0])).await.unwrap();
     assert_eq!(fresh.tenant_backlog(&acme).await.unwrap(), Some(4), "a dead letter finishes a message, once");
     let again = fresh.persist(rs[..2].iter().map(|r| sluice_testkit::store::one_off(&c1, &shop_a, r)).collect()).await.unwrap();
     assert!(again.iter().all(|r| r.as_ref().is_ok_and(|p| p.duplicate)));
@@ -272,7 +272,7 @@ async fn a_committed_campaign_message_is_counted_by_its_next_delivery() {
     assert_eq!(store.campaign(&cid).await.unwrap().unwrap().persisted, 1, "counted once however many deliveries raced");
     let third = store.persist(vec![one_off(&rs[0])]).await.unwrap().pop().unwrap().unwrap();
     assert!(third.duplicate);
-    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, &rs[1])).await.unwrap();
+    store.record_dead_letter(&cid, &ids::dm_room(&shop, &rs[1]), &ids::bulk_msg_id(&cid, &rs[1])).await.unwrap();
     let c = store.campaign(&cid).await.unwrap().unwrap();
     assert_eq!((c.enqueued, c.persisted, c.dead_lettered, c.done()), (2, 2, 0, true), "{c:?}");
     let direct = DynamoStore::new(client, &names, Arc::new(Metrics::new()));

@@ -90,9 +90,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// recipients.
     async fn record_enqueued(&self, campaign_id: &str, owner: &str, requested: u64, recipients: &[String]) -> Result<Campaign, StoreError>;
 
-    /// Records that a campaign message went to the dead-letter queue. Counted once per
-    /// `msg_id`, and not at all if the message was persisted after all.
-    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError>;
+    /// Records that a campaign message (of `room`) went to the dead-letter queue. Counted once
+    /// per `msg_id`, and not at all if the message was persisted after all.
+    async fn record_dead_letter(&self, campaign_id: &str, room: &str, msg_id: &str) -> Result<(), StoreError>;
 
     /// Stores `body` once as campaign `campaign_id`'s body of reference `body_ref`
     /// ([`crate::ids::campaign_body_ref`]), durably, for the queued messages that refer to

@@ -179,11 +179,11 @@ impl MessageStore for FaultyStore {
     ) -> Result<Campaign, StoreError> {
         self.inner.record_enqueued(campaign_id, sender, requested, recipients).await
     }
-    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+    async fn record_dead_letter(&self, campaign_id: &str, room: &str, msg_id: &str) -> Result<(), StoreError> {
         if take(&self.fail_dead_letter_records) {
             return Err(StoreError::Unavailable("injected dead-letter record failure".into()));
         }
-        self.inner.record_dead_letter(campaign_id, msg_id).await
+        self.inner.record_dead_letter(campaign_id, room, msg_id).await
     }
     async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
         self.inner.put_campaign_body(campaign_id, body_ref, body).await

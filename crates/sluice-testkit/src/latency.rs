@@ -115,9 +115,9 @@ impl MessageStore for LatencyStore {
         self.wait().await;
         self.inner.record_enqueued(campaign_id, sender, requested, recipients).await
     }
-    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+    async fn record_dead_letter(&self, campaign_id: &str, room: &str, msg_id: &str) -> Result<(), StoreError> {
         self.wait().await;
-        self.inner.record_dead_letter(campaign_id, msg_id).await
+        self.inner.record_dead_letter(campaign_id, room, msg_id).await
     }
     async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
         self.wait().await;

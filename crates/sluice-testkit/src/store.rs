@@ -505,9 +505,10 @@ pub async fn campaign_progress(store: Arc<dyn MessageStore>) {
     let out = store.persist(vec![one_off("r1"), one_off("r2"), one_off("r1")]).await.unwrap();
     assert!(out.iter().all(|r| r.is_ok()));
     // r2 persisted, then "dead-lettered" (a worker crashed after commit): not counted.
-    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r2")).await.unwrap();
-    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r3")).await.unwrap();
-    store.record_dead_letter(&cid, &ids::bulk_msg_id(&cid, "r3")).await.unwrap();
+    for r in ["r2", "r3", "r3"] {
+        let m = one_off(r);
+        store.record_dead_letter(&cid, &m.room, &m.msg_id).await.unwrap();
+    }
     let c = store.campaign(&cid).await.unwrap().unwrap();
     assert_eq!((c.persisted, c.dead_lettered, c.done()), (2, 1, false));
     // r3 redriven and persisted after all: moves from dead-lettered to persisted.

@@ -3,6 +3,7 @@
 //! campaign, then moved.
 
 use crate::{ADOPT_BATCH, ADOPTED_REASON, Worker};
+use sluice_core::model::NewMessage;
 use sluice_core::queue::Receipt;
 use sluice_proto::convert::decode_queued;
 use std::sync::atomic::Ordering;
@@ -48,7 +49,7 @@ impl Worker {
         for (letter, receipt) in letters {
             if let Ok(msg) = decode_queued(&letter.body, usize::MAX)
                 && let Some(cid) = msg.campaign_id.as_deref()
-                && let Err(e) = self.b.store.record_dead_letter(cid, &msg.msg_id).await
+                && let Err(e) = self.b.store.record_dead_letter(cid, &msg.room, &msg.msg_id).await
             {
                 tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter the queue moved; it is offered again later");
                 continue;
@@ -71,10 +72,13 @@ impl Worker {
     /// in between leaves the message in the queue, to come back and be moved again (the count
     /// is idempotent, and undone if the message is persisted after a redrive); the other order
     /// would leave a campaign that is never done.
-    pub(crate) async fn dead_letter(&self, receipt: &Receipt, reason: &str, campaign_id: Option<&str>, msg_id: &str) {
+    /// `msg` is the message as decoded (none if it did not decode).
+    pub(crate) async fn dead_letter(&self, receipt: &Receipt, reason: &str, msg: Option<&NewMessage>) {
+        let msg_id = msg.map_or("", |m| m.msg_id.as_str());
         tracing::warn!(reason, msg_id, "dead-lettering a queued message");
-        if let Some(cid) = campaign_id
-            && let Err(e) = self.b.store.record_dead_letter(cid, msg_id).await
+        if let Some(msg) = msg
+            && let Some(cid) = msg.campaign_id.as_deref()
+            && let Err(e) = self.b.store.record_dead_letter(cid, &msg.room, msg_id).await
         {
             tracing::warn!(error = %e, campaign_id = cid, "could not count a dead letter for its campaign; the message will be redelivered");
             return;

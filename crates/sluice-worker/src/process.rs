@@ -101,7 +101,7 @@ impl Worker {
             match decoded {
                 Ok(msg) if d.receive_count.saturating_sub(self.deferrals(&msg.msg_id)) > self.max_receives() => {
                     let reason = format!("received {} times without completing", d.receive_count);
-                    self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                    self.dead_letter(&d.receipt, &reason, Some(&msg)).await;
                 }
                 Ok(msg) if let Some(scope) = controls.paused_scope(tenant_of(&d, &msg), msg.campaign_id.as_deref()) => {
                     paused.entry(scope.key()).or_default().push(d.receipt);
@@ -120,7 +120,7 @@ impl Worker {
                             Ok(Some(body)) => msg.body = body.to_string(),
                             Ok(None) => {
                                 let reason = format!("the campaign body {r} it refers to is not stored");
-                                self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                                self.dead_letter(&d.receipt, &reason, Some(&msg)).await;
                                 continue;
                             }
                             Err(e) => {
@@ -137,7 +137,7 @@ impl Worker {
                     work.push(d);
                     messages.push(msg);
                 }
-                Err(reason) => self.dead_letter(&d.receipt, &reason, None, "").await,
+                Err(reason) => self.dead_letter(&d.receipt, &reason, None).await,
             }
         }
         if let Some(reason) = &read_error {
@@ -205,7 +205,7 @@ impl Worker {
                     m.bulk_store_failures.inc();
                     self.retry_later(std::slice::from_ref(d), std::slice::from_ref(msg), &e.to_string()).await;
                 }
-                Err(e) => self.dead_letter(&d.receipt, &e.to_string(), msg.campaign_id.as_deref(), &msg.msg_id).await,
+                Err(e) => self.dead_letter(&d.receipt, &e.to_string(), Some(msg)).await,
             }
         }
         if let Err(e) = self.b.queue.ack(&acks).await {
@@ -385,7 +385,7 @@ impl Worker {
         for (d, msg) in work.iter().zip(messages) {
             if d.receive_count >= self.max_receives() {
                 let reason = format!("gave up after {} deliveries: {reason}", d.receive_count);
-                self.dead_letter(&d.receipt, &reason, msg.campaign_id.as_deref(), &msg.msg_id).await;
+                self.dead_letter(&d.receipt, &reason, Some(msg)).await;
             } else {
                 later.entry(retry_visibility(d.receive_count)).or_default().push(d.receipt.clone());
             }

@@ -432,7 +432,7 @@ impl MessageStore for DynamoStore {
         campaigns::record_enqueued(self, campaign_id, sender, requested, recipients).await
     }
 
-    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
+    async fn record_dead_letter(&self, campaign_id: &str, _room: &str, msg_id: &str) -> Result<(), StoreError> {
         campaigns::record_dead_letter(self, campaign_id, msg_id).await
     }
 

@@ -63,6 +63,7 @@ pub(super) enum Op {
     },
     RecordDeadLetter {
         campaign_id: String,
+        room: String,
         msg_id: String,
         reply: Reply<()>,
     },

@@ -26,7 +26,8 @@
 //! - `members`: (room, user) → joined_at. None for a direct room its first message made:
 //!   its members are the two its id names.
 //! - `messages`: (room, seq) → msg_id, sender, body, kind, campaign, sent_at
-//! - `msg_ids`: msg_id → (room, seq), the idempotency index
+//! - `room_msg_ids`: (room, msg_id) → seq, the idempotency index (until 2026-12-03 `msg_ids`:
+//!   msg_id → (room, seq), moved over when a store that has it opens)
 //! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
 //! - `totals`: user → total unread
 //! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress (the
@@ -145,6 +146,29 @@ impl Drop for Inner {
     }
 }
 
+/// Moves the idempotency index of the previous layout (`msg_ids`) into `room_msg_ids`, after
+/// the redo log's replay (whose older records may write the old table); returns how many
+/// entries it moved. A store without the old table, or with it empty, moves nothing.
+fn move_legacy_ids(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
+    use redb::TableHandle;
+    let has_legacy = txn.list_tables()?.any(|t| t.name() == MSG_IDS.name());
+    if !has_legacy {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    {
+        let (legacy, mut ids) = (txn.open_table(MSG_IDS)?, txn.open_table(ROOM_MSG_IDS)?);
+        for row in legacy.iter()? {
+            let (msg_id, rec) = row?;
+            let rec: MsgIdRec = decode(rec.value())?;
+            ids.insert((rec.room.as_str(), msg_id.value()), rec.seq)?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(MSG_IDS)?;
+    Ok(moved)
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path` and creates its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -176,6 +200,10 @@ impl EmbeddedStore {
             tracing::info!(records = records.len(), "store: replayed the redo log");
         }
         let lsn = records.last().map_or(held, |(lsn, _)| *lsn);
+        let moved = move_legacy_ids(&txn).map_err(store_err)?;
+        if moved > 0 {
+            tracing::info!(entries = moved, "store: moved the idempotency index to its room-keyed table");
+        }
         txn.commit().map_err(store_err)?;
         let log = redo::RedoLog::create(&log_path, lsn).map_err(store_err)?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -515,9 +543,9 @@ impl MessageStore for EmbeddedStore {
             .map_err(|_| writer_stopped())?
     }
 
-    async fn record_dead_letter(&self, campaign_id: &str, msg_id: &str) -> Result<(), StoreError> {
-        let (campaign_id, msg_id) = (campaign_id.to_string(), msg_id.to_string());
-        self.submit(|reply| Op::RecordDeadLetter { campaign_id, msg_id, reply }).await
+    async fn record_dead_letter(&self, campaign_id: &str, room: &str, msg_id: &str) -> Result<(), StoreError> {
+        let (campaign_id, room, msg_id) = (campaign_id.to_string(), room.to_string(), msg_id.to_string());
+        self.submit(|reply| Op::RecordDeadLetter { campaign_id, room, msg_id, reply }).await
     }
 
     async fn put_campaign_body(&self, campaign_id: &str, body_ref: &str, body: &str) -> Result<(), StoreError> {
@@ -679,7 +707,8 @@ mod writer_tests {
 
     /// Until this version a direct room's messages kept its record and member rows up to
     /// date; now the record is left as it was and the seq follows the newest message. A room
-    /// written the old way goes on from where it stood.
+    /// written the old way goes on from where it stood, and its msg_ids, indexed by msg_id
+    /// alone then, are still known.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_direct_room_written_by_the_previous_layout_goes_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -713,6 +742,21 @@ mod writer_tests {
             txn.open_table(TOTALS).unwrap().insert("bob", 2).unwrap();
         }
         txn.commit().unwrap();
+        // Opened again, it moves the old idempotency index into the room-keyed one.
+        drop(store);
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let txn = store.db().begin_read().unwrap();
+        assert!(txn.open_table(MSG_IDS).is_err(), "the old index is gone");
+        let ids: Vec<_> = txn
+            .open_table(ROOM_MSG_IDS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap())
+            .map(|(k, v)| (k.value().1.to_string(), v.value()))
+            .collect();
+        assert_eq!(ids, vec![("old1".to_string(), 1), ("old2".to_string(), 2)]);
+        drop(txn);
 
         let m = |id: &str, sender: &str| NewMessage {
             msg_id: id.into(),

@@ -108,7 +108,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> std::ops::Deref for Logged<'t, K,
 }
 
 /// The tables a record names, by their position here. Append only: positions are on disk.
-pub(super) const TABLES: [&str; 13] = [
+pub(super) const TABLES: [&str; 14] = [
     "rooms",
     "members",
     "messages",
@@ -122,6 +122,7 @@ pub(super) const TABLES: [&str; 13] = [
     "campaign_bodies",
     "meta",
     "outbox",
+    "room_msg_ids",
 ];
 
 /// The log file beside the store file `store`.
@@ -302,6 +303,7 @@ pub(super) fn apply(txn: &WriteTransaction, mut rows: &[u8]) -> Result<(), redb:
             Some("campaign_bodies") => put(txn, CAMPAIGN_BODIES, key, value)?,
             Some("meta") => put(txn, META, key, value)?,
             Some("outbox") => put(txn, crate::outbox::OUTBOX, key, value)?,
+            Some("room_msg_ids") => put(txn, ROOM_MSG_IDS, key, value)?,
             _ => return Err(corrupt()),
         }
     }

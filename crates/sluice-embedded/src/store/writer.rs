@@ -17,7 +17,7 @@ pub(super) struct Writer<'t> {
     rooms: Logged<'t, &'static str, &'static [u8]>,
     members: Logged<'t, (&'static str, &'static str), i64>,
     messages: Logged<'t, (&'static str, u64), &'static [u8]>,
-    msg_ids: Logged<'t, &'static str, &'static [u8]>,
+    msg_ids: Logged<'t, (&'static str, &'static str), u64>,
     inbox: Logged<'t, (&'static str, &'static str), &'static [u8]>,
     totals: Logged<'t, &'static str, u64>,
     campaigns: Logged<'t, &'static str, &'static [u8]>,
@@ -49,7 +49,7 @@ impl<'t> Writer<'t> {
             rooms: Logged::open(txn, ROOMS, redo)?,
             members: Logged::open(txn, MEMBERS, redo)?,
             messages: Logged::open(txn, MESSAGES, redo)?,
-            msg_ids: Logged::open(txn, MSG_IDS, redo)?,
+            msg_ids: Logged::open(txn, ROOM_MSG_IDS, redo)?,
             inbox: Logged::open(txn, INBOX, redo)?,
             totals: Logged::open(txn, TOTALS, redo)?,
             campaigns: Logged::open(txn, CAMPAIGNS, redo)?,
@@ -138,8 +138,8 @@ impl<'t> Writer<'t> {
                 })?;
                 done(reply, Ok(c.to_campaign(&campaign_id, Some(&owner))))
             }
-            Op::RecordDeadLetter { campaign_id, msg_id, reply } => {
-                let persisted = self.msg_ids.get(msg_id.as_str())?.is_some();
+            Op::RecordDeadLetter { campaign_id, room, msg_id, reply } => {
+                let persisted = self.msg_ids.get((room.as_str(), msg_id.as_str()))?.is_some();
                 if !persisted && self.campaign_dead.insert((campaign_id.as_str(), msg_id.as_str()), ())?.is_none() {
                     self.update_campaign(&campaign_id, |c| c.dead_lettered += 1)?;
                 }
@@ -247,15 +247,12 @@ impl<'t> Writer<'t> {
     }
 
     fn persist_one(&mut self, m: &NewMessage) -> Result<Result<Persisted, StoreError>, redb::Error> {
-        let existing = match self.msg_ids.get(m.msg_id.as_str())? {
-            Some(v) => Some(decode::<MsgIdRec>(v.value())?),
-            None => None,
-        };
-        if let Some(id) = existing {
-            let rec = self.messages.get((id.room.as_str(), id.seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
+        let existing = self.msg_ids.get((m.room.as_str(), m.msg_id.as_str()))?.map(|v| v.value());
+        if let Some(seq) = existing {
+            let rec = self.messages.get((m.room.as_str(), seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
             let rec = rec.ok_or_else(|| redb::Error::Corrupted(format!("msg_id {} points at a missing message", m.msg_id)))?;
             return Ok(Ok(Persisted {
-                message: Arc::new(stored(&id.room, id.seq, rec)),
+                message: Arc::new(stored(&m.room, seq, rec)),
                 duplicate: true,
                 members: Arc::new(Vec::new()),
                 unread: Vec::new(),
@@ -318,7 +315,7 @@ impl<'t> Writer<'t> {
             sent_at_ms: m.sent_at_ms,
         };
         self.messages.insert((room, seq), encode(&msg).as_slice())?;
-        self.msg_ids.insert(m.msg_id.as_str(), encode(&MsgIdRec { room: m.room.clone(), seq }).as_slice())?;
+        self.msg_ids.insert((room, m.msg_id.as_str()), seq)?;
 
         let created = fresh.is_some();
         let members = match fresh {
