@@ -247,21 +247,27 @@ impl<'t> Writer<'t> {
     }
 
     fn persist_one(&mut self, m: &NewMessage) -> Result<Result<Persisted, StoreError>, redb::Error> {
-        let existing = self.msg_ids.get((m.room.as_str(), m.msg_id.as_str()))?.map(|v| v.value());
+        let room = m.room.as_str();
+        let state = self.room_rec(room)?;
+        // An index entry is written beside its message: a room without messages (a one-off's
+        // new direct room) has none to look up.
+        let existing = match &state {
+            Some(rec) if rec.last_seq > 0 => self.msg_ids.get((room, m.msg_id.as_str()))?.map(|v| v.value()),
+            _ => None,
+        };
         if let Some(seq) = existing {
-            let rec = self.messages.get((m.room.as_str(), seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
+            let rec = self.messages.get((room, seq))?.map(|v| decode::<MsgRec>(v.value())).transpose()?;
             let rec = rec.ok_or_else(|| redb::Error::Corrupted(format!("msg_id {} points at a missing message", m.msg_id)))?;
             return Ok(Ok(Persisted {
-                message: Arc::new(stored(&m.room, seq, rec)),
+                message: Arc::new(stored(room, seq, rec)),
                 duplicate: true,
                 members: Arc::new(Vec::new()),
                 unread: Vec::new(),
                 unread_deferred: Vec::new(),
             }));
         }
-        let room = m.room.as_str();
         let direct = sluice_core::ids::dm_pair(room).is_some();
-        let (mut rec, fresh) = match self.room_rec(room)? {
+        let (mut rec, fresh) = match state {
             Some(rec) => (rec, None),
             None if m.create_members.is_empty() => return Ok(Err(StoreError::UnknownRoom(m.room.clone()))),
             None => {
