@@ -77,6 +77,9 @@ pub struct GrowthArgs {
     /// One-off messages of the probe campaign at each level.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub probe: u64,
+    /// Name recipients by a scramble of their number instead of in order.
+    #[arg(long)]
+    pub scattered_recipients: bool,
     #[command(flatten)]
     pub chat: ChatArgs,
 }
@@ -137,6 +140,9 @@ pub struct SpikeArgs {
     /// Recipients whose inbox is read back to check the counters after the drain.
     #[arg(long, default_value_t = 200)]
     pub check: u32,
+    /// Name recipients by a scramble of their number instead of in order.
+    #[arg(long)]
+    pub scattered_recipients: bool,
     #[command(flatten)]
     pub chat: ChatArgs,
 }

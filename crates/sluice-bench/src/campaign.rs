@@ -8,6 +8,22 @@ use sluice_proto::v1;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The name of a run's recipient number `k`: `{prefix}{k}`, or with `scattered` a scramble
+/// of `k` (still one name per number). Names in order make a campaign's direct rooms, inbox
+/// rows and totals land at the ends of the store's B-trees, next to each other; scattered
+/// names land at random places, as user ids not handed out in order do.
+pub fn recipient(prefix: &str, k: u64, scattered: bool) -> String {
+    if scattered { format!("{prefix}x{:016x}", scramble(k)) } else { format!("{prefix}{k}") }
+}
+
+/// splitmix64's finalizer: a bijection of u64 (each step is invertible) that scatters
+/// neighbouring numbers.
+fn scramble(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// One campaign: its id, who sends it and the body every recipient gets.
 pub struct Campaign<'a> {
     pub id: &'a str,
@@ -84,5 +100,18 @@ impl Campaign<'_> {
             }
             tokio::time::sleep(poll).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Scattered names are as many as the numbers they stand for, and out of order.
+    #[test]
+    fn scattered_recipients_stay_distinct() {
+        let names: Vec<String> = (0..100_000).map(|k| super::recipient("r", k, true)).collect();
+        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+        assert!(names.windows(2).filter(|w| w[0] < w[1]).count() < 60_000, "about half in order, not all");
+        assert_eq!(super::recipient("r", 7, false), "r7");
     }
 }

@@ -6,7 +6,7 @@
 //! logarithmic is what B-trees give.
 
 use crate::args::GrowthArgs;
-use crate::campaign::Campaign;
+use crate::campaign::{Campaign, recipient};
 use crate::chat::ChatLoad;
 use crate::report::{Line, Report, Series, number};
 use crate::scenarios::interactive::params;
@@ -28,6 +28,7 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
     let mut p = params(&a.chat);
     p["levels"] = serde_json::json!(levels);
     p["probe"] = a.probe.into();
+    p["scattered_recipients"] = a.scattered_recipients.into();
     let mut report = Report::new("growth", p);
     anyhow::ensure!(a.chat.rate > 0, "this scenario measures chat: --rate must be at least 1");
     // Phases after the warm-up: a fill and a probe per level.
@@ -49,6 +50,7 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
     let accepted = AtomicU64::new(0);
     // Every campaign goes to recipients no campaign had: each one-off makes a new room.
     let mut next_recipient = 0u64;
+    let prefix = format!("{run}-r");
     let mut drain = Vec::with_capacity(levels.len());
     for (i, &level) in levels.iter().enumerate() {
         load.phase(2 * i + 1);
@@ -57,7 +59,7 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
             let id = format!("{run}-fill-{i}");
             let c = Campaign { id: &id, tenant: None, sender: &sender, body: BODY };
             let first = next_recipient;
-            c.enqueue(&g, level - have, |k| format!("{run}-r{}", first + k), CHUNK, PARALLEL, &accepted).await?;
+            c.enqueue(&g, level - have, |k| recipient(&prefix, first + k, a.scattered_recipients), CHUNK, PARALLEL, &accepted).await?;
             c.wait_persisted(&mut g, level - have, Duration::from_millis(500), Duration::from_secs(7200), &persisted, || server.log_tail())
                 .await?;
             next_recipient += level - have;
@@ -68,7 +70,7 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
         let c = Campaign { id: &id, tenant: None, sender: &sender, body: BODY };
         let first = next_recipient;
         let started = Instant::now();
-        c.enqueue(&g, a.probe, |k| format!("{run}-r{}", first + k), CHUNK, PARALLEL, &accepted).await?;
+        c.enqueue(&g, a.probe, |k| recipient(&prefix, first + k, a.scattered_recipients), CHUNK, PARALLEL, &accepted).await?;
         c.wait_persisted(&mut g, a.probe, Duration::from_millis(100), Duration::from_secs(3600), &persisted, || server.log_tail()).await?;
         drain.push(a.probe as f64 / started.elapsed().as_secs_f64());
         next_recipient += a.probe;
@@ -107,8 +109,12 @@ pub async fn run(server: &Server, a: &GrowthArgs, run: &str) -> anyhow::Result<R
         lines: vec![Line { name: "p99".into(), points: p99_points }],
     });
     report.note(format!(
-        "At each level a probe campaign of {} one-offs (new direct rooms) drains while {} users chat in rooms of {} at {} msg/s; the store was filled to the level with one-offs to new recipients, each making a room.",
-        a.probe, a.chat.connections, a.chat.room_size, a.chat.rate
+        "At each level a probe campaign of {} one-offs (new direct rooms) drains while {} users chat in rooms of {} at {} msg/s; the store was filled to the level with one-offs to new recipients, each making a room. Recipients named {}.",
+        a.probe,
+        a.chat.connections,
+        a.chat.room_size,
+        a.chat.rate,
+        if a.scattered_recipients { "by a scramble of their number (--scattered-recipients)" } else { "in order" }
     ));
     Ok(report)
 }

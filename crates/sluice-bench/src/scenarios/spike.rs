@@ -5,7 +5,7 @@
 //! inboxes is read back to check their counters.
 
 use crate::args::SpikeArgs;
-use crate::campaign::Campaign;
+use crate::campaign::{Campaign, recipient};
 use crate::chat::ChatLoad;
 use crate::report::{Line, Report, Series, Target};
 use crate::scenarios::interactive::{chat_figures, latency_series};
@@ -33,6 +33,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     params["messages"] = a.messages.into();
     params["chunk"] = a.chunk.into();
     params["parallel"] = a.parallel.into();
+    params["scattered_recipients"] = a.scattered_recipients.into();
     let mut report = Report::new("spike", params);
     let load = ChatLoad::start(server, &a.chat, run, 2).await?;
     let rec = load.rec.clone();
@@ -87,7 +88,8 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     };
     let g = server.grpc().await?;
     let c = Campaign { id: &campaign, tenant: None, sender: &sender, body: BODY };
-    c.enqueue(&g, a.messages, |i| format!("{run}-s{i}"), a.chunk as u64, a.parallel as usize, &accepted).await?;
+    let prefix = format!("{run}-s");
+    c.enqueue(&g, a.messages, |i| recipient(&prefix, i, a.scattered_recipients), a.chunk as u64, a.parallel as usize, &accepted).await?;
     let enqueue_secs = start.elapsed().as_secs_f64();
     // A governed drain under chat may run at a few hundred messages a second on a small machine.
     let limit = Duration::from_secs(120 + a.messages / 200);
@@ -109,7 +111,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
 
     let mut g = g.clone();
     let c = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone(), tenant: None }).await?.into_inner();
-    let exact = check_counters(&mut g, &sender, run, a.messages, a.check).await?;
+    let exact = check_counters(&mut g, &sender, |i| recipient(&prefix, i, a.scattered_recipients), a.messages, a.check).await?;
     let samples = samples.lock().expect("samples").clone();
     let peak_depth = samples.iter().map(|&(_, e, p, d)| e.saturating_sub(p + d)).max().unwrap_or(0);
 
@@ -198,11 +200,17 @@ fn server_rss_reader(server: &Server) -> impl Fn() -> Option<u64> + Send + 'stat
 
 /// Reads `check` recipients' inboxes (spread over the campaign): each must have its direct
 /// room with the sender at unread 1 and a total of 1. Returns how many did.
-async fn check_counters(g: &mut crate::target::Grpc, sender: &str, run: &str, n: u64, check: u32) -> anyhow::Result<u64> {
+async fn check_counters(
+    g: &mut crate::target::Grpc,
+    sender: &str,
+    recipient: impl Fn(u64) -> String,
+    n: u64,
+    check: u32,
+) -> anyhow::Result<u64> {
     let check = (check as u64).min(n);
     let mut exact = 0;
     for k in 0..check {
-        let user = format!("{run}-s{}", k * n / check.max(1));
+        let user = recipient(k * n / check.max(1));
         let inbox = g.get_inbox(v1::GetInboxRequest { user: user.clone(), ..Default::default() }).await?.into_inner();
         let room = if sender < user.as_str() { format!("dm:{sender}:{user}") } else { format!("dm:{user}:{sender}") };
         let ok = inbox.total_unread == 1 && inbox.rooms.len() == 1 && inbox.rooms[0].room == room && inbox.rooms[0].unread == 1;
