@@ -26,7 +26,8 @@
 //! - `members`: (room, user) → joined_at. None for a direct room its first message made:
 //!   its members are the two its id names.
 //! - `messages`: (room, seq) → msg_id, sender, body, kind, campaign, sent_at
-//! - `room_msg_ids`: (room, msg_id) → seq, the idempotency index (until 2026-12-03 `msg_ids`:
+//! - `room_msg_ids`: (room, msg_id) → seq, the idempotency index, of every message but a direct
+//!   room's first, whose own row holds its msg_id (until 2026-12-03 `msg_ids`:
 //!   msg_id → (room, seq), moved over when a store that has it opens)
 //! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
 //! - `totals`: user → total unread
@@ -807,6 +808,13 @@ mod writer_tests {
         let txn = store.db().begin_read().unwrap();
         assert!(txn.open_table(ROOMS).unwrap().get(room).unwrap().is_none(), "no record");
         assert!(members_of(&txn.open_table(MEMBERS).unwrap(), room).unwrap().is_empty(), "no member rows");
+        assert!(
+            redb::ReadableTableMetadata::is_empty(&txn.open_table(ROOM_MSG_IDS).unwrap()).unwrap(),
+            "its first msg_id is in its row only"
+        );
+        drop(txn);
+        let again = store.persist(vec![m.clone()]).await.unwrap().pop().unwrap().unwrap();
+        assert_eq!((again.message.seq, again.duplicate), (1, true), "and known there");
         let r = store.room(room).await.unwrap().unwrap();
         assert_eq!((r.members, r.last_seq, r.created_at_ms), (vec!["alice".to_string(), "bob".to_string()], 1, 1234));
         assert_eq!(store.membership(room, "bob").await.unwrap(), Membership::Member);

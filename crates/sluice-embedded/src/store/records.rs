@@ -8,9 +8,10 @@ use sluice_core::model::{Campaign, MessageKind, StoredMessage};
 pub(super) const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 pub(super) const MEMBERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("members");
 pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// The idempotency index: (room, msg_id) -> seq. Keyed by room first, so that a room's
-/// entries share leaves with its recent ones: a chat message updates a page its room already
-/// dirtied instead of a random one of a tree as large as all messages ever stored.
+/// The idempotency index: (room, msg_id) -> seq, of every message but a direct room's first
+/// (whose own row holds its msg_id). Keyed by room first, so that a room's entries share
+/// leaves with its recent ones: a chat message updates a page its room already dirtied
+/// instead of a random one of a tree as large as all messages ever stored.
 pub(super) const ROOM_MSG_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("room_msg_ids");
 /// The idempotency index of the previous layout (msg_id -> room, seq), moved into
 /// [`ROOM_MSG_IDS`] when a store that has it opens.
