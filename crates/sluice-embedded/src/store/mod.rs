@@ -29,8 +29,9 @@
 //! - `room_msg_ids`: (room, msg_id) → seq, the idempotency index, of every message but a direct
 //!   room's first, whose own row holds its msg_id (until 2026-12-03 `msg_ids`:
 //!   msg_id → (room, seq), moved over when a store that has it opens)
-//! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at
-//! - `totals`: user → total unread
+//! - `inbox`: (user, room) → unread, read_seq, version, preview, updated_at; and (user, "") →
+//!   the user's total unread (until 2026-12-03 in `totals`: user → total, moved over when a
+//!   store that has it opens)
 //! - `campaigns`, `campaign_recipients`, `campaign_dead`: bulk campaign progress (the
 //!   recipients table also keeps each counted EnqueueBulk call's `~call:` key)
 //! - `campaign_owners`: campaign → the sender it belongs to
@@ -151,9 +152,7 @@ impl Drop for Inner {
 /// the redo log's replay (whose older records may write the old table); returns how many
 /// entries it moved. A store without the old table, or with it empty, moves nothing.
 fn move_legacy_ids(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
-    use redb::TableHandle;
-    let has_legacy = txn.list_tables()?.any(|t| t.name() == MSG_IDS.name());
-    if !has_legacy {
+    if !has_table(txn, MSG_IDS)? {
         return Ok(0);
     }
     let mut moved = 0;
@@ -168,6 +167,33 @@ fn move_legacy_ids(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
     }
     txn.delete_table(MSG_IDS)?;
     Ok(moved)
+}
+
+/// Moves users' totals of the previous layout (`totals`) into `inbox`, beside their rows
+/// (after the replay, as above); returns how many it moved.
+fn move_legacy_totals(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
+    if !has_table(txn, TOTALS)? {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    {
+        let (totals, mut inbox) = (txn.open_table(TOTALS)?, txn.open_table(INBOX)?);
+        for row in totals.iter()? {
+            let (user, total) = row?;
+            inbox.insert((user.value(), TOTAL_ROW), total.value().to_le_bytes().as_slice())?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(TOTALS)?;
+    Ok(moved)
+}
+
+fn has_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> Result<bool, redb::Error> {
+    use redb::TableHandle;
+    Ok(txn.list_tables()?.any(|t| t.name() == table.name()))
 }
 
 impl EmbeddedStore {
@@ -204,6 +230,10 @@ impl EmbeddedStore {
         let moved = move_legacy_ids(&txn).map_err(store_err)?;
         if moved > 0 {
             tracing::info!(entries = moved, "store: moved the idempotency index to its room-keyed table");
+        }
+        let moved = move_legacy_totals(&txn).map_err(store_err)?;
+        if moved > 0 {
+            tracing::info!(users = moved, "store: moved users' totals beside their inbox rows");
         }
         txn.commit().map_err(store_err)?;
         let log = redo::RedoLog::create(&log_path, lsn).map_err(store_err)?;
@@ -327,7 +357,7 @@ fn plan_read(txn: &redb::ReadTransaction, user: &str, room: &str, seq: u64) -> R
     };
     let target = seq.min(rec.last_seq);
     if target <= row.read_seq {
-        let total = txn.open_table(TOTALS)?.get(user)?.map(|v| v.value()).unwrap_or(0);
+        let total = total_of(&txn.open_table(INBOX)?, user)?;
         // The snapshot's version: every change before it has a version at most this one.
         let version = txn.open_table(META)?.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
         return Ok(Ok(ReadPlan::Unchanged(ReadOutcome {
@@ -417,14 +447,14 @@ impl MessageStore for EmbeddedStore {
     async fn counters(&self, room: &str, users: &[String]) -> Result<Vec<UnreadUpdate>, StoreError> {
         let (room, users) = (room.to_string(), users.to_vec());
         self.read(move |txn| {
-            let (inbox, totals) = (txn.open_table(INBOX)?, txn.open_table(TOTALS)?);
+            let inbox = txn.open_table(INBOX)?;
             // The snapshot's version, as in a read that changes nothing.
             let version = txn.open_table(META)?.get(COUNTERS_VERSION)?.map_or(0, |v| v.value());
             let mut out = Vec::with_capacity(users.len());
             for user in users {
                 let unread =
                     inbox.get((user.as_str(), room.as_str()))?.map(|v| decode::<InboxRec>(v.value())).transpose()?.map_or(0, |r| r.unread);
-                let total_unread = totals.get(user.as_str())?.map_or(0, |v| v.value());
+                let total_unread = total_of(&inbox, &user)?;
                 out.push(UnreadUpdate { user, room: room.clone(), unread, total_unread, version });
             }
             Ok(out)
@@ -495,7 +525,7 @@ impl MessageStore for EmbeddedStore {
                 if u != user {
                     break;
                 }
-                if page.after.as_deref() == Some(room) {
+                if room == TOTAL_ROW || page.after.as_deref() == Some(room) {
                     continue;
                 }
                 if out.rooms.len() == page.limit {
@@ -506,7 +536,7 @@ impl MessageStore for EmbeddedStore {
                 let last_seq = room_state(&rooms, &messages, room)?.map_or(0, |r| r.last_seq);
                 out.rooms.push(InboxRoom { room: room.to_string(), unread: row.unread, read_seq: row.read_seq, last_seq });
             }
-            out.total_unread = txn.open_table(TOTALS)?.get(user.as_str())?.map(|v| v.value()).unwrap_or(0);
+            out.total_unread = total_of(&inbox, &user)?;
             Ok(out)
         })
         .await
@@ -708,8 +738,8 @@ mod writer_tests {
 
     /// Until this version a direct room's messages kept its record and member rows up to
     /// date; now the record is left as it was and the seq follows the newest message. A room
-    /// written the old way goes on from where it stood, and its msg_ids, indexed by msg_id
-    /// alone then, are still known.
+    /// written the old way goes on from where it stood, its msg_ids (indexed by msg_id alone
+    /// then) are still known, and its users' totals (in a table of their own then) still count.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_direct_room_written_by_the_previous_layout_goes_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -748,6 +778,7 @@ mod writer_tests {
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         let txn = store.db().begin_read().unwrap();
         assert!(txn.open_table(MSG_IDS).is_err(), "the old index is gone");
+        assert!(txn.open_table(TOTALS).is_err(), "and so are the old totals");
         let ids: Vec<_> = txn
             .open_table(ROOM_MSG_IDS)
             .unwrap()

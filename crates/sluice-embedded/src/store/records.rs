@@ -17,7 +17,13 @@ pub(super) const ROOM_MSG_IDS: TableDefinition<(&str, &str), u64> = TableDefinit
 /// [`ROOM_MSG_IDS`] when a store that has it opens.
 pub(super) const MSG_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_ids");
 pub(super) const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
+/// Users' totals in the previous layout (user -> total unread), moved into `inbox` (see
+/// [`TOTAL_ROW`]) when a store that has it opens.
 pub(super) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+/// The room under which `inbox` keeps a user's total unread (8 bytes, little-endian), beside
+/// the user's rows: no room id is empty. A message's counter update for a recipient then
+/// writes one leaf, not one in each of two trees.
+pub(super) const TOTAL_ROW: &str = "";
 pub(super) const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
 pub(super) const CAMPAIGN_RECIPIENTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_recipients");
 pub(super) const CAMPAIGN_DEAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("campaign_dead");
@@ -30,6 +36,18 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("drain_controls");
 /// The key in `meta` of the counters' version.
 pub(super) const COUNTERS_VERSION: &str = "counters_version";
+
+/// The total unread of `user`, from its row in `inbox`.
+pub(super) fn total_of(inbox: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>, user: &str) -> Result<u64, redb::Error> {
+    match inbox.get((user, TOTAL_ROW))? {
+        None => Ok(0),
+        Some(v) => v
+            .value()
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| redb::Error::Corrupted(format!("the total row of {user} is not 8 bytes"))),
+    }
+}
 
 #[derive(Serialize, Deserialize, Default)]
 pub(super) struct RoomRec {

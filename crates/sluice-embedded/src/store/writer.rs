@@ -19,7 +19,6 @@ pub(super) struct Writer<'t> {
     messages: Logged<'t, (&'static str, u64), &'static [u8]>,
     msg_ids: Logged<'t, (&'static str, &'static str), u64>,
     inbox: Logged<'t, (&'static str, &'static str), &'static [u8]>,
-    totals: Logged<'t, &'static str, u64>,
     campaigns: Logged<'t, &'static str, &'static [u8]>,
     campaign_recipients: Logged<'t, (&'static str, &'static str), ()>,
     campaign_dead: Logged<'t, (&'static str, &'static str), ()>,
@@ -51,7 +50,6 @@ impl<'t> Writer<'t> {
             messages: Logged::open(txn, MESSAGES, redo)?,
             msg_ids: Logged::open(txn, ROOM_MSG_IDS, redo)?,
             inbox: Logged::open(txn, INBOX, redo)?,
-            totals: Logged::open(txn, TOTALS, redo)?,
             campaigns: Logged::open(txn, CAMPAIGNS, redo)?,
             campaign_recipients: Logged::open(txn, CAMPAIGN_RECIPIENTS, redo)?,
             campaign_dead: Logged::open(txn, CAMPAIGN_DEAD, redo)?,
@@ -358,8 +356,8 @@ impl<'t> Writer<'t> {
             row.preview.clone_from(&preview);
             row.updated_at_ms = m.sent_at_ms;
             self.inbox.insert((user.as_str(), room), encode(&row).as_slice())?;
-            let total = self.totals.get(user.as_str())?.map(|v| v.value()).unwrap_or(0) + 1;
-            self.totals.insert(user.as_str(), total)?;
+            let total = total_of(&*self.inbox, user)? + 1;
+            self.inbox.insert((user.as_str(), TOTAL_ROW), total.to_le_bytes().as_slice())?;
             unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total, version });
         }
         if let Some(cid) = &m.campaign_id {
@@ -412,7 +410,7 @@ impl<'t> Writer<'t> {
             None if is_member(&*self.members, room, user)? => InboxRec::default(),
             None => return Ok(Err(StoreError::NotMember { user: user.to_string(), room: room.to_string() })),
         };
-        let total = self.totals.get(user)?.map(|v| v.value()).unwrap_or(0);
+        let total = total_of(&*self.inbox, user)?;
         if row.read_seq >= to {
             let version = self.version;
             return Ok(Ok(Some(ReadOutcome { read_seq: row.read_seq, unread: row.unread, total_unread: total, changed: false, version })));
@@ -427,7 +425,7 @@ impl<'t> Writer<'t> {
         row.version += 1;
         row.updated_at_ms = now_ms;
         self.inbox.insert((user, room), encode(&row).as_slice())?;
-        self.totals.insert(user, total)?;
+        self.inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
         let version = self.bump();
         Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true, version })))
     }
