@@ -148,44 +148,63 @@ impl Drop for Inner {
     }
 }
 
-/// Moves the idempotency index of the previous layout (`msg_ids`) into `room_msg_ids`, after
-/// the redo log's replay (whose older records may write the old table); returns how many
-/// entries it moved. A store without the old table, or with it empty, moves nothing.
-fn move_legacy_ids(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
-    if !has_table(txn, MSG_IDS)? {
-        return Ok(0);
+/// Rows of an earlier layout's table moved per transaction when a store opens: a store of
+/// millions of messages would otherwise hold them all in one transaction.
+const MOVE_CHUNK: usize = 100_000;
+
+/// Moves the tables of earlier layouts into today's: the idempotency index keyed by msg_id
+/// alone (`msg_ids`) into `room_msg_ids`, users' totals (`totals`) into `inbox`. Runs after
+/// the redo log's replay, whose older records may write the old tables.
+fn move_legacy_tables(db: &Database) -> Result<(), redb::Error> {
+    let moved = move_rows(db, MSG_IDS, ROOM_MSG_IDS, MOVE_CHUNK, |ids, msg_id, rec| {
+        let rec: MsgIdRec = decode(rec)?;
+        ids.insert((rec.room.as_str(), msg_id), rec.seq)?;
+        Ok(())
+    })?;
+    if moved > 0 {
+        tracing::info!(entries = moved, "store: moved the idempotency index to its room-keyed table");
     }
-    let mut moved = 0;
-    {
-        let (legacy, mut ids) = (txn.open_table(MSG_IDS)?, txn.open_table(ROOM_MSG_IDS)?);
-        for row in legacy.iter()? {
-            let (msg_id, rec) = row?;
-            let rec: MsgIdRec = decode(rec.value())?;
-            ids.insert((rec.room.as_str(), msg_id.value()), rec.seq)?;
-            moved += 1;
-        }
+    let moved = move_rows(db, TOTALS, INBOX, MOVE_CHUNK, |inbox, user, total| {
+        inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
+        Ok(())
+    })?;
+    if moved > 0 {
+        tracing::info!(users = moved, "store: moved users' totals beside their inbox rows");
     }
-    txn.delete_table(MSG_IDS)?;
-    Ok(moved)
+    Ok(())
 }
 
-/// Moves users' totals of the previous layout (`totals`) into `inbox`, beside their rows
-/// (after the replay, as above); returns how many it moved.
-fn move_legacy_totals(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
-    if !has_table(txn, TOTALS)? {
-        return Ok(0);
-    }
+/// Moves every row of `from` into `to` (`put` writes one), `chunk` per transaction, then
+/// drops `from`; returns how many it moved. A crash in between leaves each row in one
+/// table or the other, and the next open goes on.
+fn move_rows<K: redb::Key + 'static, V: redb::Value + 'static, DK: redb::Key + 'static, DV: redb::Value + 'static>(
+    db: &Database,
+    from: redb::TableDefinition<K, V>,
+    to: redb::TableDefinition<DK, DV>,
+    chunk: usize,
+    put: impl for<'a, 'b> Fn(&mut redb::Table<'b, DK, DV>, K::SelfType<'a>, V::SelfType<'a>) -> Result<(), redb::Error>,
+) -> Result<u64, redb::Error> {
     let mut moved = 0;
-    {
-        let (totals, mut inbox) = (txn.open_table(TOTALS)?, txn.open_table(INBOX)?);
-        for row in totals.iter()? {
-            let (user, total) = row?;
-            inbox.insert((user.value(), TOTAL_ROW), total.value().to_le_bytes().as_slice())?;
-            moved += 1;
+    loop {
+        let txn = db.begin_write()?;
+        if !has_table(&txn, from)? {
+            return Ok(moved);
         }
+        let mut n = 0;
+        {
+            let (mut old, mut new) = (txn.open_table(from)?, txn.open_table(to)?);
+            while n < chunk {
+                let Some((k, v)) = old.pop_first()? else { break };
+                put(&mut new, k.value(), v.value())?;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            txn.delete_table(from)?;
+        }
+        txn.commit()?;
+        moved += n as u64;
     }
-    txn.delete_table(TOTALS)?;
-    Ok(moved)
 }
 
 fn has_table<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -227,15 +246,8 @@ impl EmbeddedStore {
             tracing::info!(records = records.len(), "store: replayed the redo log");
         }
         let lsn = records.last().map_or(held, |(lsn, _)| *lsn);
-        let moved = move_legacy_ids(&txn).map_err(store_err)?;
-        if moved > 0 {
-            tracing::info!(entries = moved, "store: moved the idempotency index to its room-keyed table");
-        }
-        let moved = move_legacy_totals(&txn).map_err(store_err)?;
-        if moved > 0 {
-            tracing::info!(users = moved, "store: moved users' totals beside their inbox rows");
-        }
         txn.commit().map_err(store_err)?;
+        move_legacy_tables(&db).map_err(store_err)?;
         let log = redo::RedoLog::create(&log_path, lsn).map_err(store_err)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let db2 = db.clone();
@@ -814,6 +826,30 @@ mod writer_tests {
         assert_eq!(store.membership(room, "carol").await.unwrap(), Membership::NotMember);
         let read = store.mark_read("bob", room, 4, 4).await.unwrap();
         assert_eq!((read.read_seq, read.unread, read.total_unread), (4, 0, 0));
+    }
+
+    /// An old table moves in several transactions when it holds more than one's worth.
+    #[test]
+    fn an_old_table_moves_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        for i in 0..10u64 {
+            txn.open_table(TOTALS).unwrap().insert(format!("u{i}").as_str(), i).unwrap();
+        }
+        txn.commit().unwrap();
+        let moved = move_rows(&db, TOTALS, INBOX, 3, |inbox, user, total| {
+            inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(moved, 10);
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(TOTALS).is_err(), "the old table is gone");
+        let inbox = txn.open_table(INBOX).unwrap();
+        for i in 0..10u64 {
+            assert_eq!(total_of(&inbox, &format!("u{i}")).unwrap(), i);
+        }
     }
 
     /// A one-off's direct room is made by its first message without a record or member rows,
