@@ -785,7 +785,7 @@ mod writer_tests {
             txn.open_table(TOTALS).unwrap().insert("bob", 2).unwrap();
         }
         txn.commit().unwrap();
-        // Opened again, it moves the old idempotency index into the room-keyed one.
+        // Opened again, it moves the old idempotency index and totals into their new places.
         drop(store);
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         let txn = store.db().begin_read().unwrap();
