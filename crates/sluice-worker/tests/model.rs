@@ -239,12 +239,17 @@ fn commit_in_model(model: &mut Model, done: &mut Vec<(NewMessage, u64)>) -> Resu
     Ok(())
 }
 
-/// The one-off messages of a campaign `cid` from `sender` to the users in `recipients`.
+/// The one-off messages of campaign `cid` of `sender` to the users in `recipients`. These
+/// sends skip EnqueueBulk, which refuses a campaign id to any sender but its first; so the
+/// id used is `cid` with the sender's name, as if EnqueueBulk had been asked. (A msg_id is
+/// made of campaign and recipient; one campaign from two senders would give one msg_id to
+/// two rooms, which no producer can.)
 fn one_offs(model: &mut Model, sender: usize, recipients: u8, cid: &str) -> Vec<Enqueue> {
     let s = user(sender);
+    let cid = format!("{cid}-{s}");
     let mut batch = Vec::new();
     for r in (0..USERS).filter(|r| recipients & (1 << r) != 0 && *r != sender).map(user) {
-        let m = NewMessage { sent_at_ms: 0, ..sluice_testkit::store::one_off(cid, &s, &r) };
+        let m = NewMessage { sent_at_ms: 0, ..sluice_testkit::store::one_off(&cid, &s, &r) };
         if model.seen_msg_ids.insert(m.msg_id.clone()) {
             model.pending.push(m.clone());
         }
