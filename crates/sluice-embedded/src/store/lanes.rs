@@ -225,9 +225,7 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
             let rows = redo.take();
             if durable {
                 // The commit itself is durable: no record needed, and the log starts over.
-                let started = std::time::Instant::now();
-                txn.commit()?;
-                slow_commit(started, "durable commit");
+                timed("durable commit", || txn.commit())?;
                 if !rows.is_empty() {
                     log.skip_lsn();
                 }
@@ -237,14 +235,9 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
             }
             txn.set_durability(redb::Durability::None)?;
             if !rows.is_empty() {
-                let started = std::time::Instant::now();
-                log.append(&rows).inspect_err(|_| log_broken = true)?;
-                slow_commit(started, "log");
+                timed("log", || log.append(&rows)).inspect_err(|_| log_broken = true)?;
             }
-            let started = std::time::Instant::now();
-            let committed = txn.commit();
-            slow_commit(started, "commit");
-            if let Err(e) = committed {
+            if let Err(e) = timed("commit", || txn.commit()) {
                 if !rows.is_empty() {
                     log_broken = log.undo_last().is_err();
                 }
@@ -273,24 +266,25 @@ pub(super) fn writer_loop(parts: WriterParts<'_>, rx: std::sync::mpsc::Receiver<
     }
 }
 
-/// Logs each step of a commit's time at debug level, and one that took a second or more
-/// (a disk in trouble) as a warning.
-fn slow_commit(started: std::time::Instant, what: &str) {
+/// Runs one step of a commit, logging its time at debug level, or as a warning when it took
+/// a second or more (a disk in trouble).
+fn timed<T>(what: &str, step: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let out = step();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if ms >= 1000.0 {
         tracing::warn!(ms, what, "store commit slow");
     } else {
         tracing::debug!(ms, what, "store commit");
     }
+    out
 }
 
 /// Makes everything committed so far durable with an empty durable commit, and starts the
 /// log over.
 fn checkpoint(db: &Database, log: &mut RedoLog, last: &mut std::time::Instant) {
     let done = (|| -> Result<(), redb::Error> {
-        let started = std::time::Instant::now();
-        db.begin_write()?.commit()?;
-        slow_commit(started, "idle checkpoint");
+        timed("idle checkpoint", || -> Result<(), redb::Error> { Ok(db.begin_write()?.commit()?) })?;
         log.reset();
         Ok(())
     })();

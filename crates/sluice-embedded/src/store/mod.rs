@@ -156,26 +156,20 @@ const MOVE_CHUNK: usize = 100_000;
 /// alone (`msg_ids`) into `room_msg_ids`, users' totals (`totals`) into `inbox`. Runs after
 /// the redo log's replay, whose older records may write the old tables.
 fn move_legacy_tables(db: &Database) -> Result<(), redb::Error> {
-    let moved = move_rows(db, MSG_IDS, ROOM_MSG_IDS, MOVE_CHUNK, |ids, msg_id, rec| {
+    move_rows(db, MSG_IDS, ROOM_MSG_IDS, MOVE_CHUNK, |ids, msg_id, rec| {
         let rec: MsgIdRec = decode(rec)?;
         ids.insert((rec.room.as_str(), msg_id), rec.seq)?;
         Ok(())
     })?;
-    if moved > 0 {
-        tracing::info!(entries = moved, "store: moved the idempotency index to its room-keyed table");
-    }
-    let moved = move_rows(db, TOTALS, INBOX, MOVE_CHUNK, |inbox, user, total| {
+    move_rows(db, TOTALS, INBOX, MOVE_CHUNK, |inbox, user, total| {
         inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
         Ok(())
     })?;
-    if moved > 0 {
-        tracing::info!(users = moved, "store: moved users' totals beside their inbox rows");
-    }
     Ok(())
 }
 
 /// Moves every row of `from` into `to` (`put` writes one), `chunk` per transaction, then
-/// drops `from`; returns how many it moved. A crash in between leaves each row in one
+/// drops `from` and logs how many it moved; returns that. A crash in between leaves each row in one
 /// table or the other, and the next open goes on.
 fn move_rows<K: redb::Key + 'static, V: redb::Value + 'static, DK: redb::Key + 'static, DV: redb::Value + 'static>(
     db: &Database,
@@ -201,6 +195,8 @@ fn move_rows<K: redb::Key + 'static, V: redb::Value + 'static, DK: redb::Key + '
         }
         if n == 0 {
             txn.delete_table(from)?;
+            use redb::TableHandle;
+            tracing::info!(rows = moved, from = from.name(), to = to.name(), "store: moved a table of an earlier layout");
         }
         txn.commit()?;
         moved += n as u64;

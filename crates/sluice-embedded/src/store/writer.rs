@@ -210,6 +210,11 @@ impl<'t> Writer<'t> {
         Ok(None)
     }
 
+    fn set_total(&mut self, user: &str, total: u64) -> Result<(), redb::Error> {
+        self.inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
+        Ok(())
+    }
+
     fn member_list(&self, room: &str) -> Result<Vec<String>, redb::Error> {
         room_members(&*self.members, room)
     }
@@ -357,7 +362,7 @@ impl<'t> Writer<'t> {
             row.updated_at_ms = m.sent_at_ms;
             self.inbox.insert((user.as_str(), room), encode(&row).as_slice())?;
             let total = total_of(&*self.inbox, user)? + 1;
-            self.inbox.insert((user.as_str(), TOTAL_ROW), total.to_le_bytes().as_slice())?;
+            self.set_total(user, total)?;
             unread.push(UnreadUpdate { user: user.clone(), room: m.room.clone(), unread: row.unread, total_unread: total, version });
         }
         if let Some(cid) = &m.campaign_id {
@@ -425,7 +430,7 @@ impl<'t> Writer<'t> {
         row.version += 1;
         row.updated_at_ms = now_ms;
         self.inbox.insert((user, room), encode(&row).as_slice())?;
-        self.inbox.insert((user, TOTAL_ROW), total.to_le_bytes().as_slice())?;
+        self.set_total(user, total)?;
         let version = self.bump();
         Ok(Ok(Some(ReadOutcome { read_seq: to, unread: new_unread, total_unread: total, changed: true, version })))
     }
