@@ -21,9 +21,22 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     tls: Option<Tls>,
-    /// More `redis-server` arguments (cluster mode).
-    args: Vec<String>,
+    cluster: Option<ClusterNode>,
 }
+
+/// What a node of a [`RedisCluster`] runs with besides its port.
+struct ClusterNode {
+    /// The cluster bus port.
+    bus: u16,
+    /// Where the node keeps its cluster identity, `nodes-<port>.conf`.
+    dir: std::path::PathBuf,
+    /// The bus over TLS too.
+    tls: bool,
+}
+
+/// How many times a server is started on new ports when its ports were taken between
+/// [`free_port`] and its bind (tests of other processes pick ports at the same time).
+const PORT_ATTEMPTS: usize = 5;
 
 /// A TLS port with a self-signed certificate made for this server.
 #[derive(Clone)]
@@ -48,16 +61,16 @@ impl Tls {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None, tls: None, args: Vec::new() };
-        s.spawn();
+        let mut s = RedisServer { port: free_port(), child: None, tls: None, cluster: None };
+        s.spawn_on_free_ports();
         s
     }
 
     /// Starts a server that also serves TLS, with a self-signed certificate for 127.0.0.1
     /// made here (as ElastiCache with encryption in transit does, with its own certificate).
     pub fn start_tls() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls::new()), args: Vec::new() };
-        s.spawn();
+        let mut s = RedisServer { port: free_port(), child: None, tls: Some(Tls::new()), cluster: None };
+        s.spawn_on_free_ports();
         s
     }
 
@@ -74,8 +87,47 @@ impl RedisServer {
         self.tls.as_ref().map(|t| t.ca_pem.clone())
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server; if one of its ports was taken meanwhile, on new ports.
+    fn spawn_on_free_ports(&mut self) {
+        for _ in 1..PORT_ATTEMPTS {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(Exit::PortTaken) => {
+                    self.port = free_port();
+                    if let Some(t) = &mut self.tls {
+                        t.port = free_port();
+                    }
+                    if let Some(c) = &mut self.cluster {
+                        c.bus = free_port();
+                    }
+                }
+                Err(e) => e.fail(),
+            }
+        }
+        self.spawn().unwrap_or_else(|e| e.fail());
+    }
+
+    /// Starts the server on its ports and waits until it answers PING.
+    fn spawn(&mut self) -> Result<(), Exit> {
         let bin = std::env::var("SLUICE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        // redis-server logs to stdout; read it when the server exits at once.
+        let log = tempfile::tempfile().expect("a temporary file");
+        let cluster_args = self
+            .cluster
+            .as_ref()
+            .map(|c| {
+                let conf = c.dir.join(format!("nodes-{}.conf", self.port)).to_string_lossy().into_owned();
+                let mut args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(["--cluster-port".to_string(), c.bus.to_string()])
+                    .collect();
+                if c.tls {
+                    args.extend(["--tls-cluster", "yes"].map(String::from));
+                }
+                args
+            })
+            .unwrap_or_default();
         let child = Command::new("timeout")
             .args(["--kill-after=5", MAX_LIFETIME_SECS, &bin])
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -99,8 +151,8 @@ impl RedisServer {
                     })
                     .unwrap_or_default(),
             )
-            .args(&self.args)
-            .stdout(Stdio::null())
+            .args(cluster_args)
+            .stdout(log.try_clone().expect("a second handle on the log"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; {INSTALL_HINT}"));
@@ -108,11 +160,16 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{bin} exited at once ({status}); is it installed? {INSTALL_HINT}");
+                self.child = None;
+                let mut said = String::new();
+                let mut log = log;
+                let _ = std::io::Seek::rewind(&mut log).and_then(|_| log.read_to_string(&mut said));
+                return Err(if said.contains("Address already in use") { Exit::PortTaken } else { Exit::Other { bin, status, said } });
             }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     fn answers(&self) -> bool {
@@ -134,7 +191,24 @@ impl RedisServer {
     /// does) and starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.spawn().unwrap_or_else(|e| e.fail());
+    }
+}
+
+/// Why a server exited before it answered.
+enum Exit {
+    PortTaken,
+    Other { bin: String, status: std::process::ExitStatus, said: String },
+}
+
+impl Exit {
+    fn fail(self) -> ! {
+        match self {
+            Exit::PortTaken => panic!("redis-server found its port taken {PORT_ATTEMPTS} times"),
+            Exit::Other { bin, status, said } => {
+                panic!("{bin} exited at once ({status}); is it installed? {INSTALL_HINT}\nit said:\n{said}")
+            }
+        }
     }
 }
 
@@ -172,22 +246,12 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(n);
         let mut buses = Vec::with_capacity(n);
         for _ in 0..n {
-            let port = free_port();
-            let bus = free_port();
-            let conf = dir.path().join(format!("nodes-{port}.conf")).to_string_lossy().into_owned();
-            let mut args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"]
-                .into_iter()
-                .map(String::from)
-                .chain(["--cluster-port".to_string(), bus.to_string()])
-                .collect();
-            if tls.is_some() {
-                args.extend(["--tls-cluster", "yes"].map(String::from));
-            }
+            let cluster = ClusterNode { bus: free_port(), dir: dir.path().to_path_buf(), tls: tls.is_some() };
             let tls = tls.as_ref().map(|t| Tls { port: free_port(), ..t.clone() });
-            let mut s = RedisServer { port, child: None, tls, args };
-            s.spawn();
+            let mut s = RedisServer { port: free_port(), child: None, tls, cluster: Some(cluster) };
+            s.spawn_on_free_ports();
+            buses.push(s.cluster.as_ref().map_or(0, |c| c.bus));
             nodes.push(s);
-            buses.push(bus);
         }
         let c = RedisCluster { nodes, _dir: dir };
         const SLOTS: usize = 16_384;
@@ -300,4 +364,31 @@ pub fn deploy_tools_python() -> String {
 /// A resource prefix no other test uses, so tests can share one emulator.
 pub fn unique_prefix(what: &str) -> String {
     format!("t{}-{what}", &sluice_core::ids::random_id()[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_whose_port_was_taken_starts_on_another() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut s = RedisServer { port, child: None, tls: None, cluster: None };
+        s.spawn_on_free_ports();
+        assert_ne!(s.port, port);
+        assert!(s.answers());
+    }
+
+    #[test]
+    fn a_cluster_node_whose_bus_port_was_taken_starts_on_others() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let bus = taken.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ClusterNode { bus, dir: dir.path().to_path_buf(), tls: false };
+        let mut s = RedisServer { port: free_port(), child: None, tls: None, cluster: Some(cluster) };
+        s.spawn_on_free_ports();
+        assert_ne!(s.cluster.as_ref().unwrap().bus, bus);
+        assert!(s.answers());
+    }
 }
