@@ -7,7 +7,8 @@
 //! where chat and the drain share a process, the runtime's lag (how late a short timer
 //! fires: the time every task waits for a core, which persist latency alone does not see).
 //! Over the target or throttled, the admitted rate is cut by a factor (at most once per
-//! latency window); otherwise, if the drain actually used most of it, it grows by a step. The
+//! latency window) from what the drain used over about the last second, when that is less;
+//! otherwise, if the drain used at least half of it, it grows by a step. The
 //! target is twice what chat sees while the drain is idle (or held at its floor, where it
 //! hardly runs), and at least the configured one. The rate never goes below a floor (the
 //! drain never starves) nor above the ceiling. Admission is a token bucket at the current
@@ -141,12 +142,17 @@ struct State {
     refilled: Instant,
     /// Messages admitted since the last tick.
     admitted: u64,
+    /// The rate the drain used lately (messages/s): a moving average over about a second,
+    /// since a poller reserves a whole batch in one tick and nothing in the next.
+    used: f64,
     /// The interactive p99 while the drain is idle (see [`Governor::target`]).
     calm: Option<Duration>,
     /// The runtime lag p99 while the drain is idle.
     calm_lag: Option<Duration>,
     /// No other cut before this.
     cooled_at: Option<Instant>,
+    /// Other bulk work ran since the last tick ([`Governor::hold_calm`]).
+    busy_elsewhere: bool,
 }
 
 /// The admitted rate of one worker and its controller.
@@ -165,9 +171,11 @@ impl Governor {
                 tokens: 0.0,
                 refilled: Instant::now(),
                 admitted: 0,
+                used: 0.0,
                 calm: None,
                 calm_lag: None,
                 cooled_at: None,
+                busy_elsewhere: false,
             }),
         }
     }
@@ -207,6 +215,14 @@ impl Governor {
         self.reserve_at(n, Instant::now())
     }
 
+    /// Says that other bulk work (EnqueueBulk recording and queueing a campaign in this
+    /// process) ran during this tick: what chat sees now is not calm, even with the drain idle.
+    /// Otherwise the calm would drift up to what a long accept does to chat, and the target
+    /// with it.
+    pub fn hold_calm(&self) {
+        self.lock().busy_elsewhere = true;
+    }
+
     /// One controller tick with the signals of the tick just ended: the interactive p99
     /// (`None` when there was no chat) and the store failures (throttling, conflicts) the
     /// bulk lane met.
@@ -239,12 +255,15 @@ impl Governor {
     ) -> Adjustment {
         let c = &self.config;
         let mut s = self.lock();
-        let used = s.admitted as f64 / c.tick.as_secs_f64();
+        let ticks_per_window = (c.cooldown.as_secs_f64() / c.tick.as_secs_f64()).max(1.0);
+        s.used += (s.admitted as f64 / c.tick.as_secs_f64() - s.used) / ticks_per_window;
+        let used = s.used;
         // At the floor the drain hardly runs, so what chat sees there is not the drain's
         // doing: the calm may drift up as while idle. Otherwise a store grown slower with its
         // data, or a machine grown busier, would hold the drain at the floor for good.
-        let idle = s.admitted == 0 || s.limit <= c.floor;
+        let idle = (s.admitted == 0 || s.limit <= c.floor) && !s.busy_elsewhere;
         s.admitted = 0;
+        s.busy_elsewhere = false;
         s.calm = calm(s.calm, interactive_p99, idle);
         s.calm_lag = calm(s.calm_lag, lag_p99, idle);
         let target = s.calm.map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
@@ -267,7 +286,10 @@ impl Governor {
                 return Adjustment::Held;
             }
             s.cooled_at = Some(now + c.cooldown);
-            s.limit = (from * c.cut).max(c.floor);
+            // A limit the drain does not reach (held back by the store's lanes, or by what
+            // the queue offers) is cut from what it uses: cutting the unused part alone would
+            // leave chat waiting through many windows before a cut binds.
+            s.limit = (from.min(used) * c.cut).max(c.floor);
             return if s.limit < from { Adjustment::Cut { from, to: s.limit, why } } else { Adjustment::Held };
         }
         // Grow only a rate the drain actually used: a limit far above what the queue offers

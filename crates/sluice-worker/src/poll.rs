@@ -18,10 +18,16 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_logged = self.governor.limit();
         let mut backoffs = m.store_backoffs.get();
+        let mut enqueued = m.enqueued.get();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            // EnqueueBulk at work in this process slows chat too: not the calm.
+            if m.enqueued.get() != enqueued {
+                enqueued = m.enqueued.get();
+                self.governor.hold_calm();
             }
             // This process's chat, and the worst gateway's anywhere (a reading lapses with its gateway).
             let remote = self.b.limiter.highest(INTERACTIVE_P99_KEY).await.ok().flatten().map(|ms| Duration::from_secs_f64(ms / 1000.0));

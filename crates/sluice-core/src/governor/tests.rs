@@ -5,10 +5,12 @@ fn config() -> GovernorConfig {
     GovernorConfig { ceiling: 10_000.0, floor: 50.0, initial: 1_000.0, ..GovernorConfig::default() }
 }
 
-/// One tick in which the drain used its whole rate.
+/// One tick in which the drain used its whole rate, as it has for a while.
 fn busy_tick(g: &Governor) {
     let n = (g.limit() * g.config().tick.as_secs_f64()) as u64;
-    g.lock().admitted = n;
+    let mut s = g.lock();
+    s.admitted = n;
+    s.used = s.used.max(s.limit);
 }
 
 #[test]
@@ -55,8 +57,32 @@ fn chat_over_target_cuts_once_per_window_and_a_calm_busy_drain_grows_back() {
     assert!(matches!(busy(&g, &mut t, None, 3), Adjustment::Cut { .. }), "store throttling cuts too");
     t += Duration::from_secs(1);
     assert!(matches!(busy(&g, &mut t, Some(1), 0), Adjustment::Raised { .. }));
+    // Idle for a second: what it used lately fades, and the rate stops growing.
+    for _ in 0..4 {
+        t += g.config().tick;
+        g.adjust_at(t, None, 0);
+    }
     t += g.config().tick;
     assert_eq!(g.adjust_at(t, None, 0), Adjustment::Held, "an idle drain does not grow its rate");
+}
+
+#[test]
+fn a_limit_the_drain_does_not_reach_is_cut_from_what_it_uses() {
+    let g = Governor::new(config());
+    let mut t = Instant::now();
+    calm(&g, &mut t, 2);
+    // The drain takes 200 messages/s against its limit of 1,000: one reservation of 200
+    // every fourth tick (800/s within that tick).
+    for i in 0..40 {
+        if i % 4 == 0 {
+            g.lock().admitted = 200;
+        }
+        t += g.config().tick;
+        let a = g.adjust_at(t, Some(Duration::from_millis(2)), 0);
+        assert_eq!(a, Adjustment::Held, "a rate the drain does not use does not grow (tick {i})");
+    }
+    let cut = g.adjust_at(t + g.config().tick, Some(Duration::from_millis(30)), 0);
+    assert!(matches!(cut, Adjustment::Cut { from, to, .. } if from == 1_000.0 && to < 250.0), "{cut:?}");
 }
 
 #[test]
@@ -89,6 +115,34 @@ fn chat_slow_without_the_drain_does_not_hold_it_at_the_floor() {
     }
     assert!(raised, "still held at the floor, target {:?}", g.target());
     assert!(g.target() >= Duration::from_millis(40), "{:?}", g.target());
+}
+
+#[test]
+fn chat_slowed_by_other_bulk_work_is_not_calm() {
+    let g = Governor::new(config());
+    let mut t = Instant::now();
+    calm(&g, &mut t, 5);
+    let target = g.target();
+    // EnqueueBulk records a long campaign while the drain sits at its floor: chat is slow,
+    // but not of itself, so the calm (and with it the target) stays where it was.
+    for _ in 0..40 {
+        t += Duration::from_secs(1);
+        g.hold_calm();
+        busy(&g, &mut t, Some(40), 0);
+    }
+    assert_eq!(g.limit(), 50.0);
+    for _ in 0..200 {
+        g.hold_calm();
+        t += g.config().tick;
+        g.adjust_at(t, Some(Duration::from_millis(40)), 0);
+    }
+    assert_eq!(g.target(), target);
+    // Without the other work, the same ticks let it drift (the test above).
+    for _ in 0..200 {
+        t += g.config().tick;
+        g.adjust_at(t, Some(Duration::from_millis(40)), 0);
+    }
+    assert!(g.target() > target, "{:?}", g.target());
 }
 
 #[test]
