@@ -54,6 +54,11 @@ pub struct Metrics {
     pub runtime_lag_p99_seconds: prometheus::Gauge,
     /// The drain governor's admitted rate (messages/s) in this process's worker.
     pub drain_limit: prometheus::Gauge,
+    /// The accept gate's rate (messages/s) for EnqueueBulk in this process while chat flows;
+    /// 0 while it is open (no chat).
+    pub accept_limit: prometheus::Gauge,
+    /// Times the accept gate cut its rate.
+    pub accept_cuts: IntCounter,
     /// The interactive persist p99 the governor saw at its last tick, in seconds.
     pub interactive_persist_p99_seconds: prometheus::Gauge,
     /// Times the governor cut the drain rate.
@@ -158,6 +163,11 @@ impl Metrics {
                 "How late short timers fire on the runtime, p99 over the last second (where chat and the drain share a process)"
             )),
             drain_limit: reg!(prometheus::Gauge::new("drain_limit", "Bulk messages per second the drain governor admits")),
+            accept_limit: reg!(prometheus::Gauge::new(
+                "accept_limit",
+                "One-offs per second EnqueueBulk queues while chat flows in this process (0: open, no chat)"
+            )),
+            accept_cuts: reg!(IntCounter::new("accept_cuts_total", "Times the accept gate cut EnqueueBulk's rate")),
             interactive_persist_p99_seconds: reg!(prometheus::Gauge::new(
                 "interactive_persist_p99_seconds",
                 "Interactive persist latency p99 over the last second, as the drain governor sees it"

@@ -299,10 +299,12 @@ impl App {
         let each_body = if body_ref.is_some() { "" } else { body };
         let mut rest = recipients;
         while !rest.is_empty() {
+            let most = self.accept.batch(ENQUEUE_CHUNK).min(rest.len());
+            self.accept.admit(most).await;
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some((r, tail)) = rest.split_first() {
-                if batch.len() == ENQUEUE_CHUNK || (!batch.is_empty() && bytes >= ENQUEUE_CHUNK_BYTES) {
+                if batch.len() == most || (!batch.is_empty() && bytes >= ENQUEUE_CHUNK_BYTES) {
                     break;
                 }
                 sluice_core::share_runtime(batch.len()).await;

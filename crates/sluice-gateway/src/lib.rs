@@ -15,6 +15,7 @@
 //! number of gateways can run and clients reconnect to any of them.
 
 pub use sluice_core::auth;
+pub mod accept;
 pub mod admin;
 pub mod chat;
 pub mod control;
@@ -103,6 +104,8 @@ pub struct App {
     pub limits: Limits,
     /// Each campaign's last read, for its rate in GetCampaign.
     pub campaign_rates: control::CampaignRates,
+    /// Paces EnqueueBulk while chat flows in this process.
+    pub accept: accept::AcceptGate,
     /// Cancelled on shutdown: sessions close with 1001, streams end.
     pub shutdown: CancellationToken,
     /// Whether `POST /v1/dev/token` mints user tokens for anyone who asks (development only:
@@ -140,6 +143,10 @@ pub async fn serve_with_admin(app: Arc<App>, http: TcpListener, grpc: TcpListene
     use axum::serve::ListenerExt;
     let shutdown = app.shutdown.clone();
     tokio::spawn(report_interactive_latency(app.clone()));
+    {
+        let app = app.clone();
+        tokio::spawn(async move { app.accept.govern(&app.backends.metrics, app.shutdown.clone()).await });
+    }
     let public = if admin.is_some() { http::public_router(app.clone()) } else { http::router(app.clone()) };
     let admin_server = async {
         match admin {

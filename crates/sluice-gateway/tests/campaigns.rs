@@ -59,6 +59,7 @@ fn env_in(dir: tempfile::TempDir) -> Env {
         auth: Auth::new(b"campaign-test-secret-campaign-test", "svc"),
         limits: Limits::default(),
         campaign_rates: Default::default(),
+        accept: Default::default(),
         shutdown: CancellationToken::new(),
         dev_sign_in: false,
     });

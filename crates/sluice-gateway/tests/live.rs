@@ -63,6 +63,7 @@ async fn gateway() -> Gateway {
         auth: Auth::new(b"live-test-secret-live-test-secret", "svc"),
         limits: Limits::default(),
         campaign_rates: Default::default(),
+        accept: Default::default(),
         shutdown: shutdown.clone(),
         dev_sign_in: false,
     });

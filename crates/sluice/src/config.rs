@@ -313,6 +313,14 @@ pub struct ServeArgs {
     /// never starves).
     #[arg(long, env = "SLUICE_DRAIN_FLOOR", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub drain_floor: u32,
+    /// Most one-offs per second EnqueueBulk queues in this gateway while chat flows here (the
+    /// accept gate's ceiling; it paces the accept on the drain governor's signals); 0: no
+    /// ceiling. Without chat the accept is not paced.
+    #[arg(long, env = "SLUICE_ACCEPT_RATE", default_value_t = 0)]
+    pub accept_rate: u32,
+    /// Fewest one-offs per second EnqueueBulk queues whatever chat's signals.
+    #[arg(long, env = "SLUICE_ACCEPT_FLOOR", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub accept_floor: u32,
     /// The interactive persist p99 (ms) the drain governor keeps chat under: above it, the
     /// bulk rate is cut.
     #[arg(long, env = "SLUICE_INTERACTIVE_P99_TARGET_MS", default_value_t = 10.0)]

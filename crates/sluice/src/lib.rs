@@ -34,6 +34,7 @@ use config::{
 use sluice_core::governor::GovernorConfig;
 use sluice_core::metrics::Metrics;
 use sluice_embedded::{EmbeddedQueue, EmbeddedStore, QueueConfig};
+use sluice_gateway::accept::AcceptGate;
 use sluice_gateway::{App, Auth, Limits};
 use sluice_proto::v1::{self, drain_scope};
 use sluice_worker::{Worker, WorkerConfig};
@@ -170,6 +171,24 @@ fn limits(a: &ServeArgs) -> Limits {
     }
 }
 
+/// A governor between `floor` and `ceiling` (0: none) on the configured chat targets.
+fn governor_config(a: &ServeArgs, floor: u32, ceiling: u32) -> GovernorConfig {
+    let ceiling = if ceiling == 0 { f64::INFINITY } else { ceiling as f64 };
+    GovernorConfig {
+        ceiling,
+        floor: (floor as f64).min(ceiling),
+        target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
+        lag_target: Duration::from_secs_f64(a.runtime_lag_target_ms.max(0.1) / 1000.0),
+        ..GovernorConfig::default()
+    }
+}
+
+/// The accept gate starts at its floor and grows while chat stays within its targets.
+fn accept_config(a: &ServeArgs) -> GovernorConfig {
+    let g = governor_config(a, a.accept_floor, a.accept_rate);
+    GovernorConfig { initial: g.floor, ..g }
+}
+
 fn worker_config(a: &ServeArgs) -> WorkerConfig {
     WorkerConfig {
         concurrency: a.worker_concurrency as usize,
@@ -177,13 +196,7 @@ fn worker_config(a: &ServeArgs) -> WorkerConfig {
         visibility: Duration::from_secs(a.visibility_timeout_secs),
         max_receives: a.max_receives,
         max_body_bytes: a.max_body_bytes as usize,
-        governor: GovernorConfig {
-            ceiling: if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 },
-            floor: (a.drain_floor as f64).min(if a.drain_rate == 0 { f64::INFINITY } else { a.drain_rate as f64 }),
-            target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
-            lag_target: Duration::from_secs_f64(a.runtime_lag_target_ms.max(0.1) / 1000.0),
-            ..GovernorConfig::default()
-        },
+        governor: governor_config(a, a.drain_floor, a.drain_rate),
         fleet_rate: (a.fleet_drain_rate > 0).then_some(a.fleet_drain_rate as f64),
         ..WorkerConfig::default()
     }
@@ -379,6 +392,7 @@ pub async fn serve_on(
                 auth: Auth::new(s.jwt_secret.as_bytes(), &s.service_token).with_max_token_ttl(args.max_token_ttl_secs),
                 limits: limits(args),
                 campaign_rates: Default::default(),
+                accept: AcceptGate::new(accept_config(args)),
                 shutdown: shutdown.clone(),
                 dev_sign_in,
             });

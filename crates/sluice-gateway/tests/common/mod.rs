@@ -30,6 +30,7 @@ pub fn app_with(
         auth: Auth::new(b"gateway-test-secret-gateway-test-secret", SERVICE_TOKEN),
         limits,
         campaign_rates: Default::default(),
+        accept: Default::default(),
         shutdown: CancellationToken::new(),
         dev_sign_in,
     });
