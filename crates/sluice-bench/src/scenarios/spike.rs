@@ -25,8 +25,9 @@ const BODY: &str = "Spring sale: 20% off everything until Sunday";
 /// One GetCampaign sample: seconds since the spike began, enqueued, persisted, dead-lettered.
 type Sample = (f64, u64, u64, u64);
 /// One `/metrics` sample: seconds since the spike began, the governor's limit (msg/s), the
-/// interactive persist p99 it saw (ms), messages drained so far, the runtime lag p99 (ms).
-type GovernorSample = (f64, f64, f64, f64, f64);
+/// interactive persist p99 it saw (ms), messages drained so far, the runtime lag p99 (ms),
+/// the accept gate's limit (msg/s, 0 while open).
+type GovernorSample = (f64, f64, f64, f64, f64, f64);
 
 pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Report> {
     let mut params = crate::scenarios::interactive::params(&a.chat);
@@ -72,6 +73,7 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
                         m.sum("sluice_interactive_persist_p99_seconds", &[]) * 1000.0,
                         m.sum("sluice_drained_total", &[]),
                         m.sum("sluice_runtime_lag_p99_seconds", &[]) * 1000.0,
+                        m.sum("sluice_accept_limit", &[]),
                     ));
                 }
                 if let Ok(c) = g.get_campaign(v1::GetCampaignRequest { campaign_id: campaign.clone(), tenant: None }).await {
@@ -168,11 +170,12 @@ pub async fn run(server: &Server, a: &SpikeArgs, run: &str) -> anyhow::Result<Re
     }
     report.series.push(Series {
         name: "governor".into(),
-        title: "The drain governor during the spike".into(),
+        title: "The drain governor and the accept gate during the spike".into(),
         x_label: "seconds since the first EnqueueBulk".into(),
         y_label: "messages/s (p99: ms x 100)".into(),
         lines: vec![
             Line { name: "governor limit".into(), points: governor.iter().map(|s| (s.0, s.1.min(1e6))).collect() },
+            Line { name: "accept gate limit (0: open)".into(), points: governor.iter().map(|s| (s.0, s.5.min(1e6))).collect() },
             Line { name: "drain rate".into(), points: drain_rate },
             Line { name: "interactive persist p99 (ms x 100)".into(), points: governor.iter().map(|s| (s.0, s.2 * 100.0)).collect() },
             Line { name: "runtime lag p99 (ms x 100)".into(), points: governor.iter().map(|s| (s.0, s.4 * 100.0)).collect() },
