@@ -146,9 +146,9 @@ struct State {
     /// since a poller reserves a whole batch in one tick and nothing in the next.
     used: f64,
     /// The interactive p99 while the drain is idle (see [`Governor::target`]).
-    calm: Option<Duration>,
+    calm: Calm,
     /// The runtime lag p99 while the drain is idle.
-    calm_lag: Option<Duration>,
+    calm_lag: Calm,
     /// No other cut before this.
     cooled_at: Option<Instant>,
     /// Other bulk work ran since the last tick ([`Governor::hold_calm`]).
@@ -172,8 +172,8 @@ impl Governor {
                 refilled: Instant::now(),
                 admitted: 0,
                 used: 0.0,
-                calm: None,
-                calm_lag: None,
+                calm: Calm::default(),
+                calm_lag: Calm::default(),
                 cooled_at: None,
                 busy_elsewhere: false,
             }),
@@ -217,7 +217,7 @@ impl Governor {
 
     /// Says that other bulk work (EnqueueBulk recording and queueing a campaign in this
     /// process) ran during this tick: what chat sees now is not calm, even with the drain idle.
-    /// Otherwise the calm would drift up to what a long accept does to chat, and the target
+    /// Otherwise the calm would rise to what a long accept does to chat, and the target
     /// with it.
     pub fn hold_calm(&self) {
         self.lock().busy_elsewhere = true;
@@ -234,7 +234,7 @@ impl Governor {
     /// is idle (the promise is "within 2x of calm"), and never below the configured target,
     /// so a machine whose calm p99 is already over the target still drains.
     pub fn target(&self) -> Duration {
-        let calm = self.lock().calm;
+        let calm = self.lock().calm.value();
         calm.map_or(self.config.target, |c| self.config.target.max(c.mul_f64(2.0)))
     }
 
@@ -259,15 +259,15 @@ impl Governor {
         s.used += (s.admitted as f64 / c.tick.as_secs_f64() - s.used) / ticks_per_window;
         let used = s.used;
         // At the floor the drain hardly runs, so what chat sees there is not the drain's
-        // doing: the calm may drift up as while idle. Otherwise a store grown slower with its
+        // doing: it counts as calm, as while idle. Otherwise a store grown slower with its
         // data, or a machine grown busier, would hold the drain at the floor for good.
         let idle = (s.admitted == 0 || s.limit <= c.floor) && !s.busy_elsewhere;
         s.admitted = 0;
         s.busy_elsewhere = false;
-        s.calm = calm(s.calm, interactive_p99, idle);
-        s.calm_lag = calm(s.calm_lag, lag_p99, idle);
-        let target = s.calm.map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
-        let lag_target = s.calm_lag.map_or(c.lag_target, |calm| c.lag_target.max(calm.mul_f64(2.0)));
+        s.calm.note(interactive_p99, idle);
+        s.calm_lag.note(lag_p99, idle);
+        let target = s.calm.value().map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
+        let lag_target = s.calm_lag.value().map_or(c.lag_target, |calm| c.lag_target.max(calm.mul_f64(2.0)));
         let from = s.limit;
         let why = match (interactive_p99, lag_p99) {
             _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
@@ -302,18 +302,35 @@ impl Governor {
     }
 }
 
-/// What a latency signal is without the drain, as TCP Vegas keeps its base RTT: the lowest
-/// p99 seen, which drifts up (2% a tick, toward the current p99) only while the drain is
-/// idle. Averaging idle ticks instead let the start of a burst (EnqueueBulk recording
-/// recipients while nothing drains yet) pass for calm.
-fn calm(before: Option<Duration>, now: Option<Duration>, idle: bool) -> Option<Duration> {
-    let Some(p99) = now else { return before };
-    Some(match before {
-        None => p99,
-        Some(calm) if p99 < calm => p99,
-        Some(calm) if idle => calm.mul_f64(1.02).min(p99),
-        Some(calm) => calm,
-    })
+/// What a latency signal is without the drain: the median of its p99 over the last
+/// [`Calm::KEEP`] ticks in which the drain was idle (or held at its floor) and no other bulk
+/// work ran in the process. The lowest p99 seen (as TCP Vegas keeps its base RTT) was one
+/// lucky window: on a machine busy with chat alone, a second's p99 ranged 10-64 ms with
+/// median 27 ms, so twice the lowest was under what chat saw half the time with nothing
+/// draining, and a drain cut from what it used sat near its floor. Ticks of EnqueueBulk at
+/// work are left out ([`Governor::hold_calm`]), so the start of a burst does not pass for calm.
+#[derive(Debug, Default)]
+struct Calm {
+    samples: VecDeque<Duration>,
+}
+
+impl Calm {
+    /// A minute of ticks at the default 250 ms.
+    const KEEP: usize = 240;
+
+    fn note(&mut self, p99: Option<Duration>, idle: bool) {
+        let Some(p99) = p99.filter(|_| idle) else { return };
+        if self.samples.len() == Self::KEEP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(p99);
+    }
+
+    fn value(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
+        let mid = v.len().checked_sub(1)? / 2;
+        Some(*v.select_nth_unstable(mid).1)
+    }
 }
 
 /// Samples the runtime's lag until `shutdown`: a timer of `every` is set again and again,
