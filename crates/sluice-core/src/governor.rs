@@ -333,6 +333,10 @@ impl Calm {
     }
 }
 
+/// How often the runtime lag is sampled (a timer this short fires late as soon as the
+/// runtime's threads are busy).
+pub const LAG_SAMPLE_EVERY: Duration = Duration::from_millis(5);
+
 /// Samples the runtime's lag until `shutdown`: a timer of `every` is set again and again,
 /// and how much later than asked each one fires goes to `window`. The lag is the time a
 /// ready task waits for a worker thread: high when the cores are busy.

@@ -5,8 +5,9 @@
 //! held chat's per-second p99 at 60-290 ms (24 ms before) for the 17 s it took, before the
 //! drain even began (DESIGN.md
 //! invariant 8 holds for the accept as for the drain). The gate is a second drain governor
-//! ([`Governor`]) on the same signals (the interactive persist p99, the runtime lag where it
-//! is sampled, the store's throttling), admitting one-offs instead of drained messages.
+//! ([`Governor`]) on the same signals (the interactive persist p99, the runtime lag, which
+//! every gateway samples unless its target is 0, and the store's throttling), admitting
+//! one-offs instead of drained messages.
 //! Without chat it stays open: the accept runs at full speed, since nobody is there to
 //! protect. A paced call takes longer; the producer is a batch job that can wait, chat cannot.
 

@@ -71,9 +71,6 @@ pub const ADOPTED_REASON: &str = "moved by the queue after its own maxReceiveCou
 const STORE_PROBE: Backoff = Backoff { base: Duration::from_millis(250), cap: Duration::from_secs(15), max_attempts: u32::MAX };
 /// Longest visibility a retryable failure gives a message before its next delivery.
 const RETRY_VISIBILITY_CAP: Duration = Duration::from_secs(60);
-/// How often the runtime lag is sampled (a timer this short fires late as soon as the
-/// runtime's threads are busy).
-const LAG_SAMPLE: Duration = Duration::from_millis(5);
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -95,8 +92,9 @@ pub struct WorkerConfig {
     /// Most bulk messages per second for all workers together (a budget shared through the
     /// limits port); `None`: no fleet budget.
     pub fleet_rate: Option<f64>,
-    /// Whether the governor watches this process's runtime lag: on where chat is served by
-    /// the same process (its cores are chat's), off in a worker-only process.
+    /// Whether the governor watches this process's runtime lag (which the process samples
+    /// where it serves chat, [`sluice_core::governor::sample_runtime_lag`]): on where chat is
+    /// served by the same process (its cores are chat's), off in a worker-only process.
     pub watch_runtime_lag: bool,
 }
 
@@ -164,10 +162,6 @@ impl Worker {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.watch_controls(s).await })
         };
-        let lag = self.config.watch_runtime_lag.then(|| {
-            let (w, s) = (self.clone(), shutdown.clone());
-            tokio::spawn(async move { sluice_core::governor::sample_runtime_lag(&w.b.metrics.runtime_lag, LAG_SAMPLE, s).await })
-        });
         let pollers = (0..self.config.concurrency.max(1)).map(|_| {
             let (w, s) = (self.clone(), shutdown.clone());
             tokio::spawn(async move { w.poll(s).await })
@@ -179,9 +173,6 @@ impl Worker {
         }
         control.abort();
         controls.abort();
-        if let Some(lag) = lag {
-            lag.abort();
-        }
     }
 }
 

@@ -327,8 +327,8 @@ pub struct ServeArgs {
     pub interactive_p99_target_ms: f64,
     /// Where gateway and worker share a process (`serve`): the runtime lag p99 (ms, how late
     /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or twice the
-    /// lag while the drain is idle when that is more; watched while there is chat. 0: not
-    /// watched.
+    /// lag while the drain is idle when that is more; watched while there is chat. A
+    /// gateway's accept gate watches it too. 0: not watched.
     #[arg(long, env = "SLUICE_RUNTIME_LAG_TARGET_MS", default_value_t = 4.0)]
     pub runtime_lag_target_ms: f64,
     /// Visibility timeout of received queue messages, in seconds.

@@ -363,6 +363,14 @@ pub async fn serve_on(
         roles.worker,
         shutdown.clone(),
     ));
+    // How late the runtime runs: a signal of the accept gate in a gateway, and of the drain
+    // governor where a worker shares the process with chat.
+    if roles.gateway && args.runtime_lag_target_ms > 0.0 {
+        let (metrics, shutdown) = (backends.metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            sluice_core::governor::sample_runtime_lag(&metrics.runtime_lag, sluice_core::governor::LAG_SAMPLE_EVERY, shutdown).await
+        });
+    }
     // The relay of the embedded store's outbox stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
