@@ -234,8 +234,7 @@ impl Governor {
     /// is idle (the promise is "within 2x of calm"), and never below the configured target,
     /// so a machine whose calm p99 is already over the target still drains.
     pub fn target(&self) -> Duration {
-        let calm = self.lock().calm.value();
-        calm.map_or(self.config.target, |c| self.config.target.max(c.mul_f64(2.0)))
+        self.lock().calm.target(self.config.target)
     }
 
     /// [`Governor::adjust`] at `now`.
@@ -266,8 +265,7 @@ impl Governor {
         s.busy_elsewhere = false;
         s.calm.note(interactive_p99, idle);
         s.calm_lag.note(lag_p99, idle);
-        let target = s.calm.value().map_or(c.target, |calm| c.target.max(calm.mul_f64(2.0)));
-        let lag_target = s.calm_lag.value().map_or(c.lag_target, |calm| c.lag_target.max(calm.mul_f64(2.0)));
+        let (target, lag_target) = (s.calm.target(c.target), s.calm_lag.target(c.lag_target));
         let from = s.limit;
         let why = match (interactive_p99, lag_p99) {
             _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
@@ -330,6 +328,11 @@ impl Calm {
         let mut v: Vec<Duration> = self.samples.iter().copied().collect();
         let mid = v.len().checked_sub(1)? / 2;
         Some(*v.select_nth_unstable(mid).1)
+    }
+
+    /// What the signal must stay under: twice the calm, and at least `least`.
+    fn target(&self, least: Duration) -> Duration {
+        self.value().map_or(least, |calm| least.max(calm.mul_f64(2.0)))
     }
 }
 

@@ -24,13 +24,14 @@ pub struct AcceptGate {
 
 impl Default for AcceptGate {
     fn default() -> Self {
-        AcceptGate::new(GovernorConfig { floor: DEFAULT_FLOOR, initial: DEFAULT_FLOOR, ..GovernorConfig::default() })
+        let floor = DEFAULT_FLOOR as f64;
+        AcceptGate::new(GovernorConfig { floor, initial: floor, ..GovernorConfig::default() })
     }
 }
 
 /// The fewest one-offs per second the gate admits, by default: a million-recipient campaign
 /// is accepted within about eight minutes however busy chat is.
-pub const DEFAULT_FLOOR: f64 = 2_000.0;
+pub const DEFAULT_FLOOR: u32 = 2_000;
 
 impl AcceptGate {
     pub fn new(config: GovernorConfig) -> Self {

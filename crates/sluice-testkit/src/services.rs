@@ -244,13 +244,11 @@ impl RedisCluster {
         assert!(n > 0);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut nodes = Vec::with_capacity(n);
-        let mut buses = Vec::with_capacity(n);
         for _ in 0..n {
             let cluster = ClusterNode { bus: free_port(), dir: dir.path().to_path_buf(), tls: tls.is_some() };
             let tls = tls.as_ref().map(|t| Tls { port: free_port(), ..t.clone() });
             let mut s = RedisServer { port: free_port(), child: None, tls, cluster: Some(cluster) };
             s.spawn_on_free_ports();
-            buses.push(s.cluster.as_ref().map_or(0, |c| c.bus));
             nodes.push(s);
         }
         let c = RedisCluster { nodes, _dir: dir };
@@ -259,8 +257,9 @@ impl RedisCluster {
             let (first, last) = (i * SLOTS / n, (i + 1) * SLOTS / n - 1);
             let _: () = c.query(node.port, redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(first).arg(last));
         }
-        for (node, bus) in c.nodes.iter().zip(&buses).skip(1) {
-            let _: () = c.query(c.nodes[0].port, redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(node.port).arg(*bus));
+        for node in c.nodes.iter().skip(1) {
+            let bus = node.cluster.as_ref().expect("a cluster node").bus;
+            let _: () = c.query(c.nodes[0].port, redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(node.port).arg(bus));
         }
         c.wait_ok();
         c

@@ -319,7 +319,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_ACCEPT_RATE", default_value_t = 0)]
     pub accept_rate: u32,
     /// Fewest one-offs per second EnqueueBulk queues whatever chat's signals.
-    #[arg(long, env = "SLUICE_ACCEPT_FLOOR", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SLUICE_ACCEPT_FLOOR", default_value_t = sluice_gateway::accept::DEFAULT_FLOOR, value_parser = clap::value_parser!(u32).range(1..))]
     pub accept_floor: u32,
     /// The interactive persist p99 (ms) the drain governor keeps chat under: above it, the
     /// bulk rate is cut.

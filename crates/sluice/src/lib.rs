@@ -365,7 +365,8 @@ pub async fn serve_on(
     ));
     // How late the runtime runs: a signal of the accept gate in a gateway, and of the drain
     // governor where a worker shares the process with chat.
-    if roles.gateway && args.runtime_lag_target_ms > 0.0 {
+    let sample_lag = roles.gateway && args.runtime_lag_target_ms > 0.0;
+    if sample_lag {
         let (metrics, shutdown) = (backends.metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             sluice_core::governor::sample_runtime_lag(&metrics.runtime_lag, sluice_core::governor::LAG_SAMPLE_EVERY, shutdown).await
@@ -375,7 +376,7 @@ pub async fn serve_on(
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
     let worker_task = roles.worker.then(|| {
-        let config = WorkerConfig { watch_runtime_lag: roles.gateway && args.runtime_lag_target_ms > 0.0, ..worker_config(args) };
+        let config = WorkerConfig { watch_runtime_lag: sample_lag, ..worker_config(args) };
         let worker = Arc::new(Worker::new(backends.clone(), config));
         tokio::spawn(sluice_worker::watch_queue(
             backends.queue.clone(),
