@@ -23,7 +23,6 @@
 
 use crate::App;
 use crate::auth::bearer;
-use crate::chat::BulkSend;
 use crate::control::CampaignStatus;
 use crate::error::AppError;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -240,8 +239,7 @@ async fn send_campaign(_: Operator, State(app): State<Arc<App>>, Body(r): Body<C
         r.campaign_id.filter(|c| !c.is_empty()).map(CampaignId::new).transpose().map_err(|e| AppError::bad_id("campaign_id", e))?;
     let sender = UserId::new(r.sender).map_err(|e| AppError::bad_id("sender", e))?;
     let tenant = r.tenant.filter(|t| !t.is_empty()).map(UserId::new).transpose().map_err(|e| AppError::bad_id("tenant", e))?;
-    let bulk = BulkSend { campaign_id, tenant, sender, recipients: &r.recipients, body: &r.body };
-    let (campaign_id, accepted) = app.enqueue_bulk(bulk).await?;
+    let (campaign_id, accepted) = app.enqueue_bulk_owned(campaign_id, tenant, sender, r.recipients, r.body).await?;
     Ok(Json(json!({"campaign_id": campaign_id.as_str(), "accepted": accepted})))
 }
 

@@ -16,6 +16,8 @@ use sluice_core::queue::Enqueue;
 use sluice_core::store::Membership;
 use sluice_proto::convert::encode_queued_traced;
 use std::collections::HashSet;
+use std::sync::Arc;
+use tracing::Instrument;
 
 use crate::App;
 
@@ -327,6 +329,21 @@ impl App {
             self.backends.metrics.enqueued.inc_by(out?.enqueued as u64);
         }
         Ok(())
+    }
+
+    /// [`App::enqueue_bulk`] of a call that owns its recipients and body, on the bulk
+    /// runtime ([`App::on_bulk`]).
+    pub async fn enqueue_bulk_owned(
+        self: &Arc<Self>,
+        campaign_id: Option<CampaignId>,
+        tenant: Option<UserId>,
+        sender: UserId,
+        recipients: Vec<String>,
+        body: String,
+    ) -> Result<(CampaignId, u64), AppError> {
+        let app = self.clone();
+        let work = async move { app.enqueue_bulk(BulkSend { campaign_id, tenant, sender, recipients: &recipients, body: &body }).await };
+        self.on_bulk(work.in_current_span()).await
     }
 
     /// A campaign's progress; with `tenant`, only a campaign of that tenant.

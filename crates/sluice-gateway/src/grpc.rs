@@ -3,7 +3,6 @@
 
 use crate::App;
 use crate::auth::bearer;
-use crate::chat::BulkSend;
 use crate::error::AppError;
 use futures::Stream;
 use sluice_core::control::{Control, Scope};
@@ -100,8 +99,8 @@ impl ChatService for Grpc {
             .map_err(|e| AppError::bad_id("campaign_id", e))?;
         let sender = UserId::new(r.sender).map_err(|e| AppError::bad_id("sender", e))?;
         let tenant = r.tenant.map(UserId::new).transpose().map_err(|e| AppError::bad_id("tenant", e))?;
-        let bulk = BulkSend { campaign_id, tenant, sender, recipients: &r.recipients, body: &r.body };
-        let (campaign_id, accepted) = self.app.enqueue_bulk(bulk).instrument(span.clone()).await?;
+        let bulk = self.app.enqueue_bulk_owned(campaign_id, tenant, sender, r.recipients, r.body);
+        let (campaign_id, accepted) = bulk.instrument(span.clone()).await?;
         span.record("campaign_id", campaign_id.as_str()).record("accepted", accepted);
         Ok(Response::new(v1::EnqueueBulkResponse { campaign_id: campaign_id.into_string(), accepted }))
     }

@@ -106,11 +106,34 @@ pub struct App {
     pub campaign_rates: control::CampaignRates,
     /// Paces EnqueueBulk while chat flows in this process.
     pub accept: accept::AcceptGate,
+    /// Where EnqueueBulk's recording and queueing run ([`App::on_bulk`]): the process's bulk
+    /// runtime, whose threads run below chat's priority; `None`: here, beside chat.
+    pub bulk: Option<tokio::runtime::Handle>,
     /// Cancelled on shutdown: sessions close with 1001, streams end.
     pub shutdown: CancellationToken,
     /// Whether `POST /v1/dev/token` mints user tokens for anyone who asks (development only:
     /// no JWT secret configured, listening on loopback).
     pub dev_sign_in: bool,
+}
+
+impl App {
+    /// Runs `work` on the bulk runtime when there is one ([`App::bulk`]), else in the
+    /// caller's task. Work that stops waiting (a call cancelled by its client) is stopped too.
+    pub async fn on_bulk<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, error::AppError>> + Send + 'static,
+    ) -> Result<T, error::AppError> {
+        let Some(rt) = &self.bulk else { return work.await };
+        match tokio_util::task::AbortOnDropHandle::new(rt.spawn(work)).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                let mut e = error::AppError::new(sluice_core::error::ErrorCode::Internal, "shutting down; retry");
+                e.grpc = tonic::Code::Unavailable;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Publishes this gateway's interactive persist p99 every [`REPORT_EVERY`] until shutdown,

@@ -60,6 +60,7 @@ fn env_in(dir: tempfile::TempDir) -> Env {
         limits: Limits::default(),
         campaign_rates: Default::default(),
         accept: Default::default(),
+        bulk: None,
         shutdown: CancellationToken::new(),
         dev_sign_in: false,
     });

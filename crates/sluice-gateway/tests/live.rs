@@ -64,6 +64,7 @@ async fn gateway() -> Gateway {
         limits: Limits::default(),
         campaign_rates: Default::default(),
         accept: Default::default(),
+        bulk: None,
         shutdown: shutdown.clone(),
         dev_sign_in: false,
     });

@@ -152,7 +152,7 @@ async fn open_hub(common: &CommonArgs) -> anyhow::Result<Arc<dyn Hub>> {
     })
 }
 
-fn events_kind(args: &ServeArgs) -> EventsKind {
+pub(crate) fn events_kind(args: &ServeArgs) -> EventsKind {
     args.events.unwrap_or(match (args.common.backend, &args.events_file) {
         (Backend::Aws, _) => EventsKind::Kinesis,
         (_, Some(_)) => EventsKind::File,

@@ -331,6 +331,12 @@ pub struct ServeArgs {
     /// gateway's accept gate watches it too. 0: not watched.
     #[arg(long, env = "SLUICE_RUNTIME_LAG_TARGET_MS", default_value_t = 4.0)]
     pub runtime_lag_target_ms: f64,
+    /// Where a process serves chat on the embedded backends (`serve`): how many steps of OS
+    /// priority (nice, 1 to 19) its bulk work runs below chat's, on threads of its own
+    /// (`sluice-bulk`): the worker's drain and EnqueueBulk's recording and queueing. The
+    /// kernel then gives chat's threads the cores first. 0: bulk work shares chat's threads.
+    #[arg(long, env = "SLUICE_BULK_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub bulk_nice: u8,
     /// Visibility timeout of received queue messages, in seconds.
     #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     pub visibility_timeout_secs: u64,

@@ -9,6 +9,8 @@
 //!   which probes a running process. The benchmarks are a program of their own
 //!   (`sluice-bench`), which starts this one as its server.
 //! - [`backends`]: the backends a configuration names, opened once per process.
+//! - [`bulk`]: the runtime a process that serves chat runs its bulk work on, below chat's
+//!   priority.
 //! - [`serve`] and [`serve_on`]: the composition root of the roles, for a caller that binds
 //!   its own [`Listeners`] and holds the shutdown token; [`serve_on`] takes backends the caller
 //!   opened and may have wrapped; [`start`] runs them in a task and hands back a [`Running`]
@@ -21,6 +23,7 @@
 //! `/readyz` and `/metrics`) once its backends are connected.
 
 pub mod backends;
+pub mod bulk;
 pub mod config;
 pub mod secrets;
 pub mod telemetry;
@@ -372,6 +375,21 @@ pub async fn serve_on(
             sluice_core::governor::sample_runtime_lag(&metrics.runtime_lag, sluice_core::governor::LAG_SAMPLE_EVERY, shutdown).await
         });
     }
+    // Where chat is served on the embedded backends, bulk work runs on threads of its own at
+    // a lower priority. Not with a remote backend: its client's connections are driven by
+    // the runtime that first needed them and shared with chat's requests, which must not
+    // wait for a bulk thread.
+    let all_embedded = common.store_kind() == StoreKind::Embedded
+        && common.queue_kind() == QueueKind::Embedded
+        && common.hub_kind() == HubKind::Local
+        && backends::events_kind(args) != config::EventsKind::Kinesis;
+    let bulk = match roles.gateway && all_embedded && args.bulk_nice > 0 {
+        true => {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Some(bulk::BulkRuntime::start(threads, args.bulk_nice).context("cannot start the bulk runtime")?)
+        }
+        false => None,
+    };
     // The relay of the embedded store's outbox stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
@@ -384,7 +402,11 @@ pub async fn serve_on(
             Duration::from_secs(1),
             shutdown.clone(),
         ));
-        tokio::spawn(worker.run(shutdown.clone()))
+        let run = worker.run(shutdown.clone());
+        match &bulk {
+            Some(bulk) => bulk.handle().spawn(run),
+            None => tokio::spawn(run),
+        }
     });
     let served = match listeners {
         Some((http, grpc)) => {
@@ -402,6 +424,7 @@ pub async fn serve_on(
                 limits: limits(args),
                 campaign_rates: Default::default(),
                 accept: AcceptGate::new(accept_config(args)),
+                bulk: bulk.as_ref().map(|b| b.handle().clone()),
                 shutdown: shutdown.clone(),
                 dev_sign_in,
             });

@@ -31,6 +31,7 @@ pub fn app_with(
         limits,
         campaign_rates: Default::default(),
         accept: Default::default(),
+        bulk: None,
         shutdown: CancellationToken::new(),
         dev_sign_in,
     });
