@@ -97,9 +97,11 @@ pub struct GovernorConfig {
     pub initial: f64,
     /// Interactive persist p99 the drain must not push chat above.
     pub target: Duration,
-    /// Runtime lag p99 the drain must not push above (the least target; twice the calm lag
-    /// when that is more).
+    /// Runtime lag p99 the drain must not push above (the least target; `slowdown` times the
+    /// calm lag when that is more).
     pub lag_target: Duration,
+    /// How many times its calm value the drain may push a signal to (at least its target).
+    pub slowdown: f64,
     /// The factor a cut multiplies the rate by.
     pub cut: f64,
     /// Growth per tick, as a share of the current rate (at least `floor`).
@@ -118,6 +120,7 @@ impl Default for GovernorConfig {
             initial: 2_000.0,
             target: Duration::from_millis(10),
             lag_target: Duration::from_millis(4),
+            slowdown: DEFAULT_SLOWDOWN,
             cut: 0.7,
             growth: 0.1,
             tick: Duration::from_millis(250),
@@ -125,6 +128,9 @@ impl Default for GovernorConfig {
         }
     }
 }
+
+/// Default of [`GovernorConfig::slowdown`].
+pub const DEFAULT_SLOWDOWN: f64 = 2.0;
 
 /// What a tick did to the rate.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,7 +240,7 @@ impl Governor {
     /// is idle (the promise is "within 2x of calm"), and never below the configured target,
     /// so a machine whose calm p99 is already over the target still drains.
     pub fn target(&self) -> Duration {
-        self.lock().calm.target(self.config.target)
+        self.lock().calm.target(self.config.target, self.config.slowdown)
     }
 
     /// [`Governor::adjust`] at `now`.
@@ -265,7 +271,7 @@ impl Governor {
         s.busy_elsewhere = false;
         s.calm.note(interactive_p99, idle);
         s.calm_lag.note(lag_p99, idle);
-        let (target, lag_target) = (s.calm.target(c.target), s.calm_lag.target(c.lag_target));
+        let (target, lag_target) = (s.calm.target(c.target, c.slowdown), s.calm_lag.target(c.lag_target, c.slowdown));
         let from = s.limit;
         let why = match (interactive_p99, lag_p99) {
             _ if store_failures > 0 => Some(format!("{store_failures} throttled or conflicting store calls")),
@@ -330,9 +336,9 @@ impl Calm {
         Some(*v.select_nth_unstable(mid).1)
     }
 
-    /// What the signal must stay under: twice the calm, and at least `least`.
-    fn target(&self, least: Duration) -> Duration {
-        self.value().map_or(least, |calm| least.max(calm.mul_f64(2.0)))
+    /// What the signal must stay under: `slowdown` times the calm, and at least `least`.
+    fn target(&self, least: Duration, slowdown: f64) -> Duration {
+        self.value().map_or(least, |calm| least.max(calm.mul_f64(slowdown)))
     }
 }
 

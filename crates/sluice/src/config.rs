@@ -325,6 +325,10 @@ pub struct ServeArgs {
     /// bulk rate is cut.
     #[arg(long, env = "SLUICE_INTERACTIVE_P99_TARGET_MS", default_value_t = 10.0)]
     pub interactive_p99_target_ms: f64,
+    /// How many times their calm values (while nothing bulk runs) the drain governor and the
+    /// accept gate let chat's signals grow: the interactive persist p99 and the runtime lag.
+    #[arg(long, env = "SLUICE_CHAT_SLOWDOWN", default_value_t = sluice_core::governor::DEFAULT_SLOWDOWN, value_parser = parse_slowdown)]
+    pub chat_slowdown: f64,
     /// Where gateway and worker share a process (`serve`): the runtime lag p99 (ms, how late
     /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or twice the
     /// lag while the drain is idle when that is more; watched while there is chat. A
@@ -455,4 +459,11 @@ pub enum CampaignAction {
     Status {
         campaign_id: String,
     },
+}
+
+fn parse_slowdown(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: a factor from 1 to 100")),
+    }
 }

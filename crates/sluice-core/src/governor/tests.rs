@@ -237,3 +237,16 @@ async fn the_lag_sampler_records_how_late_timers_fire() {
     task.await.unwrap();
     assert!(w.p99().is_some(), "samples were taken");
 }
+
+#[test]
+fn the_slowdown_sets_how_far_over_its_calm_chat_may_go() {
+    for (slowdown, target_ms) in [(2.0, 40), (1.5, 30)] {
+        let g = Governor::new(GovernorConfig { slowdown, ..config() });
+        let mut t = Instant::now();
+        calm(&g, &mut t, 20);
+        assert_eq!(g.target(), Duration::from_millis(target_ms), "{slowdown} times a calm 20 ms");
+        assert!(matches!(busy(&g, &mut t, Some(target_ms - 1), 0), Adjustment::Raised { .. }), "under the target");
+        t += Duration::from_secs(1);
+        assert!(matches!(busy(&g, &mut t, Some(target_ms + 1), 0), Adjustment::Cut { .. }), "over it");
+    }
+}

@@ -219,6 +219,15 @@ impl EmbeddedQueue {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the state from a blocking thread. A send that grows the tables holds the
+    /// lock for tens of milliseconds (a million deduplication keys rehashed): a reader of
+    /// figures waiting for it on an async thread would hold up every task queued behind it
+    /// there, chat's among them where the queue shares a process with chat.
+    async fn read_state<T: Send + 'static>(&self, f: impl FnOnce(&mut State) -> T + Send + 'static) -> Result<T, QueueError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut this.state())).await.map_err(|e| QueueError::Internal(format!("queue read failed: {e}")))
+    }
+
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
@@ -477,17 +486,19 @@ impl SpikeQueue for EmbeddedQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let mut st = self.state();
-        st.sched.expire(Instant::now());
-        let total = st.sched.entries.len() as u64;
-        let oldest = st.sched.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
-        Ok(QueueStats {
-            visible: total - st.sched.in_flight(),
-            in_flight: st.sched.in_flight(),
-            dead: st.dead,
-            held: st.held,
-            oldest_age_ms: oldest,
+        self.read_state(|st| {
+            st.sched.expire(Instant::now());
+            let total = st.sched.entries.len() as u64;
+            let oldest = st.sched.entries.values().next().map_or(0, |e| (now_ms() - e.enqueued_at_ms).max(0) as u64);
+            QueueStats {
+                visible: total - st.sched.in_flight(),
+                in_flight: st.sched.in_flight(),
+                dead: st.dead,
+                held: st.held,
+                oldest_age_ms: oldest,
+            }
         })
+        .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -521,11 +532,12 @@ impl SpikeQueue for EmbeddedQueue {
     }
 
     async fn tenant_backlog(&self, tenant: &str) -> Result<Option<u64>, QueueError> {
-        Ok(Some(self.state().sched.backlog(tenant)))
+        let tenant = tenant.to_string();
+        self.read_state(move |st| Some(st.sched.backlog(&tenant))).await
     }
 
     async fn tenant_backlogs(&self) -> Result<Vec<(String, u64)>, QueueError> {
-        Ok(self.state().sched.backlogs())
+        self.read_state(|st| st.sched.backlogs()).await
     }
 
     async fn hold(&self, receipts: &[Receipt], key: &str) -> Result<usize, QueueError> {
@@ -536,5 +548,43 @@ impl SpikeQueue for EmbeddedQueue {
     async fn release_held(&self, key: &str, limit: usize) -> Result<usize, QueueError> {
         let (this, key) = (self.clone(), key.to_string());
         detached(async move { this.release_held_now(key, limit).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Figures are read off the async thread: while a send holds the state (growing its
+    /// tables), other tasks on the reader's thread go on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn reading_figures_while_the_state_is_held_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = EmbeddedQueue::open(&dir.path().join("queue.redb"), QueueConfig::default()).unwrap();
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let (q, other_ran) = (q.clone(), other_ran.clone());
+            std::thread::spawn(move || {
+                let _st = q.state();
+                held_tx.send(()).unwrap();
+                // Held until a task of the runtime ran (or long enough to show it could not).
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !other_ran.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        held_rx.recv().unwrap();
+        let other = tokio::spawn({
+            let other_ran = other_ran.clone();
+            async move { other_ran.store(true, Ordering::SeqCst) }
+        });
+        let (stats, backlogs, backlog) = tokio::join!(q.stats(), q.tenant_backlogs(), q.tenant_backlog("acme"));
+        assert!(other_ran.load(Ordering::SeqCst), "another task ran while the figures waited for the state");
+        assert_eq!((stats.unwrap().visible, backlogs.unwrap(), backlog.unwrap()), (0, vec![], Some(0)));
+        other.await.unwrap();
+        holder.join().unwrap();
     }
 }
