@@ -182,6 +182,7 @@ fn governor_config(a: &ServeArgs, floor: u32, ceiling: u32) -> GovernorConfig {
         floor: (floor as f64).min(ceiling),
         target: Duration::from_secs_f64(a.interactive_p99_target_ms.max(0.1) / 1000.0),
         lag_target: Duration::from_secs_f64(a.runtime_lag_target_ms.max(0.1) / 1000.0),
+        slowdown: a.chat_slowdown,
         ..GovernorConfig::default()
     }
 }
