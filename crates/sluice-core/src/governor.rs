@@ -8,9 +8,9 @@
 //! fires: the time every task waits for a core, which persist latency alone does not see).
 //! Over the target or throttled, the admitted rate is cut by a factor (at most once per
 //! latency window) from what the drain used over about the last second, when that is less;
-//! otherwise, if the drain used at least half of it, it grows by a step. The
-//! target is twice what chat sees while the drain is idle (or held at its floor, where it
-//! hardly runs), and at least the configured one. The rate never goes below a floor (the
+//! otherwise, if the drain used at least half of it, it grows by a step. The target is
+//! [`GovernorConfig::slowdown`] (2) times what chat sees while the drain is idle (or held at
+//! its floor, where it hardly runs), and at least the configured one. The rate never goes below a floor (the
 //! drain never starves) nor above the ceiling. Admission is a token bucket at the current
 //! rate that lends: a poller reserves a whole batch and waits out the debt, so large batches
 //! stay possible at low rates.
@@ -236,9 +236,9 @@ impl Governor {
         self.adjust_at(Instant::now(), interactive_p99, store_failures)
     }
 
-    /// The interactive p99 the drain must stay under: twice what chat sees while the drain
-    /// is idle (the promise is "within 2x of calm"), and never below the configured target,
-    /// so a machine whose calm p99 is already over the target still drains.
+    /// The interactive p99 the drain must stay under: `slowdown` times what chat sees while
+    /// the drain is idle (the promise is "within 2x of calm"), and never below the configured
+    /// target, so a machine whose calm p99 is already over the target still drains.
     pub fn target(&self) -> Duration {
         self.lock().calm.target(self.config.target, self.config.slowdown)
     }
