@@ -356,9 +356,16 @@ pub async fn sample_runtime_lag(window: &LatencyWindow, every: Duration, shutdow
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(asked) => {}
         }
-        window.record(tokio::time::Instant::now().saturating_duration_since(asked));
+        let lag = tokio::time::Instant::now().saturating_duration_since(asked);
+        if lag >= STALL {
+            tracing::warn!(ms = ms(lag), "runtime stalled: a timer fired late (its threads were blocked or had no core)");
+        }
+        window.record(lag);
     }
 }
+
+/// A runtime lag logged as a stall.
+const STALL: Duration = Duration::from_millis(100);
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
