@@ -10,10 +10,10 @@
 //! latency window) from what the drain used over about the last second, when that is less;
 //! otherwise, if the drain used at least half of it, it grows by a step. The target is
 //! [`GovernorConfig::slowdown`] (2) times what chat sees while the drain is idle (or held at
-//! its floor, where it hardly runs), and at least the configured one. The rate never goes below a floor (the
-//! drain never starves) nor above the ceiling. Admission is a token bucket at the current
-//! rate that lends: a poller reserves a whole batch and waits out the debt, so large batches
-//! stay possible at low rates.
+//! its floor, where it hardly runs), and at least the configured one. The rate never goes
+//! below a floor (the drain never starves) nor above the ceiling. Admission is a token bucket
+//! at the current rate that lends: a poller reserves a whole batch and waits out the debt, so
+//! large batches stay possible at low rates.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -321,8 +321,9 @@ pub struct ServeArgs {
     /// Fewest one-offs per second EnqueueBulk queues whatever chat's signals.
     #[arg(long, env = "SLUICE_ACCEPT_FLOOR", default_value_t = sluice_gateway::accept::DEFAULT_FLOOR, value_parser = clap::value_parser!(u32).range(1..))]
     pub accept_floor: u32,
-    /// The interactive persist p99 (ms) the drain governor keeps chat under: above it, the
-    /// bulk rate is cut.
+    /// The interactive persist p99 (ms) the drain governor keeps chat under (or
+    /// `--chat-slowdown` times its calm value when that is more): above it, the bulk rate is
+    /// cut.
     #[arg(long, env = "SLUICE_INTERACTIVE_P99_TARGET_MS", default_value_t = 10.0)]
     pub interactive_p99_target_ms: f64,
     /// How many times their calm values (while nothing bulk runs) the drain governor and the
@@ -330,8 +331,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_CHAT_SLOWDOWN", default_value_t = sluice_core::governor::DEFAULT_SLOWDOWN, value_parser = parse_slowdown)]
     pub chat_slowdown: f64,
     /// Where gateway and worker share a process (`serve`): the runtime lag p99 (ms, how late
-    /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or twice the
-    /// lag while the drain is idle when that is more; watched while there is chat. A
+    /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or
+    /// `--chat-slowdown` times the lag while the drain is idle when that is more; watched
+    /// while there is chat. A
     /// gateway's accept gate watches it too. 0: not watched.
     #[arg(long, env = "SLUICE_RUNTIME_LAG_TARGET_MS", default_value_t = 4.0)]
     pub runtime_lag_target_ms: f64,

@@ -1,9 +1,9 @@
 //! Scenario `spike`: a campaign of N one-off messages enqueued through EnqueueBulk while the
 //! chat load runs. Chat latency is measured first without the spike (baseline), then from the
 //! first EnqueueBulk until the queue is drained, then as long as the baseline again (after:
-//! chat on a store that holds the campaign, with nothing draining). GetCampaign is polled every 100 ms for the
-//! queue depth (enqueued - persisted - dead-lettered); afterwards a sample of recipients'
-//! inboxes is read back to check their counters.
+//! chat on a store that holds the campaign, with nothing draining). GetCampaign is polled
+//! every 100 ms for the queue depth (enqueued - persisted - dead-lettered); afterwards a
+//! sample of recipients' inboxes is read back to check their counters.
 
 use crate::args::SpikeArgs;
 use crate::campaign::{Campaign, recipient};
