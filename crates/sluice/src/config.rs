@@ -469,3 +469,18 @@ fn parse_slowdown(s: &str) -> Result<f64, String> {
         _ => Err(format!("{s}: a factor from 1 to 100")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_slowdown_is_a_factor_from_1_to_100() {
+        let parse = |v: &str| ServeArgs::from_args(["--chat-slowdown", v]).map(|a| a.chat_slowdown);
+        assert_eq!(parse("1.5").unwrap(), 1.5);
+        assert_eq!(ServeArgs::from_args(Vec::<String>::new()).unwrap().chat_slowdown, sluice_core::governor::DEFAULT_SLOWDOWN);
+        for bad in ["0.5", "101", "x", "NaN"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
