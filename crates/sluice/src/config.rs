@@ -333,8 +333,7 @@ pub struct ServeArgs {
     /// Where gateway and worker share a process (`serve`): the runtime lag p99 (ms, how late
     /// a 5 ms timer fires: the wait for a core) the drain governor keeps under, or
     /// `--chat-slowdown` times the lag while the drain is idle when that is more; watched
-    /// while there is chat. A
-    /// gateway's accept gate watches it too. 0: not watched.
+    /// while there is chat. A gateway's accept gate watches it too. 0: not watched.
     #[arg(long, env = "SLUICE_RUNTIME_LAG_TARGET_MS", default_value_t = 4.0)]
     pub runtime_lag_target_ms: f64,
     /// Where a process serves chat on the embedded backends (`serve`): how many steps of OS

@@ -384,13 +384,12 @@ pub async fn serve_on(
         && common.queue_kind() == QueueKind::Embedded
         && common.hub_kind() == HubKind::Local
         && backends::events_kind(args) != config::EventsKind::Kinesis;
-    let bulk = match roles.gateway && all_embedded && args.bulk_nice > 0 {
-        true => {
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Some(bulk::BulkRuntime::start(threads, args.bulk_nice).context("cannot start the bulk runtime")?)
-        }
-        false => None,
-    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let bulk = (roles.gateway && all_embedded && args.bulk_nice > 0)
+        .then(|| bulk::BulkRuntime::start(threads, args.bulk_nice))
+        .transpose()
+        .context("cannot start the bulk runtime")?;
+    let bulk_handle = bulk.as_ref().map(|b| b.handle().clone());
     // The relay of the embedded store's outbox stops after the worker and gateway.
     let relay_stop = CancellationToken::new();
     let relay = outbox.map(|store| tokio::spawn(sluice_embedded::outbox::relay(store, events.clone(), relay_stop.clone())));
@@ -403,11 +402,7 @@ pub async fn serve_on(
             Duration::from_secs(1),
             shutdown.clone(),
         ));
-        let run = worker.run(shutdown.clone());
-        match &bulk {
-            Some(bulk) => bulk.handle().spawn(run),
-            None => tokio::spawn(run),
-        }
+        bulk_handle.clone().unwrap_or_else(tokio::runtime::Handle::current).spawn(worker.run(shutdown.clone()))
     });
     let served = match listeners {
         Some((http, grpc)) => {
@@ -425,7 +420,7 @@ pub async fn serve_on(
                 limits: limits(args),
                 campaign_rates: Default::default(),
                 accept: AcceptGate::new(accept_config(args)),
-                bulk: bulk.as_ref().map(|b| b.handle().clone()),
+                bulk: bulk_handle,
                 shutdown: shutdown.clone(),
                 dev_sign_in,
             });
