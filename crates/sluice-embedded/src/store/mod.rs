@@ -716,6 +716,39 @@ mod writer_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recording_a_campaign_while_chat_flows_takes_short_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let sent = |n: u64| {
+            let store = store.clone();
+            async move {
+                while store.inner.sent_ops.load(std::sync::atomic::Ordering::SeqCst) < n {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let (unblock, blocked) = std::sync::mpsc::channel();
+        store.hand_over(Op::Block(blocked)).unwrap();
+        let s = store.clone();
+        let chat = tokio::spawn(async move { s.create_room("r", &["a".into()], 1).await });
+        sent(2).await;
+        let recipients: Vec<String> = (0..1000).map(|i| format!("u{i:04}")).collect();
+        let s = store.clone();
+        let record = tokio::spawn(async move { s.record_enqueued("c", "shop", 1000, &recipients).await });
+        // Its slices go to the writer in one go.
+        sent(3).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let before = store.inner.health.commits.load(std::sync::atomic::Ordering::SeqCst);
+        unblock.send(()).unwrap();
+        chat.await.unwrap().unwrap();
+        let campaign = record.await.unwrap().unwrap();
+        assert_eq!((campaign.requested, campaign.enqueued), (1000, 1000));
+        let commits = store.inner.health.commits.load(std::sync::atomic::Ordering::SeqCst) - before;
+        let slices = 1000usize.div_ceil(BULK_SLICE) as u64;
+        assert!(commits > slices, "1,000 recipients recorded beside chat in {commits} commits: at most {BULK_SLICE} a commit");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_that_moves_nothing_costs_no_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
