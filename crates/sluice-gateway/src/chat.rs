@@ -22,9 +22,27 @@ use tracing::Instrument;
 use crate::App;
 
 /// Most messages handed to the queue in one `send` call by EnqueueBulk.
-const ENQUEUE_CHUNK: usize = 10_000;
+pub const ENQUEUE_CHUNK: usize = 10_000;
 /// Most bytes of queued messages one EnqueueBulk call builds before handing them over.
 pub const ENQUEUE_CHUNK_BYTES: usize = 8 << 20;
+/// Recipients recorded in their campaign per store call by EnqueueBulk, ahead of queueing
+/// them. Fixed, so that a retried call records the same slices.
+pub const RECORD_SLICE: usize = 1_000;
+/// One EnqueueBulk call's accepted recipients on their way to the queue.
+struct Call<'a> {
+    campaign_id: &'a CampaignId,
+    tenant: &'a UserId,
+    sender: &'a UserId,
+    /// [`ids::campaign_owner`] of tenant and sender.
+    owner: &'a str,
+    body: &'a str,
+    /// Distinct, in request order.
+    recipients: &'a [UserId],
+    /// For each recipient, the request entries up to and including it.
+    uptos: &'a [usize],
+    /// Request entries the call covers (all, or those before the first refused recipient).
+    entries: usize,
+}
 /// From this many recipients on, a call stores its body once and its queued messages refer
 /// to it; smaller calls carry it in each message (no extra store write for one or two).
 pub const BODY_BY_REF_MIN_RECIPIENTS: usize = 3;
@@ -228,16 +246,15 @@ impl App {
             Some((_, upto)) => upto - 1,
             None => recipients.len(),
         };
-        let accepted: Vec<UserId> = unique.into_iter().map(|(r, _)| r).collect();
+        let (accepted, uptos): (Vec<UserId>, Vec<usize>) = unique.into_iter().unzip();
         if !accepted.is_empty() || refused.as_ref().is_none_or(|r| r.is_empty()) {
-            // Recorded before anything is enqueued, so the campaign cannot look done while a
-            // message of this call is still on its way to the queue or the store. A call that
-            // fails after this line leaves the campaign not done until the producer retries (the
-            // retry records nothing new and its messages deduplicate by msg_id).
-            let recorded: Vec<String> = accepted.iter().map(|r| r.to_string()).collect();
-            self.backends.store.record_enqueued(&campaign_id, &ids::campaign_owner(tenant, sender), entries as u64, &recorded).await?;
-            drop(recorded);
-            self.enqueue_chunks(&campaign_id, tenant, sender, body, &accepted).await?;
+            let owner = ids::campaign_owner(tenant, sender);
+            if accepted.is_empty() {
+                self.backends.store.record_enqueued(&campaign_id, &owner, entries as u64, &[]).await?;
+            }
+            let call =
+                Call { campaign_id: &campaign_id, tenant, sender, owner: &owner, body, recipients: &accepted, uptos: &uptos, entries };
+            self.enqueue_chunks(call).await?;
             crate::admin::note_campaign(self, &campaign_id).await;
         }
         match refused {
@@ -284,14 +301,17 @@ impl App {
     /// recipients x body. From [`BODY_BY_REF_MIN_RECIPIENTS`] recipients on, the body is
     /// stored once (before any message refers to it) and each queued message carries its
     /// reference, so what the queue holds does not grow with the body either.
-    async fn enqueue_chunks(
-        &self,
-        campaign_id: &CampaignId,
-        tenant: &UserId,
-        sender: &UserId,
-        body: &str,
-        recipients: &[UserId],
-    ) -> Result<(), AppError> {
+    ///
+    /// Each message is recorded in its campaign ([`sluice_core::store::MessageStore::record_enqueued`]) before it
+    /// is queued, so the campaign cannot look done while a message of this call is still on its
+    /// way to the queue or the store; and recording stays at most a [`RECORD_SLICE`] ahead of
+    /// queueing, so it goes at the accept gate's pace too (recording a call's 10,000 recipients
+    /// at once held chat's commits at a campaign's start). A call that fails part way leaves the
+    /// campaign not done until the producer retries: the retry records the same slices, which
+    /// count nothing new, and its messages deduplicate by msg_id.
+    async fn enqueue_chunks(&self, call: Call<'_>) -> Result<(), AppError> {
+        let Call { campaign_id, tenant, sender, body, recipients, .. } = call;
+        let mut recorded = 0;
         let now = now_ms();
         let trace = sluice_core::trace::current_traceparent();
         let body_ref = (recipients.len() >= BODY_BY_REF_MIN_RECIPIENTS).then(|| ids::campaign_body_ref(campaign_id, body));
@@ -303,6 +323,8 @@ impl App {
         while !rest.is_empty() {
             let most = self.accept.batch(ENQUEUE_CHUNK).min(rest.len());
             self.accept.admit(most).await;
+            let sent = recipients.len() - rest.len();
+            self.record_through(&call, &mut recorded, sent + most + RECORD_SLICE).await?;
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some((r, tail)) = rest.split_first() {
@@ -327,6 +349,23 @@ impl App {
             let out = self.backends.queue.send(batch).await;
             held.sub(bytes as i64);
             self.backends.metrics.enqueued.inc_by(out?.enqueued as u64);
+        }
+        Ok(())
+    }
+
+    /// Records `call`'s recipients in [`RECORD_SLICE`]s from `recorded` on, until at least
+    /// `upto` of them (or all) are. Each slice counts the request entries it covers, so a
+    /// call's slices add up to its entries, and a retried call's slices, being the same, are
+    /// counted once ([`ids::enqueue_call_key`]).
+    async fn record_through(&self, call: &Call<'_>, recorded: &mut usize, upto: usize) -> Result<(), AppError> {
+        let n = call.recipients.len();
+        while *recorded < upto.min(n) {
+            let (from, to) = (*recorded, (*recorded + RECORD_SLICE).min(n));
+            let before = if from == 0 { 0 } else { call.uptos[from - 1] };
+            let through = if to == n { call.entries } else { call.uptos[to - 1] };
+            let slice: Vec<String> = call.recipients[from..to].iter().map(|r| r.to_string()).collect();
+            self.backends.store.record_enqueued(call.campaign_id, call.owner, (through - before) as u64, &slice).await?;
+            *recorded = to;
         }
         Ok(())
     }

@@ -109,6 +109,40 @@ async fn a_campaign_is_not_done_while_a_later_call_still_enqueues() {
     assert_eq!((c.requested, c.enqueued, c.persisted, c.dead_lettered, c.done()), (4, 4, 4, 0, true));
 }
 
+/// A call records its recipients in its campaign at most a slice ahead of queueing them, so
+/// the accept gate paces the store's work too (a call used to record all of them first); the
+/// campaign still cannot look done while one is on its way, and a retried call, recording the
+/// same slices, counts nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_records_its_recipients_a_slice_ahead_of_queueing_them() {
+    use sluice_gateway::chat::{ENQUEUE_CHUNK, RECORD_SLICE};
+    let e = env();
+    let n = ENQUEUE_CHUNK + 2 * RECORD_SLICE + 1;
+    let recipients: Vec<String> = (0..n).map(|i| format!("r{i:05}")).collect();
+    e.queue.hold_sends(true);
+    let (app, all) = (e.app.clone(), recipients.clone());
+    let call = tokio::spawn(async move { app.enqueue_bulk(bulk("autumn", "shop", &all, "sale")).await });
+    while e.queue.sends_waiting.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = e.app.campaign(&cid("autumn"), None).await.unwrap();
+    let ahead = (ENQUEUE_CHUNK + RECORD_SLICE) as u64;
+    assert_eq!((c.requested, c.enqueued), (ahead, ahead), "the first batch and a slice recorded while it waits: {c:?}");
+    assert!(!c.done());
+
+    e.queue.hold_sends(false);
+    assert_eq!(call.await.unwrap().unwrap().1, n as u64);
+    drain(&e).await;
+    let c = e.app.campaign(&cid("autumn"), None).await.unwrap();
+    let n = n as u64;
+    assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (n, n, n, true));
+
+    e.app.enqueue_bulk(bulk("autumn", "shop", &recipients, "sale")).await.unwrap();
+    drain(&e).await;
+    let c = e.app.campaign(&cid("autumn"), None).await.unwrap();
+    assert_eq!((c.requested, c.enqueued, c.persisted, c.done()), (n, n, n, true), "the retry counted nothing twice");
+}
+
 /// Issue 10.5: a campaign whose only recipient is its sender accepts nothing and is done at
 /// once; a call with no recipients is refused and records nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
