@@ -302,13 +302,14 @@ impl App {
     /// stored once (before any message refers to it) and each queued message carries its
     /// reference, so what the queue holds does not grow with the body either.
     ///
-    /// Each message is recorded in its campaign ([`sluice_core::store::MessageStore::record_enqueued`]) before it
-    /// is queued, so the campaign cannot look done while a message of this call is still on its
-    /// way to the queue or the store; and recording stays at most a [`RECORD_SLICE`] ahead of
-    /// queueing, so it goes at the accept gate's pace too (recording a call's 10,000 recipients
-    /// at once held chat's commits at a campaign's start). A call that fails part way leaves the
-    /// campaign not done until the producer retries: the retry records the same slices, which
-    /// count nothing new, and its messages deduplicate by msg_id.
+    /// Each message is recorded in its campaign
+    /// ([`sluice_core::store::MessageStore::record_enqueued`]) before it is queued, so the
+    /// campaign cannot look done while a message of this call is still on its way to the queue
+    /// or the store; and recording stays at most a [`RECORD_SLICE`] ahead of queueing, so it
+    /// goes at the accept gate's pace too (recording a call's 10,000 recipients at once held
+    /// chat's commits at a campaign's start). A call that fails part way leaves the campaign
+    /// not done until the producer retries: the retry records the same slices, which count
+    /// nothing new, and its messages deduplicate by msg_id.
     async fn enqueue_chunks(&self, call: Call<'_>) -> Result<(), AppError> {
         let Call { campaign_id, tenant, sender, body, recipients, .. } = call;
         let mut recorded = 0;
