@@ -28,6 +28,10 @@ pub const ENQUEUE_CHUNK_BYTES: usize = 8 << 20;
 /// Recipients recorded in their campaign per store call by EnqueueBulk, ahead of queueing
 /// them. Fixed, so that a retried call records the same slices.
 pub const RECORD_SLICE: usize = 1_000;
+/// From this many recipients on, a call stores its body once and its queued messages refer
+/// to it; smaller calls carry it in each message (no extra store write for one or two).
+pub const BODY_BY_REF_MIN_RECIPIENTS: usize = 3;
+
 /// One EnqueueBulk call's accepted recipients on their way to the queue.
 struct Call<'a> {
     campaign_id: &'a CampaignId,
@@ -43,9 +47,6 @@ struct Call<'a> {
     /// Request entries the call covers (all, or those before the first refused recipient).
     entries: usize,
 }
-/// From this many recipients on, a call stores its body once and its queued messages refer
-/// to it; smaller calls carry it in each message (no extra store write for one or two).
-pub const BODY_BY_REF_MIN_RECIPIENTS: usize = 3;
 
 /// One EnqueueBulk call: a one-off message from `sender` to each recipient.
 #[derive(Debug, Clone)]
@@ -306,10 +307,10 @@ impl App {
     /// ([`sluice_core::store::MessageStore::record_enqueued`]) before it is queued, so the
     /// campaign cannot look done while a message of this call is still on its way to the queue
     /// or the store; and recording stays at most a [`RECORD_SLICE`] ahead of queueing, so it
-    /// goes at the accept gate's pace too (recording a call's 10,000 recipients at once held
-    /// chat's commits at a campaign's start). A call that fails part way leaves the campaign
-    /// not done until the producer retries: the retry records the same slices, which count
-    /// nothing new, and its messages deduplicate by msg_id.
+    /// goes at the accept gate's pace too (a call used to record all its recipients first, at
+    /// the store writer's full speed beside chat). A call that fails part way leaves the
+    /// campaign not done until the producer retries: the retry records the same slices, which
+    /// count nothing new, and its messages deduplicate by msg_id.
     async fn enqueue_chunks(&self, call: Call<'_>) -> Result<(), AppError> {
         let Call { campaign_id, tenant, sender, body, recipients, .. } = call;
         let mut recorded = 0;

@@ -19,8 +19,8 @@ pub const BULK_SLICE: usize = 64;
 pub(super) const BULK_CHUNK: usize = 32;
 /// Recipients per operation a large campaign record is split into: one bulk slice, so that
 /// while chat flows a commit records no more of a campaign's recipients than it persists of
-/// its one-offs. (Slices of 1,024 made a chat send wait behind 1,024 rows during the accept:
-/// docs/benchmarks, "Recording in bulk slices".)
+/// its one-offs (with 1,024, a commit beside chat held 1,024 recorded rows; docs/benchmarks,
+/// "Recording paced with the queueing").
 pub(super) const RECORD_CHUNK: usize = BULK_SLICE;
 /// How long after the last interactive operation the bulk lane stays limited to
 /// [`BULK_SLICE`] per commit. Long enough to cover sparse chat (a user who sends every few
