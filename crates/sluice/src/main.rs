@@ -8,6 +8,12 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // No transparent huge pages for this process: mimalloc asks for them on its arenas, and
+    // the thread that first touches one zeroes all 2 MiB of it. A burst of fresh memory on the
+    // gateway's runtime (four EnqueueBulk calls of 10,000 recipients decoded at once) held
+    // chat's threads for tens of milliseconds that way (docs/benchmarks, "Huge pages").
+    #[cfg(target_os = "linux")]
+    let thp = rustix::thread::disable_transparent_huge_pages(true);
     let cli = sluice::config::Cli::parse();
     // Every WebSocket is a file descriptor: use the whole allowance the system gives.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
@@ -24,6 +30,10 @@ fn main() -> std::process::ExitCode {
     };
     if let Err(e) = nofile {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off");
     }
     let result = runtime.block_on(sluice::run(cli));
     telemetry.shutdown();

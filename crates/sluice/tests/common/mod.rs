@@ -101,6 +101,14 @@ impl Server {
         }
     }
 
+    /// The process id of a server started as a process.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.run {
+            Run::Child(c) => c.pid(),
+            Run::InProcess(_) => None,
+        }
+    }
+
     /// SIGTERM (or, in the test's process, its shutdown token), then waits for a clean exit.
     pub async fn stop(self) {
         match self.run {
