@@ -415,8 +415,8 @@ async fn health_metrics_events_and_clean_shutdown() {
     let events = dir.path().join("events.jsonl");
     let s = Server::start(&dir.path().join("data"), &["--events-file", events.to_str().unwrap()]).await;
     assert_eq!(http_get(s.http, "/healthz").await, (200, "ok\n".to_string()));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid().unwrap())).unwrap();
-    assert!(status.contains("THP_enabled:\t0"), "the server runs without transparent huge pages:\n{status}");
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", s.pid().unwrap())).unwrap();
+    assert!(proc_status.contains("THP_enabled:\t0"), "the server runs without transparent huge pages:\n{proc_status}");
     assert_eq!(http_get(s.http, "/readyz").await.0, 200);
     let (status, page) = http_get(s.http, "/").await;
     assert!(status == 200 && page.contains("/assets/chat.js"), "the chat client is served");
