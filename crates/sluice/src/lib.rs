@@ -384,9 +384,8 @@ pub async fn serve_on(
         && common.queue_kind() == QueueKind::Embedded
         && common.hub_kind() == HubKind::Local
         && backends::events_kind(args) != config::EventsKind::Kinesis;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let bulk = (roles.gateway && all_embedded && args.bulk_nice > 0)
-        .then(|| bulk::BulkRuntime::start(threads, args.bulk_nice))
+        .then(|| bulk::BulkRuntime::start(std::thread::available_parallelism().map_or(2, |n| n.get()), args.bulk_nice))
         .transpose()
         .context("cannot start the bulk runtime")?;
     let bulk_handle = bulk.as_ref().map(|b| b.handle().clone());
